@@ -1,0 +1,216 @@
+"""``ichprep`` command line: build | synth | info | demo.
+
+``main(argv) -> int`` is the entry point (tests call it in-process). Exit codes: 0 success, 1 a
+problem found (e.g. a failing check), 2 bad input (a flag, a CSV, a path), with one line on stderr
+that names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from ichprep import __version__
+from ichprep.errors import IchprepError, UsageError
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _add_build_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="folder of DICOM slices (searched recursively; every file is tried, "
+                                  "files that cannot be used are recorded with a reason)")
+    p.add_argument("--out", required=True, help="output store: a local path or an fsspec URL (memory://, s3://...)")
+    p.add_argument("--labels", help="label CSV in the challenge's long format (ID,Label with rows "
+                                    "ID_<sop>_<subtype>); optional, e.g. for a store used only for prediction")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--preset", choices=("cnn", "rnn"), default=None,
+                   help="cnn: one full-range channel (per-slice min-max of HU); rnn: the 10 windows of the "
+                        "report's Table 2.1 in its order, 'default' from the file's tags. Default: cnn")
+    g.add_argument("--windows", help="any list of windows instead of a preset, e.g. "
+                                     "'brain:40/80,subdural:80/200,bone:600/2800' (name:center/width; a "
+                                     "Table 2.1 name alone; name:default; name:full)")
+    p.add_argument("--on-size", choices=("resize", "pad", "reject"), default="resize",
+                   help="slices that are not 512x512 (269 in the RSNA data): resize (bilinear, keeps the "
+                        "whole field of view; the default), pad (centre pad/crop), or reject (recorded)")
+    p.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8),
+                   help="local Dask worker processes (default: the number of cores, at most 8); 0 runs in "
+                        "this process without Dask")
+    p.add_argument("--scheduler", help="address of an existing Dask distributed scheduler (tcp://HOST:PORT); "
+                                       "its workers read the DICOMs and write the store themselves")
+    p.add_argument("--shard-slices", type=int, default=64,
+                   help="slices per shard: the unit of work and of storage (default 64)")
+    p.add_argument("--codec", default="auto", choices=("auto", "blosc-lz4", "blosc-zstd", "zstd", "none"),
+                   help="image compression (default auto: blosc-lz4+shuffle for one channel, zstd-1 for several)")
+    p.add_argument("--salt", help="secret salt for hashing PatientID (default: a random one per build, "
+                                  "so hashes are comparable only within the store); env ICHPREP_SALT also works")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing store built with other parameters (never a non-store folder)")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any file was rejected")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="ichprep", description="Head-CT DICOM slices -> a chunked Zarr store of windowed float16 "
+                                            "images, labels and per-slice metadata.")
+    p.add_argument("--version", action="version", version=f"ichprep {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    b = sub.add_parser("build", help="decode a folder of DICOMs into a store",
+                       description="Decode a folder of DICOM slices in parallel (Dask), convert to HU, window "
+                                   "(Numba kernel) and write a Zarr v3 store of 512x512 float16 slices. "
+                                   "Rerunning an interrupted build resumes it.")
+    _add_build_args(b)
+    s = sub.add_parser("synth", help="write a synthetic RSNA-like corpus (DICOM + labels.csv)",
+                       description="Write OUT/dicom/*.dcm and OUT/labels.csv: whole series of synthetic head CT "
+                                   "with planted hemorrhages, in the encodings of the real data.")
+    s.add_argument("out", help="output folder")
+    s.add_argument("--studies", type=int, default=20, help="number of studies (one series each; default 20)")
+    s.add_argument("--slices", type=int, default=32, help="slices per series (default 32)")
+    s.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
+    s.add_argument("--hemorrhage-fraction", type=float, default=0.5, help="fraction of studies with a bleed")
+    s.add_argument("--quiet", action="store_true")
+    i = sub.add_parser("info", help="summarise a store", description="Slices, windows, per-type counts, "
+                                                                     "size on disk and compression ratio.")
+    i.add_argument("store")
+    i.add_argument("--json", action="store_true", help="print JSON instead of text")
+    d = sub.add_parser("demo", help="synth + build + info on a small synthetic corpus",
+                       description="The quick start: write a synthetic corpus, build a cnn store from it and "
+                                   "summarise it.")
+    d.add_argument("out", nargs="?", default="ichprep-demo", help="folder for everything (default ichprep-demo)")
+    d.add_argument("--studies", type=int, default=20)
+    d.add_argument("--slices", type=int, default=32)
+    d.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = _parser().parse_args(argv)
+        return _COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"ichprep: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except IchprepError as exc:
+        print(f"ichprep: error: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    except KeyboardInterrupt:
+        print("ichprep: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _cmd_build(args) -> int:
+    from ichprep.build import BuildConfig, build
+    from ichprep.windows import parse_windows
+
+    spec = args.windows or args.preset or "cnn"
+    windows = parse_windows(spec)
+    cfg = BuildConfig(
+        source=args.source, out=args.out, labels=args.labels, windows=windows,
+        preset=None if args.windows else (args.preset or "cnn"), on_size=args.on_size,
+        shard_slices=args.shard_slices, codec=args.codec, workers=args.workers, scheduler=args.scheduler,
+        salt=args.salt if args.salt is not None else os.environ.get("ICHPREP_SALT"),
+        overwrite=args.overwrite, strict=args.strict,
+    )
+    stream = None if args.quiet else sys.stderr
+    result = build(cfg, stream=stream)
+    print(f"{cfg.out}: {result.summary()}")
+    return EXIT_OK
+
+
+def _cmd_synth(args) -> int:
+    from ichprep.progress import ProgressBar
+    from ichprep.synth import SynthConfig, write_corpus
+
+    cfg = SynthConfig(studies=args.studies, slices=args.slices, seed=args.seed,
+                      hemorrhage_fraction=args.hemorrhage_fraction)
+    bar = ProgressBar(None if args.quiet else sys.stderr, "synth", cfg.studies * cfg.slices)
+    summary = write_corpus(args.out, cfg, progress=bar)
+    bar.close()
+    print(f"{args.out}: {summary['slices']} slices in {summary['studies']} studies of {summary['patients']} "
+          f"patients ({summary['positive']} with hemorrhage, {summary['compressed']} compressed) -> "
+          f"{summary['dicom_dir']}, {summary['labels']}")
+    return EXIT_OK
+
+
+def info_dict(url: str) -> dict:
+    from ichprep import store as st
+    from ichprep.labels import TYPE_TABLE
+
+    g, info = st.read_info(url)
+    a = info.attrs
+    raw_bytes = info.n * info.attrs["image_size"] ** 2 * info.channels * 2
+    on_disk = st.size_on_disk(url)
+    image_disk = st.size_on_disk(os.path.join(url, "images")) if on_disk is not None else None
+    return dict(
+        store=url, complete=info.complete, slices=info.n, channels=info.channels,
+        preset=a.get("preset"), windows=[w.spec() for w in info.windows], size_policy=a.get("size_policy"),
+        shard_slices=a.get("shard_slices"), codec=a.get("params", {}).get("codec"),
+        counts=a.get("counts", {}), type_counts={int(k): v for k, v in a.get("type_counts", {}).items()},
+        rejects=len(a.get("rejects", [])), fixed=a.get("fixed", {}),
+        size_on_disk=on_disk,
+        compression_ratio=(raw_bytes / image_disk) if image_disk else None,
+        type_table={t: TYPE_TABLE[t] for t in TYPE_TABLE},
+    )
+
+
+def _cmd_info(args) -> int:
+    d = info_dict(args.store)
+    if args.json:
+        d.pop("type_table")
+        print(json.dumps(d, indent=2))
+        return EXIT_OK
+    print(f"store        {d['store']}" + ("" if d["complete"] else "   ** INCOMPLETE: build not finished; rerun it to resume **"))
+    print(f"slices       {d['slices']} x 512 x 512 x {d['channels']} float16")
+    print(f"preset       {d['preset'] or 'custom'}: {', '.join(d['windows'])}")
+    print(f"sizes        {d['size_policy']} (non-512 slices); shards of {d['shard_slices']} slices; codec {d['codec']}")
+    c = d["counts"]
+    if c:
+        print(f"counts       {c.get('written', 0)} written, {c.get('rejected', 0)} rejected, "
+              f"{c.get('unlabelled', 0)} unlabelled")
+    if d["fixed"]:
+        print("fixed        " + ", ".join(f"{v} {k}" for k, v in d["fixed"].items() if v))
+    if d["size_on_disk"] is not None:
+        ratio = f", images compressed {d['compression_ratio']:.1f}x" if d["compression_ratio"] else ""
+        print(f"on disk      {d['size_on_disk'] / 2**20:,.1f} MiB{ratio}")
+    if d["type_counts"]:
+        print("type counts  (report Table 3.1; EPD ITP ITV SBC SBD ANY)")
+        for t, nslices in sorted(d["type_counts"].items()):
+            flags = " ".join(str(f) for f in d["type_table"][t]) if t in d["type_table"] else "unlabelled"
+            print(f"  {t:>3}  {nslices:>8}  {flags}")
+    return EXIT_OK
+
+
+def _cmd_demo(args) -> int:
+    out = args.out
+    data = os.path.join(out, "data")
+    store = os.path.join(out, "cnn.zarr")
+    steps = [
+        ["synth", data, "--studies", str(args.studies), "--slices", str(args.slices), "--seed", "0"],
+        ["build", os.path.join(data, "dicom"), "--labels", os.path.join(data, "labels.csv"), "--out", store,
+         "--preset", "cnn", "--workers", str(args.workers)],
+        ["info", store],
+    ]
+    if os.path.isdir(os.path.join(data, "dicom")):
+        steps = steps[1:]  # the corpus is deterministic: reuse it
+        print(f"demo: reusing {data}")
+    for step in steps:
+        print("demo: ichprep " + " ".join(step), flush=True)
+        rc = main(step)
+        if rc != EXIT_OK:
+            return rc
+    print(f"demo: done. The store is {store}; open it with zarr.open_group({store!r}).")
+    return EXIT_OK
+
+
+_COMMANDS = {"build": _cmd_build, "synth": _cmd_synth, "info": _cmd_info, "demo": _cmd_demo}
+
+if __name__ == "__main__":
+    sys.exit(main())

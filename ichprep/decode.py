@@ -1,0 +1,88 @@
+"""Pixel bytes -> raw stored values, exactly as pydicom's ``pixel_array`` gives them.
+
+Uncompressed little-endian files take a fast path: the file's bytes are read once and the pixel
+values are a ``np.frombuffer`` view at the PixelData (7FE0,0010) offset found in the header pass, with
+pydicom's own treatment of BitsStored (PS3.5 8.1.1): unsigned values are masked to BitsStored bits,
+signed ones sign-extended from bit BitsStored - 1. Every other transfer syntax goes through pydicom's
+decoders (pylibjpeg with the libjpeg, openjpeg and rle plugins).
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+
+import numpy as np
+import pydicom
+
+from ichprep.errors import RejectError
+from ichprep.scan import UNCOMPRESSED_LE, SliceHeader
+
+__all__ = ["read_raw"]
+
+_PIXEL_TAG = b"\xe0\x7f\x10\x00"
+
+
+def _fast_offset(data: bytes, header: SliceHeader, nbytes: int) -> int | None:
+    """Offset of the pixel values, or None if the element is not laid out as expected."""
+    pos = header.pixel_offset
+    if data[pos:pos + 4] != _PIXEL_TAG:
+        return None
+    if header.transfer_syntax == "1.2.840.10008.1.2.1":  # explicit VR: tag, VR, 2 reserved, UL length
+        vr = data[pos + 4:pos + 6]
+        if vr in (b"OW", b"OB", b"UN"):
+            (length,) = struct.unpack_from("<I", data, pos + 8)
+            start = pos + 12
+        else:
+            (length,) = struct.unpack_from("<H", data, pos + 6)
+            start = pos + 8
+    else:  # implicit VR: tag, UL length
+        (length,) = struct.unpack_from("<I", data, pos + 4)
+        start = pos + 8
+    if length < nbytes or length == 0xFFFFFFFF or start + nbytes > len(data):
+        return None
+    return start
+
+
+def read_raw(header: SliceHeader) -> np.ndarray:
+    """The stored pixel values of one slice, shape (Rows, Columns), integer dtype.
+
+    Raises :class:`RejectError` (``truncated`` / ``decode_failed``) when the pixels cannot be had.
+    """
+    rows, cols = header.rows, header.columns
+    if header.transfer_syntax in UNCOMPRESSED_LE and header.bits_allocated == 16:
+        with open(header.path, "rb") as fh:
+            data = fh.read()
+        nbytes = rows * cols * 2
+        start = _fast_offset(data, header, nbytes)
+        if start is not None:
+            signed = header.pixel_representation == 1
+            arr = np.frombuffer(data, dtype="<i2" if signed else "<u2", count=rows * cols, offset=start)
+            arr = arr.reshape(rows, cols)
+            bs = header.bits_stored
+            if bs < 16:
+                if signed:
+                    shift = 16 - bs
+                    arr = (arr << shift) >> shift
+                else:
+                    arr = arr & np.uint16((1 << bs) - 1)
+            return arr
+    return _read_with_pydicom(header)
+
+
+def _read_with_pydicom(header: SliceHeader) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the header pass already counted them
+            ds = pydicom.dcmread(header.path)
+            arr = ds.pixel_array
+    except (EOFError, struct.error) as exc:
+        raise RejectError("truncated", f"pixel data ends early ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # decoders raise many types; the reason is recorded, the build goes on
+        raise RejectError("decode_failed", f"pixel data could not be decoded ({type(exc).__name__}: {exc})") from None
+    if arr.shape != (header.rows, header.columns):
+        raise RejectError(
+            "decode_failed",
+            f"decoded shape {arr.shape} does not match Rows x Columns {header.rows} x {header.columns}",
+        )
+    return arr

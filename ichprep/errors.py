@@ -1,0 +1,89 @@
+"""Every exception ichprep raises on purpose.
+
+Each class inherits from :class:`IchprepError` *and* from the built-in it resembles, so callers can
+catch either (``except ValueError`` keeps working). The CLI maps :class:`UsageError` to exit code 2.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "IchprepError",
+    "UsageError",
+    "LabelsError",
+    "WindowSpecError",
+    "SourceError",
+    "StoreError",
+    "StoreExistsError",
+    "IncompleteStoreError",
+    "SchemaError",
+    "RejectError",
+    "REJECT_REASONS",
+]
+
+
+class IchprepError(Exception):
+    """Base class of all ichprep errors."""
+
+
+class UsageError(IchprepError, ValueError):
+    """Bad input from the user (a flag, a CSV, a window spec): the CLI prints one line, exits 2."""
+
+
+class LabelsError(UsageError):
+    """The label CSV cannot be used as it is."""
+
+
+class WindowSpecError(UsageError):
+    """A window preset or ``name:center/width`` spec is malformed."""
+
+
+class SourceError(UsageError, FileNotFoundError):
+    """The DICOM source folder is missing, empty or unreadable."""
+
+
+class StoreError(IchprepError, OSError):
+    """A store cannot be created, opened or read as asked."""
+
+
+class StoreExistsError(StoreError, UsageError):
+    """The output already holds a store built with other parameters (use ``--overwrite``)."""
+
+
+class IncompleteStoreError(StoreError):
+    """The store's build never finished: its data may be partial."""
+
+
+class SchemaError(StoreError, ValueError):
+    """The store does not follow the schema this version of ichprep reads."""
+
+
+# Reason codes for files (or slices) a build cannot use. The code is stored per row in the
+# ``status`` array (0 = ok) and, with a message, in the reject manifest. Never renumber.
+REJECT_REASONS: dict[str, int] = {
+    "ok": 0,
+    "not_dicom": 1,
+    "truncated": 2,
+    "no_pixel_data": 3,
+    "unsupported_transfer_syntax": 4,
+    "decode_failed": 5,
+    "multi_frame": 6,
+    "not_ct": 7,
+    "bad_dimensions": 8,
+    "missing_tag": 9,
+    "bad_size": 10,
+    "unreadable": 11,
+    "no_window": 12,
+    "duplicate": 13,
+}
+REASON_NAMES: dict[int, str] = {v: k for k, v in REJECT_REASONS.items()}
+
+
+class RejectError(IchprepError, ValueError):
+    """One file cannot be used. ``reason`` is a key of :data:`REJECT_REASONS`."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        if reason not in REJECT_REASONS or reason == "ok":
+            raise ValueError(f"Expected a reject reason from REJECT_REASONS, got {reason!r}")
+        super().__init__(message)
+        self.reason = reason
+        self.message = message

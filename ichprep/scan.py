@@ -1,0 +1,223 @@
+"""Header pass: one :class:`SliceHeader` per usable file, or a :class:`~ichprep.errors.RejectError`.
+
+Only the tags the store needs are kept; nothing identifying leaves this module except a salted hash
+of PatientID. Tags read (PS3.3 C.7 / C.7.6.3 / C.8.2.1 / C.11.2):
+
+===========================  ===========  =================================================
+keyword                      tag          use
+===========================  ===========  =================================================
+SOPInstanceUID               (0008,0018)  row id (``ID_...`` in RSNA data)
+Modality                     (0008,0060)  must be CT (absent is accepted)
+PatientID                    (0010,0020)  salted hash only
+StudyInstanceUID             (0020,000D)  ordering, splits
+SeriesInstanceUID            (0020,000E)  ordering
+ImagePositionPatient         (0020,0032)  third value orders slices in a series
+NumberOfFrames               (0028,0008)  must be 1
+SamplesPerPixel              (0028,0002)  must be 1
+Rows, Columns                (0028,0010/0011)
+BitsAllocated, BitsStored    (0028,0100/0101)
+PixelRepresentation          (0028,0103)  0 unsigned, 1 two's complement
+WindowCenter, WindowWidth    (0028,1050/1051)  first value when multi-valued
+RescaleIntercept/Slope       (0028,1052/1053)  required (PS3.3 C.11.1.1.2 modality LUT)
+===========================  ===========  =================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder
+from pydicom.uid import UID
+
+from ichprep.errors import RejectError
+
+__all__ = ["SliceHeader", "read_header", "hash_patient", "MAX_DIMENSION", "UNCOMPRESSED_LE"]
+
+MAX_DIMENSION = 4096  # refuse larger Rows/Columns before allocating anything
+MIN_DIMENSION = 16
+UNCOMPRESSED_LE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+
+
+@dataclass(frozen=True)
+class SliceHeader:
+    """What the store needs from one file's header. No names, dates or raw patient IDs."""
+
+    path: str
+    sop_uid: str
+    study_uid: str
+    series_uid: str
+    patient: str  # salted hash of PatientID
+    position_z: float
+    rows: int
+    columns: int
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    slope: float
+    intercept: float  # as in the file; see fix12
+    window_center: float | None
+    window_width: float | None
+    transfer_syntax: str
+    pixel_offset: int  # file offset of the PixelData element (uncompressed fast path)
+    fix12: bool  # RSNA 12-bit defect: two's-complement values declared unsigned
+    window_multi: bool = False  # WindowCenter/WindowWidth had several values (first one used)
+
+    @property
+    def effective_intercept(self) -> float:
+        return -1000.0 if self.fix12 else self.intercept
+
+
+def hash_patient(patient_id: str, salt: str) -> str:
+    """Salted BLAKE2b of PatientID (0010,0020), 16 hex digits. Empty ID -> ``''``."""
+    if not patient_id:
+        return ""
+    h = hashlib.blake2b(patient_id.encode("utf-8"), digest_size=8, key=salt.encode("utf-8")[:64])
+    return h.hexdigest()
+
+
+def _first(value) -> float | None:
+    """First value of a possibly multi-valued DS/IS element, as float (None if absent or not finite)."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        if len(value) == 0:
+            return None
+        value = value[0]
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def is_rsna_12bit_defect(bits_stored: int, pixel_representation: int, intercept: float) -> bool:
+    """The RSNA defect (DESIGN.md): BitsStored 12, PixelRepresentation 0, RescaleIntercept > -100."""
+    return bits_stored == 12 and pixel_representation == 0 and intercept > -100
+
+
+def read_header(path: str, salt: str, warning_counts: Counter | None = None) -> SliceHeader:
+    """Read one file's header. Raises :class:`RejectError` with a reason code when it is unusable.
+
+    pydicom's warnings (every RSNA ``ID_`` UID triggers "Invalid value for VR UI") are counted into
+    ``warning_counts`` by their first words instead of being shown.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        header = _read_header(path, salt)
+    if warning_counts is not None:
+        for w in caught:
+            warning_counts[_warning_key(str(w.message))] += 1
+    return header
+
+
+def _warning_key(message: str) -> str:
+    # "Invalid value for VR UI: 'ID_4d28912ba6'. Please see ..." -> "Invalid value for VR UI"
+    return message.split(":")[0].split(" - ")[0][:80]
+
+
+def _read_header(path: str, salt: str) -> SliceHeader:
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fp:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            pixel_offset = fp.tell()
+    except InvalidDicomError as exc:
+        raise RejectError("not_dicom", f"not a DICOM file (no DICM preamble): {exc}") from None
+    except (EOFError, ValueError, KeyError, OverflowError, TypeError) as exc:
+        raise RejectError("truncated", f"header could not be parsed ({type(exc).__name__}: {exc})") from None
+    except OSError as exc:
+        raise RejectError("unreadable", f"cannot read file: {exc}") from None
+    if "SOPInstanceUID" not in ds and "PixelData" not in ds and "Rows" not in ds:
+        raise RejectError("not_dicom", "no SOPInstanceUID (0008,0018), Rows or PixelData: not an image")
+    if pixel_offset >= size:
+        raise RejectError("no_pixel_data", "no PixelData (7FE0,0010) element")
+
+    modality = str(ds.get("Modality", "CT") or "CT").upper()
+    if modality != "CT":
+        raise RejectError("not_ct", f"Modality (0008,0060) is {modality!r}, expected 'CT'")
+    frames = ds.get("NumberOfFrames", 1) or 1
+    if int(frames) != 1:
+        raise RejectError("multi_frame", f"NumberOfFrames (0028,0008) is {frames}, expected 1")
+    for kw, tag in (("Rows", "(0028,0010)"), ("Columns", "(0028,0011)"), ("BitsAllocated", "(0028,0100)"),
+                    ("RescaleIntercept", "(0028,1052)"), ("RescaleSlope", "(0028,1053)")):
+        if ds.get(kw) is None or ds.get(kw) == "":
+            raise RejectError("missing_tag", f"{kw} {tag} is missing (PS3.3 C.7.6.3 / C.11.1.1.2)")
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    if not (MIN_DIMENSION <= rows <= MAX_DIMENSION and MIN_DIMENSION <= cols <= MAX_DIMENSION):
+        raise RejectError(
+            "bad_dimensions",
+            f"Rows x Columns (0028,0010/0011) = {rows} x {cols}, outside [{MIN_DIMENSION}, {MAX_DIMENSION}]",
+        )
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    if spp != 1:
+        raise RejectError("bad_dimensions", f"SamplesPerPixel (0028,0002) is {spp}, expected 1 (greyscale)")
+    bits_allocated = int(ds.BitsAllocated)
+    bits_stored = int(ds.get("BitsStored", bits_allocated) or bits_allocated)
+    pixel_rep = int(ds.get("PixelRepresentation", 0) or 0)
+    if bits_allocated not in (8, 16) or not 1 <= bits_stored <= bits_allocated:
+        raise RejectError(
+            "bad_dimensions",
+            f"BitsAllocated/BitsStored (0028,0100/0101) = {bits_allocated}/{bits_stored}, expected 8 or 16 allocated",
+        )
+    slope, intercept = _first(ds.RescaleSlope), _first(ds.RescaleIntercept)
+    if slope is None or intercept is None or slope == 0:
+        raise RejectError(
+            "missing_tag",
+            f"RescaleSlope/RescaleIntercept (0028,1053/1052) unusable: {ds.RescaleSlope!r}/{ds.RescaleIntercept!r}",
+        )
+    meta = getattr(ds, "file_meta", None)
+    tsyntax = UID((meta.get("TransferSyntaxUID") if meta is not None else None) or "1.2.840.10008.1.2")
+    if str(tsyntax) in UNCOMPRESSED_LE:
+        expected = rows * cols * (bits_allocated // 8)
+        if size - pixel_offset < expected:
+            raise RejectError(
+                "truncated",
+                f"PixelData (7FE0,0010) needs {expected} bytes; the file ends {size - pixel_offset} bytes after its start",
+            )
+    else:
+        try:
+            decoder = get_decoder(tsyntax)
+        except NotImplementedError:
+            raise RejectError(
+                "unsupported_transfer_syntax",
+                f"no pixel decoder for transfer syntax {tsyntax} ({tsyntax.name})",
+            ) from None
+        if not decoder.is_available:
+            raise RejectError(
+                "unsupported_transfer_syntax",
+                f"transfer syntax {tsyntax.name}: no decoding plugin installed (install pylibjpeg plugins)",
+            )
+    ipp = ds.get("ImagePositionPatient")
+    z = _first(ipp[2]) if ipp is not None and len(ipp) >= 3 else None
+    return SliceHeader(
+        path=path,
+        sop_uid=str(ds.get("SOPInstanceUID", "") or os.path.splitext(os.path.basename(path))[0]),
+        study_uid=str(ds.get("StudyInstanceUID", "") or ""),
+        series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
+        patient=hash_patient(str(ds.get("PatientID", "") or ""), salt),
+        position_z=float("nan") if z is None else z,
+        rows=rows,
+        columns=cols,
+        bits_allocated=bits_allocated,
+        bits_stored=bits_stored,
+        pixel_representation=pixel_rep,
+        slope=slope,
+        intercept=intercept,
+        window_center=_first(ds.get("WindowCenter")),
+        window_width=_first(ds.get("WindowWidth")),
+        transfer_syntax=str(tsyntax),
+        pixel_offset=pixel_offset,
+        fix12=is_rsna_12bit_defect(bits_stored, pixel_rep, intercept),
+        window_multi=_is_multi(ds.get("WindowCenter")) or _is_multi(ds.get("WindowWidth")),
+    )
+
+
+def _is_multi(value) -> bool:
+    return value is not None and not isinstance(value, (str, bytes, int, float)) and hasattr(value, "__len__") and len(value) > 1

@@ -1,0 +1,271 @@
+"""A deterministic synthetic RSNA-like head-CT corpus, written as real DICOM files.
+
+Each study is one axial series through an ellipsoidal head: air, scalp, skull (bone), brain with
+grey/white contrast, lateral ventricles, and, in about half the studies, hemorrhages whose place and
+shape follow the subtype, at realistic contrast (blood 60-80 HU against 25-40 HU brain):
+
+* epidural: a biconvex lens against the inner table of the skull;
+* subdural: a thin crescent along the inner table;
+* subarachnoid: thin streaks in the interhemispheric fissure and sulci;
+* intraparenchymal: a round clot inside the brain, away from the ventricles;
+* intraventricular: blood layering in the posterior part of a lateral ventricle.
+
+Encodings as in the real data (chosen per series): 16-bit signed with intercept -1024 and padding
+outside the scan circle; 12-bit unsigned with intercept -1024 and multi-valued WindowCenter/Width; and
+a few series with the RSNA 12-bit defect (two's-complement values declared unsigned, intercept > -100).
+A few slices are RLE Lossless or JPEG 2000 Lossless compressed. Labels are written in the challenge's
+long format. Identifiers look like RSNA's (``ID_`` + hex), which pydicom warns are not valid UIDs.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
+
+from ichprep.errors import UsageError
+from ichprep.labels import SUBTYPES
+
+__all__ = ["SynthConfig", "write_corpus", "ENCODINGS"]
+
+ENCODINGS = ("signed16", "unsigned12", "rsna12defect")
+SIZE = 512
+PIXEL_MM = 0.48828125  # 250 mm field of view / 512
+_HEMORRHAGE_HU = (60.0, 80.0)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    studies: int = 20
+    slices: int = 32
+    seed: int = 0
+    hemorrhage_fraction: float = 0.5
+    compressed_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name, lo, hi in (("studies", 1, 100_000), ("slices", 4, 1000)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or not lo <= v <= hi:
+                raise UsageError(f"Expected {name} an integer in [{lo}, {hi}]. Received: {name}={v!r}")
+        for name in ("hemorrhage_fraction", "compressed_fraction"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise UsageError(f"Expected {name} in [0, 1]. Received: {name}={v!r}")
+
+
+def _hex(rng: np.random.Generator, n: int) -> str:
+    return "".join("0123456789abcdef"[d] for d in rng.integers(0, 16, n))
+
+
+_Y, _X = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+_X = (_X - SIZE / 2 + 0.5) * PIXEL_MM
+_Y = (_Y - SIZE / 2 + 0.5) * PIXEL_MM
+_R_FOV = SIZE / 2 * PIXEL_MM
+
+
+def _ellipse(cx, cy, ax, ay, angle=0.0):
+    """Normalised radius^2 of the ellipse (1 on its border) at every pixel."""
+    c, s = np.cos(angle), np.sin(angle)
+    dx, dy = _X - cx, _Y - cy
+    u = (dx * c + dy * s) / ax
+    v = (-dx * s + dy * c) / ay
+    return u * u + v * v
+
+
+def _study_plan(rng: np.random.Generator, cfg: SynthConfig) -> dict:
+    subtypes: list[str] = []
+    if rng.random() < cfg.hemorrhage_fraction:
+        k = 1 if rng.random() < 0.65 else 2
+        subtypes = [str(s) for s in rng.choice(SUBTYPES[:5], size=k, replace=False)]
+    lesions = []
+    for st in subtypes:
+        center = rng.uniform(0.35, 0.65)
+        half = rng.uniform(0.12, 0.25)
+        lesions.append(dict(
+            subtype=st, z0=center - half, z1=center + half,
+            angle=rng.uniform(0, 2 * np.pi), side=rng.choice([-1.0, 1.0]),
+            size=rng.uniform(0.8, 1.2), hu=rng.uniform(*_HEMORRHAGE_HU), seed=int(rng.integers(1 << 30)),
+        ))
+    return dict(
+        head_a=rng.uniform(68, 78), head_b=rng.uniform(88, 98), tilt=rng.uniform(-0.08, 0.08),
+        grey=rng.uniform(36, 42), white=rng.uniform(24, 30), lesions=lesions,
+    )
+
+
+def _slice_hu(plan: dict, t: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """HU image at relative height t in [0, 1], and the label 6-vector."""
+    hu = np.full((SIZE, SIZE), -1000.0, np.float32)
+    prof = max(0.0, 1.0 - ((t - 0.45) / 0.62) ** 2) ** 0.5
+    a, b = plan["head_a"] * prof, plan["head_b"] * prof
+    labels = np.zeros(6, np.uint8)
+    if a < 8:
+        hu += rng.normal(0, 4, hu.shape).astype(np.float32)
+        return hu, labels
+    tilt = plan["tilt"]
+    scalp = _ellipse(0, 0, a + 5, b + 5, tilt)
+    outer = _ellipse(0, 0, a, b, tilt)
+    inner = _ellipse(0, 0, a - 6, b - 6, tilt)
+    hu[scalp <= 1] = 30.0
+    hu[outer <= 1] = 1100.0
+    brain = inner <= 1
+    # grey matter rim, white matter core
+    core = _ellipse(0, 0, (a - 6) * 0.78, (b - 6) * 0.78, tilt) <= 1
+    hu[brain] = plan["grey"]
+    hu[brain & core] = plan["white"]
+    # interhemispheric fissure (CSF)
+    fissure = brain & (np.abs(_X * np.cos(tilt) + _Y * np.sin(tilt)) < 1.2) & (_ellipse(0, 0, a, b * 0.9, tilt) <= 1)
+    hu[fissure] = 8.0
+    vent = np.zeros_like(brain)
+    if 0.35 < t < 0.65:
+        vs = np.sin((t - 0.35) / 0.3 * np.pi)
+        for side in (-1.0, 1.0):
+            e = _ellipse(side * 7 * vs, -4, 5 * vs + 1, 22 * vs + 2, side * 0.25 + tilt)
+            vent |= (e <= 1) & brain
+        hu[vent] = 5.0
+    for les in plan["lesions"]:
+        if not les["z0"] <= t <= les["z1"]:
+            continue
+        lrng = np.random.default_rng(les["seed"])
+        k = np.sqrt(max(0.0, 1 - ((t - (les["z0"] + les["z1"]) / 2) / ((les["z1"] - les["z0"]) / 2)) ** 2))
+        if k < 0.2:
+            continue
+        st, ang, sz = les["subtype"], les["angle"], les["size"] * k
+        ux, uy = np.cos(ang), np.sin(ang)
+        if st == "epidural":  # lens against the inner table
+            rx, ry = (a - 6) * ux * 0.93, (b - 6) * uy * 0.93
+            mask = (_ellipse(rx, ry, 5 * sz + 1, 20 * sz + 2, ang) <= 1) & brain
+        elif st == "subdural":  # thin crescent along the inner table
+            ring = (inner <= 1) & (_ellipse(0, 0, a - 6 - 4 * sz - 1, b - 6 - 4 * sz - 1, tilt) > 1)
+            dirn = (_X * ux + _Y * uy) / np.maximum(np.hypot(_X, _Y), 1e-3)
+            mask = ring & (dirn > np.cos(0.6 + 0.4 * sz))
+        elif st == "subarachnoid":  # streaks: fissure plus a few sulcal lines near the cortex
+            mask = fissure & (np.abs(_Y - 20 * uy) < 25 * sz)
+            for _ in range(3):
+                th = ang + lrng.uniform(-0.8, 0.8)
+                r0 = lrng.uniform(0.75, 0.9)
+                cx, cy = (a - 6) * r0 * np.cos(th), (b - 6) * r0 * np.sin(th)
+                mask |= (_ellipse(cx, cy, 0.9, 9 * sz + 2, th) <= 1) & brain
+        elif st == "intraparenchymal":  # round clot in the white matter, off the ventricles
+            rx, ry = 28 * ux * les["side"], 30 * uy
+            mask = (_ellipse(rx, ry, 9 * sz + 2, 7 * sz + 2, ang) <= 1) & brain & ~vent
+        else:  # intraventricular: posterior part of a ventricle
+            mask = vent & (_Y > 2) & ((_X * les["side"]) > 0)
+        if mask.sum() >= 15:
+            hu[mask] = les["hu"] + lrng.normal(0, 3, int(mask.sum())).astype(np.float32)
+            labels[SUBTYPES.index(st)] = 1
+    labels[5] = labels[:5].max()
+    hu += rng.normal(0, 4, hu.shape).astype(np.float32)
+    return hu, labels
+
+
+def _encode(hu: np.ndarray, encoding: str) -> tuple[np.ndarray, dict]:
+    """Stored values and the pixel-module tags for one slice."""
+    outside = (_X * _X + _Y * _Y) > _R_FOV * _R_FOV
+    h = np.rint(hu).astype(np.int32)
+    if encoding == "signed16":
+        raw = np.clip(h + 1024, -32768, 32767)
+        raw[outside] = -2000
+        return raw.astype(np.int16), dict(BitsStored=16, HighBit=15, PixelRepresentation=1,
+                                           RescaleIntercept="-1024", RescaleSlope="1",
+                                           WindowCenter="40", WindowWidth="80")
+    if encoding == "unsigned12":
+        raw = np.clip(h + 1024, 0, 4095)
+        raw[outside] = 0
+        return raw.astype(np.uint16), dict(BitsStored=12, HighBit=11, PixelRepresentation=0,
+                                            RescaleIntercept="-1024", RescaleSlope="1",
+                                            WindowCenter=["00040", "00040"], WindowWidth=["00080", "00080"])
+    # RSNA defect: 12-bit two's complement of HU, declared unsigned, intercept > -100.
+    h = np.clip(h, -1000, 3095)
+    h[outside] = -1000
+    raw = np.where(h < 0, h + 4096, h)
+    return raw.astype(np.uint16), dict(BitsStored=12, HighBit=11, PixelRepresentation=0,
+                                        RescaleIntercept="1", RescaleSlope="1",
+                                        WindowCenter=["00036", "00036"], WindowWidth=["00080", "00080"])
+
+
+def write_corpus(out_dir: str | os.PathLike, cfg: SynthConfig, progress=None) -> dict:
+    """Write ``out_dir/dicom/*.dcm`` and ``out_dir/labels.csv``; return a summary dict."""
+    out_dir = os.fspath(out_dir)
+    dicom_dir = os.path.join(out_dir, "dicom")
+    os.makedirs(dicom_dir, exist_ok=True)
+    rng = np.random.default_rng(cfg.seed)
+    n_patients = max(1, int(round(cfg.studies * 0.8)))
+    patients = [(f"ID_{_hex(rng, 8)}", f"SYNTHETIC^PATIENT{i:04d}") for i in range(n_patients)]
+    rows: list[tuple[str, np.ndarray]] = []
+    counts = {"slices": 0, "compressed": 0, "positive": 0}
+    by_encoding = {e: 0 for e in ENCODINGS}
+    total = cfg.studies * cfg.slices
+    for s in range(cfg.studies):
+        plan = _study_plan(rng, cfg)
+        pid, pname = patients[s % n_patients] if s < n_patients else patients[int(rng.integers(n_patients))]
+        study_uid, series_uid = f"ID_{_hex(rng, 10)}", f"ID_{_hex(rng, 10)}"
+        encoding = ENCODINGS[0] if s % 2 == 0 else (ENCODINGS[2] if s % 10 == 5 else ENCODINGS[1])
+        by_encoding[encoding] += cfg.slices
+        z_base = float(rng.uniform(-200, 100))
+        order = rng.permutation(cfg.slices)  # files are not written in z order
+        for k in order:
+            t = (k + 0.5) / cfg.slices
+            hu, lab = _slice_hu(plan, t, rng)
+            raw, tags = _encode(hu, encoding)
+            sop = f"ID_{_hex(rng, 9)}"
+            compress = None
+            if rng.random() < cfg.compressed_fraction:
+                compress = RLELossless if rng.random() < 0.5 else JPEG2000Lossless
+            _write_slice(os.path.join(dicom_dir, f"{sop}.dcm"), raw, tags, sop, study_uid, series_uid,
+                         pid, pname, z_base + 5.0 * k, compress)
+            rows.append((sop, lab))
+            counts["slices"] += 1
+            counts["compressed"] += compress is not None
+            counts["positive"] += int(lab[5])
+            if progress is not None:
+                progress.update(counts["slices"], total)
+    with open(os.path.join(out_dir, "labels.csv"), "w", newline="") as fh:
+        fh.write("ID,Label\n")
+        for sop, lab in sorted(rows):
+            for name, v in zip(SUBTYPES, lab):
+                fh.write(f"{sop}_{name},{int(v)}\n")
+    return dict(counts, studies=cfg.studies, patients=n_patients, encodings=by_encoding, dicom_dir=dicom_dir,
+                labels=os.path.join(out_dir, "labels.csv"))
+
+
+def _write_slice(path, raw, tags, sop, study, series, pid, pname, z, compress) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # our RSNA-style 'ID_' UIDs are deliberately not valid UIs
+        _write_slice_unchecked(path, raw, tags, sop, study, series, pid, pname, z, compress)
+
+
+def _write_slice_unchecked(path, raw, tags, sop, study, series, pid, pname, z, compress) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop
+    ds.Modality = "CT"
+    ds.PatientName = pname
+    ds.PatientID = pid
+    ds.PatientBirthDate = "19470101"
+    ds.StudyDate = "20190101"
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = series
+    ds.StudyID = ""
+    ds.ImagePositionPatient = [-125.0, -125.0, round(z, 4)]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = raw.shape
+    ds.PixelSpacing = [PIXEL_MM, PIXEL_MM]
+    ds.BitsAllocated = 16
+    for k, v in tags.items():
+        setattr(ds, k, v)
+    ds.PixelData = raw.tobytes()
+    if compress is not None:
+        ds.compress(compress, raw, generate_instance_uid=False)
+    ds.save_as(path, enforce_file_format=True)
