@@ -1,0 +1,90 @@
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.pixels import apply_modality_lut
+
+from ichprep.synth import SynthConfig, write_corpus
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REAL_SERIES = SHARED / "data" / "rsna-test-series"
+REPORT = SHARED / "seed" / "000_5be432b6901edb1a.txt"
+
+# CT images shipped with pydicom's test data (pydicom-data), with their transfer syntaxes.
+PYDICOM_CT = [
+    "CT_small.dcm",  # Explicit VR LE, 128x128, 16-bit signed
+    "693_UNCR.dcm",  # Explicit VR LE, 512x512, 14-bit
+    "693_J2KR.dcm",  # JPEG 2000 lossless
+    "693_J2KI.dcm",  # JPEG 2000 lossy
+    "bad_sequence.dcm",  # JPEG lossless (process 14, SV1), 12-bit unsigned
+    "J2K_pixelrep_mismatch.dcm",  # JPEG 2000 lossless, pixel representation differs from the codestream
+]
+
+
+def pydicom_ct_path(name: str) -> str:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name, download=False)
+    if path is None:  # a missing fixture fails, it never passes silently
+        raise FileNotFoundError(f"pydicom test file {name} not found: install the 'pydicom-data' package")
+    return path
+
+
+def reference_hu(path) -> np.ndarray:
+    """HU from pydicom's own functions: pixel_array then apply_modality_lut (PS3.3 C.11.1), after the
+    RSNA 12-bit fix where it applies (DESIGN.md step 3)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(path)
+        arr = ds.pixel_array
+        if ds.BitsStored == 12 and ds.PixelRepresentation == 0 and float(ds.RescaleIntercept) > -100:
+            arr = arr.astype(np.int64) + 1000
+            arr[arr >= 4096] -= 4096
+            ds.RescaleIntercept = -1000
+        return apply_modality_lut(arr, ds).astype(np.float64)
+
+
+def first_value(v):
+    return float(v[0]) if isinstance(v, pydicom.multival.MultiValue) else float(v)
+
+
+def reference_channels(path, windows) -> np.ndarray:
+    """(H, W, C) float16: a plain numpy clip-and-scale of reference_hu for each window."""
+    hu = reference_hu(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    out = []
+    for w in windows:
+        if w.kind == "full":
+            lo, hi = hu.min(), hu.max()
+        elif w.kind == "default":
+            c, wd = first_value(ds.WindowCenter), first_value(ds.WindowWidth)
+            lo, hi = c - wd / 2, c + wd / 2
+        else:
+            lo, hi = w.center - w.width / 2, w.center + w.width / 2
+        out.append((np.clip(hu, lo, hi) - lo) / (hi - lo) if hi > lo else np.zeros_like(hu))
+    return np.stack(out, axis=-1).astype(np.float16)
+
+
+# float16 spacing just below 1.0 is 2**-11: the fused float32 kernel and the float64 reference may
+# round to neighbouring float16 values, never further apart.
+F16_TOL = 2.0**-11 + 1e-7
+
+
+@pytest.fixture(scope="session")
+def synth_corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    summary = write_corpus(out, SynthConfig(studies=6, slices=10, seed=3, compressed_fraction=0.25,
+                                            hemorrhage_fraction=0.8))
+    return summary
+
+
+@pytest.fixture(scope="session")
+def real_series():
+    if not REAL_SERIES.is_dir():
+        raise FileNotFoundError(f"real test series missing at {REAL_SERIES}")
+    return str(REAL_SERIES)

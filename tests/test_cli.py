@@ -1,0 +1,82 @@
+import json
+import os
+
+import pytest
+import zarr
+
+from ichprep.cli import main
+
+
+def test_synth_build_info_in_process(tmp_path, capsys):
+    data = tmp_path / "d"
+    assert main(["synth", str(data), "--studies", "2", "--slices", "6", "--seed", "1", "--quiet"]) == 0
+    assert len(os.listdir(data / "dicom")) == 12
+    out = tmp_path / "s.zarr"
+    rc = main(["build", str(data / "dicom"), "--labels", str(data / "labels.csv"), "--out", str(out),
+               "--windows", "brain:40/80,subdural:80/200,bone:600/2800", "--workers", "0", "--quiet"])
+    assert rc == 0
+    assert "12 written, 0 rejected" in capsys.readouterr().out
+    assert zarr.open_group(str(out), mode="r")["images"].shape == (12, 512, 512, 3)
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["slices"] == 12 and info["windows"] == ["brain:40/80", "subdural:80/200", "bone:600/2800"]
+    assert sum(info["type_counts"].values()) == 12 and info["compression_ratio"] > 1
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "type counts" in text and "on disk" in text
+
+
+def test_synth_is_deterministic(tmp_path):
+    for d in ("a", "b"):
+        assert main(["synth", str(tmp_path / d), "--studies", "1", "--slices", "4", "--seed", "7", "--quiet"]) == 0
+    fa = sorted(os.listdir(tmp_path / "a" / "dicom"))
+    assert fa == sorted(os.listdir(tmp_path / "b" / "dicom"))
+    for f in fa:
+        assert (tmp_path / "a" / "dicom" / f).read_bytes() == (tmp_path / "b" / "dicom" / f).read_bytes()
+    assert (tmp_path / "a" / "labels.csv").read_bytes() == (tmp_path / "b" / "labels.csv").read_bytes()
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["build", "/nonexistent/dir", "--out", "X"], "DICOM folder not found"),
+    (["build", "{empty}", "--out", "X"], "is empty"),
+    (["build", "{data}", "--out", "X", "--preset", "bogus"], "invalid choice"),
+    (["build", "{data}", "--out", "X", "--windows", "brain:40"], "Malformed window"),
+    (["build", "{data}", "--out", "X", "--labels", "{badcsv}"], "expected the header 'ID,Label'"),
+    (["build", "{data}", "--out", "X", "--shard-slices", "0"], "shard-slices"),
+    (["build", "{data}"], "--out"),
+    (["info", "/nonexistent.zarr"], "No store"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, match, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "x.dcm").write_bytes(b"not dicom")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Id;Label\n")
+    argv = [a.format(empty=tmp_path / "empty", data=data, badcsv=bad) for a in argv]
+    argv = [str(tmp_path / "X") if a == "X" else a for a in argv]
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 or (argv[0] == "info" and rc in (1, 2))
+    assert match in err and err.count("\n") == 1 and err.startswith("ichprep: error:")
+    assert not (tmp_path / "X").exists(), "nothing a user could mistake for a result"
+
+
+def test_build_into_foreign_folder_refuses(tmp_path, capsys, synth_corpus):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.txt").write_text("precious")
+    rc = main(["build", synth_corpus["dicom_dir"], "--out", str(foreign), "--workers", "0", "--overwrite", "--quiet"])
+    assert rc == 2 and "not an ichprep store" in capsys.readouterr().err
+    assert (foreign / "thesis.txt").read_text() == "precious"
+
+
+def test_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["build", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--out", "--labels", "--preset", "--windows", "--on-size", "--workers", "--scheduler",
+                 "--shard-slices", "--codec", "--salt", "--overwrite", "--strict", "--quiet"):
+        assert flag in text
