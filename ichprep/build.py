@@ -26,10 +26,12 @@ from ichprep.errors import (
     REASON_NAMES,
     REJECT_REASONS,
     IchprepError,
+    IncompleteStoreError,
     RejectError,
     SourceError,
     StoreError,
     StoreExistsError,
+    StrictRejectError,
     UsageError,
 )
 from ichprep.kernels import channel_params, window_slice
@@ -348,6 +350,8 @@ def _prepare_output(cfg: BuildConfig) -> tuple[str, object]:
                                    "into it (even with --overwrite). Choose another --out.")
     try:
         g, info = st.read_info(out)
+    except IncompleteStoreError:  # killed while the store was being created: start again
+        return "create", None
     except IchprepError:
         if "://" not in out and os.path.exists(out):
             raise StoreExistsError(f"Output {out!r} holds a Zarr store not written by this ichprep; refusing "
@@ -492,7 +496,7 @@ def build(cfg: BuildConfig, stream: TextIO | None = None) -> BuildResult:
         result.warnings = dict(warns)
         result.seconds = time.monotonic() - t0
         if cfg.strict and all_rejects:
-            raise UsageError(f"--strict: {len(all_rejects)} files rejected ({_reason_counts(all_rejects)}); "
+            raise StrictRejectError(f"--strict: {len(all_rejects)} files rejected ({_reason_counts(all_rejects)}); "
                              f"the store at {cfg.out!r} is complete but a strict build fails on any reject.")
         return result
 

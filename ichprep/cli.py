@@ -1,4 +1,4 @@
-"""``ichprep`` command line: build | synth | info | demo.
+"""``ichprep`` command line: build | synth | info | verify | stats | demo.
 
 ``main(argv) -> int`` is the entry point (tests call it in-process). Exit codes: 0 success, 1 a
 problem found (e.g. a failing check), 2 bad input (a flag, a CSV, a path), with one line on stderr
@@ -80,6 +80,21 @@ def _parser() -> argparse.ArgumentParser:
                                                                      "size on disk and compression ratio.")
     i.add_argument("store")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
+    v = sub.add_parser("verify", help="check a store (schema, completeness, values, labels; optionally vs its source)",
+                       description="Check the schema, completeness, that every value is finite and in [0, 1], that "
+                                   "labels and types agree; with --source, re-decode a random sample of slices "
+                                   "by pydicom + numpy (not the build's fast path) and compare. Exit 1 on any "
+                                   "problem, listing what and where.")
+    v.add_argument("store")
+    v.add_argument("--source", help="the DICOM folder the store was built from")
+    v.add_argument("--sample", type=int, default=16, help="slices to re-decode with --source (default 16)")
+    v.add_argument("--seed", type=int, default=0, help="seed for choosing the sample")
+    v.add_argument("--quiet", action="store_true")
+    t = sub.add_parser("stats", help="Table 3.1 for this store, rejects, fixed defects, slices per series",
+                       description="The report's Table 3.1 (type, count, the six flags) for this store, rejects by "
+                                   "reason, fixed defects by kind, and slices per series.")
+    t.add_argument("store")
+    t.add_argument("--json", action="store_true", help="print JSON instead of text")
     d = sub.add_parser("demo", help="synth + build + info on a small synthetic corpus",
                        description="The quick start: write a synthetic corpus, build a cnn store from it and "
                                    "summarise it.")
@@ -188,6 +203,71 @@ def _cmd_info(args) -> int:
     return EXIT_OK
 
 
+def _cmd_verify(args) -> int:
+    from ichprep.verify import verify
+
+    if args.sample < 1:
+        raise UsageError(f"Expected --sample >= 1. Received: sample={args.sample}")
+    rep = verify(args.store, source=args.source, sample=args.sample, seed=args.seed,
+                 stream=None if args.quiet else sys.stderr)
+    for p in rep.problems:
+        print(f"PROBLEM {p}")
+    checked = ", ".join(f"{k}={v}" for k, v in rep.checked.items())
+    print(f"{args.store}: {'OK' if rep.ok else f'{len(rep.problems)} problem(s)'}" + (f" ({checked})" if checked else ""))
+    return EXIT_OK if rep.ok else EXIT_PROBLEM
+
+
+def stats_dict(url: str) -> dict:
+    from collections import Counter
+
+    import numpy as np
+
+    from ichprep import store as st
+    from ichprep.labels import TYPE_TABLE
+
+    g, info = st.read_info(url)
+    a = info.attrs
+    types = np.asarray(g["type"][:])
+    ok = np.asarray(g["status"][:]) == 0
+    tc = Counter(int(t) for t in types[ok])
+    series = np.asarray(g["series_uid"][:], dtype=object)
+    _, per_series = np.unique(series, return_counts=True)
+    return dict(
+        store=url, complete=info.complete, slices=int(ok.sum()),
+        table_3_1=[dict(type=t, count=tc.get(t, 0), flags=list(TYPE_TABLE[t])) for t in range(1, 33)],
+        unlabelled=tc.get(0, 0),
+        rejects_by_reason=dict(Counter(r["reason"] for r in a.get("rejects", []))),
+        fixed=a.get("fixed", {}),
+        series=int(per_series.size),
+        slices_per_series=dict(min=int(per_series.min()), median=float(np.median(per_series)),
+                               max=int(per_series.max())) if per_series.size else {},
+    )
+
+
+def _cmd_stats(args) -> int:
+    d = stats_dict(args.store)
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return EXIT_OK
+    if not d["complete"]:
+        print("** INCOMPLETE store: its build has not finished; figures cover what is written **")
+    print(f"{d['store']}: {d['slices']} usable slices in {d['series']} series")
+    print("Table 3.1 for this store")
+    print(" type    count  EPD ITP ITV SBC SBD ANY")
+    for row in d["table_3_1"]:
+        print(f"  {row['type']:>3} {row['count']:>8}   " + "   ".join(str(f) for f in row["flags"]))
+    if d["unlabelled"]:
+        print(f"  unlabelled {d['unlabelled']}")
+    rj = d["rejects_by_reason"]
+    print("rejects      " + (", ".join(f"{n} {r}" for r, n in sorted(rj.items(), key=lambda x: -x[1])) or "none"))
+    fx = {k: v for k, v in d["fixed"].items() if v}
+    print("fixed        " + (", ".join(f"{v} {k}" for k, v in fx.items()) or "none"))
+    sp = d["slices_per_series"]
+    if sp:
+        print(f"per series   min {sp['min']}, median {sp['median']:g}, max {sp['max']} slices")
+    return EXIT_OK
+
+
 def _cmd_demo(args) -> int:
     out = args.out
     data = os.path.join(out, "data")
@@ -197,6 +277,7 @@ def _cmd_demo(args) -> int:
         ["build", os.path.join(data, "dicom"), "--labels", os.path.join(data, "labels.csv"), "--out", store,
          "--preset", "cnn", "--workers", str(args.workers)],
         ["info", store],
+        ["verify", store, "--source", os.path.join(data, "dicom"), "--sample", "8", "--quiet"],
     ]
     if os.path.isdir(os.path.join(data, "dicom")):
         steps = steps[1:]  # the corpus is deterministic: reuse it
@@ -210,7 +291,8 @@ def _cmd_demo(args) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"build": _cmd_build, "synth": _cmd_synth, "info": _cmd_info, "demo": _cmd_demo}
+_COMMANDS = {"build": _cmd_build, "synth": _cmd_synth, "info": _cmd_info, "verify": _cmd_verify,
+             "stats": _cmd_stats, "demo": _cmd_demo}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,6 +12,7 @@ __all__ = [
     "LabelsError",
     "WindowSpecError",
     "SourceError",
+    "StrictRejectError",
     "StoreError",
     "StoreExistsError",
     "IncompleteStoreError",
@@ -39,6 +40,10 @@ class WindowSpecError(UsageError):
 
 class SourceError(UsageError, FileNotFoundError):
     """The DICOM source folder is missing, empty or unreadable."""
+
+
+class StrictRejectError(IchprepError):
+    """``--strict``: the build finished, but some files were rejected."""
 
 
 class StoreError(IchprepError, OSError):

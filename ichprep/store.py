@@ -85,8 +85,12 @@ def create_store(url: str, n: int, channels: int, shard_slices: int, codec: str,
     """Create an empty store (overwriting whatever is at ``url``) with every array of the schema."""
     if n < 1:
         raise UsageError(f"Expected at least one slice to store. Received: n={n}")
-    g = zarr.open_group(url, mode="w", zarr_format=3)
     S = int(shard_slices)
+    # The group's zarr.json is written once, attributes included: a build killed while creating the
+    # arrays leaves a store that says it is incomplete, never an anonymous group.
+    first = dict(attrs, schema_version=SCHEMA_VERSION, complete=False, n=n, channels=channels,
+                 shard_slices=S, image_size=image_size)
+    g = zarr.open_group(url, mode="w", zarr_format=3, attributes={ATTRS_KEY: first})
     g.create_array("images", shape=(n, image_size, image_size, channels),
                    chunks=(1, image_size, image_size, channels), shards=(S, image_size, image_size, channels),
                    dtype="float16", compressors=_compressors(codec, channels), fill_value=0.0)
@@ -103,8 +107,6 @@ def create_store(url: str, n: int, channels: int, shard_slices: int, codec: str,
         g.create_array(name, shape=(n,), chunks=(S,), dtype=dtype, fill_value=fill, compressors=_meta_compressors())
     n_shards = -(-n // S)
     g.create_array("shard_done", shape=(n_shards,), chunks=(1,), dtype="uint8", fill_value=0, compressors=None)
-    set_attrs(g, dict(attrs, schema_version=SCHEMA_VERSION, complete=False, n=n, channels=channels,
-                      shard_slices=S, image_size=image_size))
     return g
 
 
@@ -183,7 +185,10 @@ def open_store(url: str, require_complete: bool = True) -> tuple[zarr.Group, Sto
     version = attrs.get("schema_version")
     if version != SCHEMA_VERSION:
         raise SchemaError(f"Store {url!r} has schema version {version!r}; this ichprep reads version {SCHEMA_VERSION}")
-    missing = [a for a in ("images", *META_ARRAYS, *SHARD_ARRAYS) if a not in g]
+    missing = [a for a in ("images", *META_ARRAYS, *SHARD_ARRAYS, "shard_done") if a not in g]
+    if missing and not attrs.get("complete"):
+        raise IncompleteStoreError(f"Store {url!r} is incomplete: its build stopped while creating it. "
+                                   "Rerun the same 'ichprep build' command to start it again.")
     if missing:
         raise SchemaError(f"Store {url!r} lacks arrays {missing}")
     info = StoreInfo(url=str(url), n=int(attrs["n"]), channels=int(attrs["channels"]),

@@ -1,0 +1,281 @@
+"""Real-world defects, rejects with reasons, crash-safe resume, verify, stats and privacy."""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pydicom
+import pytest
+import zarr
+
+from ichprep.build import BuildConfig, build
+from ichprep.cli import main
+from ichprep.errors import REJECT_REASONS
+from ichprep.synth import SynthConfig, write_corpus
+from ichprep.windows import parse_windows
+
+ARRAYS = ("images", "labels", "type", "sop_uid", "study_uid", "series_uid", "patient", "position_z",
+          "hu_min", "hu_max", "status", "shard_done")
+
+
+def _good_files(synth_corpus, k):
+    files = sorted(glob.glob(os.path.join(synth_corpus["dicom_dir"], "*.dcm")))
+    out = []
+    for f in files:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(f)
+        if ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1":
+            out.append((f, ds))
+        if len(out) == k:
+            return out
+    raise AssertionError("not enough uncompressed synthetic files")
+
+
+def _save(ds, path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.save_as(path, enforce_file_format=False)
+
+
+def _make_defects(folder, synth_corpus):
+    """One file per defect class; returns {filename: expected reason}."""
+    good = _good_files(synth_corpus, 16)
+    expected = {}
+    for f, _ in good[:6]:
+        shutil.copy(f, folder)
+    (folder / "notes.txt").write_text("not a dicom file")
+    expected["notes.txt"] = "not_dicom"
+    data = open(good[6][0], "rb").read()
+    (folder / "cut.dcm").write_bytes(data[: len(data) * 6 // 10])
+    expected["cut.dcm"] = "truncated"
+
+    def variant(i, name, reason, change):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(good[i][0])
+            ds.SOPInstanceUID = f"ID_defect{i}"
+            change(ds)
+        _save(ds, folder / name)
+        expected[name] = reason
+
+    variant(7, "nopix.dcm", "no_pixel_data", lambda ds: delattr(ds, "PixelData"))
+    variant(8, "mr.dcm", "not_ct", lambda ds: setattr(ds, "Modality", "MR"))
+    variant(9, "frames.dcm", "multi_frame", lambda ds: setattr(ds, "NumberOfFrames", 2))
+    variant(10, "huge.dcm", "bad_dimensions", lambda ds: setattr(ds, "Rows", 60000))
+    variant(11, "noslope.dcm", "missing_tag", lambda ds: delattr(ds, "RescaleSlope"))
+
+    def weird_syntax(ds):  # MPEG-2 video: pydicom has no decoder for it
+        from pydicom.encaps import encapsulate
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"
+        ds.PixelData = encapsulate([b"\xff\xd8" + b"\x00" * 64])
+        ds["PixelData"].VR = "OB"
+    variant(12, "weird_ts.dcm", "unsupported_transfer_syntax", weird_syntax)
+
+    def broken_j2k(ds):  # claims JPEG 2000 but holds garbage: found only in the pixel pass
+        from pydicom.encaps import encapsulate
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"
+        ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 64])
+        ds["PixelData"].VR = "OB"
+    variant(13, "broken.dcm", "decode_failed", broken_j2k)
+
+    def small(ds):  # a 256 x 256 slice: fixed by the size policy, not rejected
+        arr = ds.pixel_array[::2, ::2].copy()
+        ds.Rows, ds.Columns = arr.shape
+        ds.PixelData = arr.tobytes()
+    variant(14, "small.dcm", None, small)
+    del expected["small.dcm"]
+    shutil.copy(good[0][0], folder / "copy_of_first.dcm")
+    expected["copy_of_first.dcm"] = "duplicate"
+    return expected
+
+
+def test_every_defect_class_is_rejected_with_its_reason(tmp_path, synth_corpus, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    expected = _make_defects(src, synth_corpus)
+    out = tmp_path / "s.zarr"
+    rc = main(["build", str(src), "--out", str(out), "--preset", "rnn", "--workers", "0", "--quiet"])
+    summary = capsys.readouterr().out
+    assert rc == 0
+    assert "7 written, 10 rejected" in summary and "1 truncated" in summary and "1 not_dicom" in summary
+    g = zarr.open_group(str(out), mode="r")
+    manifest = {r["file"]: r["reason"] for r in g.attrs["ichprep"]["rejects"]}
+    dup = [f for f, r in manifest.items() if r == "duplicate"]
+    assert len(dup) == 1
+    manifest["copy_of_first.dcm"] = manifest.pop(dup[0])  # either copy may be the one kept
+    assert manifest == expected
+    assert set(expected.values()) | {"ok"} <= set(REJECT_REASONS)
+    # the undecodable file has a row with its status code and NaN range; everything else is usable
+    status = g["status"][:]
+    assert (status == REJECT_REASONS["decode_failed"]).sum() == 1
+    assert np.isnan(g["hu_min"][:][status != 0]).all() and not np.isnan(g["hu_min"][:][status == 0]).any()
+    assert g.attrs["ichprep"]["fixed"]["resized"] == 1
+    assert g.attrs["ichprep"]["counts"]["written"] == 7
+    # --strict makes any reject an error (exit 1)
+    rc = main(["build", str(src), "--out", str(tmp_path / "strict.zarr"), "--workers", "0", "--quiet", "--strict"])
+    assert rc == 1 and "--strict" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("policy", ["resize", "pad", "reject"])
+def test_size_policies(tmp_path, synth_corpus, policy):
+    src = tmp_path / "src"
+    src.mkdir()
+    (f, ds), = _good_files(synth_corpus, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        arr = ds.pixel_array
+        big = np.pad(arr, ((0, 256), (0, 0)), mode="edge")  # 768 x 512
+        ds.Rows, ds.Columns = big.shape
+        ds.PixelData = big.tobytes()
+    _save(ds, src / "odd.dcm")
+    shutil.copy(_good_files(synth_corpus, 2)[1][0], src)
+    res = build(BuildConfig(source=str(src), out=str(tmp_path / "o.zarr"), windows=parse_windows("brain"),
+                            on_size=policy, workers=0, salt="s"))
+    if policy == "reject":
+        assert res.written == 1 and res.reject_reasons == {"bad_size": 1}
+    else:
+        assert res.written == 2 and res.fixed[{"resize": "resized", "pad": "padded"}[policy]] == 1
+
+
+def _build_cmd(src, out, labels):
+    return [sys.executable, "-m", "ichprep.cli", "build", str(src), "--labels", str(labels), "--out", str(out),
+            "--preset", "rnn", "--workers", "0", "--shard-slices", "4", "--salt", "fixed", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def resume_corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("resume")
+    s = write_corpus(d, SynthConfig(studies=4, slices=16, seed=11, compressed_fraction=0.1))
+    ref = d / "ref.zarr"
+    subprocess.run(_build_cmd(s["dicom_dir"], ref, s["labels"]), check=True)
+    return s, ref
+
+
+def _shards_written(out):
+    p = os.path.join(out, "shard_done", "c")
+    return len(os.listdir(p)) if os.path.isdir(p) else 0
+
+
+def _assert_same_store(a, b):
+    ga, gb = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
+    for name in ARRAYS:
+        np.testing.assert_array_equal(ga[name][:], gb[name][:], err_msg=name)
+    assert ga.attrs["ichprep"] == gb.attrs["ichprep"]
+
+
+@pytest.mark.parametrize("kill_after_shards", [0, 3, 9])
+def test_kill_9_then_rerun_resumes_and_equals_uninterrupted(tmp_path, resume_corpus, kill_after_shards, capsys):
+    s, ref = resume_corpus
+    out = tmp_path / "k.zarr"
+    proc = subprocess.Popen(_build_cmd(s["dicom_dir"], out, s["labels"]), start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (kill_after_shards == 0 and os.path.exists(out / "zarr.json")) or \
+           (kill_after_shards and _shards_written(out) >= kill_after_shards):
+            break
+        time.sleep(0.002)
+    assert proc.poll() is None, "the build finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written = _shards_written(out)
+    assert written < 16
+    if os.path.exists(out / "zarr.json"):  # a killed build is never marked complete, and says so
+        capsys.readouterr()
+        rc = main(["info", str(out)])
+        said = "".join(capsys.readouterr()).lower()
+        assert rc in (0, 1) and "incomplete" in said
+        assert main(["verify", str(out), "--quiet"]) == 1
+    res = subprocess.run(_build_cmd(s["dicom_dir"], out, s["labels"]), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    if written:
+        assert "[resumed]" in res.stdout
+    _assert_same_store(out, ref)
+
+
+def test_second_build_into_same_output_refuses(tmp_path, resume_corpus, capsys):
+    s, _ = resume_corpus
+    out = tmp_path / "busy.zarr"
+    lock = str(out) + ".lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with open(lock, "w") as fh:
+            fh.write(str(holder.pid))
+        rc = main(["build", s["dicom_dir"], "--out", str(out), "--workers", "0", "--quiet"])
+        assert rc == 1 and f"pid {holder.pid}" in capsys.readouterr().err
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # a lock left by a dead process is taken over
+    rc = main(["build", s["dicom_dir"], "--out", str(out), "--workers", "0", "--quiet"])
+    assert rc == 0 and not os.path.exists(lock)
+
+
+def test_verify_finds_corruption(tmp_path, resume_corpus, capsys):
+    s, ref = resume_corpus
+    out = tmp_path / "v.zarr"
+    shutil.copytree(ref, out)
+    assert main(["verify", str(out), "--source", s["dicom_dir"], "--sample", "4", "--quiet"]) == 0
+    g = zarr.open_group(str(out), mode="r+")
+    img = g["images"][8:12]
+    img[1, 100, 100, 3] = 2.0  # out of range
+    img[2] = np.float16(0.5)  # in range, but not what the file holds
+    g["images"][8:12] = img
+    lab = g["labels"][:]
+    lab[0, 0] = 1 - lab[0, 0]
+    g["labels"][:] = lab
+    capsys.readouterr()
+    rc = main(["verify", str(out), "--source", s["dicom_dir"], "--sample", "64", "--quiet"])
+    text = capsys.readouterr().out
+    assert rc == 1
+    assert "out-of-[0, 1] values in 1 slices, e.g. rows [9]" in text
+    assert "type: 1 rows disagree" in text
+    assert "row 10 (" in text and "differs from a fresh decode" in text
+
+
+def test_stats_table_matches_labels(resume_corpus, capsys):
+    s, ref = resume_corpus
+    assert main(["stats", str(ref), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    g = zarr.open_group(str(ref), mode="r")
+    types = g["type"][:]
+    assert [r["count"] for r in d["table_3_1"]] == [int((types == t).sum()) for t in range(1, 33)]
+    assert d["slices_per_series"] == {"min": 16, "median": 16.0, "max": 16} and d["series"] == 4
+    assert main(["stats", str(ref)]) == 0
+    assert "Table 3.1" in capsys.readouterr().out
+
+
+def test_no_patient_identifying_data_in_store_or_output(tmp_path, capfd):
+    d = tmp_path / "c"
+    s = write_corpus(d, SynthConfig(studies=3, slices=5, seed=21))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(sorted(glob.glob(os.path.join(s["dicom_dir"], "*.dcm")))[0], stop_before_pixels=True)
+    secrets_ = [str(ds.PatientName), str(ds.PatientID), str(ds.PatientBirthDate), str(ds.StudyDate),
+                "SYNTHETIC^PATIENT"]
+    out = tmp_path / "p.zarr"
+    assert main(["build", s["dicom_dir"], "--labels", s["labels"], "--out", str(out), "--workers", "0"]) == 0
+    main(["info", str(out)])
+    main(["stats", str(out)])
+    printed = "".join(capfd.readouterr())
+    # every byte written, raw and decoded
+    blobs = [printed.encode()]
+    for root, _, files in os.walk(out):
+        for f in files:
+            blobs.append(open(os.path.join(root, f), "rb").read())
+    g = zarr.open_group(str(out), mode="r")
+    for name in ("sop_uid", "study_uid", "series_uid", "patient"):
+        blobs.append("\n".join(str(x) for x in g[name][:]).encode())
+    blobs.append(json.dumps(dict(g.attrs)).encode())
+    hay = b"\n".join(blobs)
+    for secret in secrets_:
+        assert secret.encode() not in hay, secret
+    assert len(set(g["patient"][:])) >= 2
