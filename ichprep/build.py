@@ -293,9 +293,9 @@ def _out_lock(out: str) -> Iterator[None]:
         yield
         return
     lock = os.path.abspath(out).rstrip(os.sep) + ".lock"
-    os.makedirs(os.path.dirname(lock) or ".", exist_ok=True)
     for _ in range(2):
         try:
+            os.makedirs(os.path.dirname(lock) or ".", exist_ok=True)
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             with os.fdopen(fd, "w") as fh:
                 fh.write(str(os.getpid()))
@@ -309,6 +309,8 @@ def _out_lock(out: str) -> Iterator[None]:
                 raise StoreError(f"Another build (pid {pid}) is writing {out!r}; wait for it, or remove "
                                  f"{lock!r} if that process is gone.") from None
             os.unlink(lock)
+        except OSError as exc:
+            raise UsageError(f"Cannot write the output {out!r} ({exc.strerror or exc}). Choose a writable --out.") from None
     try:
         yield
     finally:

@@ -45,6 +45,7 @@ def test_synth_is_deterministic(tmp_path):
     (["build", "{data}", "--out", "X", "--shard-slices", "0"], "shard-slices"),
     (["build", "{data}"], "--out"),
     (["info", "/nonexistent.zarr"], "No store"),
+    (["build", "{data}", "--out", "/proc/ichprep-test/out.zarr"], "Cannot write the output"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, match, tmp_path, capsys):
