@@ -1,0 +1,223 @@
+"""Ingest benchmark: ``ichprep build`` against what users write by hand, in one run, on the same files.
+
+Every contender runs as its own process (the whole command, start-up included) after a warm-up read
+of every file (warm page cache). Per-core contenders are pinned to one core (``sched_setaffinity``,
+inherited by child processes such as Dask workers); the 2-worker build is not pinned. Peak RSS is
+sampled for every process of a contender's tree (psutil) and the largest single process is reported.
+
+Contenders:
+  naive_a      per slice: dcmread + pixel_array + HU + min-max in numpy + write the slice (float16) to a
+               zarr array with zarr's default codec
+  decode_b     dcmread + pixel_array only: the floor of any pydicom-based ingester
+  naive_10win  per slice: decode + the 10 Table 2.1 windows in numpy to float16 (writes nothing)
+  build_cnn_1  ichprep build --preset cnn --workers 1   (pinned to one core)
+  build_rnn_1  ichprep build --preset rnn --workers 1   (pinned to one core)
+  build_cnn_2  ichprep build --preset cnn --workers 2   (unpinned)
+
+Usage: python benchmarks/ingest.py [--slices 1024] [--data DIR [--labels CSV]] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+FULL_DATASET = 752_803
+
+
+def _files(d):
+    return sorted(glob.glob(os.path.join(d, "**", "*.dcm"), recursive=True))
+
+
+# ---------------------------------------------------------------- naive contenders (run in a child)
+
+def naive_a(src, out):
+    import numpy as np
+    import pydicom
+    import warnings
+    import zarr
+
+    warnings.simplefilter("ignore")
+    files = _files(src)
+    z = zarr.create_array(out, shape=(len(files), 512, 512), chunks=(1, 512, 512), dtype="float16")
+    for i, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        lo, hi = hu.min(), hu.max()
+        if hu.shape == (512, 512):
+            z[i] = ((hu - lo) / (hi - lo if hi > lo else 1)).astype(np.float16)
+
+
+def decode_b(src, out):
+    import pydicom
+    import warnings
+
+    warnings.simplefilter("ignore")
+    for f in _files(src):
+        pydicom.dcmread(f).pixel_array
+
+
+WINDOWS = [(40, 80), (50, 130), (75, 215), (100, 300), (20, 350), (40, 375), (60, 400), (600, 2800), (32, 8)]
+
+
+def naive_10win(src, out):
+    import numpy as np
+    import pydicom
+    import warnings
+
+    warnings.simplefilter("ignore")
+    for f in _files(src):
+        ds = pydicom.dcmread(f)
+        hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        wc = ds.WindowCenter
+        wc = float(wc[0] if isinstance(wc, pydicom.multival.MultiValue) else wc)
+        ww = ds.WindowWidth
+        ww = float(ww[0] if isinstance(ww, pydicom.multival.MultiValue) else ww)
+        chans = []
+        for c, w in [(wc, ww)] + WINDOWS:
+            lo, hi = c - w / 2, c + w / 2
+            chans.append((np.clip(hu, lo, hi) - lo) / (hi - lo))
+        np.stack(chans, -1).astype(np.float16)
+
+
+NAIVE = {"naive_a": naive_a, "decode_b": decode_b, "naive_10win": naive_10win}
+
+
+# ---------------------------------------------------------------- driver
+
+def _run(cmd, pin):
+    import psutil
+
+    def pin_core():
+        if pin:
+            os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=pin_core)
+    root = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            procs = [root] + root.children(recursive=True)
+            peak = max([peak] + [p.memory_info().rss for p in procs if p.is_running()])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+        time.sleep(0.05)
+    wall = time.perf_counter() - t0
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-2000:]}")
+    return wall, peak, out
+
+
+def _store_size(path):
+    total = 0
+    for r, _, fs in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(r, f)) for f in fs)
+    return total
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--slices", type=int, default=1024, help="synthetic corpus size (default 1024)")
+    p.add_argument("--data", help="a folder of real DICOMs instead of a synthetic corpus")
+    p.add_argument("--labels", help="label CSV for --data")
+    p.add_argument("--json", help="write the results here as JSON")
+    p.add_argument("--only", help="comma-separated contenders to run (default all)")
+    p.add_argument("--contender", help=argparse.SUPPRESS)
+    p.add_argument("--src", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.contender:  # child mode
+        NAIVE[a.contender](a.src, a.out)
+        return 0
+    work = tempfile.mkdtemp(prefix="ichprep-bench-")
+    try:
+        if a.data:
+            src, labels = a.data, a.labels
+        else:
+            studies = max(1, a.slices // 32)
+            subprocess.run([sys.executable, "-m", "ichprep.cli", "synth", os.path.join(work, "corpus"),
+                            "--studies", str(studies), "--slices", "32", "--seed", "0", "--quiet"], check=True,
+                           stdout=subprocess.DEVNULL)
+            src, labels = os.path.join(work, "corpus", "dicom"), os.path.join(work, "corpus", "labels.csv")
+        files = _files(src)
+        n = len(files)
+        for f in files:  # warm the page cache
+            with open(f, "rb") as fh:
+                fh.read()
+        here = os.path.abspath(__file__)
+        ichprep = [sys.executable, "-m", "ichprep.cli", "build", src, "--quiet", "--salt", "bench"]
+        if labels:
+            ichprep += ["--labels", labels]
+        contenders = {
+            "naive_a": ([sys.executable, here, "--contender", "naive_a", "--src", src, "--out", os.path.join(work, "a.zarr")], True, "a.zarr"),
+            "decode_b": ([sys.executable, here, "--contender", "decode_b", "--src", src], True, None),
+            "naive_10win": ([sys.executable, here, "--contender", "naive_10win", "--src", src], True, None),
+            "build_cnn_1": (ichprep + ["--out", os.path.join(work, "cnn1.zarr"), "--preset", "cnn", "--workers", "1"], True, "cnn1.zarr"),
+            "build_rnn_1": (ichprep + ["--out", os.path.join(work, "rnn1.zarr"), "--preset", "rnn", "--workers", "1"], True, "rnn1.zarr"),
+            "build_cnn_2": (ichprep + ["--out", os.path.join(work, "cnn2.zarr"), "--preset", "cnn", "--workers", "2"], False, "cnn2.zarr"),
+        }
+        only = set(a.only.split(",")) if a.only else set(contenders)
+        results = {}
+        for name, (cmd, pin, store) in contenders.items():
+            if name not in only:
+                continue
+            wall, peak, _ = _run(cmd, pin)
+            r = dict(seconds=round(wall, 3), slices_per_s=round(n / wall, 1), peak_rss_mib=round(peak / 2**20, 1),
+                     pinned=pin)
+            if store:
+                size = _store_size(os.path.join(work, store))
+                channels = 10 if "rnn" in name else 1
+                r.update(store_mib=round(size / 2**20, 1), compression=round(n * 512 * 512 * channels * 2 / size, 2))
+            results[name] = r
+            print(f"  {name:<12} {r['slices_per_s']:>8.1f} slices/s  peak RSS {r['peak_rss_mib']:>7.1f} MiB", file=sys.stderr)
+
+        def ratio(x, y):
+            return round(results[x]["slices_per_s"] / results[y]["slices_per_s"], 2) if x in results and y in results else None
+
+        ratios = {
+            "build_cnn_1 / naive_a (target >= 3)": ratio("build_cnn_1", "naive_a"),
+            "build_cnn_1 / decode_b (target >= 0.35)": ratio("build_cnn_1", "decode_b"),
+            "build_rnn_1 / naive_10win (target >= 1.5)": ratio("build_rnn_1", "naive_10win"),
+            "build_cnn_2 / build_cnn_1 (target >= 1.6)": ratio("build_cnn_2", "build_cnn_1"),
+        }
+        projection = {}
+        for name in ("build_cnn_1", "build_rnn_1"):
+            if name in results:
+                r = results[name]
+                hours = FULL_DATASET / r["slices_per_s"] / 3600
+                projection[name] = dict(hours_one_core=round(hours, 2),
+                                        disk_gib=round(r["store_mib"] / n * FULL_DATASET / 1024, 1))
+        report = dict(machine=dict(cpus=os.cpu_count(), python=platform.python_version(), platform=platform.platform()),
+                      slices=n, data=a.data or "synthetic", results=results, ratios=ratios,
+                      projection_full_dataset=projection)
+        print(f"\nIngest benchmark: {n} slices ({report['data']}), {os.cpu_count()} cores\n")
+        print(f"| contender | slices/s | peak RSS MiB | store MiB | compression |")
+        print(f"|---|---|---|---|---|")
+        for name, r in results.items():
+            print(f"| {name} | {r['slices_per_s']:.1f} | {r['peak_rss_mib']:.0f} | {r.get('store_mib', '')} | {r.get('compression', '')} |")
+        print()
+        for k, v in ratios.items():
+            print(f"  {k}: {v}")
+        for k, v in projection.items():
+            print(f"  full data set ({FULL_DATASET:,} slices) with {k}: {v['hours_one_core']} h on one core "
+                  f"(÷ cores added), {v['disk_gib']} GiB")
+        if a.json:
+            with open(a.json, "w") as fh:
+                json.dump(report, fh, indent=2)
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
