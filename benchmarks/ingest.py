@@ -14,7 +14,7 @@ Contenders:
   build_rnn_1  ichprep build --preset rnn --workers 1   (pinned to one core)
   build_cnn_2  ichprep build --preset cnn --workers 2   (unpinned)
 
-Usage: python benchmarks/ingest.py [--slices 1024] [--data DIR [--labels CSV]] [--json out.json]
+Usage: python benchmarks/ingest.py [--slices 4096] [--data DIR [--labels CSV]] [--json out.json]
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def _store_size(path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--slices", type=int, default=1024, help="synthetic corpus size (default 1024)")
+    p.add_argument("--slices", type=int, default=4096, help="synthetic corpus size (default 4096: enough to amortise start-up)")
     p.add_argument("--data", help="a folder of real DICOMs instead of a synthetic corpus")
     p.add_argument("--labels", help="label CSV for --data")
     p.add_argument("--json", help="write the results here as JSON")

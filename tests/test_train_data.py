@@ -1,0 +1,128 @@
+"""ichtrain.data: splits, per-type weights, and the tf.data stream against the store's own values."""
+
+import numpy as np
+import pytest
+import zarr
+
+from ichprep.build import BuildConfig, build
+from ichprep.errors import IncompleteStoreError, UsageError
+from ichprep.windows import parse_windows
+from ichtrain.data import StoreStream, sample_epoch, split_rows, type_weights
+
+
+@pytest.fixture(scope="module")
+def stores(synth_corpus, tmp_path_factory):
+    d = tmp_path_factory.mktemp("train")
+    out = {}
+    for preset in ("cnn", "rnn"):
+        url = str(d / f"{preset}.zarr")
+        build(BuildConfig(source=synth_corpus["dicom_dir"], out=url, labels=synth_corpus["labels"],
+                          windows=parse_windows(preset), preset=preset, workers=0, salt="s", shard_slices=8))
+        out[preset] = url
+    return out
+
+
+def test_type_weights_formula():
+    types = np.array([32] * 90 + [1] * 10)
+    w = type_weights(types, 1.0)  # balanced: each type half the mass
+    assert w[32] * 90 == pytest.approx(0.5) and w[1] * 10 == pytest.approx(0.5)
+    w0 = type_weights(types, 0.0)  # natural frequencies
+    assert w0[32] == pytest.approx(w0[1]) == pytest.approx(0.01)
+    wh = type_weights(types, 0.5)  # count ** -0.5, normalised
+    assert wh[1] / wh[32] == pytest.approx((10 / 90) ** -0.5)
+    with pytest.raises(UsageError, match="alpha"):
+        type_weights(types, 1.5)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_sampled_epoch_type_frequencies_match_weights(alpha):
+    """Observed type shares of 200,000 draws are within 5 binomial standard deviations of
+    P(type) = count_t ** (1 - alpha) / sum_u count_u ** (1 - alpha)."""
+    rng = np.random.default_rng(0)
+    counts = {32: 6000, 31: 300, 20: 80, 1: 5}
+    types = np.concatenate([np.full(c, t) for t, c in counts.items()])
+    rows = np.arange(types.size)
+    n = 200_000
+    drawn = sample_epoch(rows, types, alpha, n, rng)
+    expected = {t: c ** (1 - alpha) for t, c in counts.items()}
+    z = sum(expected.values())
+    for t in counts:
+        p = expected[t] / z
+        observed = np.mean(types[drawn] == t)
+        assert abs(observed - p) <= 5 * np.sqrt(p * (1 - p) / n), (t, observed, p)
+
+
+def test_splits_disjoint_by_group_reproducible_and_exclude_unlabelled():
+    groups = np.array([f"p{i // 7}" for i in range(140)], dtype=object)
+    usable = np.ones(140, bool)
+    usable[::13] = False
+    a = split_rows(groups, usable, (0.6, 0.2, 0.2), seed=1)
+    b = split_rows(groups, usable, (0.6, 0.2, 0.2), seed=1)
+    c = split_rows(groups, usable, (0.6, 0.2, 0.2), seed=2)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert any(not np.array_equal(a[k], c[k]) for k in a)
+    sets = [set(groups[a[k]]) for k in ("train", "val", "test")]
+    assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
+    allrows = np.concatenate(list(a.values()))
+    assert sorted(allrows) == sorted(np.flatnonzero(usable))
+    assert abs(a["train"].size / usable.sum() - 0.6) < 0.1
+
+
+def test_store_stream_splits_by_patient(stores):
+    s = StoreStream(stores["cnn"], fractions=(0.6, 0.2, 0.2), seed=0)
+    g = zarr.open_group(stores["cnn"], mode="r")
+    patient = np.asarray(g["patient"][:], dtype=object)
+    sides = [set(patient[s.splits[k]]) for k in ("train", "val", "test")]
+    assert all(sides) and not (sides[0] & sides[1] | sides[0] & sides[2] | sides[1] & sides[2])
+    assert sum(v.size for v in s.splits.values()) == 60
+
+
+def test_unweighted_stream_equals_store_values_cnn(stores):
+    s = StoreStream(stores["cnn"], fractions=(0.6, 0.2, 0.2))
+    ds = s.dataset("val", batch_size=4, dtype="float16")
+    spec = ds.element_spec
+    assert tuple(spec[0].shape[1:]) == (512, 512, 1) and spec[0].dtype.name == "float16"
+    assert tuple(spec[1].shape[1:]) == (6,) and spec[1].dtype.name == "float32"
+    imgs, labs = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+    g = zarr.open_group(stores["cnn"], mode="r")
+    rows = s.splits["val"]
+    np.testing.assert_array_equal(np.concatenate(imgs), g["images"][:][rows])
+    np.testing.assert_array_equal(np.concatenate(labs), g["labels"][:][rows].astype(np.float32))
+
+
+def test_rnn_stream_is_a_window_sequence_and_downscales(stores):
+    s = StoreStream(stores["rnn"], fractions=(0.6, 0.2, 0.2))
+    x, y = next(iter(s.dataset("test", batch_size=2)))
+    assert x.shape == (2, 10, 512, 512, 1) and x.dtype.name == "float32"
+    g = zarr.open_group(stores["rnn"], mode="r")
+    first = s.splits["test"][0]
+    np.testing.assert_array_equal(x.numpy()[0, :, :, :, 0], np.moveaxis(g["images"][first], -1, 0).astype(np.float32))
+    small = next(iter(s.dataset("test", batch_size=2, image_size=128)))[0]
+    assert small.shape == (2, 10, 128, 128, 1)
+    ref = g["images"][first].astype(np.float32).reshape(128, 4, 128, 4, 10).mean(axis=(1, 3))
+    np.testing.assert_allclose(small.numpy()[0, :, :, :, 0], np.moveaxis(ref, -1, 0), atol=1e-5)
+
+
+def test_weighted_train_stream_draws_the_plan(stores):
+    s = StoreStream(stores["cnn"], fractions=(0.6, 0.2, 0.2))
+    plan = s.plan("train", alpha=1.0, epoch_size=50, epoch=0)
+    assert sum(len(r) for _, r in plan) == 50
+    assert all((r // s.shard_slices == sh).all() for sh, r in plan)
+    assert set(np.concatenate([r for _, r in plan])) <= set(s.splits["train"])
+    n = sum(int(x.shape[0]) for x, _ in s.dataset("train", batch_size=8, alpha=1.0, epoch_size=50, epochs=2))
+    assert n == 100
+    assert s.plan("train", epoch=1)[0][1].tolist() != s.plan("train", epoch=0)[0][1].tolist() or len(plan) == 1
+
+
+def test_incomplete_store_refused(stores, tmp_path):
+    import shutil
+
+    url = str(tmp_path / "inc.zarr")
+    shutil.copytree(stores["cnn"], url)
+    g = zarr.open_group(url, mode="r+")
+    a = dict(g.attrs["ichprep"])
+    a["complete"] = False
+    g.attrs["ichprep"] = a
+    with pytest.raises(IncompleteStoreError, match="incomplete"):
+        StoreStream(url)
