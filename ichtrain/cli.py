@@ -1,19 +1,130 @@
-"""``ichtrain`` command line. Nothing is implemented yet; it says so instead of pretending."""
+"""``ichtrain`` command line: fit | evaluate | predict. ``main(argv) -> int``; exit 2 on bad input."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import sys
+
+from ichprep.errors import IchprepError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _fractions(text: str) -> tuple:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise UsageError(f"Expected --split like 0.8,0.1,0.1. Received: {text!r}") from None
+    if len(parts) != 3:
+        raise UsageError(f"Expected three fractions for train,val,test. Received: {text!r}")
+    return parts
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="ichtrain", description="Train and evaluate the reference study's models on an ichprep store, "
+                                              "and predict a submission CSV from DICOMs.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    f = sub.add_parser("fit", help="train a model on a store", description=(
+        "Train on the store's train split (by patient), weighted by type; validate on the val split each epoch. "
+        "Writes RUN_DIR/config.json, checkpoints/ (every epoch), log.csv, tensorboard/ and model.keras. "
+        "Rerunning with the same RUN_DIR resumes after the last finished epoch."))
+    f.add_argument("store")
+    f.add_argument("--out", required=True, help="run folder")
+    f.add_argument("--model", default="baseline", choices=("cnn", "cnn-described", "rnn", "baseline"),
+                   help="cnn: the report's listing (1,527,130 parameters at 512); cnn-described: section 4.2 "
+                        "(264,330); rnn: shared window encoder + GRU (needs an rnn store); baseline: small and "
+                        "fast (default)")
+    f.add_argument("--epochs", type=int, default=10)
+    f.add_argument("--batch-size", type=int, default=32)
+    f.add_argument("--image-size", type=int, help="input size (on-the-fly downscale); default 512 for the "
+                                                  "report's CNNs, 128 for baseline and rnn")
+    f.add_argument("--l2", type=float, default=1e-4, help="L2 on kernels and biases (report: 0.01; default 1e-4)")
+    f.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    f.add_argument("--alpha", type=float, default=0.5,
+                   help="per-type sampling exponent: weight = count**-alpha (0 natural, 1 balanced; default 0.5)")
+    f.add_argument("--epoch-size", type=int, help="slices drawn per epoch (default: the train split's size)")
+    f.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions (default 0.8,0.1,0.1)")
+    f.add_argument("--split-by", default="patient", choices=("patient", "study"))
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--quiet", action="store_true")
+    e = sub.add_parser("evaluate", help="metrics and plots for a run", description=(
+        "Per-label sensitivity, specificity, fall-out and miss rate at 0.5 and across thresholds, ROC-AUC, and "
+        "the challenge's weighted log loss; writes RUN_DIR/eval-SPLIT.json and plots/SPLIT-*.png."))
+    e.add_argument("run")
+    e.add_argument("--split", default="val", choices=("val", "test", "train"))
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--json", action="store_true", help="print the metrics JSON")
+    r = sub.add_parser("predict", help="DICOM folder -> submission CSV", description=(
+        "Preprocess DICOM_DIR with the very same ichprep build the training store used, run the model, and "
+        "write ID,Label rows ID_<sop>_<subtype> for all six labels of every slice that decoded. Files that "
+        "could not be read are listed on stderr and counted."))
+    r.add_argument("run")
+    r.add_argument("dicom_dir")
+    r.add_argument("--out", required=True, help="submission CSV path")
+    r.add_argument("--workers", type=int, default=1)
+    r.add_argument("--batch-size", type=int, default=32)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in ("-h", "--help"):
-        print("usage: ichtrain {fit,evaluate,predict} ...\n\nNot implemented yet: training, evaluation and "
-              "prediction are planned (see the README's roadmap). Build a store with 'ichprep build'.")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        args = _parser().parse_args(argv)
+        return {"fit": _fit, "evaluate": _evaluate, "predict": _predict}[args.command](args)
+    except UsageError as exc:
+        print(f"ichtrain: error: {exc}", file=sys.stderr)
+        return 2
+    except IchprepError as exc:
+        print(f"ichtrain: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _fit(args) -> int:
+    from ichtrain.fit import FitConfig, fit
+
+    cfg = FitConfig(store=args.store, out=args.out, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+                    image_size=args.image_size, l2=args.l2, learning_rate=args.lr, alpha=args.alpha,
+                    epoch_size=args.epoch_size, split_by=args.split_by, fractions=_fractions(args.split),
+                    seed=args.seed)
+    res = fit(cfg, verbose=0 if args.quiet else 2)
+    what = "nothing to do: already trained" if res["trained"] == 0 else f"trained {res['trained']} epochs"
+    print(f"{args.out}: {what} ({res['epochs_done']} done{', resumed' if res['resumed'] else ''}); "
+          f"model {os.path.join(args.out, 'model.keras')}, log {os.path.join(args.out, 'log.csv')}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from ichtrain.evaluate import evaluate
+
+    res = evaluate(args.run, args.split, args.batch_size)
+    if args.json:
+        print(json.dumps({k: v for k, v in res.items() if k != "plots"}, indent=2))
         return 0
-    print("ichtrain: error: not implemented yet (fit, evaluate and predict are planned; see the README)",
-          file=sys.stderr)
-    return 2
+    print(f"{args.run} on {args.split} ({res['slices']} slices): weighted log loss {res['weighted_log_loss']:.4f}")
+    print(f"  {'label':<17} {'AUC':>6} {'sens':>6} {'spec':>6} {'fall-out':>8} {'miss':>6}  (at 0.5)")
+    for name, m in res["labels"].items():
+        a = m["at_0_5"]
+        fmt = lambda v: "   n/a" if v is None else f"{v:6.3f}"  # noqa: E731
+        print(f"  {name:<17} {fmt(m['roc_auc'])} {fmt(a['sensitivity'])} {fmt(a['specificity'])} "
+              f"  {fmt(a['fall_out'])} {fmt(a['miss_rate'])}")
+    print(f"  metrics {res['json']}; plots {', '.join(res['plots'])}")
+    return 0
+
+
+def _predict(args) -> int:
+    from ichtrain.predict import predict
+
+    res = predict(args.run, args.dicom_dir, args.out, workers=args.workers, batch_size=args.batch_size)
+    print(f"{res['out']}: {res['slices']} slices predicted ({res['slices'] * 6} rows), {res['rejected']} files "
+          "could not be read")
+    return 0
 
 
 if __name__ == "__main__":

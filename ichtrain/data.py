@@ -12,8 +12,8 @@ rare types often without repeating the 12 slices of type 1 thousands of times). 
 Reading. Never one Python call per slice: an epoch's draws are grouped by shard; one call reads a whole
 shard contiguously (the fastest zarr access, ~3x faster than random ``a[i]`` and ~100x faster than
 ``oindex``) and returns the drawn rows of it as a block; blocks are read in parallel (AUTOTUNE), split
-into slices in C++ (``unbatch``), mixed in a shuffle buffer, batched and prefetched. Memory is bounded
-by ``shuffle_buffer`` slices plus the blocks in flight (about ``parallel_reads`` shards).
+into slices in C++ (``unbatch``), mixed in a shuffle buffer of float16 slices, batched, converted per batch
+and prefetched. Memory is bounded by ``shuffle_mb`` plus the blocks in flight (``parallel_reads`` shards).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from ichprep.labels import UNLABELLED
 __all__ = ["StoreStream", "split_rows", "type_weights", "sample_epoch", "SPLIT_NAMES"]
 
 SPLIT_NAMES = ("train", "val", "test")
+BLOCK_MB = 64  # largest span of decoded slices one read covers
 
 
 def split_rows(groups: np.ndarray, usable: np.ndarray, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> dict[str, np.ndarray]:
@@ -117,12 +118,24 @@ class StoreStream:
         else:
             rng = None
             drawn = rows
-        shard = drawn // self.shard_slices
-        cuts = np.flatnonzero(np.diff(shard)) + 1
-        blocks = [(int(s[0]), r) for s, r in zip(np.split(shard, cuts), np.split(drawn, cuts))]
+        blocks = self._blocks(drawn)
         if rng is not None:
             blocks = [blocks[i] for i in rng.permutation(len(blocks))]
         return blocks
+
+    def _blocks(self, sorted_rows: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Group sorted rows into blocks read by one contiguous read each: never across a shard, and
+        spanning at most BLOCK_MB of decoded slices (a 10-window shard is 335 MB; reading it whole for
+        each block made a training stream hold ~5 GB)."""
+        if sorted_rows.size == 0:
+            return []
+        full = int(self.info.attrs["image_size"])
+        span = max(1, int(BLOCK_MB * 2**20 // (full * full * self.channels * 2)))
+        shard = sorted_rows // self.shard_slices
+        piece = (sorted_rows % self.shard_slices) // span  # sub-span inside the shard
+        key = shard * self.shard_slices + piece
+        cuts = np.flatnonzero(np.diff(key)) + 1
+        return [(int(s[0]), r) for s, r in zip(np.split(shard, cuts), np.split(sorted_rows, cuts))]
 
     def read_block(self, shard: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Images (k, H, W, C) float16 and labels (k, 6) float32 of ``rows``, all inside ``shard``: one
@@ -140,13 +153,18 @@ class StoreStream:
     # -- tf.data ---------------------------------------------------------------------------------
     def dataset(self, split: str = "train", batch_size: int = 32, weighted: bool | None = None, alpha: float = 0.5,
                 epoch_size: int | None = None, epochs: int = 1, image_size: int | None = None,
-                dtype: str = "float32", sequence: bool | None = None, shuffle_buffer: int = 1024,
-                parallel_reads: int | None = None, drop_remainder: bool = False):
+                dtype: str = "float32", sequence: bool | None = None, shuffle_mb: float = 256.0,
+                parallel_reads: int = 2, drop_remainder: bool = False, first_epoch: int = 0,
+                rows: np.ndarray | None = None):
         """A ``tf.data.Dataset`` of (images, labels float32 (6,)) batches with static shapes.
 
         images: (H, W, C) for one-channel stores; (C, H, W, 1) -- the window sequence, Table 2.1 order --
         for multi-window stores (``sequence`` overrides). ``image_size`` downscales on the fly (area).
         ``weighted`` defaults to True for train and False otherwise (evaluation reads each slice once).
+        ``rows`` streams exactly those rows, in order (prediction on unlabelled stores).
+        ``first_epoch``: plans epochs ``first_epoch .. epochs - 1`` (resuming a run).
+        Memory: the shuffle buffer holds ``shuffle_mb`` MiB of float16 slices (at least 16 slices), plus
+        ``parallel_reads`` shards being read; conversion to ``dtype`` happens per batch, after shuffling.
         """
         import tensorflow as tf
 
@@ -155,16 +173,20 @@ class StoreStream:
             raise UsageError(f"Expected dtype float16 or float32. Received: dtype={dtype!r}")
         if batch_size < 1:
             raise UsageError(f"Expected batch_size >= 1. Received: batch_size={batch_size}")
-        size = image_size or int(self.info.attrs["image_size"])
+        full = int(self.info.attrs["image_size"])
+        size = image_size or full
         C = self.channels
         sequence = (C > 1) if sequence is None else sequence
         blocks = []
-        for e in range(epochs):
-            blocks.extend(self.plan(split, weighted, alpha, epoch_size, epoch=e))
+        if rows is not None:
+            weighted = False
+            blocks = self._blocks(np.sort(np.asarray(rows, np.int64)))
+        else:
+            for e in range(first_epoch, epochs):
+                blocks.extend(self.plan(split, weighted, alpha, epoch_size, epoch=e))
         starts = np.array([b[0] for b in blocks], np.int64)
         offsets = np.cumsum([0] + [len(b[1]) for b in blocks])
         flat_rows = np.concatenate([b[1] for b in blocks]) if blocks else np.zeros(0, np.int64)
-        full = int(self.info.attrs["image_size"])
 
         def read(i):
             i = int(i)
@@ -176,23 +198,23 @@ class StoreStream:
             lab.set_shape((None, 6))
             return img, lab
 
-        def shape(img, lab):
-            img = tf.cast(img, tf.float32 if dtype == "float32" or size != full else tf.float16)
+        def shape(img, lab):  # on whole batches
             if size != full:
-                img = tf.image.resize(img, (size, size), method="area")
+                img = tf.image.resize(tf.cast(img, tf.float32), (size, size), method="area")
             img = tf.cast(img, dtype)
             if sequence:
                 img = tf.expand_dims(tf.transpose(img, (0, 3, 1, 2)), -1)
             return img, lab
 
         ds = tf.data.Dataset.range(len(blocks))
-        ds = ds.map(load, num_parallel_calls=parallel_reads or tf.data.AUTOTUNE, deterministic=not weighted)
-        ds = ds.map(shape, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not weighted)
+        ds = ds.map(load, num_parallel_calls=max(1, parallel_reads), deterministic=not weighted)
         ds = ds.unbatch()
-        if weighted and shuffle_buffer > 1:
-            ds = ds.shuffle(shuffle_buffer, seed=self.seed)
+        if weighted:
+            slice_mb = full * full * C * 2 / 2**20
+            ds = ds.shuffle(max(16, int(shuffle_mb / slice_mb)), seed=self.seed)
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-        return ds.prefetch(tf.data.AUTOTUNE)
+        ds = ds.map(shape, num_parallel_calls=2)  # two converted batches in flight: bounded memory
+        return ds.prefetch(2)
 
     def steps(self, split: str, batch_size: int, epoch_size: int | None = None, weighted: bool | None = None) -> int:
         weighted = (split == "train") if weighted is None else weighted

@@ -1,0 +1,90 @@
+"""``ichtrain evaluate``: metrics (JSON) and the report's figure-5.x style plots (PNG) for a run."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from ichprep.errors import UsageError
+from ichprep.labels import SUBTYPES
+from ichtrain.fit import load_run
+from ichtrain.metrics import summarise
+
+__all__ = ["evaluate", "predict_rows"]
+
+THRESHOLDS = np.round(np.linspace(0.0, 1.0, 21), 4)
+
+
+def _load(run_dir):
+    import keras
+
+    cfg, model_path = load_run(run_dir)
+    return cfg, keras.models.load_model(model_path)
+
+
+def predict_rows(model, stream, image_size: int, batch_size: int = 32, split: str | None = None, rows=None):
+    """(y_true (n, 6) float32, y_prob (n, 6) float32, rows) for a split or explicit rows, in row order."""
+    ds = stream.dataset(split or "test", batch_size=batch_size, weighted=False, image_size=image_size, rows=rows)
+    ys, ps = [], []
+    for x, y in ds:
+        ps.append(np.asarray(model(x, training=False), np.float32))
+        ys.append(y.numpy())
+    if not ys:
+        return np.zeros((0, 6), np.float32), np.zeros((0, 6), np.float32)
+    return np.concatenate(ys), np.concatenate(ps)
+
+
+def evaluate(run_dir: str, split: str = "val", batch_size: int = 32) -> dict:
+    from ichtrain.data import StoreStream
+
+    cfg, model = _load(run_dir)
+    stream = StoreStream(cfg["store"], by=cfg["split_by"], fractions=tuple(cfg["fractions"]), seed=cfg["seed"])
+    if stream.splits[split].size == 0:
+        raise UsageError(f"Split {split!r} of {cfg['store']!r} is empty; nothing to evaluate.")
+    y, p = predict_rows(model, stream, cfg["image_size"], batch_size, split=split)
+    result = summarise(y, p, THRESHOLDS)
+    result.update(split=split, model=cfg["model"], store=cfg["store"])
+    out_json = os.path.join(run_dir, f"eval-{split}.json")
+    with open(out_json, "w") as fh:
+        json.dump(result, fh, indent=2)
+    result["plots"] = _plots(result, run_dir, split)
+    result["json"] = out_json
+    np.savez_compressed(os.path.join(run_dir, f"predictions-{split}.npz"), y_true=y, y_prob=p,
+                        rows=stream.splits[split])
+    return result
+
+
+def _plots(result: dict, run_dir: str, split: str) -> list[str]:
+    """Figures 5.1/5.3 (sensitivity and fall-out) and 5.2/5.4 (specificity and miss rate) per label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(os.path.join(run_dir, "plots"), exist_ok=True)
+    t = np.array(result["thresholds"])
+    paths = []
+    for pair, title in ((("sensitivity", "fall_out"), "Sensitivity and fall-out"),
+                        (("specificity", "miss_rate"), "Specificity and miss rate")):
+        fig, axes = plt.subplots(2, 3, figsize=(13, 7.5), sharex=True, sharey=True)
+        for ax, name in zip(axes.ravel(), SUBTYPES):
+            sweep = result["labels"][name]["sweep"]
+            for key, style in zip(pair, ("-", "--")):
+                vals = np.array([np.nan if v is None else v for v in sweep[key]], float)
+                ax.plot(t, vals, style, label=key.replace("_", "-"))
+            auc = result["labels"][name]["roc_auc"]
+            ax.set_title(f"{name} (AUC {auc:.3f})" if auc is not None else f"{name} (AUC n/a)")
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+        for ax in axes[-1]:
+            ax.set_xlabel("threshold")
+        axes[0, 0].legend(loc="center left")
+        fig.suptitle(f"{title} on the {split} set ({result['slices']} slices, {result['model']})")
+        fig.tight_layout()
+        path = os.path.join(run_dir, "plots", f"{split}-{'-'.join(pair).replace('_', '')}.png")
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -1,0 +1,116 @@
+"""The reference study's models (Keras 3), plus a small fast baseline.
+
+* ``cnn`` -- the CNN exactly as coded in the report's listing (``ConvNet_Updated``): five
+  conv/pool/BatchNorm units (unit 6 commented out), Flatten, Dense 1024-512-256-128-6.
+  1,527,130 parameters at 512x512x1.
+* ``cnn-described`` -- units 1-7 as section 4.2 describes them, unit 6 included (two valid 5x5
+  convolutions, 16 and 32 filters, then BatchNorm; Flatten gives 128), Dense 512-256-128-6.
+  264,330 parameters at 512x512x1.
+* ``rnn`` -- the ten window images as a sequence: one small CNN encoder shared by every window
+  (TimeDistributed), a GRU over the sequence in Table 2.1 order, Dense 6. The report shows no code for
+  it; a shared encoder keeps the parameter count independent of the number of windows, and a GRU is the
+  cheaper of the two usual recurrent cells for a ten-step sequence.
+* ``baseline`` -- four convolutions with BatchNorm and global average pooling: small and fast.
+
+All: ReLU inside, 6 sigmoid outputs, Glorot-uniform kernel and bias initialisers (as in the report),
+L2 on kernels and biases (``l2``; the report's Keras ``l2()`` default is 0.01), Adam, mean binary
+cross-entropy over the six labels.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from ichprep.errors import UsageError
+
+__all__ = ["MODELS", "build_model", "compile_model"]
+
+MODELS = ("cnn", "cnn-described", "rnn", "baseline")
+
+
+def _kw(l2: float) -> dict:
+    reg = keras.regularizers.L2(l2) if l2 > 0 else None
+    return dict(kernel_initializer="glorot_uniform", bias_initializer="glorot_uniform",
+                kernel_regularizer=reg, bias_regularizer=reg)
+
+
+def _conv(filters, k, l2, padding="same", name=None):
+    return layers.Conv2D(filters, (k, k), padding=padding, activation="relu", name=name, **_kw(l2))
+
+
+def _report_units(x, l2: float, with_unit6: bool):
+    # Units 1-3: 'same' convolutions, 2x2/2 max pooling, BatchNorm.
+    for kernels in ((3, 3, 3), (3, 3, 5), (5, 5, 5)):
+        for filters, k in zip((4, 8, 16), kernels):
+            x = _conv(filters, k, l2)(x)
+        x = layers.MaxPool2D((2, 2), strides=(2, 2))(x)
+        x = layers.BatchNormalization()(x)
+    # Units 4-5: 'valid' 5x5 convolutions, 2x2 pooling, BatchNorm.
+    for filters in ((4, 8), (8, 8)):
+        for f in filters:
+            x = _conv(f, 5, l2, padding="valid")(x)
+        x = layers.MaxPool2D((2, 2))(x)
+        x = layers.BatchNormalization()(x)
+    if with_unit6:  # unit 6: no pooling
+        x = _conv(16, 5, l2, padding="valid")(x)
+        x = _conv(32, 5, l2, padding="valid")(x)
+        x = layers.BatchNormalization()(x)
+    return layers.Flatten()(x)
+
+
+def _head(x, units, l2):
+    for u in units:
+        x = layers.Dense(u, activation="relu", **_kw(l2))(x)
+    # float32 outputs even under a mixed-precision policy (GPU), so the sigmoid and loss stay exact.
+    return layers.Dense(6, activation="sigmoid", name="labels", dtype="float32", **_kw(l2))(x)
+
+
+def _encoder(inp, l2, filters=(16, 32, 64)):
+    x = inp
+    for f in filters:
+        x = _conv(f, 3, l2)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.MaxPool2D((2, 2))(x)
+    x = _conv(filters[-1] * 2, 3, l2)(x)
+    return layers.GlobalAveragePooling2D()(x)
+
+
+def build_model(name: str, image_size: int = 512, channels: int = 1, l2: float = 0.01, windows: int = 10) -> keras.Model:
+    """The named model for inputs (image_size, image_size, channels), or (windows, size, size, 1) for rnn."""
+    if name not in MODELS:
+        raise UsageError(f"Expected a model in {', '.join(MODELS)}. Received: model={name!r}")
+    if not isinstance(image_size, int) or image_size < 32:
+        raise UsageError(f"Expected image_size an integer >= 32. Received: image_size={image_size!r}")
+    if name in ("cnn", "cnn-described"):
+        # The listing's valid convolutions shrink the map: 512 -> 10x10 before Flatten (as coded) and
+        # -> 2x2 after unit 6 (as described); smaller inputs run out of pixels.
+        minimum = 512 if name == "cnn-described" else 256
+        if image_size < minimum:
+            raise UsageError(f"{name} needs image_size >= {minimum}. Received: image_size={image_size}")
+        inp = keras.Input((image_size, image_size, channels), name="image")
+        if name == "cnn":
+            x = _report_units(inp, l2, with_unit6=False)
+            out = _head(x, (1024, 512, 256, 128), l2)
+        else:
+            x = _report_units(inp, l2, with_unit6=True)
+            out = _head(x, (512, 256, 128), l2)
+        return keras.Model(inp, out, name="ConvNet_Updated" if name == "cnn" else "ConvNet_Described")
+    if name == "baseline":
+        inp = keras.Input((image_size, image_size, channels), name="image")
+        x = _encoder(inp, l2, filters=(16, 32, 64))
+        out = _head(x, (64,), l2)
+        return keras.Model(inp, out, name="Baseline")
+    inp = keras.Input((windows, image_size, image_size, 1), name="windows")
+    frame = keras.Input((image_size, image_size, 1))
+    encoder = keras.Model(frame, _encoder(frame, l2, filters=(8, 16, 32)), name="window_encoder")
+    x = layers.TimeDistributed(encoder)(inp)
+    x = layers.GRU(64, kernel_initializer="glorot_uniform", bias_initializer="glorot_uniform")(x)
+    out = _head(x, (32,), l2)
+    return keras.Model(inp, out, name="WindowRNN")
+
+
+def compile_model(model: keras.Model, learning_rate: float = 1e-3) -> keras.Model:
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=keras.losses.BinaryCrossentropy(),
+                  metrics=[keras.metrics.AUC(multi_label=True, num_labels=6, name="auc")])
+    return model

@@ -1,0 +1,49 @@
+"""``ichtrain predict``: DICOM folder -> the very same ichprep build -> model -> submission CSV."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+from ichprep.build import BuildConfig, build
+from ichprep.labels import SUBTYPES
+from ichprep.windows import windows_from_list
+from ichtrain.fit import load_run
+
+__all__ = ["predict"]
+
+
+def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_size: int = 32,
+            stream_err=sys.stderr) -> dict:
+    import keras
+
+    from ichtrain.data import StoreStream
+    from ichtrain.evaluate import predict_rows
+
+    cfg, model_path = load_run(run_dir)
+    model = keras.models.load_model(model_path)
+    with tempfile.TemporaryDirectory(prefix="ichtrain-predict-") as tmp:
+        store = os.path.join(tmp, "predict.zarr")
+        # The training store's windows and size policy: the same preprocessing, by the same code.
+        result = build(BuildConfig(source=dicom_dir, out=store, windows=windows_from_list(cfg["windows"]),
+                                   preset=None, on_size=cfg.get("size_policy", "resize"), workers=workers))
+        stream = StoreStream(store, fractions=(1.0, 0.0, 0.0))
+        import zarr
+
+        g = zarr.open_group(store, mode="r")
+        ok = np.flatnonzero(np.asarray(g["status"][:]) == 0)
+        sops = np.asarray(g["sop_uid"][:], dtype=object)
+        _, probs = predict_rows(model, stream, cfg["image_size"], batch_size, rows=ok)
+        rejects = g.attrs["ichprep"].get("rejects", [])
+    os.makedirs(os.path.dirname(os.path.abspath(out_csv)), exist_ok=True)
+    with open(out_csv, "w") as fh:
+        fh.write("ID,Label\n")
+        for sop, p in zip(sops[ok], probs):
+            for name, v in zip(SUBTYPES, p):
+                fh.write(f"{sop}_{name},{float(v):.6f}\n")
+    for r in rejects:
+        print(f"ichtrain: could not read {r['file']}: {r['reason']} ({r['message']})", file=stream_err)
+    return dict(slices=int(ok.size), rejected=len(rejects), out=out_csv, build=result.summary())

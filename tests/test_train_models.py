@@ -1,0 +1,116 @@
+"""ichtrain models, metrics, fit / evaluate / predict end to end on a tiny store."""
+
+import csv
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from ichprep.build import BuildConfig, build
+from ichprep.windows import parse_windows
+from ichtrain.cli import main
+from ichtrain.metrics import confusion_rates, roc_auc, weighted_log_loss
+
+
+def test_report_parameter_counts_at_512():
+    from ichtrain.models import build_model
+
+    assert build_model("cnn", 512, l2=0.01).count_params() == 1_527_130
+    assert build_model("cnn-described", 512, l2=0.01).count_params() == 264_330
+    with pytest.raises(ValueError, match="image_size >= 512"):
+        build_model("cnn-described", 256)
+
+
+def test_models_reload_from_keras_file_with_same_outputs(tmp_path):
+    import keras
+
+    from ichtrain.models import build_model, compile_model
+
+    for name, shape in (("baseline", (2, 64, 64, 1)), ("rnn", (2, 10, 64, 64, 1))):
+        m = compile_model(build_model(name, 64))
+        x = np.random.default_rng(0).random(shape).astype(np.float32)
+        path = tmp_path / f"{name}.keras"
+        m.save(path)
+        again = keras.models.load_model(path, compile=False)
+        np.testing.assert_allclose(m.predict(x, verbose=0), again.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
+        assert m.output_shape == (None, 6)
+
+
+def test_roc_auc_hand_values():
+    assert roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    assert roc_auc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)  # a tie counts half
+    assert roc_auc([1, 1], [0.2, 0.3]) is None
+
+
+def test_confusion_rates_and_weighted_log_loss_hand_values():
+    r = confusion_rates([1, 1, 0, 0, 0], [0.9, 0.3, 0.6, 0.2, 0.1], np.array([0.5]))
+    assert r["sensitivity"][0] == 0.5 and r["specificity"][0] == pytest.approx(2 / 3)
+    assert r["fall_out"][0] == pytest.approx(1 / 3) and r["miss_rate"][0] == 0.5
+    y = np.array([[0, 0, 0, 0, 1, 1]], float)
+    p = np.array([[0.1, 0.1, 0.1, 0.1, 0.8, 0.9]])
+    expected = (4 * -np.log(0.9) - np.log(0.8) - 2 * np.log(0.9)) / 7
+    assert weighted_log_loss(y, p) == pytest.approx(expected)
+
+
+@pytest.fixture(scope="module")
+def tiny_store(synth_corpus, tmp_path_factory):
+    url = str(tmp_path_factory.mktemp("fit") / "brain.zarr")
+    build(BuildConfig(source=synth_corpus["dicom_dir"], out=url, labels=synth_corpus["labels"],
+                      windows=parse_windows("brain"), preset=None, workers=0, salt="s", shard_slices=8))
+    return url
+
+
+def test_fit_resume_evaluate_predict(tiny_store, synth_corpus, tmp_path, capsys):
+    run = str(tmp_path / "run")
+    args = ["fit", tiny_store, "--out", run, "--model", "baseline", "--image-size", "64", "--batch-size", "8",
+            "--epoch-size", "16", "--split", "0.6,0.2,0.2", "--quiet"]
+    assert main(args + ["--epochs", "2"]) == 0
+    for f in ("config.json", "log.csv", "model.keras", "state.json", "checkpoints/last.keras",
+              "checkpoints/epoch-002.keras"):
+        assert os.path.exists(os.path.join(run, f)), f
+    assert "trained 2 epochs" in capsys.readouterr().out
+    assert main(args + ["--epochs", "3"]) == 0  # resumes after epoch 2
+    assert "trained 1 epochs (3 done, resumed)" in capsys.readouterr().out
+    with open(os.path.join(run, "log.csv")) as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [0, 1, 2]
+    assert main(args + ["--epochs", "3", "--lr", "0.5"]) == 2  # another configuration into the same run
+    assert "another configuration" in capsys.readouterr().err
+
+    assert main(["evaluate", run, "--split", "val", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["slices"] > 0 and set(res["labels"]) == {"epidural", "intraparenchymal", "intraventricular",
+                                                       "subarachnoid", "subdural", "any"}
+    assert res["weighted_log_loss"] > 0 and len(res["thresholds"]) == 21
+    for name in ("val-sensitivity-fallout.png", "val-specificity-missrate.png"):
+        png = open(os.path.join(run, "plots", name), "rb").read()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+    src = tmp_path / "dicoms"
+    shutil.copytree(synth_corpus["dicom_dir"], src)
+    (src / "broken.dcm").write_bytes(b"garbage")
+    out_csv = tmp_path / "sub" / "submission.csv"
+    assert main(["predict", run, str(src), "--out", str(out_csv)]) == 0
+    captured = capsys.readouterr()
+    assert "broken.dcm" in captured.err and "1 files could not be read" in captured.out
+    rows = list(csv.DictReader(open(out_csv)))
+    assert len(rows) == 60 * 6
+    ids = {r["ID"].rsplit("_", 1)[0] for r in rows}
+    assert ids == {f[:-4] for f in os.listdir(synth_corpus["dicom_dir"])}
+    assert all(0.0 <= float(r["Label"]) <= 1.0 for r in rows)
+    assert [r["ID"].rsplit("_", 1)[1] for r in rows[:6]] == ["epidural", "intraparenchymal", "intraventricular",
+                                                            "subarachnoid", "subdural", "any"]
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["fit", "{store}", "--out", "{tmp}/r", "--model", "vgg"], "invalid choice"),
+    (["fit", "{store}", "--out", "{tmp}/r", "--split", "0.5,0.5"], "three fractions"),
+    (["fit", "{store}", "--out", "{tmp}/r", "--model", "rnn"], "one channel"),
+    (["evaluate", "{tmp}/nothing"], "No run"),
+])
+def test_bad_input_exit_2(argv, match, tiny_store, tmp_path, capsys):
+    argv = [a.format(store=tiny_store, tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.startswith("ichtrain: error:")
