@@ -60,6 +60,16 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="val", choices=("val", "test", "train"))
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--json", action="store_true", help="print the metrics JSON")
+    d = sub.add_parser("demo", help="the whole pipeline on synthetic data: synth, build, fit, evaluate, predict",
+                       description="Write a synthetic corpus, build a brain-window store (ichprep), train the "
+                                   "baseline CNN for a few epochs, evaluate it on the held-out test patients "
+                                   "(metrics and plots), and predict a submission CSV for a second, unseen "
+                                   "synthetic corpus. Everything goes under OUT.")
+    d.add_argument("out", nargs="?", default="ichtrain-demo", help="folder for everything (default ichtrain-demo)")
+    d.add_argument("--studies", type=int, default=20)
+    d.add_argument("--slices", type=int, default=32)
+    d.add_argument("--epochs", type=int, default=6)
+    d.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8))
     r = sub.add_parser("predict", help="DICOM folder -> submission CSV", description=(
         "Preprocess DICOM_DIR with the very same ichprep build the training store used, run the model, and "
         "write ID,Label rows ID_<sop>_<subtype> for all six labels of every slice that decoded. Files that "
@@ -77,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         args = _parser().parse_args(argv)
-        return {"fit": _fit, "evaluate": _evaluate, "predict": _predict}[args.command](args)
+        return {"fit": _fit, "evaluate": _evaluate, "predict": _predict, "demo": _demo}[args.command](args)
     except UsageError as exc:
         print(f"ichtrain: error: {exc}", file=sys.stderr)
         return 2
@@ -124,6 +134,38 @@ def _predict(args) -> int:
     res = predict(args.run, args.dicom_dir, args.out, workers=args.workers, batch_size=args.batch_size)
     print(f"{res['out']}: {res['slices']} slices predicted ({res['slices'] * 6} rows), {res['rejected']} files "
           "could not be read")
+    return 0
+
+
+def _demo(args) -> int:
+    from ichprep.cli import main as ichprep_main
+
+    out = args.out
+    data, unseen = os.path.join(out, "data"), os.path.join(out, "unseen")
+    store, run = os.path.join(out, "brain.zarr"), os.path.join(out, "run")
+    submission = os.path.join(out, "submission.csv")
+    steps = [
+        ("ichprep", ["synth", data, "--studies", str(args.studies), "--slices", str(args.slices), "--seed", "0"]),
+        ("ichprep", ["synth", unseen, "--studies", "2", "--slices", str(args.slices), "--seed", "1"]),
+        ("ichprep", ["build", os.path.join(data, "dicom"), "--labels", os.path.join(data, "labels.csv"), "--out",
+                     store, "--windows", "brain:40/80", "--workers", str(args.workers)]),
+        ("ichprep", ["info", store]),
+        ("ichprep", ["verify", store, "--source", os.path.join(data, "dicom"), "--sample", "8", "--quiet"]),
+        ("ichtrain", ["fit", store, "--out", run, "--model", "baseline", "--image-size", "128",
+                      "--epochs", str(args.epochs), "--quiet"]),
+        ("ichtrain", ["evaluate", run, "--split", "test"]),
+        ("ichtrain", ["predict", run, os.path.join(unseen, "dicom"), "--out", submission]),
+    ]
+    for tool, argv in steps:
+        if argv[0] == "synth" and os.path.isdir(os.path.join(argv[1], "dicom")):
+            print(f"demo: reusing {argv[1]} (synthetic corpora are deterministic)")
+            continue
+        print(f"demo: {tool} {' '.join(argv)}", flush=True)
+        rc = (ichprep_main if tool == "ichprep" else main)(argv)
+        if rc != 0:
+            return rc
+    print(f"demo: done. Store {store}; run {run} (model.keras, log.csv, eval-test.json, plots/*.png); "
+          f"submission {submission}")
     return 0
 
 
