@@ -103,7 +103,7 @@ def build_model(name: str, image_size: int = 512, channels: int = 1, l2: float =
         return keras.Model(inp, out, name="Baseline")
     inp = keras.Input((windows, image_size, image_size, 1), name="windows")
     frame = keras.Input((image_size, image_size, 1))
-    encoder = keras.Model(frame, _encoder(frame, l2, filters=(8, 16, 32)), name="window_encoder")
+    encoder = keras.Model(frame, _encoder(frame, l2, filters=(16, 32, 64)), name="window_encoder")
     x = layers.TimeDistributed(encoder)(inp)
     x = layers.GRU(64, kernel_initializer="glorot_uniform", bias_initializer="glorot_uniform")(x)
     out = _head(x, (32,), l2)

@@ -1,0 +1,81 @@
+"""An existing dask.distributed cluster: scheduler and workers started as separate processes on localhost."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+from ichprep.build import BuildConfig, build
+from ichprep.windows import parse_windows
+
+ARRAYS = ("images", "labels", "type", "sop_uid", "study_uid", "series_uid", "patient", "position_z",
+          "hu_min", "hu_max", "status")
+
+
+def _dask(*args):
+    return [sys.executable, "-m", "distributed.cli.dask_" + args[0].replace("-", "_"), *args[1:]]
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    sched_file = str(tmp_path / "scheduler.json")
+    procs = [subprocess.Popen(_dask("scheduler", "--scheduler-file", sched_file, "--port", "0", "--host", "127.0.0.1",
+                                    "--no-dashboard"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    deadline = time.monotonic() + 60
+    while not os.path.exists(sched_file) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    address = json.load(open(sched_file))["address"]
+    workers = [subprocess.Popen(_dask("worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard",
+                                      "--host", "127.0.0.1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for _ in range(2)]
+    from distributed import Client
+
+    with Client(address, timeout="30s") as c:
+        c.wait_for_workers(2, timeout=60)
+    yield address, workers
+    for p in workers + procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in workers + procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def _same(a, b):
+    ga, gb = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
+    for name in ARRAYS:
+        np.testing.assert_array_equal(ga[name][:], gb[name][:], err_msg=name)
+
+
+def test_existing_cluster_build_equals_local_and_survives_a_killed_worker(cluster, synth_corpus, tmp_path):
+    address, workers = cluster
+    kw = dict(source=synth_corpus["dicom_dir"], labels=synth_corpus["labels"], windows=parse_windows("rnn"),
+              preset="rnn", salt="s", shard_slices=4)
+    local = tmp_path / "local.zarr"
+    build(BuildConfig(out=str(local), workers=0, **kw))
+    remote = tmp_path / "remote.zarr"
+    build(BuildConfig(out=str(remote), scheduler=address, **kw))
+    _same(local, remote)
+    # Kill one of the two workers while shards are being written: Dask reruns its tasks elsewhere.
+    killed = tmp_path / "killed.zarr"
+    import threading
+
+    done = {}
+    t = threading.Thread(target=lambda: done.setdefault("r", build(BuildConfig(out=str(killed), scheduler=address, **kw))))
+    t.start()
+    shard_dir = killed / "shard_done" / "c"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (shard_dir.is_dir() and len(os.listdir(shard_dir)) >= 2):
+        time.sleep(0.01)
+    workers[0].kill()
+    t.join(timeout=300)
+    assert "r" in done and done["r"].written == 60
+    _same(local, killed)
