@@ -1,4 +1,4 @@
-"""``ichprep`` command line: build | synth | info | verify | stats | demo.
+"""``ichprep`` command line: build | synth | info | verify | stats | preview | demo.
 
 ``main(argv) -> int`` is the entry point (tests call it in-process). Exit codes: 0 success, 1 a
 problem found (e.g. a failing check), 2 bad input (a flag, a CSV, a path), with one line on stderr
@@ -95,6 +95,21 @@ def _parser() -> argparse.ArgumentParser:
                                    "reason, fixed defects by kind, and slices per series.")
     t.add_argument("store")
     t.add_argument("--json", action="store_true", help="print JSON instead of text")
+    t.add_argument("--plot", help="also write a PNG: per-type counts (log scale), rejects by reason, slices per series")
+    pv = sub.add_parser("preview", help="a slice's channels side by side, or its series neighbours (PNG)",
+                        description="Draw one slice from the store (values as stored, not recomputed): every "
+                                    "channel with its window name (the ten Table 2.1 windows for rnn stores, like "
+                                    "the report's figure 2.1), its labels and type in the title. --series shows "
+                                    "the neighbouring slices of the same series in z order instead.")
+    pv.add_argument("store")
+    which = pv.add_mutually_exclusive_group()
+    which.add_argument("--index", type=int, help="row number (default 0)")
+    which.add_argument("--sop", help="SOPInstanceUID, e.g. ID_000000e27")
+    which.add_argument("--type", type=int, dest="type_code", help="a Table 3.1 type: the middle slice of that type")
+    pv.add_argument("--series", action="store_true", help="show the slice's series neighbours instead")
+    pv.add_argument("--neighbours", type=int, default=3, help="with --series: slices on each side (default 3)")
+    pv.add_argument("--channel", type=int, default=0, help="with --series: which channel to show (default 0)")
+    pv.add_argument("--out", required=True, help="PNG path")
     d = sub.add_parser("demo", help="synth + build + info on a small synthetic corpus",
                        description="The quick start: write a synthetic corpus, build a cnn store from it and "
                                    "summarise it.")
@@ -244,8 +259,21 @@ def stats_dict(url: str) -> dict:
     )
 
 
+def _cmd_preview(args) -> int:
+    from ichprep.plots import preview
+
+    r = preview(args.store, args.out, index=args.index, sop=args.sop, type_code=args.type_code,
+                series=args.series, neighbours=args.neighbours, channel=args.channel)
+    print(f"{r['out']}: row {r['row']}, {r['panels']} panels")
+    return EXIT_OK
+
+
 def _cmd_stats(args) -> int:
     d = stats_dict(args.store)
+    if args.plot:
+        from ichprep.plots import stats_plot
+
+        stats_plot(args.store, args.plot)
     if args.json:
         print(json.dumps(d, indent=2))
         return EXIT_OK
@@ -292,7 +320,7 @@ def _cmd_demo(args) -> int:
 
 
 _COMMANDS = {"build": _cmd_build, "synth": _cmd_synth, "info": _cmd_info, "verify": _cmd_verify,
-             "stats": _cmd_stats, "demo": _cmd_demo}
+             "stats": _cmd_stats, "preview": _cmd_preview, "demo": _cmd_demo}
 
 if __name__ == "__main__":
     sys.exit(main())

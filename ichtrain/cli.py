@@ -124,7 +124,7 @@ def _evaluate(args) -> int:
         fmt = lambda v: "   n/a" if v is None else f"{v:6.3f}"  # noqa: E731
         print(f"  {name:<17} {fmt(m['roc_auc'])} {fmt(a['sensitivity'])} {fmt(a['specificity'])} "
               f"  {fmt(a['fall_out'])} {fmt(a['miss_rate'])}")
-    print(f"  metrics {res['json']}; plots {', '.join(res['plots'])}")
+    print(f"  metrics {res['json']}; plots {', '.join(res['plots'])}; report {res['report']}")
     return 0
 
 
@@ -151,6 +151,8 @@ def _demo(args) -> int:
                      store, "--windows", "brain:40/80", "--workers", str(args.workers)]),
         ("ichprep", ["info", store]),
         ("ichprep", ["verify", store, "--source", os.path.join(data, "dicom"), "--sample", "8", "--quiet"]),
+        ("ichprep", ["stats", store, "--plot", os.path.join(out, "stats.png")]),
+        ("ichprep", ["preview", store, "--type", "20", "--series", "--out", os.path.join(out, "preview.png")]),
         ("ichtrain", ["fit", store, "--out", run, "--model", "baseline", "--image-size", "128",
                       "--epochs", str(args.epochs), "--quiet"]),
         ("ichtrain", ["evaluate", run, "--split", "test"]),
@@ -164,8 +166,8 @@ def _demo(args) -> int:
         rc = (ichprep_main if tool == "ichprep" else main)(argv)
         if rc != 0:
             return rc
-    print(f"demo: done. Store {store}; run {run} (model.keras, log.csv, eval-test.json, plots/*.png); "
-          f"submission {submission}")
+    print(f"demo: done. Store {store} (stats.png, preview.png beside it); run {run} (model.keras, log.csv, "
+          f"eval-test.json, plots/*.png, report.html); submission {submission}")
     return 0
 
 

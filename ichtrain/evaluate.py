@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from ichprep.errors import UsageError
+from ichprep.store import fast_codec_pipeline
 from ichprep.labels import SUBTYPES
 from ichtrain.fit import load_run
 from ichtrain.metrics import summarise
@@ -51,8 +52,14 @@ def evaluate(run_dir: str, split: str = "val", batch_size: int = 32) -> dict:
         json.dump(result, fh, indent=2)
     result["plots"] = _plots(result, run_dir, split)
     result["json"] = out_json
-    np.savez_compressed(os.path.join(run_dir, f"predictions-{split}.npz"), y_true=y, y_prob=p,
-                        rows=stream.splits[split])
+    rows = stream.splits[split]
+    np.savez_compressed(os.path.join(run_dir, f"predictions-{split}.npz"), y_true=y, y_prob=p, rows=rows)
+    from ichtrain.report import write_report
+
+    names = stream.window_names
+    channel = names.index("brain") if "brain" in names else 0  # thumbnails in the most readable window
+    with fast_codec_pipeline():
+        result["report"] = write_report(run_dir, result, stream._g["images"], rows, y, p, channel)
     return result
 
 

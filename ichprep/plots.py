@@ -1,0 +1,133 @@
+"""Pictures of a store: slice previews (the report's figures 2.1/2.2) and statistics plots.
+
+Values are read from the store, never recomputed. matplotlib is imported lazily (Agg backend).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ichprep import store as st
+from ichprep.errors import UsageError
+from ichprep.labels import TYPE_TABLE
+
+__all__ = ["preview", "stats_plot", "find_row"]
+
+_SHORT = ("EPD", "ITP", "ITV", "SBC", "SBD", "ANY")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def find_row(g, index: int | None = None, sop: str | None = None, type_code: int | None = None) -> int:
+    n = g["images"].shape[0]
+    if sop is not None:
+        hits = np.flatnonzero(np.asarray(g["sop_uid"][:], dtype=object) == sop)
+        if not hits.size:
+            raise UsageError(f"No slice with SOP {sop!r} in the store. Received: --sop {sop}")
+        return int(hits[0])
+    if type_code is not None:
+        if type_code not in TYPE_TABLE and type_code != 0:
+            raise UsageError(f"Expected --type in 0..32 (Table 3.1). Received: --type {type_code}")
+        hits = np.flatnonzero(np.asarray(g["type"][:]) == type_code)
+        if not hits.size:
+            raise UsageError(f"No slice of type {type_code} in the store (see 'ichprep stats').")
+        return int(hits[len(hits) // 2])
+    index = 0 if index is None else index
+    if not 0 <= index < n:
+        raise UsageError(f"Expected --index in [0, {n - 1}]. Received: --index {index}")
+    return index
+
+
+def _title(g, i: int) -> str:
+    lab = np.asarray(g["labels"][i])
+    t = int(g["type"][i])
+    if (lab == 255).all():
+        flags = "unlabelled"
+    else:
+        present = [s for s, v in zip(_SHORT[:5], lab[:5]) if v]
+        flags = ", ".join(present) if present else "no hemorrhage"
+    return f"row {i}  {g['sop_uid'][i]}  type {t}: {flags}"
+
+
+def preview(url: str, out: str, index: int | None = None, sop: str | None = None, type_code: int | None = None,
+            series: bool = False, neighbours: int = 3, channel: int = 0) -> dict:
+    """Write a PNG: the slice's channels side by side with their window names, or with ``series`` its
+    neighbours in the same series in z order (one channel)."""
+    g, info = st.read_info(url)
+    i = find_row(g, index, sop, type_code)
+    names = [w.name for w in info.windows]
+    plt = _plt()
+    if series:
+        if not 0 <= channel < info.channels:
+            raise UsageError(f"Expected --channel in [0, {info.channels - 1}]. Received: --channel {channel}")
+        ser = np.asarray(g["series_uid"][:], dtype=object)
+        rows = np.flatnonzero(ser == ser[i])  # contiguous and in z order (the store's row order)
+        pos = int(np.searchsorted(rows, i))
+        rows = rows[max(0, pos - neighbours):pos + neighbours + 1]
+        panels = [(np.asarray(g["images"][r][..., channel], np.float32), f"row {r}  z {float(g['position_z'][r]):.1f}"
+                   + ("  (this)" if r == i else "")) for r in rows]
+        suptitle = f"{_title(g, i)}\nseries neighbours, window {names[channel]}"
+    else:
+        img = np.asarray(g["images"][i], np.float32)
+        panels = [(img[..., c], names[c]) for c in range(info.channels)]
+        suptitle = _title(g, i)
+    cols = min(5, len(panels))
+    rows_n = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.2 * cols, 3.4 * rows_n + 0.6), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (im, name) in zip(axes.ravel(), panels):
+        ax.imshow(im, cmap="gray", vmin=0, vmax=1)
+        ax.set_title(name, fontsize=10)
+    fig.suptitle(suptitle, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(out, dpi=72)
+    plt.close(fig)
+    return dict(row=i, panels=len(panels), out=out)
+
+
+def stats_plot(url: str, out: str) -> dict:
+    """Three panels: per-type counts (Table 3.1 order, log scale), rejects by reason, slices per series."""
+    from collections import Counter
+
+    g, info = st.read_info(url)
+    types = np.asarray(g["type"][:])
+    ok = np.asarray(g["status"][:]) == 0
+    tc = Counter(int(t) for t in types[ok])
+    rejects = Counter(r["reason"] for r in info.attrs.get("rejects", []))
+    _, per_series = np.unique(np.asarray(g["series_uid"][:], dtype=object), return_counts=True)
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), gridspec_kw=dict(width_ratios=(3, 1.3, 1.3)))
+    ax = axes[0]
+    ts = list(range(1, 33))
+    ax.bar([str(t) for t in ts], [tc.get(t, 0) for t in ts], color="tab:blue")
+    ax.set_yscale("symlog", linthresh=1)
+    ax.set_xlabel("type (report Table 3.1)")
+    ax.set_ylabel("slices (log scale)")
+    ax.set_title(f"slices per type ({int(ok.sum())} usable, {tc.get(0, 0)} unlabelled)")
+    ax.tick_params(axis="x", labelsize=7)
+    ax = axes[1]
+    if rejects:
+        reasons, counts = zip(*rejects.most_common())
+        ax.barh(reasons, counts, color="tab:red")
+    else:
+        ax.text(0.5, 0.5, "no rejects", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title(f"rejects by reason ({sum(rejects.values())})")
+    ax = axes[2]
+    ax.hist(per_series, bins=min(30, max(1, len(set(per_series.tolist())))), color="tab:green")
+    ax.set_xlabel("slices in the series")
+    ax.set_ylabel("series")
+    ax.set_title(f"slices per series ({per_series.size} series)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=72)
+    plt.close(fig)
+    return dict(out=out, panels=3)
+
+
