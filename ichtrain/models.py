@@ -70,7 +70,9 @@ def _encoder(inp, l2, filters=(16, 32, 64)):
     x = inp
     for f in filters:
         x = _conv(f, 3, l2)(x)
-        x = layers.BatchNormalization()(x)
+        # momentum 0.9, not Keras' 0.99: short CPU runs take a few hundred steps, too few for 0.99's moving
+        # statistics to leave their initial values, which made inference outputs nearly constant.
+        x = layers.BatchNormalization(momentum=0.9)(x)
         x = layers.MaxPool2D((2, 2))(x)
     x = _conv(filters[-1] * 2, 3, l2)(x)
     return layers.GlobalAveragePooling2D()(x)
