@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--epochs", type=int, default=10)
     f.add_argument("--batch-size", type=int, default=32)
     f.add_argument("--image-size", type=int, help="input size (on-the-fly downscale); default 512 for the "
-                                                  "report's CNNs, 128 for baseline and rnn")
+                                                  "report's CNNs, 128 for baseline, 64 for rnn")
     f.add_argument("--l2", type=float, default=1e-4, help="L2 on kernels and biases (report: 0.01; default 1e-4)")
     f.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     f.add_argument("--alpha", type=float, default=0.5,

@@ -7,9 +7,9 @@
   convolutions, 16 and 32 filters, then BatchNorm; Flatten gives 128), Dense 512-256-128-6.
   264,330 parameters at 512x512x1.
 * ``rnn`` -- the ten window images as a sequence: one small CNN encoder shared by every window
-  (TimeDistributed), a GRU over the sequence in Table 2.1 order, Dense 6. The report shows no code for
-  it; a shared encoder keeps the parameter count independent of the number of windows, and a GRU is the
-  cheaper of the two usual recurrent cells for a ten-step sequence.
+  (TimeDistributed), a GRU over the sequence in Table 2.1 order, max-pooled over its outputs, Dense 6.
+  The report shows no code for it; a shared encoder keeps the parameter count independent of the number
+  of windows, and a GRU is the cheaper of the two usual recurrent cells for a ten-step sequence.
 * ``baseline`` -- four convolutions with BatchNorm and global average pooling: small and fast.
 
 All: ReLU inside, 6 sigmoid outputs, Glorot-uniform kernel and bias initialisers (as in the report),
@@ -107,7 +107,12 @@ def build_model(name: str, image_size: int = 512, channels: int = 1, l2: float =
     frame = keras.Input((image_size, image_size, 1))
     encoder = keras.Model(frame, _encoder(frame, l2, filters=(16, 32, 64)), name="window_encoder")
     x = layers.TimeDistributed(encoder)(inp)
-    x = layers.GRU(64, kernel_initializer="glorot_uniform", bias_initializer="glorot_uniform")(x)
+    x = layers.GRU(64, kernel_initializer="glorot_uniform", bias_initializer="glorot_uniform",
+                   return_sequences=True)(x)
+    # Max over the GRU's outputs, not its last state: the informative windows (default, brain) come first
+    # in Table 2.1 order, and the last state alone had to carry them through eight nearly blank windows
+    # (train AUC stayed <= 0.53 for 5 epochs; pooled, test AUC(any) 0.975 after 8 epochs at 64x64).
+    x = layers.GlobalMaxPooling1D()(x)
     out = _head(x, (32,), l2)
     return keras.Model(inp, out, name="WindowRNN")
 
