@@ -29,6 +29,7 @@ class FitConfig:
     split_by: str = "patient"
     fractions: tuple = (0.8, 0.1, 0.1)
     seed: int = 0
+    bn_momentum: float = 0.99  # the report's CNNs only
 
     def __post_init__(self) -> None:
         from ichtrain.models import MODELS
@@ -41,6 +42,8 @@ class FitConfig:
                 raise UsageError(f"Expected --{name.replace('_', '-')} an integer >= {lo}. Received: {name}={v!r}")
         if self.epoch_size is not None and self.epoch_size < self.batch_size:
             raise UsageError(f"Expected --epoch-size >= --batch-size. Received: epoch_size={self.epoch_size}")
+        if not 0.0 <= self.bn_momentum < 1.0:
+            raise UsageError(f"Expected --bn-momentum in [0, 1). Received: bn_momentum={self.bn_momentum}")
         if not self.learning_rate > 0 or self.l2 < 0:
             raise UsageError(f"Expected --lr > 0 and --l2 >= 0. Received: lr={self.learning_rate}, l2={self.l2}")
         object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
@@ -113,7 +116,8 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
         model = keras.models.load_model(last)
     else:
         model = compile_model(build_model(cfg.model, size, stream.channels if cfg.model != "rnn" else 1,
-                                          cfg.l2, windows=stream.channels), cfg.learning_rate)
+                                          cfg.l2, windows=stream.channels, bn_momentum=cfg.bn_momentum),
+                              cfg.learning_rate)
     epoch_size = cfg.epoch_size or int(stream.splits["train"].size)
     steps = max(1, epoch_size // cfg.batch_size)
     train = stream.dataset("train", batch_size=cfg.batch_size, alpha=cfg.alpha, epoch_size=epoch_size,
