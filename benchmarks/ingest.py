@@ -201,8 +201,8 @@ def main(argv=None):
                       slices=n, data=a.data or "synthetic", results=results, ratios=ratios,
                       projection_full_dataset=projection)
         print(f"\nIngest benchmark: {n} slices ({report['data']}), {os.cpu_count()} cores\n")
-        print(f"| contender | slices/s | peak RSS MiB | store MiB | compression |")
-        print(f"|---|---|---|---|---|")
+        print("| contender | slices/s | peak RSS MiB | store MiB | compression |")
+        print("|---|---|---|---|---|")
         for name, r in results.items():
             print(f"| {name} | {r['slices_per_s']:.1f} | {r['peak_rss_mib']:.0f} | {r.get('store_mib', '')} | {r.get('compression', '')} |")
         print()

@@ -14,7 +14,7 @@ import os
 import secrets
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, TextIO
 
 import numpy as np

@@ -1,5 +1,3 @@
-import glob
-import json
 import os
 import subprocess
 import sys
@@ -12,9 +10,8 @@ import zarr
 
 from conftest import F16_TOL, PYDICOM_CT, pydicom_ct_path, reference_channels
 from ichprep.build import BuildConfig, build, fit_size
-from ichprep.cli import main
 from ichprep.errors import IncompleteStoreError, StoreExistsError
-from ichprep.labels import SUBTYPES, read_labels, type_codes
+from ichprep.labels import read_labels, type_codes
 from ichprep.store import open_store
 from ichprep.windows import parse_windows
 

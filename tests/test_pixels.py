@@ -14,7 +14,7 @@ from ichprep.build import _hu_float
 from ichprep.decode import read_raw
 from ichprep.kernels import channel_params, window_slice
 from ichprep.scan import read_header
-from ichprep.windows import WINDOW_TABLE, Window, parse_windows
+from ichprep.windows import WINDOW_TABLE, Window
 
 ALL = WINDOW_TABLE + (Window("full", "full"),)
 
