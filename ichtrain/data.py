@@ -98,7 +98,9 @@ class StoreStream:
         groups = np.asarray(g["patient" if self.by == "patient" else "study_uid"][:], dtype=object)
         self.usable = (status == 0) & labelled  # unlabelled slices never enter a split
         self.splits = split_rows(groups, self.usable, self.fractions, self.seed)
-        self.shard_slices = int(g["images"].shards[0])
+        with st.fast_codec_pipeline():  # the codec pipeline is bound when the array is opened: open it once
+            self.images = g["images"]
+        self.shard_slices = int(self.images.shards[0])
         self.n = self.info.n
         self.channels = self.info.channels
         self.window_names = [w.name for w in self.info.windows]
@@ -145,9 +147,7 @@ class StoreStream:
         span_lo, span_hi = int(rows.min()), int(rows.max()) + 1
         if span_lo < lo or span_hi > hi:
             raise ValueError(f"rows {span_lo}..{span_hi - 1} are not all in shard {shard} [{lo}, {hi})")
-        with st.fast_codec_pipeline():
-            images = self._g["images"]  # opened inside the context: reads go through zarrs when installed
-            block = np.asarray(images[span_lo:span_hi])
+        block = np.asarray(self.images[span_lo:span_hi])
         return block[rows - span_lo], self.labels[rows].astype(np.float32)
 
     # -- tf.data ---------------------------------------------------------------------------------

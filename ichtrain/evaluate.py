@@ -8,7 +8,6 @@ import os
 import numpy as np
 
 from ichprep.errors import UsageError
-from ichprep.store import fast_codec_pipeline
 from ichprep.labels import SUBTYPES
 from ichtrain.fit import load_run
 from ichtrain.metrics import summarise
@@ -58,8 +57,7 @@ def evaluate(run_dir: str, split: str = "val", batch_size: int = 32) -> dict:
 
     names = stream.window_names
     channel = names.index("brain") if "brain" in names else 0  # thumbnails in the most readable window
-    with fast_codec_pipeline():
-        result["report"] = write_report(run_dir, result, stream._g["images"], rows, y, p, channel)
+    result["report"] = write_report(run_dir, result, stream.images, rows, y, p, channel)
     return result
 
 
