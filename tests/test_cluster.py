@@ -79,3 +79,22 @@ def test_existing_cluster_build_equals_local_and_survives_a_killed_worker(cluste
     t.join(timeout=300)
     assert "r" in done and done["r"].written == 60
     _same(local, killed)
+
+
+def test_fsspec_url_output_and_stream(synth_corpus, tmp_path):
+    """A store written to an fsspec URL (memory://) equals a local one and streams into tf.data."""
+    from ichtrain.data import StoreStream
+
+    kw = dict(source=synth_corpus["dicom_dir"], labels=synth_corpus["labels"], windows=parse_windows("brain"),
+              preset=None, salt="s", shard_slices=8, workers=0)
+    local = tmp_path / "local.zarr"
+    build(BuildConfig(out=str(local), **kw))
+    url = f"memory://ichprep-tests/{tmp_path.name}/s.zarr"
+    res = build(BuildConfig(out=url, **kw))
+    assert res.written == 60
+    ga, gb = zarr.open_group(str(local), mode="r"), zarr.open_group(url, mode="r")
+    for name in ARRAYS:
+        np.testing.assert_array_equal(ga[name][:], gb[name][:], err_msg=name)
+    stream = StoreStream(url, fractions=(0.6, 0.2, 0.2))
+    x, y = next(iter(stream.dataset("val", batch_size=4, dtype="float16")))
+    np.testing.assert_array_equal(x.numpy(), ga["images"][:][stream.splits["val"][:4]])
