@@ -38,7 +38,7 @@ from ichprep.kernels import channel_params, window_slice
 from ichprep.labels import UNLABELLED, inconsistent_any, read_labels, type_codes
 from ichprep.progress import ProgressBar
 from ichprep.scan import SliceHeader, read_header
-from ichprep.windows import Window, parse_windows, windows_to_list
+from ichprep.windows import Window, parse_windows, windows_from_list, windows_to_list
 
 __all__ = ["BuildConfig", "BuildResult", "build", "SIZE_POLICIES", "fit_size"]
 
@@ -206,8 +206,6 @@ def _hu_float(raw: np.ndarray, h: SliceHeader) -> np.ndarray:
 def _process_shard(url: str, shard: int, headers: list[SliceHeader], windows_list: list[dict],
                    on_size: str, size: int) -> dict:
     """Decode, window and write one whole shard. Runs on a Dask worker (or inline)."""
-    from ichprep.windows import windows_from_list
-
     windows = windows_from_list(windows_list)
     C = len(windows)
     n = len(headers)

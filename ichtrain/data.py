@@ -215,8 +215,3 @@ class StoreStream:
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
         ds = ds.map(shape, num_parallel_calls=2)  # two converted batches in flight: bounded memory
         return ds.prefetch(2)
-
-    def steps(self, split: str, batch_size: int, epoch_size: int | None = None, weighted: bool | None = None) -> int:
-        weighted = (split == "train") if weighted is None else weighted
-        n = (epoch_size or self.splits[split].size) if weighted else self.splits[split].size
-        return -(-n // batch_size)
