@@ -233,6 +233,11 @@ def _cmd_verify(args) -> int:
 
 
 def stats_dict(url: str) -> dict:
+    return _store_stats(url)[0]
+
+
+def _store_stats(url: str):
+    """(the stats dict, slices per series as an array): one read of the store serves text, JSON and plot."""
     from collections import Counter
 
     import numpy as np
@@ -256,7 +261,7 @@ def stats_dict(url: str) -> dict:
         series=int(per_series.size),
         slices_per_series=dict(min=int(per_series.min()), median=float(np.median(per_series)),
                                max=int(per_series.max())) if per_series.size else {},
-    )
+    ), per_series
 
 
 def _cmd_preview(args) -> int:
@@ -269,11 +274,11 @@ def _cmd_preview(args) -> int:
 
 
 def _cmd_stats(args) -> int:
-    d = stats_dict(args.store)
+    d, per_series = _store_stats(args.store)
     if args.plot:
         from ichprep.plots import stats_plot
 
-        stats_plot(args.store, args.plot)
+        stats_plot(d, per_series, args.plot)
     if args.json:
         print(json.dumps(d, indent=2))
         return EXIT_OK

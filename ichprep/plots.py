@@ -93,33 +93,27 @@ def preview(url: str, out: str, index: int | None = None, sop: str | None = None
     return dict(row=i, panels=len(panels), out=out)
 
 
-def stats_plot(url: str, out: str) -> dict:
-    """Three panels: per-type counts (Table 3.1 order, log scale), rejects by reason, slices per series."""
-    from collections import Counter
-
-    g, info = st.read_info(url)
-    types = np.asarray(g["type"][:])
-    ok = np.asarray(g["status"][:]) == 0
-    tc = Counter(int(t) for t in types[ok])
-    rejects = Counter(r["reason"] for r in info.attrs.get("rejects", []))
-    _, per_series = np.unique(np.asarray(g["series_uid"][:], dtype=object), return_counts=True)
+def stats_plot(stats: dict, per_series: np.ndarray, out: str) -> dict:
+    """Three panels from ``ichprep stats``' figures: per-type counts (Table 3.1 order, log scale), rejects
+    by reason, slices per series."""
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), gridspec_kw=dict(width_ratios=(3, 1.3, 1.3)))
     ax = axes[0]
-    ts = list(range(1, 33))
-    ax.bar([str(t) for t in ts], [tc.get(t, 0) for t in ts], color="tab:blue")
+    rows = stats["table_3_1"]
+    ax.bar([str(r["type"]) for r in rows], [r["count"] for r in rows], color="tab:blue")
     ax.set_yscale("symlog", linthresh=1)
     ax.set_xlabel("type (report Table 3.1)")
     ax.set_ylabel("slices (log scale)")
-    ax.set_title(f"slices per type ({int(ok.sum())} usable, {tc.get(0, 0)} unlabelled)")
+    ax.set_title(f"slices per type ({stats['slices']} usable, {stats['unlabelled']} unlabelled)")
     ax.tick_params(axis="x", labelsize=7)
     ax = axes[1]
+    rejects = sorted(stats["rejects_by_reason"].items(), key=lambda kv: -kv[1])
     if rejects:
-        reasons, counts = zip(*rejects.most_common())
+        reasons, counts = zip(*rejects)
         ax.barh(reasons, counts, color="tab:red")
     else:
         ax.text(0.5, 0.5, "no rejects", ha="center", va="center", transform=ax.transAxes)
-    ax.set_title(f"rejects by reason ({sum(rejects.values())})")
+    ax.set_title(f"rejects by reason ({sum(n for _, n in rejects)})")
     ax = axes[2]
     ax.hist(per_series, bins=min(30, max(1, len(set(per_series.tolist())))), color="tab:green")
     ax.set_xlabel("slices in the series")
@@ -129,5 +123,3 @@ def stats_plot(url: str, out: str) -> dict:
     fig.savefig(out, dpi=72)
     plt.close(fig)
     return dict(out=out, panels=3)
-
-
