@@ -18,8 +18,10 @@ from ichprep.errors import IchprepError, UsageError
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2
+class UsageErrorParser(argparse.ArgumentParser):
+    """argparse that raises UsageError (one line, exit 2) instead of printing usage; ichtrain uses it too."""
+
+    def error(self, message):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
@@ -57,10 +59,10 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="ichprep", description="Head-CT DICOM slices -> a chunked Zarr store of windowed float16 "
+    p = UsageErrorParser(prog="ichprep", description="Head-CT DICOM slices -> a chunked Zarr store of windowed float16 "
                                             "images, labels and per-slice metadata.")
     p.add_argument("--version", action="version", version=f"ichprep {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=UsageErrorParser)
     sub.required = True
     b = sub.add_parser("build", help="decode a folder of DICOMs into a store",
                        description="Decode a folder of DICOM slices in parallel (Dask), convert to HU, window "

@@ -7,12 +7,8 @@ import json
 import os
 import sys
 
+from ichprep.cli import UsageErrorParser
 from ichprep.errors import IchprepError, UsageError
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
 def _fractions(text: str) -> tuple:
@@ -26,9 +22,9 @@ def _fractions(text: str) -> tuple:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="ichtrain", description="Train and evaluate the reference study's models on an ichprep store, "
+    p = UsageErrorParser(prog="ichtrain", description="Train and evaluate the reference study's models on an ichprep store, "
                                               "and predict a submission CSV from DICOMs.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=UsageErrorParser)
     sub.required = True
     f = sub.add_parser("fit", help="train a model on a store", description=(
         "Train on the store's train split (by patient), weighted by type; validate on the val split each epoch. "
