@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions (default 0.8,0.1,0.1)")
     f.add_argument("--split-by", default="patient", choices=("patient", "study"))
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--strategy", default="default", choices=("default", "mirrored", "multi-worker"),
+                   help="tf.distribute strategy. default: one device. mirrored: every local GPU (synchronous). "
+                        "multi-worker: one process per machine, each started with the same arguments and its own "
+                        "TF_CONFIG (cluster and task index); --out must be a folder every worker sees; each "
+                        "worker reads its own share of every epoch. --batch-size is the global batch.")
     f.add_argument("--quiet", action="store_true")
     e = sub.add_parser("evaluate", help="metrics and plots for a run", description=(
         "Per-label sensitivity, specificity, fall-out and miss rate at 0.5 and across thresholds, ROC-AUC, and "
@@ -101,7 +106,7 @@ def _fit(args) -> int:
     cfg = FitConfig(store=args.store, out=args.out, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                     image_size=args.image_size, l2=args.l2, learning_rate=args.lr, alpha=args.alpha,
                     epoch_size=args.epoch_size, split_by=args.split_by, fractions=_fractions(args.split),
-                    seed=args.seed, bn_momentum=args.bn_momentum)
+                    seed=args.seed, bn_momentum=args.bn_momentum, strategy=args.strategy)
     res = fit(cfg, verbose=0 if args.quiet else 2)
     what = "nothing to do: already trained" if res["trained"] == 0 else f"trained {res['trained']} epochs"
     print(f"{args.out}: {what} ({res['epochs_done']} done{', resumed' if res['resumed'] else ''}); "

@@ -107,8 +107,16 @@ class StoreStream:
 
     # -- plans ---------------------------------------------------------------------------------
     def plan(self, split: str, weighted: bool = True, alpha: float = 0.5, epoch_size: int | None = None,
-             epoch: int = 0) -> list[tuple[int, np.ndarray]]:
-        """Blocks for one epoch: (shard, sorted rows in it), in random shard order when weighted."""
+             epoch: int = 0, shard: tuple[int, int] = (0, 1)) -> list[tuple[int, np.ndarray]]:
+        """Blocks for one epoch: (shard, sorted rows in it), in random shard order when weighted.
+
+        ``shard=(i, n)``: input pipeline ``i`` of ``n`` (one per training worker) takes draws ``i::n`` of the
+        epoch every pipeline computes identically (same seed), so the pipelines' draws are disjoint and
+        together are exactly the one-pipeline epoch: no sample is fed twice per global step.
+        """
+        index, count = shard
+        if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
+            raise UsageError(f"Expected shard (index, count) with 0 <= index < count. Received: shard={shard!r}")
         if split not in self.splits:
             raise UsageError(f"Expected split one of {SPLIT_NAMES}. Received: split={split!r}")
         rows = self.splits[split]
@@ -120,6 +128,10 @@ class StoreStream:
         else:
             rng = None
             drawn = rows
+        if count > 1:
+            drawn = drawn[index::count]
+            if rng is not None:  # each pipeline orders its blocks differently: the shard order is its own
+                rng = np.random.default_rng([self.seed, epoch, index])
         blocks = self._blocks(drawn)
         if rng is not None:
             blocks = [blocks[i] for i in rng.permutation(len(blocks))]
@@ -155,7 +167,7 @@ class StoreStream:
                 epoch_size: int | None = None, epochs: int = 1, image_size: int | None = None,
                 dtype: str = "float32", sequence: bool | None = None, shuffle_mb: float = 256.0,
                 parallel_reads: int = 2, drop_remainder: bool = False, first_epoch: int = 0,
-                rows: np.ndarray | None = None):
+                rows: np.ndarray | None = None, shard: tuple[int, int] = (0, 1), repeat: bool = False):
         """A ``tf.data.Dataset`` of (images, labels float32 (6,)) batches with static shapes.
 
         images: (H, W, C) for one-channel stores; (C, H, W, 1) -- the window sequence, Table 2.1 order --
@@ -163,6 +175,9 @@ class StoreStream:
         ``weighted`` defaults to True for train and False otherwise (evaluation reads each slice once).
         ``rows`` streams exactly those rows, in order (prediction on unlabelled stores).
         ``first_epoch``: plans epochs ``first_epoch .. epochs - 1`` (resuming a run).
+        ``shard=(i, n)``: this pipeline's part of every epoch (see :meth:`plan`); one per training worker.
+        ``repeat``: cycle forever (validation under a multi-worker strategy, where every worker must run the
+        same number of steps; the caller sets them).
         Memory: the shuffle buffer holds ``shuffle_mb`` MiB of float16 slices (at least 16 slices), plus
         ``parallel_reads`` shards being read; conversion to ``dtype`` happens per batch, after shuffling.
         """
@@ -183,7 +198,7 @@ class StoreStream:
             blocks = self._blocks(np.sort(np.asarray(rows, np.int64)))
         else:
             for e in range(first_epoch, epochs):
-                blocks.extend(self.plan(split, weighted, alpha, epoch_size, epoch=e))
+                blocks.extend(self.plan(split, weighted, alpha, epoch_size, epoch=e, shard=shard))
         starts = np.array([b[0] for b in blocks], np.int64)
         offsets = np.cumsum([0] + [len(b[1]) for b in blocks])
         flat_rows = np.concatenate([b[1] for b in blocks]) if blocks else np.zeros(0, np.int64)
@@ -212,6 +227,8 @@ class StoreStream:
         if weighted:
             slice_mb = full * full * C * 2 / 2**20
             ds = ds.shuffle(max(16, int(shuffle_mb / slice_mb)), seed=self.seed)
+        if repeat:
+            ds = ds.repeat()
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
         ds = ds.map(shape, num_parallel_calls=2)  # two converted batches in flight: bounded memory
         return ds.prefetch(2)

@@ -8,10 +8,44 @@ from dataclasses import asdict, dataclass
 
 from ichprep.errors import UsageError
 
-__all__ = ["FitConfig", "fit", "load_run"]
+__all__ = ["FitConfig", "fit", "load_run", "worker_role", "STRATEGIES"]
 
 CONFIG = "config.json"
 STATE = "state.json"
+STRATEGIES = ("default", "mirrored", "multi-worker")
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """This process's place in a multi-worker run, from ``TF_CONFIG``."""
+
+    task_type: str
+    task_id: int
+    workers: int  # training processes in the cluster (chief + workers)
+    chief: bool
+
+
+def worker_role(strategy: str, environ=os.environ) -> WorkerRole:
+    """Parse and check ``TF_CONFIG`` for ``--strategy multi-worker``; a single process otherwise."""
+    if strategy != "multi-worker":
+        return WorkerRole("chief", 0, 1, True)
+    hint = ('set TF_CONFIG on every worker, e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+            '"task": {"type": "worker", "index": 0}}')
+    text = environ.get("TF_CONFIG")
+    if not text:
+        raise UsageError(f"--strategy multi-worker needs TF_CONFIG, which is not set: {hint}")
+    try:
+        tfc = json.loads(text)
+        cluster, task = tfc["cluster"], tfc["task"]
+        task_type, task_id = str(task["type"]), int(task["index"])
+        members = {k: list(v) for k, v in cluster.items() if k in ("chief", "worker")}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UsageError(f"TF_CONFIG is not a cluster spec ({type(exc).__name__}: {exc}); {hint}. "
+                         f"Received: {text[:200]!r}") from None
+    if task_type not in members or not 0 <= task_id < len(members[task_type]):
+        raise UsageError(f"TF_CONFIG's task {task_type}:{task_id} is not in its cluster {members}; {hint}")
+    chief = task_type == "chief" or ("chief" not in members and task_type == "worker" and task_id == 0)
+    return WorkerRole(task_type, task_id, sum(len(v) for v in members.values()), chief)
 
 
 @dataclass(frozen=True)
@@ -30,9 +64,13 @@ class FitConfig:
     fractions: tuple = (0.8, 0.1, 0.1)
     seed: int = 0
     bn_momentum: float = 0.99  # the report's CNNs only
+    strategy: str = "default"  # tf.distribute: default (one device), mirrored (local GPUs), multi-worker
 
     def __post_init__(self) -> None:
         from ichtrain.models import MODELS
+
+        if self.strategy not in STRATEGIES:
+            raise UsageError(f"Expected --strategy one of {', '.join(STRATEGIES)}. Received: strategy={self.strategy!r}")
 
         if self.model not in MODELS:
             raise UsageError(f"Expected --model one of {', '.join(MODELS)}. Received: model={self.model!r}")
@@ -62,7 +100,7 @@ class FitConfig:
 
 def _same_run(old: dict, new: dict) -> bool:
     keys = set(old) | set(new)
-    return all(old.get(k) == new.get(k) for k in keys if k not in ("epochs", "out"))
+    return all(old.get(k) == new.get(k) for k in keys if k not in ("epochs", "out", "strategy", "replicas", "workers"))
 
 
 def load_run(run_dir: str) -> tuple[dict, str]:
@@ -79,50 +117,144 @@ def load_run(run_dir: str) -> tuple[dict, str]:
     raise UsageError(f"Run {run_dir!r} has no model yet (no model.keras or checkpoint): rerun 'ichtrain fit'.")
 
 
+def _make_strategy(name: str):
+    import tensorflow as tf
+
+    if name == "mirrored":  # every local GPU (one replica each); the CPU when there is none
+        return tf.distribute.MirroredStrategy()
+    if name == "multi-worker":  # synchronous data parallelism across the TF_CONFIG cluster
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _fix_keras_multi_worker(model, strategy) -> None:
+    """Work around keras-team/keras#20585: Keras 3's ``fit`` fails under MultiWorkerMirroredStrategy, twice.
+
+    1. Before training it builds metrics and optimizer from the first batch *reduced across workers*
+       ("Attempt to convert a value (PerReplica...)"); only the batch's shapes are used, and this worker's
+       own replica batch has the same ones.
+    2. Each step reduces the logged metric values across workers with ``axis=0``, which scalars do not have
+       ("Invalid reduction dimension 0"); they are averaged over replicas here with ``axis=None``.
+    Both are overridden on this model instance only; gradients are still all-reduced by the optimizer.
+    """
+    import keras
+    import tensorflow as tf
+
+    def maybe_symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = keras.tree.map_structure(lambda v: strategy.experimental_local_results(v)[0], next(it))
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    def make_function(step_function):
+        @tf.function(reduce_retracing=True)
+        def one_step_on_data(data):
+            outputs = strategy.run(step_function, args=(data,))
+            return keras.tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), outputs)
+
+        def function(iterator):
+            batch = iterator.get_next_as_optional()
+            if not batch.has_value():
+                raise StopIteration
+            return one_step_on_data(batch.get_value())
+
+        return function
+
+    model._maybe_symbolic_build = maybe_symbolic_build
+    model._make_function = make_function
+
+
 def fit(cfg: FitConfig, verbose: int = 1) -> dict:
+    """Train ``cfg.model`` on ``cfg.store``; resumable. Returns epochs done/trained and the history.
+
+    Under ``--strategy mirrored|multi-worker`` ``batch_size`` is the global batch (split over replicas) and
+    each worker's input pipeline reads its own disjoint share of every epoch's draws (``StoreStream.plan``).
+    Only the chief writes the run folder; another worker saves its final replica to ``worker-<i>/``.
+    """
+    role = worker_role(cfg.strategy)  # before TensorFlow: a bad TF_CONFIG is a usage error
     import keras
     import tensorflow as tf
 
     from ichtrain.data import StoreStream
     from ichtrain.models import build_model, compile_model
 
+    strategy = _make_strategy(cfg.strategy)  # first TF work: MultiWorkerMirroredStrategy must precede any op
+    replicas = int(strategy.num_replicas_in_sync)
+    distributed = cfg.strategy != "default"
+    if cfg.batch_size % replicas:
+        raise UsageError(f"Expected --batch-size (the global batch) divisible by the {replicas} replicas in sync. "
+                         f"Received: batch_size={cfg.batch_size}")
     stream = StoreStream(cfg.store, by=cfg.split_by, fractions=cfg.fractions, seed=cfg.seed)
     store_size = int(stream.info.attrs["image_size"])
     size = cfg.resolved_image_size(store_size)
     if cfg.model == "rnn" and stream.channels < 2:
         raise UsageError(f"--model rnn reads a sequence of windows; the store {cfg.store!r} has one channel. "
                          "Build it with --preset rnn.")
-    os.makedirs(os.path.join(cfg.out, "checkpoints"), exist_ok=True)
     cfg_path = os.path.join(cfg.out, CONFIG)
     record = dict(cfg.to_dict(), image_size=size, channels=stream.channels, window_names=stream.window_names,
-                  windows=stream.info.attrs["windows"], size_policy=stream.info.attrs.get("size_policy", "resize"))
+                  windows=stream.info.attrs["windows"], size_policy=stream.info.attrs.get("size_policy", "resize"),
+                  replicas=replicas, workers=role.workers)
     first_epoch = 0
     last = os.path.join(cfg.out, "checkpoints", "last.keras")
-    if os.path.isfile(cfg_path):
-        with open(cfg_path) as fh:
-            old = json.load(fh)
-        if not _same_run(old, record):
-            raise UsageError(f"{cfg.out!r} holds a run with another configuration; choose another --out.")
-        if os.path.isfile(last) and os.path.isfile(os.path.join(cfg.out, STATE)):
-            with open(os.path.join(cfg.out, STATE)) as fh:
-                first_epoch = int(json.load(fh)["epochs_done"])
-    with open(cfg_path, "w") as fh:
-        json.dump(record, fh, indent=2)
+    if role.chief:
+        os.makedirs(os.path.join(cfg.out, "checkpoints"), exist_ok=True)
+        if os.path.isfile(cfg_path):
+            with open(cfg_path) as fh:
+                old = json.load(fh)
+            if not _same_run(old, record):
+                raise UsageError(f"{cfg.out!r} holds a run with another configuration; choose another --out.")
+    if os.path.isfile(last) and os.path.isfile(os.path.join(cfg.out, STATE)):
+        # every worker reads the chief's state (a shared run folder): all resume from the same epoch and weights
+        with open(os.path.join(cfg.out, STATE)) as fh:
+            first_epoch = int(json.load(fh)["epochs_done"])
+    if role.chief:
+        with open(cfg_path, "w") as fh:
+            json.dump(record, fh, indent=2)
+    else:
+        verbose = 0
     if tf.config.list_physical_devices("GPU"):
         keras.mixed_precision.set_global_policy("mixed_float16")
     if first_epoch >= cfg.epochs:
         return dict(epochs_done=first_epoch, resumed=True, trained=0)
-    if first_epoch > 0:
-        model = keras.models.load_model(last)
-    else:
-        model = compile_model(build_model(cfg.model, size, stream.channels if cfg.model != "rnn" else 1,
-                                          cfg.l2, windows=stream.channels, bn_momentum=cfg.bn_momentum),
-                              cfg.learning_rate)
+    with strategy.scope():
+        if first_epoch > 0:
+            model = keras.models.load_model(last)
+        else:
+            model = compile_model(build_model(cfg.model, size, stream.channels if cfg.model != "rnn" else 1,
+                                              cfg.l2, windows=stream.channels, bn_momentum=cfg.bn_momentum,
+                                              sync_bn=distributed),
+                                  cfg.learning_rate)
+    if cfg.strategy == "multi-worker":
+        _fix_keras_multi_worker(model, strategy)
     epoch_size = cfg.epoch_size or int(stream.splits["train"].size)
     steps = max(1, epoch_size // cfg.batch_size)
-    train = stream.dataset("train", batch_size=cfg.batch_size, alpha=cfg.alpha, epoch_size=epoch_size,
-                           epochs=cfg.epochs, first_epoch=first_epoch, image_size=size, drop_remainder=True)
-    val = stream.dataset("val", batch_size=cfg.batch_size, image_size=size) if stream.splits["val"].size else None
+    val_size = int(stream.splits["val"].size)
+    common = dict(image_size=size, drop_remainder=True)
+    if not distributed:
+        train = stream.dataset("train", batch_size=cfg.batch_size, alpha=cfg.alpha, epoch_size=epoch_size,
+                               epochs=cfg.epochs, first_epoch=first_epoch, **common)
+        val = stream.dataset("val", batch_size=cfg.batch_size, image_size=size) if val_size else None
+        val_steps = None
+    else:
+        def train_fn(ctx):  # one input pipeline per worker, batched per replica
+            return stream.dataset("train", batch_size=ctx.get_per_replica_batch_size(cfg.batch_size), alpha=cfg.alpha,
+                                  epoch_size=epoch_size, epochs=cfg.epochs, first_epoch=first_epoch,
+                                  shard=(ctx.input_pipeline_id, ctx.num_input_pipelines), **common)
+
+        def val_fn(ctx):  # cycled, so every worker can run the same number of validation steps
+            return stream.dataset("val", batch_size=ctx.get_per_replica_batch_size(cfg.batch_size), repeat=True,
+                                  shard=(ctx.input_pipeline_id, ctx.num_input_pipelines), **common)
+
+        train = strategy.distribute_datasets_from_function(train_fn)
+        val_steps = val_size // cfg.batch_size
+        val = strategy.distribute_datasets_from_function(val_fn) if val_steps else None
+        val_steps = val_steps or None
+    if verbose:
+        print(f"fit: {cfg.model} at {size}x{size}, {steps} steps/epoch of {cfg.batch_size} slices, strategy "
+              f"{cfg.strategy} ({replicas} replica{'s' * (replicas > 1)}, {role.workers} worker"
+              f"{'s' * (role.workers > 1)}; this is {role.task_type} {role.task_id})", flush=True)
 
     class _State(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):  # after the checkpoints of this epoch are on disk
@@ -135,9 +267,14 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
         keras.callbacks.CSVLogger(os.path.join(cfg.out, "log.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(cfg.out, "tensorboard"), write_graph=False),
         _State(),
-    ]
+    ] if role.chief else []
     history = model.fit(train, epochs=cfg.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
-                        validation_data=val, callbacks=callbacks, verbose=verbose, shuffle=False)
-    model.save(os.path.join(cfg.out, "model.keras"))
+                        validation_data=val, validation_steps=val_steps, callbacks=callbacks, verbose=verbose,
+                        shuffle=False)
+    if role.chief:
+        model.save(os.path.join(cfg.out, "model.keras"))
+    else:  # the replica's weights: equal to the chief's after synchronous training (the test checks it)
+        os.makedirs(os.path.join(cfg.out, f"worker-{role.task_id}"), exist_ok=True)
+        model.save(os.path.join(cfg.out, f"worker-{role.task_id}", "model.keras"))
     return dict(epochs_done=cfg.epochs, resumed=first_epoch > 0, trained=cfg.epochs - first_epoch,
                 history={k: [float(x) for x in v] for k, v in history.history.items()})

@@ -39,23 +39,23 @@ def _conv(filters, k, l2, padding="same", name=None):
     return layers.Conv2D(filters, (k, k), padding=padding, activation="relu", name=name, **_kw(l2))
 
 
-def _report_units(x, l2: float, with_unit6: bool, bn_momentum: float = 0.99):
+def _report_units(x, l2: float, with_unit6: bool, bn_momentum: float = 0.99, sync_bn: bool = False):
     # Units 1-3: 'same' convolutions, 2x2/2 max pooling, BatchNorm.
     for kernels in ((3, 3, 3), (3, 3, 5), (5, 5, 5)):
         for filters, k in zip((4, 8, 16), kernels):
             x = _conv(filters, k, l2)(x)
         x = layers.MaxPool2D((2, 2), strides=(2, 2))(x)
-        x = layers.BatchNormalization(momentum=bn_momentum)(x)
+        x = layers.BatchNormalization(momentum=bn_momentum, synchronized=sync_bn)(x)
     # Units 4-5: 'valid' 5x5 convolutions, 2x2 pooling, BatchNorm.
     for filters in ((4, 8), (8, 8)):
         for f in filters:
             x = _conv(f, 5, l2, padding="valid")(x)
         x = layers.MaxPool2D((2, 2))(x)
-        x = layers.BatchNormalization(momentum=bn_momentum)(x)
+        x = layers.BatchNormalization(momentum=bn_momentum, synchronized=sync_bn)(x)
     if with_unit6:  # unit 6: no pooling
         x = _conv(16, 5, l2, padding="valid")(x)
         x = _conv(32, 5, l2, padding="valid")(x)
-        x = layers.BatchNormalization(momentum=bn_momentum)(x)
+        x = layers.BatchNormalization(momentum=bn_momentum, synchronized=sync_bn)(x)
     return layers.Flatten()(x)
 
 
@@ -66,24 +66,25 @@ def _head(x, units, l2):
     return layers.Dense(6, activation="sigmoid", name="labels", dtype="float32", **_kw(l2))(x)
 
 
-def _encoder(inp, l2, filters=(16, 32, 64)):
+def _encoder(inp, l2, filters=(16, 32, 64), sync_bn: bool = False):
     x = inp
     for f in filters:
         x = _conv(f, 3, l2)(x)
         # momentum 0.9, not Keras' 0.99: short CPU runs take a few hundred steps, too few for 0.99's moving
         # statistics to leave their initial values, which made inference outputs nearly constant.
-        x = layers.BatchNormalization(momentum=0.9)(x)
+        x = layers.BatchNormalization(momentum=0.9, synchronized=sync_bn)(x)
         x = layers.MaxPool2D((2, 2))(x)
     x = _conv(filters[-1] * 2, 3, l2)(x)
     return layers.GlobalAveragePooling2D()(x)
 
 
 def build_model(name: str, image_size: int = 512, channels: int = 1, l2: float = 0.01, windows: int = 10,
-                bn_momentum: float = 0.99) -> keras.Model:
+                bn_momentum: float = 0.99, sync_bn: bool = False) -> keras.Model:
     """The named model for inputs (image_size, image_size, channels), or (windows, size, size, 1) for rnn.
 
     ``bn_momentum`` applies to the report's CNNs (their listing leaves Keras' default, 0.99); the baseline
-    and the RNN use 0.9 (see ``_encoder``)."""
+    and the RNN use 0.9 (see ``_encoder``). ``sync_bn``: BatchNorm statistics over the global batch of a
+    tf.distribute strategy (otherwise each replica keeps its own moving statistics and they diverge)."""
     if name not in MODELS:
         raise UsageError(f"Expected a model in {', '.join(MODELS)}. Received: model={name!r}")
     if not isinstance(image_size, int) or image_size < 32:
@@ -96,20 +97,21 @@ def build_model(name: str, image_size: int = 512, channels: int = 1, l2: float =
             raise UsageError(f"{name} needs image_size >= {minimum}. Received: image_size={image_size}")
         inp = keras.Input((image_size, image_size, channels), name="image")
         if name == "cnn":
-            x = _report_units(inp, l2, with_unit6=False, bn_momentum=bn_momentum)
+            x = _report_units(inp, l2, with_unit6=False, bn_momentum=bn_momentum, sync_bn=sync_bn)
             out = _head(x, (1024, 512, 256, 128), l2)
         else:
-            x = _report_units(inp, l2, with_unit6=True, bn_momentum=bn_momentum)
+            x = _report_units(inp, l2, with_unit6=True, bn_momentum=bn_momentum, sync_bn=sync_bn)
             out = _head(x, (512, 256, 128), l2)
         return keras.Model(inp, out, name="ConvNet_Updated" if name == "cnn" else "ConvNet_Described")
     if name == "baseline":
         inp = keras.Input((image_size, image_size, channels), name="image")
-        x = _encoder(inp, l2, filters=(16, 32, 64))
+        x = _encoder(inp, l2, filters=(16, 32, 64), sync_bn=sync_bn)
         out = _head(x, (64,), l2)
         return keras.Model(inp, out, name="Baseline")
     inp = keras.Input((windows, image_size, image_size, 1), name="windows")
     frame = keras.Input((image_size, image_size, 1))
-    encoder = keras.Model(frame, _encoder(frame, l2, filters=(16, 32, 64)), name="window_encoder")
+    encoder = keras.Model(frame, _encoder(frame, l2, filters=(16, 32, 64), sync_bn=sync_bn),
+                          name="window_encoder")
     x = layers.TimeDistributed(encoder)(inp)
     x = layers.GRU(64, kernel_initializer="glorot_uniform", bias_initializer="glorot_uniform",
                    return_sequences=True)(x)

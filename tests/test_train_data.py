@@ -126,3 +126,23 @@ def test_incomplete_store_refused(stores, tmp_path):
     g.attrs["ichprep"] = a
     with pytest.raises(IncompleteStoreError, match="incomplete"):
         StoreStream(url)
+
+
+@pytest.mark.parametrize("split,weighted", [("train", True), ("val", False)])
+def test_sharded_plans_partition_the_epoch(stores, split, weighted):
+    """Pipelines i of n (one per training worker) together draw exactly the one-pipeline epoch, each a
+    near-equal share, and none feeds a draw another one feeds."""
+    s = StoreStream(stores["cnn"], fractions=(0.6, 0.2, 0.2))
+
+    def rows(shard):
+        plan = s.plan(split, weighted, alpha=0.5, epoch_size=53, epoch=3, shard=shard)
+        assert all((r // s.shard_slices == sh).all() for sh, r in plan)  # blocks never cross a shard
+        return np.concatenate([r for _, r in plan])
+
+    whole = rows((0, 1))
+    for n in (2, 3):
+        parts = [rows((i, n)) for i in range(n)]
+        np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.sort(whole))
+        assert max(p.size for p in parts) - min(p.size for p in parts) <= 1
+    with pytest.raises(UsageError, match="shard"):
+        s.plan(split, weighted, shard=(2, 2))
