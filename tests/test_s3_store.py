@@ -1,0 +1,57 @@
+"""A store on a real S3 API (moto's server on localhost): built by two Dask workers, read back by ichtrain."""
+
+import numpy as np
+import pytest
+import zarr
+
+from ichprep.build import BuildConfig, build
+from ichprep.cli import main as ichprep_main
+from ichprep.store import META_ARRAYS, SHARD_ARRAYS
+from ichprep.windows import parse_windows
+from ichtrain.cli import main as ichtrain_main
+from ichtrain.data import StoreStream
+
+from moto import server as moto_server  # the test extra: moto[server], s3fs
+
+ARRAYS = ("images", *META_ARRAYS, *SHARD_ARRAYS)
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """An S3 endpoint on 127.0.0.1 with one bucket; credentials and endpoint reach botocore (and the Dask
+    workers the build starts, which inherit the environment) the way a user's would: AWS_* variables."""
+    import boto3
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for k, v in dict(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                     AWS_ENDPOINT_URL=f"http://{host}:{port}").items():
+        monkeypatch.setenv(k, v)
+    boto3.client("s3").create_bucket(Bucket="ichprep-test")
+    yield "s3://ichprep-test"
+    server.stop()
+
+
+def test_build_on_s3_equals_local_and_trains(s3, synth_corpus, tmp_path, capsys):
+    kw = dict(source=synth_corpus["dicom_dir"], labels=synth_corpus["labels"], windows=parse_windows("brain"),
+              preset=None, salt="s", shard_slices=8)
+    local = str(tmp_path / "local.zarr")
+    build(BuildConfig(out=local, workers=0, **kw))
+    url = f"{s3}/stores/brain.zarr"
+    res = build(BuildConfig(out=url, workers=2, **kw))  # a local cluster: the worker processes write to S3
+    assert res.written == 60
+    ga, gb = zarr.open_group(local, mode="r"), zarr.open_group(url, mode="r")
+    for name in ARRAYS:
+        np.testing.assert_array_equal(ga[name][:], gb[name][:], err_msg=name)
+    assert dict(ga.attrs)["ichprep"]["complete"] and dict(gb.attrs)["ichprep"]["complete"]
+
+    assert ichprep_main(["verify", url, "--quiet"]) == 0
+    stream = StoreStream(url, fractions=(0.6, 0.2, 0.2))
+    x, _ = next(iter(stream.dataset("val", batch_size=4, dtype="float16")))
+    np.testing.assert_array_equal(x.numpy(), ga["images"][:][stream.splits["val"][:4]])
+    capsys.readouterr()
+    run = tmp_path / "run"
+    assert ichtrain_main(["fit", url, "--out", str(run), "--image-size", "32", "--epochs", "1", "--epoch-size", "16",
+                          "--batch-size", "8", "--quiet"]) == 0
+    assert (run / "model.keras").is_file()
