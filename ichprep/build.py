@@ -61,6 +61,7 @@ class BuildConfig:
     codec: str = "auto"
     workers: int = 2
     scheduler: str | None = None
+    dashboard: str | None = None  # address of a local cluster's Dask dashboard (":8787"); None: none
     salt: str | None = None
     overwrite: bool = False
     strict: bool = False
@@ -76,6 +77,9 @@ class BuildConfig:
             raise UsageError(f"Expected --codec one of {', '.join(st.CODECS)}. Received: codec={self.codec!r}")
         if not self.windows:
             raise UsageError("Expected at least one window. Received: windows=()")
+        if self.dashboard is not None and self.scheduler:
+            raise UsageError("--dashboard starts a local cluster's dashboard; an existing scheduler (--scheduler) "
+                             "serves its own. Received both.")
 
     def params(self) -> dict:
         """Parameters that define the store's content (not how it is computed)."""
@@ -241,10 +245,16 @@ def _process_shard(url: str, shard: int, headers: list[SliceHeader], windows_lis
 
 
 @contextlib.contextmanager
-def _executor(workers: int, scheduler: str | None, stream: TextIO | None) -> Iterator[Callable]:
+def _executor(workers: int, scheduler: str | None, stream: TextIO | None,
+              dashboard: str | None = None) -> Iterator[Callable]:
     """Yields ``run(fn, arglists, on_result)``: runs fn(*args) for each args, calling on_result as each
-    finishes (in completion order)."""
-    if scheduler is None and workers <= 1:  # one worker: no cluster (its ~3 s start-up buys nothing)
+    finishes (in completion order). The dashboard's address is written to ``stream`` when one runs."""
+    if dashboard is not None:
+        try:
+            import bokeh  # noqa: F401  (Dask's dashboard is a bokeh server)
+        except ImportError:
+            raise UsageError("--dashboard needs bokeh: pip install 'ichprep[dashboard]' (or bokeh>=3.1)") from None
+    elif scheduler is None and workers <= 1:  # one worker: no cluster (its ~3 s start-up buys nothing)
         def run_inline(fn, arglists, on_result):
             for args in arglists:
                 on_result(fn(*args))
@@ -259,11 +269,14 @@ def _executor(workers: int, scheduler: str | None, stream: TextIO | None) -> Ite
         except (OSError, TimeoutError) as exc:
             raise UsageError(f"Cannot reach the Dask scheduler at {scheduler!r} ({exc}). Start it, or omit --scheduler.") from None
     else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR)
+        cluster = LocalCluster(n_workers=max(workers, 1), threads_per_worker=1, processes=True,
+                               dashboard_address=dashboard, silence_logs=logging.ERROR)
         client = Client(cluster)
-    if stream is not None and scheduler:
-        stream.write(f"dask: using scheduler {scheduler}" + (f", dashboard {client.dashboard_link}" if client.dashboard_link else "") + "\n")
+    if stream is not None and (scheduler or dashboard is not None):
+        where = f"scheduler {scheduler}" if scheduler else f"a local cluster of {max(workers, 1)} workers"
+        link = client.dashboard_link if "dashboard" in client.scheduler_info().get("services", {}) else None
+        stream.write(f"dask: using {where}" + (f", dashboard {link}" if link else ", no dashboard") + "\n")
+        stream.flush()
 
     def run_dask(fn, arglists, on_result):
         futures = [client.submit(fn, *args, pure=False) for args in arglists]
@@ -379,7 +392,7 @@ def build(cfg: BuildConfig, stream: TextIO | None = None) -> BuildResult:
             result.already_complete = True
             result.written = int(st.get_attrs(g).get("counts", {}).get("written", 0))
             return result
-        with _executor(cfg.workers, cfg.scheduler, stream) as run:
+        with _executor(cfg.workers, cfg.scheduler, stream, cfg.dashboard) as run:
             # 1. Header pass.
             headers: list[SliceHeader] = []
             rejects: list[tuple[str, str, str]] = []

@@ -45,7 +45,11 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
                    help="local Dask worker processes (default: the number of cores, at most 8); 1 (or 0) "
                         "runs in this process without starting a cluster")
     p.add_argument("--scheduler", help="address of an existing Dask distributed scheduler (tcp://HOST:PORT); "
-                                       "its workers read the DICOMs and write the store themselves")
+                                       "its workers read the DICOMs and write the store themselves; its "
+                                       "dashboard address is printed when it has one")
+    p.add_argument("--dashboard", nargs="?", const=":8787", metavar="ADDRESS",
+                   help="serve the local cluster's Dask dashboard (default address :8787; :0 picks a free port) "
+                        "and print its link; needs bokeh (pip install 'ichprep[dashboard]')")
     p.add_argument("--shard-slices", type=int, default=64,
                    help="slices per shard: the unit of work and of storage (default 64)")
     p.add_argument("--codec", default="auto", choices=("auto", "blosc-lz4", "blosc-zstd", "zstd", "none"),
@@ -148,6 +152,7 @@ def _cmd_build(args) -> int:
         source=args.source, out=args.out, labels=args.labels, windows=windows,
         preset=None if args.windows else (args.preset or "cnn"), on_size=args.on_size,
         shard_slices=args.shard_slices, codec=args.codec, workers=args.workers, scheduler=args.scheduler,
+        dashboard=args.dashboard,
         salt=args.salt if args.salt is not None else os.environ.get("ICHPREP_SALT"),
         overwrite=args.overwrite, strict=args.strict,
     )

@@ -1,17 +1,22 @@
 """An existing dask.distributed cluster: scheduler and workers started as separate processes on localhost."""
 
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import numpy as np
 import pytest
 import zarr
 
+from ichprep import build as build_module
 from ichprep.build import BuildConfig, build
+from ichprep.cli import main as ichprep_main
 from ichprep.windows import parse_windows
 
 ARRAYS = ("images", "labels", "type", "sop_uid", "study_uid", "series_uid", "patient", "position_z",
@@ -26,7 +31,7 @@ def _dask(*args):
 def cluster(tmp_path):
     sched_file = str(tmp_path / "scheduler.json")
     procs = [subprocess.Popen(_dask("scheduler", "--scheduler-file", sched_file, "--port", "0", "--host", "127.0.0.1",
-                                    "--no-dashboard"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+                                    "--dashboard-address", "127.0.0.1:0"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     deadline = time.monotonic() + 60
     while not os.path.exists(sched_file) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -55,15 +60,27 @@ def _same(a, b):
         np.testing.assert_array_equal(ga[name][:], gb[name][:], err_msg=name)
 
 
-def test_existing_cluster_build_equals_local_and_survives_a_killed_worker(cluster, synth_corpus, tmp_path):
+def test_existing_cluster_build_equals_local_and_survives_a_killed_worker(cluster, synth_corpus, tmp_path,
+                                                                         monkeypatch):
     address, workers = cluster
     kw = dict(source=synth_corpus["dicom_dir"], labels=synth_corpus["labels"], windows=parse_windows("rnn"),
               preset="rnn", salt="s", shard_slices=4)
     local = tmp_path / "local.zarr"
     build(BuildConfig(out=str(local), workers=0, **kw))
     remote = tmp_path / "remote.zarr"
-    build(BuildConfig(out=str(remote), scheduler=address, **kw))
+    updates = []  # progress on a cluster: the bar hears of each shard as its task finishes on a worker
+    update = build_module.ProgressBar.update
+    monkeypatch.setattr(build_module.ProgressBar, "update",
+                        lambda self, done, total=None: (updates.append((self.label, done)), update(self, done, total)))
+    said = io.StringIO()
+    build(BuildConfig(out=str(remote), scheduler=address, **kw), stream=said)
     _same(local, remote)
+    built = [d for label, d in updates if label == "build"]
+    assert built == sorted(built) and len(set(built)) == 15 and built[-1] == 60  # 15 shards of 4 slices
+    link = re.search(r"dask: using scheduler \S+, dashboard (http://\S+)", said.getvalue()).group(1)
+    with urllib.request.urlopen(link, timeout=30) as page:  # the printed dashboard is served
+        assert page.status == 200 and b"Dask" in page.read()
+    monkeypatch.undo()
     # Kill one of the two workers while shards are being written: Dask reruns its tasks elsewhere.
     killed = tmp_path / "killed.zarr"
     import threading
@@ -98,3 +115,13 @@ def test_fsspec_url_output_and_stream(synth_corpus, tmp_path):
     stream = StoreStream(url, fractions=(0.6, 0.2, 0.2))
     x, y = next(iter(stream.dataset("val", batch_size=4, dtype="float16")))
     np.testing.assert_array_equal(x.numpy(), ga["images"][:][stream.splits["val"][:4]])
+
+
+def test_local_cluster_dashboard_is_printed(synth_corpus, tmp_path, capsys):
+    out = str(tmp_path / "s.zarr")
+    args = ["build", synth_corpus["dicom_dir"], "--out", out, "--windows", "brain", "--workers", "2"]
+    assert ichprep_main([*args, "--dashboard", "127.0.0.1:0"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"dask: using a local cluster of 2 workers, dashboard http://127\.0\.0\.1:\d+/status", err), err
+    assert ichprep_main([*args, "--dashboard", "--scheduler", "tcp://127.0.0.1:1", "--overwrite"]) == 2
+    assert "--dashboard starts a local cluster's dashboard" in capsys.readouterr().err
