@@ -14,7 +14,11 @@ Contenders:
   build_rnn_1  ichprep build --preset rnn --workers 1   (pinned to one core)
   build_cnn_2  ichprep build --preset cnn --workers 2   (unpinned)
 
-Usage: python benchmarks/ingest.py [--slices 4096] [--data DIR [--labels CSV]] [--json out.json]
+Usage: python benchmarks/ingest.py [--slices 4096] [--data DIR [--labels CSV] [--replicate K]] [--json out.json]
+
+``--replicate K`` (with ``--data``): K copies of every real file, each copy a new series (suffixed SOP,
+series and study UIDs, everything else -- transfer syntax, pixel bytes, defects -- as in the original),
+so a small real series is large enough to amortise start-up.
 """
 
 from __future__ import annotations
@@ -118,6 +122,24 @@ def _run(cmd, pin):
     return wall, peak, out
 
 
+def replicate(src, dst, copies):
+    """``copies`` copies of every DICOM in ``src`` under ``dst``, as new series (see the module docstring)."""
+    import warnings
+
+    import pydicom
+
+    os.makedirs(dst, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # RSNA's ID_ UIDs are not valid UIDs; they are kept in that style
+        for f in _files(src):
+            ds = pydicom.dcmread(f)
+            sop, series, study = ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.StudyInstanceUID
+            for k in range(copies):
+                ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.StudyInstanceUID = (f"{u}{k:04x}" for u in (sop, series, study))
+                ds.save_as(os.path.join(dst, f"{ds.SOPInstanceUID}.dcm"), enforce_file_format=False)
+    return dst
+
+
 def _store_size(path):
     total = 0
     for r, _, fs in os.walk(path):
@@ -130,6 +152,8 @@ def main(argv=None):
     p.add_argument("--slices", type=int, default=4096, help="synthetic corpus size (default 4096: enough to amortise start-up)")
     p.add_argument("--data", help="a folder of real DICOMs instead of a synthetic corpus")
     p.add_argument("--labels", help="label CSV for --data")
+    p.add_argument("--replicate", type=int, default=1, help="with --data: copies of every file, each a new series "
+                                                               "(default 1: the files as they are)")
     p.add_argument("--json", help="write the results here as JSON")
     p.add_argument("--only", help="comma-separated contenders to run (default all)")
     p.add_argument("--contender", help=argparse.SUPPRESS)
@@ -143,6 +167,10 @@ def main(argv=None):
     try:
         if a.data:
             src, labels = a.data, a.labels
+            if a.replicate > 1:
+                if labels:
+                    p.error("--replicate makes new SOPInstanceUIDs, which a labels CSV cannot name; drop --labels")
+                src = replicate(src, os.path.join(work, "replicated"), a.replicate)
         else:
             studies = max(1, a.slices // 32)
             subprocess.run([sys.executable, "-m", "ichprep.cli", "synth", os.path.join(work, "corpus"),
@@ -198,7 +226,7 @@ def main(argv=None):
                 projection[name] = dict(hours_one_core=round(hours, 2),
                                         disk_gib=round(r["store_mib"] / n * FULL_DATASET / 1024, 1))
         report = dict(machine=dict(cpus=os.cpu_count(), python=platform.python_version(), platform=platform.platform()),
-                      slices=n, data=a.data or "synthetic", results=results, ratios=ratios,
+                      slices=n, data=(f"{a.data} x{a.replicate}" if a.replicate > 1 else a.data) if a.data else "synthetic", results=results, ratios=ratios,
                       projection_full_dataset=projection)
         print(f"\nIngest benchmark: {n} slices ({report['data']}), {os.cpu_count()} cores\n")
         print("| contender | slices/s | peak RSS MiB | store MiB | compression |")

@@ -36,3 +36,28 @@ def test_stream_benchmark_runs_and_reports(tmp_path):
     for name, r in report["results"].items():
         assert r["slices"] >= 32 and r["slices_per_s"] > 0 and len(r["rss_mib"]) == 3, name
     assert all(v > 0 for v in report["ratios"].values())
+
+
+def test_replicated_real_series_keeps_pixels_and_makes_new_series(real_series, tmp_path):
+    import importlib.util
+    import warnings
+
+    import pydicom
+
+    spec = importlib.util.spec_from_file_location("ingest_bench", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.replicate(real_series, str(tmp_path / "rep"), 2)
+    originals, copies = bench._files(real_series), bench._files(out)
+    assert len(copies) == 2 * len(originals)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        src = {str(d.SOPInstanceUID): d for d in map(pydicom.dcmread, originals)}
+        got = list(map(pydicom.dcmread, copies))
+    assert len({str(d.SOPInstanceUID) for d in got}) == len(got)
+    assert len({str(d.SeriesInstanceUID) for d in got}) == 2 * len({str(d.SeriesInstanceUID) for d in src.values()})
+    for d in got:
+        o = src[str(d.SOPInstanceUID)[:-4]]
+        assert d.PixelData == o.PixelData and d.file_meta.TransferSyntaxUID == o.file_meta.TransferSyntaxUID
+        assert (d.BitsStored, d.PixelRepresentation, d.RescaleIntercept) == (o.BitsStored, o.PixelRepresentation,
+                                                                             o.RescaleIntercept)
