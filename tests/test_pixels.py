@@ -9,11 +9,12 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import F16_TOL, PYDICOM_CT, pydicom_ct_path, reference_channels, reference_hu
+from conftest import F16_TOL, PYDICOM_CT, first_value, pydicom_ct_path, reference_channels, reference_hu
 from ichprep.build import _hu_float
 from ichprep.decode import read_raw
 from ichprep.kernels import channel_params, window_slice
-from ichprep.scan import read_header
+from ichprep.errors import RejectError
+from ichprep.scan import hash_patient, read_header
 from ichprep.windows import WINDOW_TABLE, Window
 
 ALL = WINDOW_TABLE + (Window("full", "full"),)
@@ -103,3 +104,52 @@ def test_synthetic_rsna_defect_gives_true_hu(synth_corpus):
             assert hu.max() > 500  # skull
             return
     pytest.fail("no defect slice found")
+
+
+def _pydicom_header(path, salt):
+    """Every SliceHeader field from pydicom's converted values, and how many UID warnings pydicom gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        opt = lambda kw: first_value(ds[kw].value) if kw in ds and ds[kw].value not in (None, "") else None  # noqa: E731
+        vm = lambda kw: ds[kw].VM if kw in ds else 0  # noqa: E731
+        fields = dict(sop_uid=str(ds.SOPInstanceUID), study_uid=str(ds.get("StudyInstanceUID", "")),
+                      series_uid=str(ds.get("SeriesInstanceUID", "")),
+                      patient=hash_patient(str(ds.get("PatientID", "") or ""), salt),
+                      position_z=float(ds.ImagePositionPatient[2]) if "ImagePositionPatient" in ds else None,
+                      rows=int(ds.Rows), columns=int(ds.Columns), bits_allocated=int(ds.BitsAllocated),
+                      bits_stored=int(ds.BitsStored), pixel_representation=int(ds.PixelRepresentation),
+                      slope=opt("RescaleSlope"), intercept=opt("RescaleIntercept"),
+                      window_center=opt("WindowCenter"), window_width=opt("WindowWidth"),
+                      window_multi=vm("WindowCenter") > 1 or vm("WindowWidth") > 1)
+    uid_warnings = sum(str(w.message).startswith("Invalid value for VR UI") for w in caught)
+    return fields, uid_warnings
+
+
+def _header_files(real_series, synth_corpus):
+    files = sorted(glob.glob(os.path.join(real_series, "*.dcm")))
+    files += sorted(glob.glob(os.path.join(synth_corpus["dicom_dir"], "*.dcm")))
+    return files + [pydicom_ct_path(name) for name in PYDICOM_CT]
+
+
+def test_header_fields_equal_pydicom_values(real_series, synth_corpus):
+    """read_header converts the raw elements itself (faster than pydicom's element conversion): every field,
+    and the count of pydicom's UID warnings, equal what pydicom's converted dataset gives, on the real series,
+    the synthetic corpus (explicit/implicit VR, RLE, JPEG 2000, multi-valued windows) and pydicom's CT files."""
+    for f in _header_files(real_series, synth_corpus):
+        counts = Counter()
+        h = read_header(f, "salt", counts)
+        ref, uid_warnings = _pydicom_header(f, "salt")
+        got = {k: getattr(h, k) for k in ref}
+        if ref["position_z"] is None:
+            assert np.isnan(got.pop("position_z")), f
+            ref.pop("position_z")
+        assert got == ref, f
+        assert counts["Invalid value for VR UI"] == uid_warnings, f
+
+
+def test_big_endian_header_falls_back_to_pydicom():
+    # Explicit VR big endian: the raw bytes are not little-endian, pydicom converts them (Modality MR here).
+    with pytest.raises(RejectError) as exc:
+        read_header(pydicom_ct_path("MR_small_bigendian.dcm"), "salt", Counter())
+    assert exc.value.reason == "not_ct" and "'MR'" in exc.value.message
