@@ -21,7 +21,7 @@ import numpy as np
 
 from ichprep import __version__
 from ichprep import store as st
-from ichprep.decode import read_raw
+from ichprep.decode import ReadBuffer, read_raw
 from ichprep.errors import (
     REASON_NAMES,
     REJECT_REASONS,
@@ -218,11 +218,12 @@ def _process_shard(url: str, shard: int, headers: list[SliceHeader], windows_lis
     hu_max = np.full(n, np.nan, np.float32)
     status = np.zeros(n, np.uint8)
     scratch = np.empty(size * C, np.float32)
+    file_buffer = ReadBuffer()  # one for the whole shard
     rejects = []
     resized = 0
     for i, h in enumerate(headers):
         try:
-            raw = read_raw(h)
+            raw = read_raw(h, file_buffer)
             lo, scale, is_full = channel_params(windows, h.window_center, h.window_width)
             if raw.shape == (size, size):
                 _, a, b = window_slice(raw, h.slope, h.effective_intercept, h.fix12, lo, scale, is_full,

@@ -9,6 +9,7 @@ decoders (pylibjpeg with the libjpeg, openjpeg and rle plugins).
 
 from __future__ import annotations
 
+import os
 import struct
 import warnings
 
@@ -18,7 +19,7 @@ import pydicom
 from ichprep.errors import RejectError
 from ichprep.scan import UNCOMPRESSED_LE, SliceHeader
 
-__all__ = ["read_raw"]
+__all__ = ["ReadBuffer", "read_raw"]
 
 _PIXEL_TAG = b"\xe0\x7f\x10\x00"
 
@@ -26,10 +27,10 @@ _PIXEL_TAG = b"\xe0\x7f\x10\x00"
 def _fast_offset(data: bytes, header: SliceHeader, nbytes: int) -> int | None:
     """Offset of the pixel values, or None if the element is not laid out as expected."""
     pos = header.pixel_offset
-    if data[pos:pos + 4] != _PIXEL_TAG:
+    if bytes(data[pos:pos + 4]) != _PIXEL_TAG:
         return None
     if header.transfer_syntax == "1.2.840.10008.1.2.1":  # explicit VR: tag, VR, 2 reserved, UL length
-        vr = data[pos + 4:pos + 6]
+        vr = bytes(data[pos + 4:pos + 6])
         if vr in (b"OW", b"OB", b"UN"):
             (length,) = struct.unpack_from("<I", data, pos + 8)
             start = pos + 12
@@ -44,15 +45,34 @@ def _fast_offset(data: bytes, header: SliceHeader, nbytes: int) -> int | None:
     return start
 
 
-def read_raw(header: SliceHeader) -> np.ndarray:
+class ReadBuffer:
+    """Memory reused from file to file by :func:`read_raw`. A fresh 0.5 MB ``bytes`` per slice is a fresh
+    mmap whose page faults cost more system time than the read itself. Replaced, never resized, when a
+    file is larger (arrays returned earlier may still view the old one)."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def read(self, fh) -> memoryview:
+        size = os.fstat(fh.fileno()).st_size
+        if len(self._buf) < size:
+            self._buf = bytearray(max(size, len(self._buf) * 5 // 4))
+        got = fh.readinto(memoryview(self._buf)[:size])
+        return memoryview(self._buf)[:got]
+
+
+def read_raw(header: SliceHeader, buffer: ReadBuffer | None = None) -> np.ndarray:
     """The stored pixel values of one slice, shape (Rows, Columns), integer dtype.
+
+    ``buffer``: on the fast path the file is read into it and the result is a view of it, valid until the
+    next read into the same buffer; without one, the result owns its memory.
 
     Raises :class:`RejectError` (``truncated`` / ``decode_failed``) when the pixels cannot be had.
     """
     rows, cols = header.rows, header.columns
     if header.transfer_syntax in UNCOMPRESSED_LE and header.bits_allocated == 16:
         with open(header.path, "rb") as fh:
-            data = fh.read()
+            data = bytearray(fh.read()) if buffer is None else buffer.read(fh)
         nbytes = rows * cols * 2
         start = _fast_offset(data, header, nbytes)
         if start is not None:
@@ -60,12 +80,13 @@ def read_raw(header: SliceHeader) -> np.ndarray:
             arr = np.frombuffer(data, dtype="<i2" if signed else "<u2", count=rows * cols, offset=start)
             arr = arr.reshape(rows, cols)
             bs = header.bits_stored
-            if bs < 16:
+            if bs < 16:  # in place: the bytes are this call's own (a copy, or the caller's buffer)
                 if signed:
                     shift = 16 - bs
-                    arr = (arr << shift) >> shift
+                    np.left_shift(arr, shift, out=arr)
+                    np.right_shift(arr, shift, out=arr)
                 else:
-                    arr = arr & np.uint16((1 << bs) - 1)
+                    np.bitwise_and(arr, np.uint16((1 << bs) - 1), out=arr)
             return arr
     return _read_with_pydicom(header)
 

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import F16_TOL, PYDICOM_CT, first_value, pydicom_ct_path, reference_channels, reference_hu
 from ichprep.build import _hu_float
-from ichprep.decode import read_raw
+from ichprep.decode import ReadBuffer, read_raw
 from ichprep.kernels import channel_params, window_slice
 from ichprep.errors import RejectError
 from ichprep.scan import hash_patient, read_header
@@ -42,6 +42,20 @@ def test_real_series_fast_path_equals_pydicom(real_series):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             np.testing.assert_array_equal(read_raw(h), pydicom.dcmread(f).pixel_array)
+
+
+def test_reused_read_buffer_gives_pydicom_values(real_series, synth_corpus):
+    """One ReadBuffer across files of different sizes and encodings (12-bit masking done in place in it):
+    each result equals pydicom's pixel_array."""
+    files = sorted(glob.glob(os.path.join(synth_corpus["dicom_dir"], "*.dcm")))
+    files = [pydicom_ct_path("CT_small.dcm")] + files + sorted(glob.glob(os.path.join(real_series, "*.dcm")))
+    buf = ReadBuffer()
+    for f in files:
+        h = read_header(f, "t", Counter())
+        got = read_raw(h, buf).copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            np.testing.assert_array_equal(got, pydicom.dcmread(f).pixel_array, err_msg=f)
 
 
 def test_real_series_every_window_equals_reference(real_series):
