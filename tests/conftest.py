@@ -83,6 +83,18 @@ def synth_corpus(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def brain_store(synth_corpus, tmp_path_factory):
+    """The synthetic corpus built in-process into a one-window (brain) store of 8-slice shards."""
+    from ichprep.build import BuildConfig, build
+    from ichprep.windows import parse_windows
+
+    url = str(tmp_path_factory.mktemp("brain") / "brain.zarr")
+    build(BuildConfig(source=synth_corpus["dicom_dir"], out=url, labels=synth_corpus["labels"],
+                      windows=parse_windows("brain"), preset=None, workers=0, salt="s", shard_slices=8))
+    return url
+
+
+@pytest.fixture(scope="session")
 def real_series():
     if not REAL_SERIES.is_dir():
         raise FileNotFoundError(f"real test series missing at {REAL_SERIES}")

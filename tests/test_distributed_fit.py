@@ -9,19 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from ichprep.build import BuildConfig, build
 from ichprep.errors import UsageError
-from ichprep.windows import parse_windows
 from ichtrain.cli import main as ichtrain_main
 from ichtrain.fit import worker_role
-
-
-@pytest.fixture(scope="module")
-def brain_store(synth_corpus, tmp_path_factory):
-    url = str(tmp_path_factory.mktemp("dist") / "brain.zarr")
-    build(BuildConfig(source=synth_corpus["dicom_dir"], out=url, labels=synth_corpus["labels"],
-                      windows=parse_windows("brain"), preset=None, workers=0, salt="s", shard_slices=8))
-    return url
 
 
 def _tf_config(ports, index):

@@ -8,8 +8,6 @@ import shutil
 import numpy as np
 import pytest
 
-from ichprep.build import BuildConfig, build
-from ichprep.windows import parse_windows
 from ichtrain.cli import main
 from ichtrain.metrics import confusion_rates, roc_auc, weighted_log_loss
 
@@ -54,17 +52,9 @@ def test_confusion_rates_and_weighted_log_loss_hand_values():
     assert weighted_log_loss(y, p) == pytest.approx(expected)
 
 
-@pytest.fixture(scope="module")
-def tiny_store(synth_corpus, tmp_path_factory):
-    url = str(tmp_path_factory.mktemp("fit") / "brain.zarr")
-    build(BuildConfig(source=synth_corpus["dicom_dir"], out=url, labels=synth_corpus["labels"],
-                      windows=parse_windows("brain"), preset=None, workers=0, salt="s", shard_slices=8))
-    return url
-
-
-def test_fit_resume_evaluate_predict(tiny_store, synth_corpus, tmp_path, capsys):
+def test_fit_resume_evaluate_predict(brain_store, synth_corpus, tmp_path, capsys):
     run = str(tmp_path / "run")
-    args = ["fit", tiny_store, "--out", run, "--model", "baseline", "--image-size", "64", "--batch-size", "8",
+    args = ["fit", brain_store, "--out", run, "--model", "baseline", "--image-size", "64", "--batch-size", "8",
             "--epoch-size", "16", "--split", "0.6,0.2,0.2", "--quiet"]
     assert main(args + ["--epochs", "2"]) == 0
     for f in ("config.json", "log.csv", "model.keras", "state.json", "checkpoints/last.keras",
@@ -109,8 +99,8 @@ def test_fit_resume_evaluate_predict(tiny_store, synth_corpus, tmp_path, capsys)
     (["fit", "{store}", "--out", "{tmp}/r", "--model", "rnn"], "one channel"),
     (["evaluate", "{tmp}/nothing"], "No run"),
 ])
-def test_bad_input_exit_2(argv, match, tiny_store, tmp_path, capsys):
-    argv = [a.format(store=tiny_store, tmp=tmp_path) for a in argv]
+def test_bad_input_exit_2(argv, match, brain_store, tmp_path, capsys):
+    argv = [a.format(store=brain_store, tmp=tmp_path) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert match in err and err.startswith("ichtrain: error:")
