@@ -225,9 +225,9 @@ def main(argv=None):
                 hours = FULL_DATASET / r["slices_per_s"] / 3600
                 projection[name] = dict(hours_one_core=round(hours, 2),
                                         disk_gib=round(r["store_mib"] / n * FULL_DATASET / 1024, 1))
+        data = "synthetic" if not a.data else f"{a.data} x{a.replicate}" if a.replicate > 1 else a.data
         report = dict(machine=dict(cpus=os.cpu_count(), python=platform.python_version(), platform=platform.platform()),
-                      slices=n, data=(f"{a.data} x{a.replicate}" if a.replicate > 1 else a.data) if a.data else "synthetic", results=results, ratios=ratios,
-                      projection_full_dataset=projection)
+                      slices=n, data=data, results=results, ratios=ratios, projection_full_dataset=projection)
         print(f"\nIngest benchmark: {n} slices ({report['data']}), {os.cpu_count()} cores\n")
         print("| contender | slices/s | peak RSS MiB | store MiB | compression |")
         print("|---|---|---|---|---|")
