@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import secrets
@@ -211,6 +212,7 @@ def _hu_float(raw: np.ndarray, h: SliceHeader) -> np.ndarray:
     return x * np.float32(h.slope) + np.float32(h.effective_intercept)
 
 
+@functools.cache  # process-wide setting: once per process is enough
 def reuse_freed_memory() -> bool:
     """glibc only: serve blocks up to 32 MiB from the heap and keep up to 256 MiB of freed heap for reuse.
 
@@ -236,7 +238,7 @@ def _process_shard(url: str, shard: int, headers: list[SliceHeader], windows_lis
     """Decode, window and write one whole shard. Runs on a Dask worker (or inline). ``own_process``: the
     process is ichprep's (see :func:`reuse_freed_memory`)."""
     if own_process:
-        reuse_freed_memory()  # cheap; process-wide, so repeating it is harmless
+        reuse_freed_memory()
     windows = windows_from_list(windows_list)
     C = len(windows)
     n = len(headers)

@@ -72,7 +72,7 @@ def read_raw(header: SliceHeader, buffer: ReadBuffer | None = None) -> np.ndarra
     rows, cols = header.rows, header.columns
     if header.transfer_syntax in UNCOMPRESSED_LE and header.bits_allocated == 16:
         with open(header.path, "rb") as fh:
-            data = bytearray(fh.read()) if buffer is None else buffer.read(fh)
+            data = (buffer or ReadBuffer()).read(fh)  # writable: the 12-bit fix below works in place
         nbytes = rows * cols * 2
         start = _fast_offset(data, header, nbytes)
         if start is not None:
