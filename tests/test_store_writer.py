@@ -1,0 +1,70 @@
+"""ichprep writes image shards itself (store.shard_encoder): the objects must be what zarr writes."""
+
+import os
+
+import numpy as np
+import pytest
+import zarr
+
+from ichprep import store as st
+
+
+def _images(n, channels, seed=0):
+    rng = np.random.default_rng(seed)
+    # CT-like: a constant background (compresses) around noisy tissue values (does not)
+    x = np.zeros((n, 512, 512, channels), np.float32)
+    x[:, 96:416, 96:416, :] = rng.random((n, 320, 320, channels))
+    return (x * 0.9 + 0.05).astype(np.float16)
+
+
+def _two_stores(tmp_path, n, channels, shard_slices, codec):
+    ours = st.create_store(str(tmp_path / "ours.zarr"), n, channels, shard_slices, codec, {})
+    theirs = st.create_store(str(tmp_path / "zarr.zarr"), n, channels, shard_slices, codec, {})
+    return ours, theirs
+
+
+@pytest.mark.parametrize("codec,channels", [("blosc-lz4", 1), ("blosc-zstd", 1), ("zstd", 10), ("none", 2),
+                                            ("auto", 1), ("auto", 10)])
+def test_shard_objects_equal_zarr_python_writes_byte_for_byte(tmp_path, codec, channels):
+    n, S = 7, 3  # two whole shards and a last one with a single row
+    ours, theirs = _two_stores(tmp_path, n, channels, S, codec)
+    images = _images(n, channels)
+    assert st.shard_encoder(ours["images"]) is not None, "the layout create_store makes must take the fast path"
+    for shard in range(3):
+        rows = slice(shard * S, min(n, (shard + 1) * S))
+        st.write_shard(ours, shard, images[rows], np.zeros(rows.stop - rows.start, np.float32),
+                       np.ones(rows.stop - rows.start, np.float32), np.zeros(rows.stop - rows.start, np.uint8))
+        theirs["images"][rows] = images[rows]  # zarr-python's own writer: the reference
+    for shard in range(3):
+        rel = os.path.join("images", "c", str(shard), "0", "0", "0")
+        with open(tmp_path / "ours.zarr" / rel, "rb") as a, open(tmp_path / "zarr.zarr" / rel, "rb") as b:
+            assert a.read() == b.read(), f"shard {shard} differs from zarr's"
+    back = zarr.open_group(str(tmp_path / "ours.zarr"), mode="r")["images"][:]
+    np.testing.assert_array_equal(back.view(np.uint16), images.view(np.uint16))
+
+
+def test_all_zero_slice_reads_back_equal(tmp_path):
+    """zarr leaves an all-fill inner chunk out of the shard; ichprep stores it: same array either way."""
+    ours, theirs = _two_stores(tmp_path, 4, 1, 4, "auto")
+    images = _images(4, 1)
+    images[2] = 0  # a rejected slice
+    st.write_shard(ours, 0, images, np.zeros(4, np.float32), np.zeros(4, np.float32), np.zeros(4, np.uint8))
+    theirs["images"][:] = images
+    a = zarr.open_group(str(tmp_path / "ours.zarr"), mode="r")["images"][:]
+    b = zarr.open_group(str(tmp_path / "zarr.zarr"), mode="r")["images"][:]
+    np.testing.assert_array_equal(a.view(np.uint16), b.view(np.uint16))
+
+
+def test_other_layouts_fall_back_to_zarr(tmp_path):
+    g = zarr.open_group(str(tmp_path / "g.zarr"), mode="w", zarr_format=3)
+    unsharded = g.create_array("a", shape=(4, 512, 512, 1), chunks=(1, 512, 512, 1), dtype="float16")
+    two_rows = g.create_array("b", shape=(4, 512, 512, 1), chunks=(2, 512, 512, 1), shards=(4, 512, 512, 1),
+                              dtype="float16")
+    index_first = g.create_array("c", shape=(4, 512, 512, 1), chunks=(1, 512, 512, 1), shards=(4, 512, 512, 1),
+                                 dtype="float16", compressors=None)
+    assert st.shard_encoder(unsharded) is None
+    assert st.shard_encoder(two_rows) is None
+    assert st.shard_encoder(index_first) is not None  # same layout as ichprep's, no compressor
+    gzip = g.create_array("d", shape=(4, 512, 512, 1), chunks=(1, 512, 512, 1), shards=(4, 512, 512, 1),
+                          dtype="float16", compressors=zarr.codecs.GzipCodec())
+    assert st.shard_encoder(gzip) is None
