@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import struct
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -146,25 +147,102 @@ def _element_values(ds, problems: list[str]) -> dict:
             out[kw] = None
             continue
         raw = elem.value if isinstance(elem, RawDataElement) else None
-        if (raw is not None and elem.is_little_endian and elem.VR in (None, vr)
-                and (vr == "US" or raw.isascii())):
-            if vr == "US":
-                out[kw] = int.from_bytes(raw[:2], "little") if len(raw) >= 2 else None
-                continue
-            text = raw.decode("ascii").strip(" \0")
-            if vr in ("DS", "IS"):
-                parts = [p.strip() for p in text.split("\\")]
-                out[kw] = None if not text else parts[0] if len(parts) == 1 else parts
-                continue
-            if vr == "UI" and text:
-                valid, msg = VALIDATORS["UI"]("UI", text)
-                if not valid:
-                    problems.append(msg)
-            out[kw] = text or None
+        if raw is not None and elem.is_little_endian and elem.VR in (None, vr) and (vr == "US" or raw.isascii()):
+            out[kw] = _convert(raw, vr, problems)
         else:
             value = ds[tag].value  # pydicom's conversion (and its warnings, counted by the caller)
             out[kw] = None if value is None or value == "" else value
     return out
+
+
+def _convert(raw: bytes, vr: str, problems: list[str]):
+    """Little-endian raw bytes of one element (US, or ASCII text of DS, IS, UI, CS, LO) -> its value."""
+    if vr == "US":
+        return int.from_bytes(raw[:2], "little") if len(raw) >= 2 else None
+    text = raw.decode("ascii").strip(" \0")
+    if vr in ("DS", "IS"):
+        parts = [p.strip() for p in text.split("\\")]
+        return None if not text else parts[0] if len(parts) == 1 else parts
+    if vr == "UI" and text:
+        valid, msg = VALIDATORS["UI"]("UI", text)
+        if not valid:
+            problems.append(msg)
+    return text or None
+
+
+# The explicit-VR walk below: VRs whose length field is 4 bytes (after 2 reserved), PS3.5 7.1.2.
+_LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))
+_SHORT_VRS = frozenset((b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN",
+                        b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"))
+_WANTED = {tag: (kw, vr) for kw, (tag, vr) in _ELEMENTS.items()}
+_TRANSFER_SYNTAX_TAG = 0x00020010
+_PIXEL_DATA_TAG = 0x7FE00010
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+# Explicit VR little endian for the data set: every syntax but implicit VR, big endian and deflate.
+_NOT_EXPLICIT_LE = frozenset(("1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"))
+_HEAD_BYTES = 16384
+
+
+def _walk_header(path: str):
+    """The fast path of the header pass: ``(values, transfer_syntax, pixel_offset, size)`` read straight from
+    the file's bytes, or None whenever anything is out of the ordinary (then pydicom reads the file).
+
+    An RSNA header is ~20 elements in ~700 bytes; pydicom's ``dcmread`` took 0.23 ms of the 0.32 ms per
+    header, this walk takes ~0.02 ms. It accepts only the plain case: preamble and ``DICM``, file meta of
+    explicit VR little endian, a data set of explicit (or implicit) VR little endian whose top-level
+    elements all have defined lengths, in ascending tag order, up to PixelData within the first 16 KiB;
+    wanted elements must carry the VR PS3.6 gives them. Anything else (sequences of undefined length, a VR
+    that does not match, big endian, deflate, a longer header) returns None.
+    """
+    unpack_from = struct.unpack_from
+    try:
+        with open(path, "rb") as fp:
+            head = fp.read(_HEAD_BYTES)
+            size = os.fstat(fp.fileno()).st_size
+    except OSError:
+        return None
+    if len(head) < 140 or head[128:132] != b"DICM":
+        return None
+    raw: dict[int, bytes] = {}
+    pos, end, explicit, syntax, last = 132, len(head), True, None, -1
+    while pos + 8 <= end:
+        group, element = unpack_from("<HH", head, pos)
+        tag = group << 16 | element
+        if tag <= last:
+            return None
+        last = tag
+        if group != 2 and syntax is None:  # leaving the file meta: how is the data set encoded?
+            ts = raw.get(_TRANSFER_SYNTAX_TAG)
+            if ts is None or not ts.isascii():
+                return None
+            syntax = ts.decode("ascii").strip(" \0")
+            if syntax in _NOT_EXPLICIT_LE and syntax != _IMPLICIT_LE:
+                return None
+            explicit = syntax != _IMPLICIT_LE
+        if tag == _PIXEL_DATA_TAG:
+            return raw, syntax, pos, size
+        if explicit:
+            vr = head[pos + 4:pos + 6]
+            if vr in _SHORT_VRS:
+                length, start = unpack_from("<H", head, pos + 6)[0], pos + 8
+            elif vr in _LONG_VRS and pos + 12 <= end:
+                length, start = unpack_from("<I", head, pos + 8)[0], pos + 12
+            else:
+                return None
+        else:
+            vr = None
+            length, start = unpack_from("<I", head, pos + 4)[0], pos + 8
+        if length == 0xFFFFFFFF or start + length > end:
+            return None
+        want = _WANTED.get(tag)
+        if want is not None or tag == _TRANSFER_SYNTAX_TAG:
+            value = head[start:start + length]
+            if (vr is not None and want is not None and vr != want[1].encode()) or \
+                    (want is not None and want[1] != "US" and not value.isascii()):
+                return None  # another VR (UN, say), or text pydicom must decode with the file's character set
+            raw[tag] = value
+        pos = start + length
+    return None
 
 
 def _warning_key(message: str) -> str:
@@ -173,6 +251,19 @@ def _warning_key(message: str) -> str:
 
 
 def _read_header(path: str, salt: str, problems: list[str]) -> SliceHeader:
+    walked = _walk_header(path)
+    if walked is not None:
+        raw, tsyntax, pixel_offset, size = walked
+        v = {kw: _convert(raw[tag], vr, problems) if raw.get(tag) else None for kw, (tag, vr) in _ELEMENTS.items()}
+    else:
+        ds, pixel_offset, size = _read_with_pydicom(path)
+        v = _element_values(ds, problems)
+        meta = getattr(ds, "file_meta", None)
+        tsyntax = (meta.get("TransferSyntaxUID") if meta is not None else None) or _IMPLICIT_LE
+    return _slice_header(path, salt, v, UID(tsyntax), pixel_offset, size)
+
+
+def _read_with_pydicom(path: str):
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as fp:
@@ -180,16 +271,20 @@ def _read_header(path: str, salt: str, problems: list[str]) -> SliceHeader:
             pixel_offset = fp.tell()
     except InvalidDicomError as exc:
         raise RejectError("not_dicom", f"not a DICOM file (no DICM preamble): {exc}") from None
-    except (EOFError, ValueError, KeyError, OverflowError, TypeError) as exc:
+    except (EOFError, ValueError, KeyError, OverflowError, TypeError, struct.error) as exc:
         raise RejectError("truncated", f"header could not be parsed ({type(exc).__name__}: {exc})") from None
     except OSError as exc:
         raise RejectError("unreadable", f"cannot read file: {exc}") from None
+    except Exception as exc:  # pydicom raises many types on damaged files; one file never stops a build
+        raise RejectError("unreadable", f"pydicom could not parse the header ({type(exc).__name__}: {exc})") from None
     if "SOPInstanceUID" not in ds and "PixelData" not in ds and "Rows" not in ds:
         raise RejectError("not_dicom", "no SOPInstanceUID (0008,0018), Rows or PixelData: not an image")
     if pixel_offset >= size:
         raise RejectError("no_pixel_data", "no PixelData (7FE0,0010) element")
+    return ds, pixel_offset, size
 
-    v = _element_values(ds, problems)
+
+def _slice_header(path: str, salt: str, v: dict, tsyntax: UID, pixel_offset: int, size: int) -> SliceHeader:
     modality = str(v["Modality"] or "CT").upper()
     if modality != "CT":
         raise RejectError("not_ct", f"Modality (0008,0060) is {modality!r}, expected 'CT'")
@@ -223,14 +318,14 @@ def _read_header(path: str, salt: str, problems: list[str]) -> SliceHeader:
             "missing_tag",
             f"RescaleSlope/RescaleIntercept (0028,1053/1052) unusable: {v['RescaleSlope']!r}/{v['RescaleIntercept']!r}",
         )
-    meta = getattr(ds, "file_meta", None)
-    tsyntax = UID((meta.get("TransferSyntaxUID") if meta is not None else None) or "1.2.840.10008.1.2")
     if str(tsyntax) in UNCOMPRESSED_LE:
         expected = rows * cols * (bits_allocated // 8)
-        if size - pixel_offset < expected:
+        element_header = 8 if str(tsyntax) == _IMPLICIT_LE else 12  # tag, (VR, reserved,) length
+        if size - pixel_offset - element_header < expected:
             raise RejectError(
                 "truncated",
-                f"PixelData (7FE0,0010) needs {expected} bytes; the file ends {size - pixel_offset} bytes after its start",
+                f"PixelData (7FE0,0010) needs {expected} bytes; the file ends "
+                f"{size - pixel_offset - element_header} bytes after its value starts",
             )
     else:
         try:

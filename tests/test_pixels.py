@@ -14,7 +14,7 @@ from ichprep.build import _hu_float
 from ichprep.decode import ReadBuffer, read_raw
 from ichprep.kernels import channel_params, window_slice
 from ichprep.errors import RejectError
-from ichprep.scan import hash_patient, read_header
+from ichprep.scan import _walk_header, hash_patient, read_header
 from ichprep.windows import WINDOW_TABLE, Window
 
 ALL = WINDOW_TABLE + (Window("full", "full"),)
@@ -124,7 +124,9 @@ def _pydicom_header(path, salt):
     """Every SliceHeader field from pydicom's converted values, and how many UID warnings pydicom gave."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        with open(path, "rb") as fp:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            pixel_offset = fp.tell()
         opt = lambda kw: first_value(ds[kw].value) if kw in ds and ds[kw].value not in (None, "") else None  # noqa: E731
         vm = lambda kw: ds[kw].VM if kw in ds else 0  # noqa: E731
         fields = dict(sop_uid=str(ds.SOPInstanceUID), study_uid=str(ds.get("StudyInstanceUID", "")),
@@ -135,7 +137,8 @@ def _pydicom_header(path, salt):
                       bits_stored=int(ds.BitsStored), pixel_representation=int(ds.PixelRepresentation),
                       slope=opt("RescaleSlope"), intercept=opt("RescaleIntercept"),
                       window_center=opt("WindowCenter"), window_width=opt("WindowWidth"),
-                      window_multi=vm("WindowCenter") > 1 or vm("WindowWidth") > 1)
+                      window_multi=vm("WindowCenter") > 1 or vm("WindowWidth") > 1, pixel_offset=pixel_offset,
+                      transfer_syntax=str(ds.file_meta.TransferSyntaxUID))
     uid_warnings = sum(str(w.message).startswith("Invalid value for VR UI") for w in caught)
     return fields, uid_warnings
 
@@ -162,8 +165,87 @@ def test_header_fields_equal_pydicom_values(real_series, synth_corpus):
         assert counts["Invalid value for VR UI"] == uid_warnings, f
 
 
+def test_header_walk_reads_the_plain_files_itself(real_series, synth_corpus):
+    """The fast walk is what runs on the real series and the synthetic corpus (explicit and implicit VR,
+    compressed syntaxes), not the pydicom fallback; the test above checks what it reads."""
+    files = _header_files(real_series, synth_corpus)[:-len(PYDICOM_CT)]
+    assert all(_walk_header(f) is not None for f in files)
+
+
+def _variant(tmp_path, source, name, change, implicit=False):
+    """The first real slice, changed by ``change(ds)`` and written again."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(sorted(glob.glob(os.path.join(source, "*.dcm")))[0])
+        change(ds)
+        if implicit:
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        out = str(tmp_path / f"{name}.dcm")
+        ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+@pytest.mark.parametrize("name,change,implicit,walks", [
+    ("plain", lambda ds: None, False, True),
+    ("implicit", lambda ds: None, True, True),
+    ("sequence_undefined_length", lambda ds: _add_sequence(ds), True, False),
+    ("sequence_explicit", lambda ds: _add_sequence(ds), False, False),
+    ("latin1_patient", lambda ds: _set(ds, SpecificCharacterSet="ISO_IR 100", PatientID="Gr\u00fcn"), False, False),
+    ("un_vr", None, False, False),
+    ("long_header", lambda ds: _set(ds, ImageComments="x" * 20000), False, False),
+    ("multi_window", lambda ds: _set(ds, WindowCenter=[40, 600], WindowWidth=[80, 2800]), False, True),
+    ("no_position", lambda ds: delattr(ds, "ImagePositionPatient"), False, True),
+])
+def test_header_walk_falls_back_to_pydicom_for_anything_unusual(tmp_path, real_series, name, change, implicit, walks):
+    path = _variant(tmp_path, real_series, name, change or (lambda ds: None), implicit)
+    if name == "un_vr":
+        _rewrite_as_un(path, b"\x28\x00\x53\x10")  # RescaleSlope as VR UN (pydicom would write DS)
+    assert (_walk_header(path) is not None) == walks
+    counts = Counter()
+    h = read_header(path, "salt", counts)
+    ref, uid_warnings = _pydicom_header(path, "salt")
+    got = {k: getattr(h, k) for k in ref}
+    if ref["position_z"] is None:
+        assert np.isnan(got.pop("position_z"))
+        ref.pop("position_z")
+    assert got == ref
+    assert counts["Invalid value for VR UI"] == uid_warnings
+
+
+def _set(ds, **values):
+    for k, v in values.items():
+        setattr(ds, k, v)
+
+
+def _add_sequence(ds):
+    item = pydicom.Dataset()
+    item.CodeValue = "113691"
+    ds.ReferencedImageSequence = pydicom.Sequence([item])
+    ds["ReferencedImageSequence"].is_undefined_length = True
+
+
+def _rewrite_as_un(path, tag_bytes):
+    """Re-encode one short-form explicit VR element as VR UN (2 reserved bytes, 4-byte length)."""
+    data = open(path, "rb").read()
+    i = data.index(tag_bytes)
+    length = int.from_bytes(data[i + 6:i + 8], "little")
+    element = tag_bytes + b"UN\0\0" + length.to_bytes(4, "little") + data[i + 8:i + 8 + length]
+    open(path, "wb").write(data[:i] + element + data[i + 8 + length:])
+
+
 def test_big_endian_header_falls_back_to_pydicom():
     # Explicit VR big endian: the raw bytes are not little-endian, pydicom converts them (Modality MR here).
     with pytest.raises(RejectError) as exc:
         read_header(pydicom_ct_path("MR_small_bigendian.dcm"), "salt", Counter())
     assert exc.value.reason == "not_ct" and "'MR'" in exc.value.message
+
+
+def test_header_cut_anywhere_is_a_reject_never_a_crash(tmp_path, real_series):
+    data = open(sorted(glob.glob(os.path.join(real_series, "*.dcm")))[0], "rb").read()
+    path = str(tmp_path / "cut.dcm")
+    for cut in list(range(0, 1200, 5)) + [len(data) - 1]:
+        with open(path, "wb") as fp:
+            fp.write(data[:cut])
+        with pytest.raises(RejectError) as exc:
+            read_header(path, "salt", Counter())
+        assert exc.value.reason in ("not_dicom", "truncated", "no_pixel_data"), (cut, exc.value.reason)
