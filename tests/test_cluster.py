@@ -125,3 +125,16 @@ def test_local_cluster_dashboard_is_printed(synth_corpus, tmp_path, capsys):
     assert re.search(r"dask: using a local cluster of 2 workers, dashboard http://127\.0\.0\.1:\d+/status", err), err
     assert ichprep_main([*args, "--dashboard", "--scheduler", "tcp://127.0.0.1:1", "--overwrite"]) == 2
     assert "--dashboard starts a local cluster's dashboard" in capsys.readouterr().err
+
+
+def test_local_cluster_forks_on_linux_unless_tensorflow_is_loaded(monkeypatch):
+    import sys
+
+    from ichprep.build import local_start_method
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("fork is used on Linux only")
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+    assert local_start_method() == "fork"
+    monkeypatch.setitem(sys.modules, "tensorflow", object())
+    assert local_start_method() != "fork"
