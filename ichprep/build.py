@@ -242,7 +242,7 @@ def _process_shard(url: str, shard: int, headers: list[SliceHeader], windows_lis
     windows = windows_from_list(windows_list)
     C = len(windows)
     n = len(headers)
-    images = np.zeros((n, size, size, C), np.float16)
+    images = np.empty((n, size, size, C), np.float16)  # every row is written below (a reject's with zeros)
     hu_min = np.full(n, np.nan, np.float32)
     hu_max = np.full(n, np.nan, np.float32)
     status = np.zeros(n, np.uint8)
@@ -263,6 +263,7 @@ def _process_shard(url: str, shard: int, headers: list[SliceHeader], windows_lis
                 resized += 1
             hu_min[i], hu_max[i] = a, b
         except RejectError as exc:
+            images[i] = 0
             status[i] = REJECT_REASONS[exc.reason]
             rejects.append((h.path, exc.reason, exc.message))
     g = st.open_for_write(url)

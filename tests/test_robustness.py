@@ -117,6 +117,7 @@ def test_every_defect_class_is_rejected_with_its_reason(tmp_path, synth_corpus, 
     status = g["status"][:]
     assert (status == REJECT_REASONS["decode_failed"]).sum() == 1
     assert np.isnan(g["hu_min"][:][status != 0]).all() and not np.isnan(g["hu_min"][:][status == 0]).any()
+    assert not g["images"][:][status != 0].any()  # a rejected row's pixels are zeros, never stale memory
     assert g.attrs["ichprep"]["fixed"]["resized"] == 1
     assert g.attrs["ichprep"]["counts"]["written"] == 7
     # --strict makes any reject an error (exit 1)
