@@ -80,6 +80,17 @@ def _unit_f16_bits(v, b):
     return normal if v >= _F16_MIN_NORMAL else sub
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _pixel_hu(value, fix12, slope, intercept):
+    """One raw value -> HU in float32 (the 12-bit fix first, when asked)."""
+    r = np.float32(value)
+    if fix12:
+        r += np.float32(RSNA_FIX_OFFSET)
+        if r >= np.float32(4096.0):
+            r -= np.float32(4096.0)
+    return r * slope + intercept
+
+
 @njit(cache=True, nogil=True)
 def _window_slice_kernel(raw, slope, intercept, fix12, params, is_full, out_bits, v_row, stats):
     """Rescale + 12-bit fix + windowing + [0, 1] scaling + float16, for one 2-D slice.
@@ -140,12 +151,7 @@ def _window_slice_kernel(raw, slope, intercept, fix12, params, is_full, out_bits
         scale0 = scale[0]
         for y in range(H):
             for x in range(W):
-                r = np.float32(raw[y, x])
-                if fix12:
-                    r += np.float32(RSNA_FIX_OFFSET)
-                    if r >= np.float32(4096.0):
-                        r -= np.float32(4096.0)
-                v_row[x] = min(max((r * slope + intercept - lo0) * scale0, _ZERO), _ONE)
+                v_row[x] = min(max((_pixel_hu(raw[y, x], fix12, slope, intercept) - lo0) * scale0, _ZERO), _ONE)
             row = out_bits[y]
             for x in range(W):
                 row[x] = _unit_f16_bits(v_row[x], np.int64(v_bits[x]))
@@ -153,12 +159,7 @@ def _window_slice_kernel(raw, slope, intercept, fix12, params, is_full, out_bits
     # Pass 2: pixel-major (channels innermost) so stores into the channel-last row are sequential.
     for y in range(H):
         for x in range(W):
-            r = np.float32(raw[y, x])
-            if fix12:
-                r += np.float32(RSNA_FIX_OFFSET)
-                if r >= np.float32(4096.0):
-                    r -= np.float32(4096.0)
-            hu = r * slope + intercept
+            hu = _pixel_hu(raw[y, x], fix12, slope, intercept)
             for c in range(C):
                 v_row[x * C + c] = min(max((hu - lo[c]) * scale[c], _ZERO), _ONE)
         row = out_bits[y]
