@@ -30,17 +30,26 @@ def test_shard_objects_equal_zarr_python_writes_byte_for_byte(tmp_path, codec, c
     ours, theirs = _two_stores(tmp_path, n, channels, S, codec)
     images = _images(n, channels)
     assert st.shard_encoder(ours["images"]) is not None, "the layout create_store makes must take the fast path"
+    hu_min = np.linspace(-1024, -900, n).astype(np.float32)
+    hu_max = np.linspace(1000, 3000, n).astype(np.float32)
+    status = np.arange(1, n + 1, dtype=np.uint8)  # nonzero: zarr leaves all-fill chunks unwritten
     for shard in range(3):
         rows = slice(shard * S, min(n, (shard + 1) * S))
-        st.write_shard(ours, shard, images[rows], np.zeros(rows.stop - rows.start, np.float32),
-                       np.ones(rows.stop - rows.start, np.float32), np.zeros(rows.stop - rows.start, np.uint8))
-        theirs["images"][rows] = images[rows]  # zarr-python's own writer: the reference
+        st.write_shard(ours, shard, images[rows], hu_min[rows], hu_max[rows], status[rows])
+        # zarr-python's own writer: the reference
+        for name, values in (("images", images), ("hu_min", hu_min), ("hu_max", hu_max), ("status", status)):
+            theirs[name][rows] = values[rows]
+        theirs["shard_done"][shard] = 1
     for shard in range(3):
-        rel = os.path.join("images", "c", str(shard), "0", "0", "0")
-        with open(tmp_path / "ours.zarr" / rel, "rb") as a, open(tmp_path / "zarr.zarr" / rel, "rb") as b:
-            assert a.read() == b.read(), f"shard {shard} differs from zarr's"
-    back = zarr.open_group(str(tmp_path / "ours.zarr"), mode="r")["images"][:]
-    np.testing.assert_array_equal(back.view(np.uint16), images.view(np.uint16))
+        for rel in (os.path.join("images", "c", str(shard), "0", "0", "0"), os.path.join("hu_min", "c", str(shard)),
+                    os.path.join("hu_max", "c", str(shard)), os.path.join("status", "c", str(shard)),
+                    os.path.join("shard_done", "c", str(shard))):
+            with open(tmp_path / "ours.zarr" / rel, "rb") as a, open(tmp_path / "zarr.zarr" / rel, "rb") as b:
+                assert a.read() == b.read(), f"{rel} differs from zarr's"
+    back = zarr.open_group(str(tmp_path / "ours.zarr"), mode="r")
+    np.testing.assert_array_equal(back["images"][:].view(np.uint16), images.view(np.uint16))
+    np.testing.assert_array_equal(back["hu_min"][:], hu_min)
+    np.testing.assert_array_equal(back["status"][:], status)
 
 
 def test_all_zero_slice_reads_back_equal(tmp_path):
