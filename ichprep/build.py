@@ -295,8 +295,6 @@ def local_start_method() -> str:
 
 def warm_up_kernels() -> None:
     """Load the compiled window kernel (from numba's cache) for the common raw dtypes."""
-    from ichprep.windows import parse_windows
-
     for dtype in (np.uint16, np.int16):
         for preset in ("cnn", "rnn"):
             window_slice(np.zeros((2, 2), dtype), 1.0, 0.0, False, *channel_params(parse_windows(preset), 40, 80))
@@ -328,8 +326,9 @@ def _executor(workers: int, scheduler: str | None, stream: TextIO | None,
         except (OSError, TimeoutError) as exc:
             raise UsageError(f"Cannot reach the Dask scheduler at {scheduler!r} ({exc}). Start it, or omit --scheduler.") from None
     else:
-        with dask.config.set({"distributed.worker.multiprocessing-method": local_start_method()}):
-            if local_start_method() == "fork":
+        start_method = local_start_method()
+        with dask.config.set({"distributed.worker.multiprocessing-method": start_method}):
+            if start_method == "fork":
                 warm_up_kernels()  # loaded once here, inherited by every forked worker
             cluster = LocalCluster(n_workers=max(workers, 1), threads_per_worker=1, processes=True,
                                    dashboard_address=dashboard, silence_logs=logging.ERROR)

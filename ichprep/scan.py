@@ -178,8 +178,9 @@ _WANTED = {tag: (kw, vr) for kw, (tag, vr) in _ELEMENTS.items()}
 _TRANSFER_SYNTAX_TAG = 0x00020010
 _PIXEL_DATA_TAG = 0x7FE00010
 _IMPLICIT_LE = "1.2.840.10008.1.2"
-# Explicit VR little endian for the data set: every syntax but implicit VR, big endian and deflate.
-_NOT_EXPLICIT_LE = frozenset(("1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"))
+# Data sets the walk leaves to pydicom: explicit VR big endian and deflated explicit VR little endian.
+# Implicit VR little endian is walked; every other syntax encodes its data set as explicit VR little endian.
+_NOT_WALKED = frozenset(("1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"))
 _HEAD_BYTES = 16384
 
 
@@ -191,8 +192,9 @@ def _walk_header(path: str):
     header, this walk ~0.05 ms (opening and reading the file included). It accepts only the plain case:
     preamble and ``DICM``, file meta of explicit VR little endian, a data set of explicit (or implicit) VR
     little endian whose top-level elements all have defined lengths, in ascending tag order, up to
-    PixelData within the first 16 KiB; wanted elements must carry the VR PS3.6 gives them. Anything else (sequences of undefined length, a VR
-    that does not match, big endian, deflate, a longer header) returns None.
+    PixelData within the first 16 KiB; wanted elements must carry the VR PS3.6 gives them. Anything else
+    (sequences of undefined length, a VR that does not match, big endian, deflate, a longer header)
+    returns None.
     """
     unpack_from = struct.unpack_from
     try:
@@ -216,7 +218,7 @@ def _walk_header(path: str):
             if ts is None or not ts.isascii():
                 return None
             syntax = ts.decode("ascii").strip(" \0")
-            if syntax in _NOT_EXPLICIT_LE and syntax != _IMPLICIT_LE:
+            if syntax in _NOT_WALKED:
                 return None
             explicit = syntax != _IMPLICIT_LE
         if tag == _PIXEL_DATA_TAG:
