@@ -1,7 +1,9 @@
 """Ingest benchmark: ``ichprep build`` against what users write by hand, in one run, on the same files.
 
 Every contender runs as its own process (the whole command, start-up included) after a warm-up read
-of every file (warm page cache). Per-core contenders are pinned to one core (``sched_setaffinity``,
+of every file (warm page cache), and after ``sync`` so that no contender pays for writing back what the
+one before it wrote. ``--rounds K`` runs every contender K times, round-robin, and reports the median
+(these machines are shared: one run of a command swings +-20% from the next). Per-core contenders are pinned to one core (``sched_setaffinity``,
 inherited by child processes such as Dask workers); the 2-worker build is not pinned. Peak RSS is
 sampled for every process of a contender's tree (psutil) and the largest single process is reported.
 
@@ -11,10 +13,14 @@ Contenders:
   decode_b     dcmread + pixel_array only: the floor of any pydicom-based ingester
   naive_10win  per slice: decode + the 10 Table 2.1 windows in numpy to float16 (writes nothing)
   build_cnn_1  ichprep build --preset cnn --workers 1   (pinned to one core)
+  build_cnn_2  ichprep build --preset cnn --workers 2   (unpinned; run right after build_cnn_1)
   build_rnn_1  ichprep build --preset rnn --workers 1   (pinned to one core)
-  build_cnn_2  ichprep build --preset cnn --workers 2   (unpinned)
 
-Usage: python benchmarks/ingest.py [--slices 4096] [--data DIR [--labels CSV] [--replicate K]] [--json out.json]
+For the builds the table also gives the pixel pass alone (the build's own timing of it, in the store's
+attributes): start-up and the header pass are a fixed cost that a larger corpus amortises.
+
+Usage: python benchmarks/ingest.py [--slices 4096] [--rounds 3] [--data DIR [--labels CSV] [--replicate K]]
+                                   [--json out.json]
 
 ``--replicate K`` (with ``--data``): K copies of every real file, each copy a new series (suffixed SOP,
 series and study UIDs, everything else -- transfer syntax, pixel bytes, defects -- as in the original),
@@ -29,6 +35,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -140,6 +147,15 @@ def replicate(src, dst, copies):
     return dst
 
 
+def _build_timings(store):
+    """The build's own wall time per phase (``ichprep`` attributes of the store; {} if absent)."""
+    try:
+        with open(os.path.join(store, "zarr.json")) as fh:
+            return json.load(fh).get("attributes", {}).get("ichprep", {}).get("timings", {})
+    except (OSError, ValueError):
+        return {}
+
+
 def _store_size(path):
     total = 0
     for r, _, fs in os.walk(path):
@@ -154,12 +170,16 @@ def main(argv=None):
     p.add_argument("--labels", help="label CSV for --data")
     p.add_argument("--replicate", type=int, default=1, help="with --data: copies of every file, each a new series "
                                                                "(default 1: the files as they are)")
+    p.add_argument("--rounds", type=int, default=3, help="runs of every contender, round-robin; the median is "
+                                                           "reported (default 3)")
     p.add_argument("--json", help="write the results here as JSON")
     p.add_argument("--only", help="comma-separated contenders to run (default all)")
     p.add_argument("--contender", help=argparse.SUPPRESS)
     p.add_argument("--src", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.rounds < 1:
+        p.error(f"--rounds must be at least 1. Received: {a.rounds}")
     if a.contender:  # child mode
         NAIVE[a.contender](a.src, a.out)
         return 0
@@ -191,23 +211,42 @@ def main(argv=None):
             "decode_b": ([sys.executable, here, "--contender", "decode_b", "--src", src], True, None),
             "naive_10win": ([sys.executable, here, "--contender", "naive_10win", "--src", src], True, None),
             "build_cnn_1": (ichprep + ["--out", os.path.join(work, "cnn1.zarr"), "--preset", "cnn", "--workers", "1"], True, "cnn1.zarr"),
-            "build_rnn_1": (ichprep + ["--out", os.path.join(work, "rnn1.zarr"), "--preset", "rnn", "--workers", "1"], True, "rnn1.zarr"),
             "build_cnn_2": (ichprep + ["--out", os.path.join(work, "cnn2.zarr"), "--preset", "cnn", "--workers", "2"], False, "cnn2.zarr"),
+            "build_rnn_1": (ichprep + ["--out", os.path.join(work, "rnn1.zarr"), "--preset", "rnn", "--workers", "1"], True, "rnn1.zarr"),
         }
         only = set(a.only.split(",")) if a.only else set(contenders)
+        runs = {name: [] for name in contenders if name in only}
+        for rnd in range(a.rounds):
+            for name in runs:
+                cmd, pin, store = contenders[name]
+                if store:
+                    shutil.rmtree(os.path.join(work, store), ignore_errors=True)
+                os.sync()  # the previous contender's writes are on disk before this one starts
+                wall, peak, _ = _run(cmd, pin)
+                run = dict(seconds=wall, peak=peak)
+                if store:
+                    run["size"] = _store_size(os.path.join(work, store))
+                    if name.startswith("build"):
+                        run["pixels_s"] = _build_timings(os.path.join(work, store)).get("pixels")
+                runs[name].append(run)
+                print(f"  round {rnd + 1}/{a.rounds} {name:<12} {n / wall:>8.1f} slices/s  peak RSS "
+                      f"{peak / 2**20:>7.1f} MiB", file=sys.stderr)
         results = {}
-        for name, (cmd, pin, store) in contenders.items():
-            if name not in only:
-                continue
-            wall, peak, _ = _run(cmd, pin)
-            r = dict(seconds=round(wall, 3), slices_per_s=round(n / wall, 1), peak_rss_mib=round(peak / 2**20, 1),
-                     pinned=pin)
-            if store:
-                size = _store_size(os.path.join(work, store))
+        for name, rs in runs.items():
+            walls = [r["seconds"] for r in rs]
+            wall = statistics.median(walls)
+            r = dict(seconds=round(wall, 3), slices_per_s=round(n / wall, 1),
+                     slices_per_s_range=[round(n / max(walls), 1), round(n / min(walls), 1)],
+                     rounds=len(rs), peak_rss_mib=round(max(x["peak"] for x in rs) / 2**20, 1),
+                     pinned=contenders[name][1])
+            if "size" in rs[-1]:
+                size = rs[-1]["size"]
                 channels = 10 if "rnn" in name else 1
                 r.update(store_mib=round(size / 2**20, 1), compression=round(n * 512 * 512 * channels * 2 / size, 2))
+            pixels = [x["pixels_s"] for x in rs if x.get("pixels_s")]
+            if pixels:
+                r["pixel_pass_slices_per_s"] = round(n / statistics.median(pixels), 1)
             results[name] = r
-            print(f"  {name:<12} {r['slices_per_s']:>8.1f} slices/s  peak RSS {r['peak_rss_mib']:>7.1f} MiB", file=sys.stderr)
 
         def ratio(x, y):
             return round(results[x]["slices_per_s"] / results[y]["slices_per_s"], 2) if x in results and y in results else None
@@ -218,6 +257,10 @@ def main(argv=None):
             "build_rnn_1 / naive_10win (target >= 1.5)": ratio("build_rnn_1", "naive_10win"),
             "build_cnn_2 / build_cnn_1 (target >= 1.6)": ratio("build_cnn_2", "build_cnn_1"),
         }
+        if "pixel_pass_slices_per_s" in results.get("build_cnn_2", {}) and \
+                "pixel_pass_slices_per_s" in results.get("build_cnn_1", {}):
+            ratios["pixel pass only: build_cnn_2 / build_cnn_1"] = round(
+                results["build_cnn_2"]["pixel_pass_slices_per_s"] / results["build_cnn_1"]["pixel_pass_slices_per_s"], 2)
         projection = {}
         for name in ("build_cnn_1", "build_rnn_1"):
             if name in results:
@@ -227,12 +270,15 @@ def main(argv=None):
                                         disk_gib=round(r["store_mib"] / n * FULL_DATASET / 1024, 1))
         data = "synthetic" if not a.data else f"{a.data} x{a.replicate}" if a.replicate > 1 else a.data
         report = dict(machine=dict(cpus=os.cpu_count(), python=platform.python_version(), platform=platform.platform()),
-                      slices=n, data=data, results=results, ratios=ratios, projection_full_dataset=projection)
-        print(f"\nIngest benchmark: {n} slices ({report['data']}), {os.cpu_count()} cores\n")
-        print("| contender | slices/s | peak RSS MiB | store MiB | compression |")
-        print("|---|---|---|---|---|")
+                      slices=n, data=data, rounds=a.rounds, results=results, ratios=ratios, projection_full_dataset=projection)
+        print(f"\nIngest benchmark: {n} slices ({report['data']}), {os.cpu_count()} cores, "
+              f"median of {a.rounds} round{'s' if a.rounds > 1 else ''}\n")
+        print("| contender | slices/s | range | pixel pass slices/s | peak RSS MiB | store MiB | compression |")
+        print("|---|---|---|---|---|---|---|")
         for name, r in results.items():
-            print(f"| {name} | {r['slices_per_s']:.1f} | {r['peak_rss_mib']:.0f} | {r.get('store_mib', '')} | {r.get('compression', '')} |")
+            lo, hi = r["slices_per_s_range"]
+            print(f"| {name} | {r['slices_per_s']:.1f} | {lo:.0f}-{hi:.0f} | {r.get('pixel_pass_slices_per_s', '')} | "
+                  f"{r['peak_rss_mib']:.0f} | {r.get('store_mib', '')} | {r.get('compression', '')} |")
         print()
         for k, v in ratios.items():
             print(f"  {k}: {v}")

@@ -113,6 +113,10 @@ class BuildResult:
     unlabelled: int = 0
     labels_without_file: int = 0
     warnings: dict = field(default_factory=dict)
+    # Wall seconds of this run's phases: start (listing, output checks, workers up), headers (the header
+    # pass), prepare (ordering, labels, creating the store), pixels (the pixel pass), finish (workers
+    # down, manifest).
+    timings: dict = field(default_factory=dict)
 
     def summary(self) -> str:
         if self.already_complete:
@@ -129,7 +133,9 @@ class BuildResult:
         if self.warnings:
             parts.append("pydicom warnings: " + ", ".join(f"{n}x {k!r}" for k, n in self.warnings.items()))
         rate = self.written / self.seconds if self.seconds > 0 else 0.0
-        parts.append(f"{self.seconds:.1f} s ({rate:,.0f} slices/s)" + (" [resumed]" if self.resumed else ""))
+        phases = ", ".join(f"{k} {self.timings[k]:.1f} s" for k in ("headers", "pixels") if k in self.timings)
+        parts.append(f"{self.seconds:.1f} s ({rate:,.0f} slices/s" + (f"; {phases}" if phases else "") + ")"
+                     + (" [resumed]" if self.resumed else ""))
         return "; ".join(parts)
 
 
@@ -303,17 +309,20 @@ def warm_up_kernels() -> None:
 @contextlib.contextmanager
 def _executor(workers: int, scheduler: str | None, stream: TextIO | None,
               dashboard: str | None = None) -> Iterator[Callable]:
-    """Yields ``run(fn, arglists, on_result)``: runs fn(*args) for each args, calling on_result as each
-    finishes (in completion order). The dashboard's address is written to ``stream`` when one runs."""
+    """Yields ``run(fn, arglists, on_result, fetch=True)``: runs fn(*args) for each args, calling
+    on_result as each finishes (in completion order) with its return value, or with its ``args`` when
+    ``fetch`` is false: then a task's result never travels to this process (a task that fails still
+    raises here). The dashboard's address is written to ``stream`` when one runs."""
     if dashboard is not None:
         try:
             import bokeh  # noqa: F401  (Dask's dashboard is a bokeh server)
         except ImportError:
             raise UsageError("--dashboard needs bokeh: pip install 'ichprep[dashboard]' (or bokeh>=3.1)") from None
     elif scheduler is None and workers <= 1:  # one worker: no cluster (its ~3 s start-up buys nothing)
-        def run_inline(fn, arglists, on_result):
+        def run_inline(fn, arglists, on_result, fetch=True):
             for args in arglists:
-                on_result(fn(*args))
+                value = fn(*args)
+                on_result(value if fetch else args)
         yield run_inline
         return
     import dask
@@ -339,11 +348,17 @@ def _executor(workers: int, scheduler: str | None, stream: TextIO | None,
         stream.write(f"dask: using {where}" + (f", dashboard {link}" if link else ", no dashboard") + "\n")
         stream.flush()
 
-    def run_dask(fn, arglists, on_result):
+    def run_dask(fn, arglists, on_result, fetch=True):
         futures = [client.submit(fn, *args, pure=False) for args in arglists]
+        args_of = {fut.key: args for fut, args in zip(futures, arglists)}
         try:
             for fut in as_completed(futures):
-                on_result(fut.result())
+                if fetch:
+                    on_result(fut.result())
+                elif fut.status != "finished":
+                    fut.result()  # raises the task's error (or CancelledError)
+                else:
+                    on_result(args_of[fut.key])
                 fut.release()
         finally:
             for f in futures:
@@ -453,7 +468,9 @@ def build(cfg: BuildConfig, stream: TextIO | None = None) -> BuildResult:
             result.already_complete = True
             result.written = int(st.get_attrs(g).get("counts", {}).get("written", 0))
             return result
+        timings = result.timings
         with _executor(cfg.workers, cfg.scheduler, stream, cfg.dashboard) as run:
+            timings["start"] = time.monotonic() - t0
             # 1. Header pass.
             headers: list[SliceHeader] = []
             rejects: list[tuple[str, str, str]] = []
@@ -468,8 +485,10 @@ def build(cfg: BuildConfig, stream: TextIO | None = None) -> BuildResult:
                 warns.update(res[2])
                 bar.update(len(headers) + len(rejects))
 
+            t = time.monotonic()
             run(_scan_batch, batches, on_scan)
             bar.close()
+            timings["headers"] = time.monotonic() - t
             # 2. Order rows by (study, series, z, sop); a repeated SOP keeps its first file.
             headers.sort(key=lambda h: (h.study_uid, h.series_uid, np.isnan(h.position_z),
                                         0.0 if np.isnan(h.position_z) else h.position_z, h.sop_uid, h.path))
@@ -532,12 +551,17 @@ def build(cfg: BuildConfig, stream: TextIO | None = None) -> BuildResult:
             bar = ProgressBar(stream, "build", n, unit="slices")
             finished = [sum(min(S, n - s * S) for s in np.flatnonzero(done))]  # slices already written
 
-            def on_shard(res):
-                finished[0] += res["n"]
+            def on_shard(args):
+                finished[0] += len(args[2])
                 bar.update(finished[0])
 
-            run(_process_shard, tasks, on_shard)
+            # Completion only: what a shard task found is in the store (status), so nothing is fetched
+            # back (a fetch per task was ~1.5 ms of the parent's CPU, which shares the cores with workers).
+            t = time.monotonic()
+            timings["prepare"] = t - t0 - timings["start"] - timings["headers"]
+            run(_process_shard, tasks, on_shard, fetch=False)
             bar.close()
+            timings["pixels"] = time.monotonic() - t
         # 6. Finalise: rejects from the status array (complete even across resumes), counts, attrs.
         status = np.asarray(g["status"][:])
         pixel_rejects = []
@@ -558,6 +582,7 @@ def build(cfg: BuildConfig, stream: TextIO | None = None) -> BuildResult:
             fixed=dict(fixed),
             pydicom_warnings=dict(warns),
             labels_without_file=without_file[:1000],
+            timings={k: round(v, 3) for k, v in timings.items()},  # this run's (a resumed build: the last run's)
             complete=True,
         ))
         result.written = counts["written"]
@@ -570,6 +595,7 @@ def build(cfg: BuildConfig, stream: TextIO | None = None) -> BuildResult:
         result.labels_without_file = len(without_file)
         result.warnings = dict(warns)
         result.seconds = time.monotonic() - t0
+        timings["finish"] = result.seconds - sum(timings.values())
         if cfg.strict and all_rejects:
             raise StrictRejectError(f"--strict: {len(all_rejects)} files rejected ({_reason_counts(all_rejects)}); "
                              f"the store at {cfg.out!r} is complete but a strict build fails on any reject.")

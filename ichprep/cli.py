@@ -192,7 +192,7 @@ def info_dict(url: str) -> dict:
         preset=a.get("preset"), windows=[w.spec() for w in info.windows], size_policy=a.get("size_policy"),
         shard_slices=a.get("shard_slices"), codec=a.get("params", {}).get("codec"),
         counts=a.get("counts", {}), type_counts={int(k): v for k, v in a.get("type_counts", {}).items()},
-        rejects=len(a.get("rejects", [])), fixed=a.get("fixed", {}),
+        rejects=len(a.get("rejects", [])), fixed=a.get("fixed", {}), timings=a.get("timings", {}),
         size_on_disk=on_disk,
         compression_ratio=(raw_bytes / image_disk) if image_disk else None,
         type_table={t: TYPE_TABLE[t] for t in TYPE_TABLE},
@@ -218,6 +218,8 @@ def _cmd_info(args) -> int:
     if d["size_on_disk"] is not None:
         ratio = f", images compressed {d['compression_ratio']:.1f}x" if d["compression_ratio"] else ""
         print(f"on disk      {d['size_on_disk'] / 2**20:,.1f} MiB{ratio}")
+    if d["timings"]:
+        print("last build   " + ", ".join(f"{k} {v:.1f} s" for k, v in d["timings"].items()) + " (wall time per phase)")
     if d["type_counts"]:
         print("type counts  (report Table 3.1; EPD ITP ITV SBC SBD ANY)")
         for t, nslices in sorted(d["type_counts"].items()):

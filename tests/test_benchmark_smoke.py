@@ -10,19 +10,24 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "ingest.py"
 
 def test_ingest_benchmark_runs_and_reports(tmp_path):
     out = tmp_path / "bench.json"
-    res = subprocess.run([sys.executable, str(BENCH), "--slices", "32", "--json", str(out)],
+    res = subprocess.run([sys.executable, str(BENCH), "--slices", "32", "--rounds", "2", "--json", str(out)],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert report["slices"] == 32
+    assert report["slices"] == 32 and report["rounds"] == 2
     expected = {"naive_a", "decode_b", "naive_10win", "build_cnn_1", "build_rnn_1", "build_cnn_2"}
     assert set(report["results"]) == expected
     for name, r in report["results"].items():
-        assert r["slices_per_s"] > 0 and r["peak_rss_mib"] > 10, name
+        assert r["slices_per_s"] > 0 and r["peak_rss_mib"] > 10 and r["rounds"] == 2, name
+        lo, hi = r["slices_per_s_range"]
+        assert lo <= r["slices_per_s"] <= hi, name  # the median of two runs lies between them
+        # the build's own pixel-pass timing, read from the store: faster than the whole command
+        assert (r.get("pixel_pass_slices_per_s", 0) > r["slices_per_s"]) == name.startswith("build"), name
     assert report["results"]["build_rnn_1"]["compression"] > 1
     assert all(v is not None and v > 0 for v in report["ratios"].values())
     assert report["projection_full_dataset"]["build_cnn_1"]["disk_gib"] > 0
     assert "| build_cnn_1 |" in res.stdout
+    assert subprocess.run([sys.executable, str(BENCH), "--rounds", "0"], capture_output=True).returncode == 2
 
 
 def test_stream_benchmark_runs_and_reports(tmp_path):

@@ -138,3 +138,36 @@ def test_local_cluster_forks_on_linux_unless_tensorflow_is_loaded(monkeypatch):
     assert local_start_method() == "fork"
     monkeypatch.setitem(sys.modules, "tensorflow", object())
     assert local_start_method() != "fork"
+
+
+def _square_or_fail(x):
+    if x == 3:
+        raise ValueError("task 3 failed on purpose")
+    return x * x
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_executor_fetch_and_completion_only_runs(workers):
+    """``fetch=True`` hands back each task's value; ``fetch=False`` (the pixel pass) hands back the task's
+    own arguments and never its value, and a task that fails still raises in the parent."""
+    with build_module._executor(workers, None, None) as run:
+        values, done = [], []
+        run(_square_or_fail, [(0,), (1,), (2,)], values.append)
+        run(_square_or_fail, [(4,), (5,), (6,)], done.append, fetch=False)
+        assert sorted(values) == [0, 1, 4]
+        assert sorted(done) == [(4,), (5,), (6,)]
+        with pytest.raises(ValueError, match="task 3 failed on purpose"):
+            run(_square_or_fail, [(2,), (3,)], done.append, fetch=False)
+
+
+def test_build_records_phase_timings(synth_corpus, tmp_path, capsys):
+    out = str(tmp_path / "s.zarr")
+    assert ichprep_main(["build", synth_corpus["dicom_dir"], "--out", out, "--windows", "brain", "--workers", "0",
+                         "--quiet"]) == 0
+    line = capsys.readouterr().out
+    assert re.search(r"slices/s; headers \d+\.\d s, pixels \d+\.\d s\)", line), line
+    timings = zarr.open_group(out, mode="r").attrs["ichprep"]["timings"]
+    assert set(timings) == {"start", "headers", "prepare", "pixels"}
+    assert all(v >= 0 for v in timings.values()) and timings["pixels"] > 0
+    assert ichprep_main(["info", out]) == 0
+    assert re.search(r"last build\s+start \d+\.\d s, headers", capsys.readouterr().out)
