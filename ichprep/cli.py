@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cmd_build(args) -> int:
-    from ichprep.build import BuildConfig, build
+    from ichprep.build import BuildConfig, build, warm_up_kernels
     from ichprep.windows import parse_windows
 
     spec = args.windows or args.preset or "cnn"
@@ -158,6 +158,8 @@ def _cmd_build(args) -> int:
         overwrite=args.overwrite, strict=args.strict,
     )
     stream = None if args.quiet else sys.stderr
+    if args.scheduler is None:  # this process (or its forked workers) will window: it is ichprep's own
+        warm_up_kernels(skip_blas_probe=True)
     result = build(cfg, stream=stream)
     print(f"{cfg.out}: {result.summary()}")
     return EXIT_OK

@@ -13,12 +13,15 @@ numpy does, writes float16 straight into the shard buffer with no temporaries be
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 
 import numpy as np
 from numba import njit
 
 __all__ = [
+    "without_blas_probe",
     "float32_to_float16",
     "window_slice",
     "channel_params",
@@ -26,6 +29,28 @@ __all__ = [
 ]
 
 RSNA_FIX_OFFSET = 1000  # the 12-bit fix: x = raw + 1000; x[x >= 4096] -= 4096; intercept = -1000
+
+
+@contextlib.contextmanager
+def without_blas_probe():
+    """Context for a process's first Numba compile or cache load, skipping Numba's BLAS probe.
+
+    That first load imports ``numba.np.arraymath``, which imports ``scipy.linalg`` (where SciPy is
+    installed; numpy.f2py comes with it) only to learn whether BLAS can back ``np.correlate`` and
+    ``np.convolve``; ichprep's kernels use neither. Measured here: the first kernel load 0.54-0.65 s ->
+    0.18 s. Hiding SciPy's BLAS module for that moment makes Numba take its plain loops for those two
+    functions in this process (``np.dot`` and ``np.linalg`` still import SciPy when they compile). Use
+    it only in processes that are ichprep's own (the ``ichprep`` command and its workers)."""
+    key = "scipy.linalg.cython_blas"
+    if key in sys.modules or "numba.np.arraymath" in sys.modules:  # probed already, or SciPy loaded
+        yield
+        return
+    sys.modules[key] = None  # ``import`` of a None entry raises ImportError: Numba's "no BLAS"
+    try:
+        yield
+    finally:
+        if key in sys.modules and sys.modules[key] is None:
+            del sys.modules[key]
 
 
 @njit(cache=True, nogil=True)

@@ -168,3 +168,37 @@ def test_kernels_run_as_plain_python_with_jit_disabled():
     x = rng.standard_normal(50).astype(np.float32)
     jit = np.concatenate([o.view(np.uint16).ravel(), float32_to_float16(x).view(np.uint16)])
     np.testing.assert_array_equal(plain, jit)
+
+
+BLAS_PROBE_SCRIPT = r"""
+import importlib.util, sys
+import numpy as np
+from ichprep.kernels import channel_params, window_slice, without_blas_probe
+from ichprep.windows import parse_windows
+
+assert "numba.np.arraymath" not in sys.modules
+with without_blas_probe():
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401
+        hidden = False
+    except ImportError:
+        hidden = True
+    raw = np.arange(64, dtype=np.uint16).reshape(8, 8) * 40
+    out, lo, hi = window_slice(raw, 1.0, -1024.0, False, *channel_params(parse_windows("brain"), None, None))
+assert hidden, "scipy's BLAS module was importable inside the context"
+assert sys.modules.get("scipy.linalg.cython_blas", "absent") is not None, "the hiding entry was left behind"
+hu = raw.astype(np.float32) - 1024.0
+ref = np.clip((hu - (40 - 40)) / 80, 0, 1).astype(np.float16)
+assert np.array_equal(out[..., 0], ref) and (lo, hi) == (float(hu.min()), float(hu.max()))
+if importlib.util.find_spec("scipy") is not None:  # SciPy works afterwards, and so does numba's np.dot
+    import numba
+    import scipy.linalg  # noqa: F401
+    dot = numba.njit(lambda a, b: np.dot(a, b))
+    assert np.allclose(dot(np.eye(3), np.arange(3.0)), np.arange(3.0))
+print("ok")
+"""
+
+
+def test_first_kernel_load_without_the_blas_probe_is_correct_and_leaves_scipy_usable():
+    res = subprocess.run([sys.executable, "-c", BLAS_PROBE_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-3000:]
