@@ -92,6 +92,50 @@ def test_one_and_two_workers_give_identical_arrays(synth_corpus, tmp_path, rnn_s
         np.testing.assert_array_equal(ga[name][:], g0[name][:], err_msg=name)
 
 
+def test_task_size_leaves_tasks_for_every_worker():
+    from ichprep.build import TASKS_PER_WORKER, task_size
+
+    assert TASKS_PER_WORKER == 8
+    assert task_size(16_384, 2, 256, 4096) == 1024  # 16 header tasks: 8 per worker
+    assert task_size(4_096, 2, 256, 4096) == 256  # never below the least
+    assert task_size(752_803, 8, 256, 4096) == 4096  # never above the most
+    assert task_size(86, 2, 1, 4) == 4 and task_size(40, 2, 1, 4) == 2 and task_size(4, 2, 1, 4) == 1
+    assert task_size(100, 0, 1, 4) == 4  # no workers counts as one
+
+
+def test_grouped_shard_tasks_on_two_workers_equal_the_inline_build(synth_corpus, tmp_path, monkeypatch):
+    """One-slice shards on 2 workers: 60 shards in tasks of 3 (60 // (8 * 2)), each shard still marked done
+    on its own; the arrays equal an inline build's (one shard a task)."""
+    import contextlib
+
+    import ichprep.build as build_module
+
+    seen = {}  # workers -> the shard groups handed to the pixel pass
+    real_executor = build_module._executor
+
+    @contextlib.contextmanager
+    def recording_executor(workers, *args, **kw):
+        with real_executor(workers, *args, **kw) as run:
+            def recording_run(fn, arglists, on_result, fetch=True):
+                if fn is build_module._process_shards:
+                    seen[workers] = [list(a[1]) for a in arglists]
+                return run(fn, arglists, on_result, fetch)
+            recording_run.workers = run.workers
+            yield recording_run
+
+    monkeypatch.setattr(build_module, "_executor", recording_executor)
+    a, b = tmp_path / "inline.zarr", tmp_path / "grouped.zarr"
+    _build(synth_corpus["dicom_dir"], a, synth_corpus["labels"], workers=0, shard_slices=1)
+    res = _build(synth_corpus["dicom_dir"], b, synth_corpus["labels"], workers=2, shard_slices=1)
+    assert res.shards_total == res.shards_run == 60
+    assert seen[0] == [[i] for i in range(60)]
+    assert seen[2] == [[i, i + 1, i + 2] for i in range(0, 60, 3)]
+    ga, gb = (zarr.open_group(str(p), mode="r") for p in (a, b))
+    for name in ("images", "hu_min", "hu_max", "status", "shard_done", "sop_uid"):
+        np.testing.assert_array_equal(ga[name][:], gb[name][:], err_msg=name)
+    assert gb["shard_done"][:].all()
+
+
 def test_real_series_builds_without_labels(real_series, tmp_path):
     out = tmp_path / "real.zarr"
     res = _build(real_series, out, preset="rnn", workers=0)
