@@ -3,7 +3,8 @@
 Every contender runs as its own process (the whole command, start-up included) after a warm-up read
 of every file (warm page cache), and after ``sync`` so that no contender pays for writing back what the
 one before it wrote. ``--rounds K`` runs every contender K times, round-robin, and reports the median
-(these machines are shared: one run of a command swings +-20% from the next). Per-core contenders are pinned to one core (``sched_setaffinity``,
+(these machines are shared: one run of a command swings +-20% from the next); each ratio is the median
+over rounds of the two contenders' ratio within a round. Per-core contenders are pinned to one core (``sched_setaffinity``,
 inherited by child processes such as Dask workers); the 2-worker build is not pinned. Peak RSS is
 sampled for every process of a contender's tree (psutil) and the largest single process is reported.
 
@@ -237,7 +238,8 @@ def main(argv=None):
             wall = statistics.median(walls)
             r = dict(seconds=round(wall, 3), slices_per_s=round(n / wall, 1),
                      slices_per_s_range=[round(n / max(walls), 1), round(n / min(walls), 1)],
-                     rounds=len(rs), peak_rss_mib=round(max(x["peak"] for x in rs) / 2**20, 1),
+                     rounds=len(rs), seconds_each_round=[round(w, 3) for w in walls],
+                     peak_rss_mib=round(max(x["peak"] for x in rs) / 2**20, 1),
                      pinned=contenders[name][1])
             if "size" in rs[-1]:
                 size = rs[-1]["size"]
@@ -248,8 +250,12 @@ def main(argv=None):
                 r["pixel_pass_slices_per_s"] = round(n / statistics.median(pixels), 1)
             results[name] = r
 
-        def ratio(x, y):
-            return round(results[x]["slices_per_s"] / results[y]["slices_per_s"], 2) if x in results and y in results else None
+        def ratio(x, y, key="seconds"):
+            """Median over rounds of y's time / x's time in the same round (paired: a slow spell of the
+            machine slows both in that round)."""
+            if x not in runs or y not in runs or any(r.get(key) is None for r in runs[x] + runs[y]):
+                return None
+            return round(statistics.median(b[key] / a[key] for a, b in zip(runs[x], runs[y])), 2)
 
         ratios = {
             "build_cnn_1 / naive_a (target >= 3)": ratio("build_cnn_1", "naive_a"),
@@ -259,8 +265,7 @@ def main(argv=None):
         }
         if "pixel_pass_slices_per_s" in results.get("build_cnn_2", {}) and \
                 "pixel_pass_slices_per_s" in results.get("build_cnn_1", {}):
-            ratios["pixel pass only: build_cnn_2 / build_cnn_1"] = round(
-                results["build_cnn_2"]["pixel_pass_slices_per_s"] / results["build_cnn_1"]["pixel_pass_slices_per_s"], 2)
+            ratios["pixel pass only: build_cnn_2 / build_cnn_1"] = ratio("build_cnn_2", "build_cnn_1", "pixels_s")
         projection = {}
         for name in ("build_cnn_1", "build_rnn_1"):
             if name in results:

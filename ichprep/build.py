@@ -49,7 +49,7 @@ SIZE_POLICIES = ("resize", "pad", "reject")
 # Task sizes. A Dask task costs the parent process (scheduler, nannies, client) ~5 ms of CPU here and its
 # worker a little more, and on a 2-core machine the parent shares the cores with the workers: on 16,384
 # files the header pass took 1.17-1.48 s in 256-file tasks and 0.87-0.90 s in 1,024-file ones. Tasks are
-# made as large as still leaves ~TASKS_PER_WORKER of them per worker, so that the last ones balance out.
+# made as large as still leaves ~TASKS_PER_WORKER of them per worker thread, so that the last ones balance.
 SCAN_BATCH = (256, 4096)  # files per header-pass task: at least, at most (a file takes ~0.1 ms)
 SHARDS_PER_TASK_MAX = 4  # shards per pixel-pass task (a 48-slice cnn shard takes ~85 ms on one core)
 TASKS_PER_WORKER = 8
@@ -58,6 +58,8 @@ TASKS_PER_WORKER = 8
 def task_size(items: int, workers: int, least: int, most: int) -> int:
     """Items per task: ``items / (TASKS_PER_WORKER * workers)`` clamped to [least, most]."""
     return max(least, min(most, items // (TASKS_PER_WORKER * max(workers, 1))))
+
+
 log = logging.getLogger("ichprep")
 
 
@@ -339,12 +341,12 @@ def _executor(workers: int, scheduler: str | None, stream: TextIO | None,
             import bokeh  # noqa: F401  (Dask's dashboard is a bokeh server)
         except ImportError:
             raise UsageError("--dashboard needs bokeh: pip install 'ichprep[dashboard]' (or bokeh>=3.1)") from None
-    elif scheduler is None and workers <= 1:  # one worker: no cluster (its ~3 s start-up buys nothing)
+    elif scheduler is None and workers <= 1:  # one worker: no cluster (its start and per-task costs buy nothing)
         def run_inline(fn, arglists, on_result, fetch=True):
             for args in arglists:
                 value = fn(*args)
                 on_result(value if fetch else args)
-        run_inline.workers = 0  # no Dask workers: everything runs here
+        run_inline.workers = 0  # no Dask worker threads: everything runs here
         yield run_inline
         return
     import dask
@@ -386,7 +388,8 @@ def _executor(workers: int, scheduler: str | None, stream: TextIO | None,
             for f in futures:
                 f.cancel()
 
-    run_dask.workers = max(1, len(client.scheduler_info().get("workers", {})))
+    # Worker threads that run tasks at once (a --scheduler cluster's workers may have several each).
+    run_dask.workers = max(1, sum(client.nthreads().values()))
     try:
         yield run_dask
     finally:
