@@ -4,9 +4,10 @@ Every contender runs as its own process (the whole command, start-up included) a
 of every file (warm page cache), and after ``sync`` so that no contender pays for writing back what the
 one before it wrote. ``--rounds K`` runs every contender K times, round-robin, and reports the median
 (these machines are shared: one run of a command swings +-20% from the next); each ratio is the median
-over rounds of the two contenders' ratio within a round. Per-core contenders are pinned to one core (``sched_setaffinity``,
-inherited by child processes such as Dask workers); the 2-worker build is not pinned. Peak RSS is
-sampled for every process of a contender's tree (psutil) and the largest single process is reported.
+over rounds of the two contenders' ratio within a round. Per-core contenders are pinned to one core
+(``sched_setaffinity``, inherited by child processes such as Dask workers); the 2-worker build is not
+pinned. Peak RSS is sampled for every process of a contender's tree (psutil) and the largest single
+process is reported.
 
 Contenders:
   naive_a      per slice: dcmread + pixel_array + HU + min-max in numpy + write the slice (float16) to a
