@@ -1,9 +1,9 @@
-"""``ichprep build``: scan -> order -> plan shards -> one Dask task per shard -> finalise.
+"""``ichprep build``: scan -> order -> plan shards -> Dask tasks of whole shards -> finalise.
 
-The unit of work is one whole shard: a task decodes, windows and writes every slice of its shard, so
-no two tasks ever write the same shard file. A build is resumable: each task marks its shard done
-after writing it, a rerun of the same command skips those, and the store is marked complete only in
-the last step.
+The unit of work is one whole shard: a task decodes, windows and writes every slice of its shards (one
+to four, see :func:`task_size`), so no two tasks ever write the same shard file. A build is resumable:
+each shard is marked done after it is written, a rerun of the same command skips those, and the store
+is marked complete only in the last step.
 """
 
 from __future__ import annotations
@@ -569,7 +569,7 @@ def build(cfg: BuildConfig, stream: TextIO | None = None) -> BuildResult:
                 st.write_metadata(g, sops, [h.study_uid for h in headers], [h.series_uid for h in headers],
                                   [h.patient for h in headers], [h.position_z for h in headers], lab, types)
                 done = np.zeros(n_shards, bool)
-            # 5. Pixel pass: one task per shard not yet done.
+            # 5. Pixel pass: tasks of whole shards not yet done.
             todo = [int(s) for s in np.flatnonzero(~done)]
             wl = windows_to_list(cfg.windows)
             own = cfg.scheduler is None  # in-process or a local cluster ichprep started
