@@ -261,9 +261,10 @@ def _process_shards(url: str, shards: list[int], headers: list[list[SliceHeader]
 
 
 def _process_shard(url: str, shard: int, headers: list[SliceHeader], windows_list: list[dict],
-                   on_size: str, size: int, own_process: bool = False) -> dict:
-    """Decode, window and write one whole shard. Runs on a Dask worker (or inline). ``own_process``: the
-    process is ichprep's (see :func:`reuse_freed_memory`)."""
+                   on_size: str, size: int, own_process: bool = False) -> None:
+    """Decode, window and write one whole shard. Runs on a Dask worker (or inline). What it finds (a
+    slice's reject reason) goes into the store's status array, which the build reads at the end.
+    ``own_process``: the process is ichprep's (see :func:`reuse_freed_memory`)."""
     if own_process:
         reuse_freed_memory()
     windows = windows_from_list(windows_list)
@@ -275,8 +276,6 @@ def _process_shard(url: str, shard: int, headers: list[SliceHeader], windows_lis
     status = np.zeros(n, np.uint8)
     scratch = np.empty(size * C, np.float32)
     file_buffer = ReadBuffer()  # one for the whole shard
-    rejects = []
-    resized = 0
     for i, h in enumerate(headers):
         try:
             raw = read_raw(h, file_buffer)
@@ -287,15 +286,12 @@ def _process_shard(url: str, shard: int, headers: list[SliceHeader], windows_lis
             else:
                 hu = fit_size(_hu_float(raw, h), on_size, size)
                 _, a, b = window_slice(hu, 1.0, 0.0, False, lo, scale, is_full, out=images[i], row_scratch=scratch)
-                resized += 1
             hu_min[i], hu_max[i] = a, b
         except RejectError as exc:
             images[i] = 0
             status[i] = REJECT_REASONS[exc.reason]
-            rejects.append((h.path, exc.reason, exc.message))
     g = st.open_for_write(url)
     st.write_shard(g, shard, images, hu_min, hu_max, status)
-    return dict(shard=shard, n=n, rejects=rejects, resized=resized)
 
 
 # --------------------------------------------------------------------------------------------
