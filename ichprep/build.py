@@ -253,18 +253,22 @@ def reuse_freed_memory() -> bool:
 
 
 def _process_shards(url: str, shards: list[int], headers: list[list[SliceHeader]], windows_list: list[dict],
-                    on_size: str, size: int, own_process: bool = False) -> None:
+                    on_size: str, size: int, own_process: bool = False) -> list[tuple[str, str, str]] | None:
     """One pixel-pass task: :func:`_process_shard` for each of ``shards`` in turn (each marked done
-    as it is written, so a task killed halfway leaves its finished shards done)."""
+    as it is written, so a task killed halfway leaves its finished shards done). Returns the shards'
+    rejects, or None when there are none (then nothing travels back to the parent)."""
+    rejects = []
     for shard, shard_headers in zip(shards, headers):
-        _process_shard(url, shard, shard_headers, windows_list, on_size, size, own_process)
+        rejects += _process_shard(url, shard, shard_headers, windows_list, on_size, size, own_process)
+    return rejects or None
 
 
 def _process_shard(url: str, shard: int, headers: list[SliceHeader], windows_list: list[dict],
-                   on_size: str, size: int, own_process: bool = False) -> None:
-    """Decode, window and write one whole shard. Runs on a Dask worker (or inline). What it finds (a
-    slice's reject reason) goes into the store's status array, which the build reads at the end.
-    ``own_process``: the process is ichprep's (see :func:`reuse_freed_memory`)."""
+                   on_size: str, size: int, own_process: bool = False) -> list[tuple[str, str, str]]:
+    """Decode, window and write one whole shard. Runs on a Dask worker (or inline). A slice that cannot
+    be used gets its reason code in the store's status array (which survives an interrupted build) and
+    is returned as (path, reason, message). ``own_process``: the process is ichprep's (see
+    :func:`reuse_freed_memory`)."""
     if own_process:
         reuse_freed_memory()
     windows = windows_from_list(windows_list)
@@ -274,6 +278,7 @@ def _process_shard(url: str, shard: int, headers: list[SliceHeader], windows_lis
     hu_min = np.full(n, np.nan, np.float32)
     hu_max = np.full(n, np.nan, np.float32)
     status = np.zeros(n, np.uint8)
+    rejects = []
     scratch = np.empty(size * C, np.float32)
     file_buffer = ReadBuffer()  # one for the whole shard
     for i, h in enumerate(headers):
@@ -290,8 +295,10 @@ def _process_shard(url: str, shard: int, headers: list[SliceHeader], windows_lis
         except RejectError as exc:
             images[i] = 0
             status[i] = REJECT_REASONS[exc.reason]
+            rejects.append((h.path, exc.reason, exc.message))
     g = st.open_for_write(url)
     st.write_shard(g, shard, images, hu_min, hu_max, status)
+    return rejects
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,20 +335,20 @@ def warm_up_kernels(skip_blas_probe: bool = False) -> None:
 @contextlib.contextmanager
 def _executor(workers: int, scheduler: str | None, stream: TextIO | None,
               dashboard: str | None = None) -> Iterator[Callable]:
-    """Yields ``run(fn, arglists, on_result, fetch=True)``: runs fn(*args) for each args, calling
-    on_result as each finishes (in completion order) with its return value, or with its ``args`` when
-    ``fetch`` is false: then a task's result never travels to this process (a task that fails still
-    raises here). The dashboard's address is written to ``stream`` when one runs."""
+    """Yields ``run(fn, arglists, on_result)``: runs fn(*args) for each args, calling
+    ``on_result(args, value)`` as each finishes (in completion order). A task that fails raises here.
+    On a cluster, a task whose value is None (the scheduler reports its type) is not fetched: a fetch
+    costs this process ~1.5 ms of CPU, and it shares the cores with the workers. The dashboard's address
+    is written to ``stream`` when one runs."""
     if dashboard is not None:
         try:
             import bokeh  # noqa: F401  (Dask's dashboard is a bokeh server)
         except ImportError:
             raise UsageError("--dashboard needs bokeh: pip install 'ichprep[dashboard]' (or bokeh>=3.1)") from None
     elif scheduler is None and workers <= 1:  # one worker: no cluster (its start and per-task costs buy nothing)
-        def run_inline(fn, arglists, on_result, fetch=True):
+        def run_inline(fn, arglists, on_result):
             for args in arglists:
-                value = fn(*args)
-                on_result(value if fetch else args)
+                on_result(args, fn(*args))
         run_inline.workers = 0  # no Dask worker threads: everything runs here
         yield run_inline
         return
@@ -368,17 +375,16 @@ def _executor(workers: int, scheduler: str | None, stream: TextIO | None,
         stream.write(f"dask: using {where}" + (f", dashboard {link}" if link else ", no dashboard") + "\n")
         stream.flush()
 
-    def run_dask(fn, arglists, on_result, fetch=True):
+    def run_dask(fn, arglists, on_result):
         futures = [client.submit(fn, *args, pure=False) for args in arglists]
         args_of = {fut.key: args for fut, args in zip(futures, arglists)}
         try:
             for fut in as_completed(futures):
-                if fetch:
-                    on_result(fut.result())
-                elif fut.status != "finished":
-                    fut.result()  # raises the task's error (or CancelledError)
+                if fut.status == "finished" and fut.type is type(None):
+                    value = None  # known without fetching it
                 else:
-                    on_result(args_of[fut.key])
+                    value = fut.result()  # raises the task's error (or CancelledError)
+                on_result(args_of[fut.key], value)
                 fut.release()
         finally:
             for f in futures:
@@ -491,6 +497,7 @@ def build(cfg: BuildConfig, stream: TextIO | None = None) -> BuildResult:
             result.written = int(st.get_attrs(g).get("counts", {}).get("written", 0))
             return result
         timings = result.timings
+        reject_messages: dict[str, str] = {}  # path -> why the pixel pass could not use it
         with _executor(cfg.workers, cfg.scheduler, stream, cfg.dashboard) as run:
             timings["start"] = time.monotonic() - t0
             # 1. Header pass.
@@ -501,7 +508,7 @@ def build(cfg: BuildConfig, stream: TextIO | None = None) -> BuildResult:
             batch = task_size(len(paths), run.workers, *SCAN_BATCH)
             batches = [(paths[i:i + batch], salt, needs_default, cfg.on_size) for i in range(0, len(paths), batch)]
 
-            def on_scan(res):
+            def on_scan(_, res):
                 headers.extend(res[0])
                 rejects.extend(res[1])
                 warns.update(res[2])
@@ -576,23 +583,23 @@ def build(cfg: BuildConfig, stream: TextIO | None = None) -> BuildResult:
             bar = ProgressBar(stream, "build", n, unit="slices")
             finished = [sum(min(S, n - s * S) for s in np.flatnonzero(done))]  # slices already written
 
-            def on_shard(args):
+            def on_shard(args, shard_rejects):
                 finished[0] += sum(len(h) for h in args[2])
                 bar.update(finished[0])
+                for path, reason, message in shard_rejects or ():
+                    reject_messages[path] = message
 
-            # Completion only: what a shard task found is in the store (status), so nothing is fetched
-            # back (a fetch per task was ~1.5 ms of the parent's CPU, which shares the cores with workers).
             t = time.monotonic()
             timings["prepare"] = t - t0 - timings["start"] - timings["headers"]
-            run(_process_shards, tasks, on_shard, fetch=False)
+            run(_process_shards, tasks, on_shard)
             bar.close()
             timings["pixels"] = time.monotonic() - t
         # 6. Finalise: rejects from the status array (complete even across resumes), counts, attrs.
         status = np.asarray(g["status"][:])
         pixel_rejects = []
-        for i in np.flatnonzero(status):
-            pixel_rejects.append((_relpath(headers[i].path, cfg.source), REASON_NAMES[int(status[i])],
-                                  "pixel data could not be used (see reason)"))
+        for i in np.flatnonzero(status):  # a shard written by an earlier, interrupted run left no message
+            message = reject_messages.get(headers[i].path, "pixel data could not be used (found by an earlier run)")
+            pixel_rejects.append((_relpath(headers[i].path, cfg.source), REASON_NAMES[int(status[i])], message))
         all_rejects = header_rejects + pixel_rejects
         ok = status == 0
         type_counts = Counter(int(t) for t in types[ok])

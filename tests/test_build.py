@@ -116,10 +116,10 @@ def test_grouped_shard_tasks_on_two_workers_equal_the_inline_build(synth_corpus,
     @contextlib.contextmanager
     def recording_executor(workers, *args, **kw):
         with real_executor(workers, *args, **kw) as run:
-            def recording_run(fn, arglists, on_result, fetch=True):
+            def recording_run(fn, arglists, on_result):
                 if fn is build_module._process_shards:
                     seen[workers] = [list(a[1]) for a in arglists]
-                return run(fn, arglists, on_result, fetch)
+                return run(fn, arglists, on_result)
             recording_run.workers = run.workers
             yield recording_run
 

@@ -143,21 +143,32 @@ def test_local_cluster_forks_on_linux_unless_tensorflow_is_loaded(monkeypatch):
 def _square_or_fail(x):
     if x == 3:
         raise ValueError("task 3 failed on purpose")
-    return x * x
+    return x * x if x % 2 == 0 else None
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_executor_fetch_and_completion_only_runs(workers):
-    """``fetch=True`` hands back each task's value; ``fetch=False`` (the pixel pass) hands back the task's
-    own arguments and never its value, and a task that fails still raises in the parent."""
+def test_executor_hands_back_args_and_values_and_fetches_no_none(workers, monkeypatch):
+    """on_result gets each task's arguments and value; on a cluster a None value is known from the
+    scheduler's report and never fetched; a task that fails still raises in the parent."""
+    from distributed import Future
+
+    fetched = []
+    real_result = Future.result
+
+    def counting_result(self, *a, **kw):
+        value = real_result(self, *a, **kw)
+        fetched.append(value)
+        return value
+
+    monkeypatch.setattr(Future, "result", counting_result)
     with build_module._executor(workers, None, None) as run:
-        values, done = [], []
-        run(_square_or_fail, [(0,), (1,), (2,)], values.append)
-        run(_square_or_fail, [(4,), (5,), (6,)], done.append, fetch=False)
-        assert sorted(values) == [0, 1, 4]
-        assert sorted(done) == [(4,), (5,), (6,)]
+        got = []
+        run(_square_or_fail, [(0,), (1,), (2,), (5,)], lambda args, value: got.append((args, value)))
+        assert sorted(got, key=lambda t: t[0]) == [((0,), 0), ((1,), None), ((2,), 4), ((5,), None)]
+        if workers > 1:
+            assert sorted(fetched) == [0, 4]
         with pytest.raises(ValueError, match="task 3 failed on purpose"):
-            run(_square_or_fail, [(2,), (3,)], done.append, fetch=False)
+            run(_square_or_fail, [(2,), (3,)], lambda args, value: None)
 
 
 def test_build_records_phase_timings(synth_corpus, tmp_path, capsys):

@@ -97,17 +97,21 @@ def _make_defects(folder, synth_corpus):
     return expected
 
 
-def test_every_defect_class_is_rejected_with_its_reason(tmp_path, synth_corpus, capsys):
+@pytest.mark.parametrize("workers", ["0", "2"])  # in-process, and a local cluster (rejects travel back)
+def test_every_defect_class_is_rejected_with_its_reason(tmp_path, synth_corpus, capsys, workers):
     src = tmp_path / "src"
     src.mkdir()
     expected = _make_defects(src, synth_corpus)
     out = tmp_path / "s.zarr"
-    rc = main(["build", str(src), "--out", str(out), "--preset", "rnn", "--workers", "0", "--quiet"])
+    rc = main(["build", str(src), "--out", str(out), "--preset", "rnn", "--workers", workers, "--quiet"])
     summary = capsys.readouterr().out
     assert rc == 0
     assert "7 written, 10 rejected" in summary and "1 truncated" in summary and "1 not_dicom" in summary
     g = zarr.open_group(str(out), mode="r")
     manifest = {r["file"]: r["reason"] for r in g.attrs["ichprep"]["rejects"]}
+    messages = {r["file"]: r["message"] for r in g.attrs["ichprep"]["rejects"]}
+    # a reject found in the pixel pass keeps its own message (the decoder's complaint), as header ones do
+    assert messages["broken.dcm"].startswith("pixel data could not be decoded ("), messages["broken.dcm"]
     dup = [f for f, r in manifest.items() if r == "duplicate"]
     assert len(dup) == 1
     manifest["copy_of_first.dcm"] = manifest.pop(dup[0])  # either copy may be the one kept
@@ -123,6 +127,31 @@ def test_every_defect_class_is_rejected_with_its_reason(tmp_path, synth_corpus, 
     # --strict makes any reject an error (exit 1)
     rc = main(["build", str(src), "--out", str(tmp_path / "strict.zarr"), "--workers", "0", "--quiet", "--strict"])
     assert rc == 1 and "--strict" in capsys.readouterr().err
+
+
+def test_a_resumed_build_keeps_rejects_found_by_the_interrupted_run(tmp_path, synth_corpus, capsys):
+    """A shard written before an interruption is not decoded again: its reject is still in the manifest,
+    from the status array, with a message that says where it came from."""
+    from ichprep import store as st
+
+    src = tmp_path / "src"
+    src.mkdir()
+    _make_defects(src, synth_corpus)
+    out = tmp_path / "s.zarr"
+    args = ["build", str(src), "--out", str(out), "--shard-slices", "1", "--workers", "0", "--quiet"]
+    assert main(args) == 0
+    g = zarr.open_group(str(out), mode="r+")
+    broken_row = int(np.flatnonzero(g["status"][:])[0])
+    g["shard_done"][0 if broken_row else 1] = 0  # as if killed before that other shard was written
+    st.set_attrs(g, {"complete": False})
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "[resumed]" in capsys.readouterr().out
+    rejects = zarr.open_group(str(out), mode="r").attrs["ichprep"]["rejects"]
+    broken = [r for r in rejects if r["file"] == "broken.dcm"]
+    assert broken == [dict(file="broken.dcm", reason="decode_failed",
+                           message="pixel data could not be used (found by an earlier run)")]
+    assert len(rejects) == 10
 
 
 @pytest.mark.parametrize("policy", ["resize", "pad", "reject"])
