@@ -103,9 +103,22 @@ def test_task_size_leaves_tasks_for_every_worker():
     assert task_size(100, 0, 1, 4) == 4  # no workers counts as one
 
 
+def test_shrinking_groups_end_in_single_items():
+    from ichprep.build import shrinking_groups
+
+    # 86 shards, 2 workers, at most 4 a task: 19 of 4 (76), then ceil(remaining / 4) of the 10 left
+    groups = shrinking_groups(list(range(86)), 2, 4)
+    assert [len(g) for g in groups] == [4] * 19 + [3, 2, 2, 1, 1, 1]
+    assert sum(groups, []) == list(range(86))  # every shard once, in order
+    assert shrinking_groups(list(range(5)), 2, 4) == [[0, 1], [2], [3], [4]]  # ceil(5 / 4), then ones
+    assert shrinking_groups([], 2, 4) == []
+    assert [len(g) for g in shrinking_groups(list(range(9)), 0, 4)] == [4, 3, 1, 1]  # no workers counts as one
+
+
 def test_grouped_shard_tasks_on_two_workers_equal_the_inline_build(synth_corpus, tmp_path, monkeypatch):
-    """One-slice shards on 2 workers: 60 shards in tasks of 3 (60 // (8 * 2)), each shard still marked done
-    on its own; the arrays equal an inline build's (one shard a task)."""
+    """One-slice shards on 2 workers: 60 shards in tasks of at most 3 (60 // (8 * 2)), shrinking to single
+    shards at the end, each shard still marked done on its own; the arrays equal an inline build's (one
+    shard a task)."""
     import contextlib
 
     import ichprep.build as build_module
@@ -129,7 +142,8 @@ def test_grouped_shard_tasks_on_two_workers_equal_the_inline_build(synth_corpus,
     res = _build(synth_corpus["dicom_dir"], b, synth_corpus["labels"], workers=2, shard_slices=1)
     assert res.shards_total == res.shards_run == 60
     assert seen[0] == [[i] for i in range(60)]
-    assert seen[2] == [[i, i + 1, i + 2] for i in range(0, 60, 3)]
+    assert sum(seen[2], []) == list(range(60))
+    assert [len(g) for g in seen[2]] == [3] * 18 + [2, 1, 1, 1, 1]  # ceil(remaining / 4) at the end
     ga, gb = (zarr.open_group(str(p), mode="r") for p in (a, b))
     for name in ("images", "hu_min", "hu_max", "status", "shard_done", "sop_uid"):
         np.testing.assert_array_equal(ga[name][:], gb[name][:], err_msg=name)
