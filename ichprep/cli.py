@@ -13,16 +13,8 @@ import os
 import sys
 
 from ichprep import __version__
-from ichprep.errors import IchprepError, UsageError
-
-EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
-
-
-class UsageErrorParser(argparse.ArgumentParser):
-    """argparse that raises UsageError (one line, exit 2) instead of printing usage; ichtrain uses it too."""
-
-    def error(self, message):
-        raise UsageError(f"{message} (see '{self.prog} --help')")
+from ichprep.cliutil import EXIT_OK, EXIT_PROBLEM, UsageErrorParser, console_entry, run_main
+from ichprep.errors import UsageError
 
 
 def _add_build_args(p: argparse.ArgumentParser) -> None:
@@ -67,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     p = UsageErrorParser(prog="ichprep", description="Head-CT DICOM slices -> a chunked Zarr store of windowed float16 "
                                             "images, labels and per-slice metadata.")
     p.add_argument("--version", action="version", version=f"ichprep {__version__}")
+    p.add_argument("--debug", action="store_true", help="also print the traceback of an error (or ICHPREP_DEBUG=1)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=UsageErrorParser)
     sub.required = True
     b = sub.add_parser("build", help="decode a folder of DICOMs into a store",
@@ -128,19 +121,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        args = _parser().parse_args(argv)
-        return _COMMANDS[args.command](args)
-    except UsageError as exc:
-        print(f"ichprep: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except IchprepError as exc:
-        print(f"ichprep: error: {exc}", file=sys.stderr)
-        return EXIT_PROBLEM
-    except KeyboardInterrupt:
-        print("ichprep: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    """Run one command; every error becomes one line on stderr and an exit code (``ichprep.cliutil``)."""
+    return run_main("ichprep", argv, _dispatch)
+
+
+def _dispatch(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    return _COMMANDS[args.command](args)
+
+
+def console_main() -> None:
+    console_entry(main)
 
 
 def _cmd_build(args) -> int:
@@ -340,4 +331,4 @@ _COMMANDS = {"build": _cmd_build, "synth": _cmd_synth, "info": _cmd_info, "verif
              "stats": _cmd_stats, "preview": _cmd_preview, "demo": _cmd_demo}
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -7,8 +7,8 @@ import json
 import os
 import sys
 
-from ichprep.cli import UsageErrorParser
-from ichprep.errors import IchprepError, UsageError
+from ichprep.cliutil import UsageErrorParser, console_entry, run_main
+from ichprep.errors import UsageError
 
 
 def _fractions(text: str) -> tuple:
@@ -24,6 +24,7 @@ def _fractions(text: str) -> tuple:
 def _parser() -> argparse.ArgumentParser:
     p = UsageErrorParser(prog="ichtrain", description="Train and evaluate the reference study's models on an ichprep store, "
                                               "and predict a submission CSV from DICOMs.")
+    p.add_argument("--debug", action="store_true", help="also print the traceback of an error (or ICHPREP_DEBUG=1)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=UsageErrorParser)
     sub.required = True
     f = sub.add_parser("fit", help="train a model on a store", description=(
@@ -87,17 +88,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    """Run one command; every error becomes one line on stderr and an exit code (``ichprep.cliutil``)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        args = _parser().parse_args(argv)
-        return {"fit": _fit, "evaluate": _evaluate, "predict": _predict, "demo": _demo}[args.command](args)
-    except UsageError as exc:
-        print(f"ichtrain: error: {exc}", file=sys.stderr)
-        return 2
-    except IchprepError as exc:
-        print(f"ichtrain: error: {exc}", file=sys.stderr)
-        return 1
+    return run_main("ichtrain", argv, _dispatch)
+
+
+def _dispatch(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.command != "demo":  # the demo's first steps are ichprep's; TensorFlow comes with its fit
+        from ichtrain._tf import import_tensorflow
+
+        import_tensorflow()
+    return {"fit": _fit, "evaluate": _evaluate, "predict": _predict, "demo": _demo}[args.command](args)
+
+
+def console_main() -> None:
+    console_entry(main)
 
 
 def _fit(args) -> int:
@@ -176,4 +182,4 @@ def _demo(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

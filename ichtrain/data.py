@@ -18,12 +18,15 @@ and prefetched. Memory is bounded by ``shuffle_mb`` plus the blocks in flight (`
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ichprep import store as st
-from ichprep.errors import UsageError
+from ichprep.errors import StoreError, UsageError
 from ichprep.labels import UNLABELLED
 
 __all__ = ["StoreStream", "split_rows", "type_weights", "sample_epoch", "SPLIT_NAMES"]
@@ -104,6 +107,34 @@ class StoreStream:
         self.n = self.info.n
         self.channels = self.info.channels
         self.window_names = [w.name for w in self.info.windows]
+        self._closed = threading.Event()
+        self._reading = 0  # reads in flight (tf.data reader threads)
+        self._reading_lock = threading.Lock()
+        self.read_failure: StoreError | None = None  # the first failed read, said plainly (see guard)
+
+    @contextlib.contextmanager
+    def guard(self):
+        """Run a Keras loop over this stream's pipelines: on any error the stream is closed (see
+        :meth:`close`), and a failed read surfaces as the StoreError that names its slices instead of
+        TensorFlow's wrapped message."""
+        try:
+            yield self
+        except BaseException as exc:
+            self.close()
+            if self.read_failure is not None and isinstance(exc, Exception):
+                raise self.read_failure from exc
+            raise
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop every pipeline of this stream: reads not yet started fail at once, and this waits (GIL
+        released) until those in flight have returned. Call it before dropping a pipeline that is still
+        reading (an error mid-epoch): destroying a tf.data iterator while its reader threads wait for the
+        GIL deadlocks the process."""
+        self._closed.set()
+        deadline = time.monotonic() + timeout
+        while self._reading and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)  # let reader threads that just saw the flag leave Python
 
     # -- plans ---------------------------------------------------------------------------------
     def plan(self, split: str, weighted: bool = True, alpha: float = 0.5, epoch_size: int | None = None,
@@ -204,8 +235,23 @@ class StoreStream:
         flat_rows = np.concatenate([b[1] for b in blocks]) if blocks else np.zeros(0, np.int64)
 
         def read(i):
+            if self._closed.is_set():
+                raise RuntimeError("the stream was closed")
+            with self._reading_lock:
+                self._reading += 1
             i = int(i)
-            return self.read_block(int(starts[i]), flat_rows[offsets[i]:offsets[i + 1]])
+            rows_i = flat_rows[offsets[i]:offsets[i + 1]]
+            try:
+                return self.read_block(int(starts[i]), rows_i)
+            except Exception as exc:
+                if self.read_failure is None:
+                    self.read_failure = StoreError(
+                        f"could not read slices {int(rows_i.min())}..{int(rows_i.max())} of {self.url}: "
+                        f"{type(exc).__name__}: {exc}; the store may be damaged: run 'ichprep verify {self.url}'")
+                raise
+            finally:
+                with self._reading_lock:
+                    self._reading -= 1
 
         def load(i):
             img, lab = tf.numpy_function(read, [i], (tf.float16, tf.float32), stateful=False)

@@ -28,9 +28,10 @@ def predict_rows(model, stream, image_size: int, batch_size: int = 32, split: st
     """(y_true (n, 6) float32, y_prob (n, 6) float32, rows) for a split or explicit rows, in row order."""
     ds = stream.dataset(split or "test", batch_size=batch_size, weighted=False, image_size=image_size, rows=rows)
     ys, ps = [], []
-    for x, y in ds:
-        ps.append(np.asarray(model(x, training=False), np.float32))
-        ys.append(y.numpy())
+    with stream.guard():
+        for x, y in ds:
+            ps.append(np.asarray(model(x, training=False), np.float32))
+            ys.append(y.numpy())
     if not ys:
         return np.zeros((0, 6), np.float32), np.zeros((0, 6), np.float32)
     return np.concatenate(ys), np.concatenate(ps)

@@ -268,9 +268,10 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
         keras.callbacks.TensorBoard(os.path.join(cfg.out, "tensorboard"), write_graph=False),
         _State(),
     ] if role.chief else []
-    history = model.fit(train, epochs=cfg.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
-                        validation_data=val, validation_steps=val_steps, callbacks=callbacks, verbose=verbose,
-                        shuffle=False)
+    with stream.guard():  # an error mid-epoch stops the readers first, and names a damaged shard
+        history = model.fit(train, epochs=cfg.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
+                            validation_data=val, validation_steps=val_steps, callbacks=callbacks, verbose=verbose,
+                            shuffle=False)
     if role.chief:
         model.save(os.path.join(cfg.out, "model.keras"))
     else:  # the replica's weights: equal to the chief's after synchronous training (the test checks it)

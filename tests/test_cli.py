@@ -81,3 +81,15 @@ def test_help_explains_every_flag(capsys):
     for flag in ("--out", "--labels", "--preset", "--windows", "--on-size", "--workers", "--scheduler",
                  "--shard-slices", "--codec", "--salt", "--overwrite", "--strict", "--quiet"):
         assert flag in text
+
+
+def test_wrapped_library_errors_become_one_plain_line():
+    from ichprep.cliutil import _describe
+
+    tf_like = RuntimeError("{{function_node __wrapped__IteratorGetNext_device_/job:localhost}} Error in "
+                           "user-defined function: ValueError: bad block\nTraceback (most recent call last):\n"
+                           '  File "x.py", line 1\nValueError: bad block\n')
+    message, code = _describe(tf_like)
+    assert code == 1 and "\n" not in message and "Traceback" not in message and "function_node" not in message
+    assert message.startswith("RuntimeError: Error in user-defined function: ValueError: bad block")
+    assert _describe(OSError(28, "No space left on device", "/x/y"))[0].startswith("no space left")

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -104,3 +105,31 @@ def test_bad_input_exit_2(argv, match, brain_store, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert match in err and err.startswith("ichtrain: error:")
+
+
+def test_fit_that_fails_mid_epoch_exits_with_one_line(brain_store, tmp_path):
+    """A read error inside model.fit (a damaged shard) ends the process: exit 1, one stderr line, no hang."""
+    import glob
+    import subprocess
+    import sys
+
+    store = tmp_path / "damaged.zarr"
+    shutil.copytree(brain_store, store)
+    shards = sorted(glob.glob(str(store / "images" / "c" / "**" / "*"), recursive=True))
+    shards = [s for s in shards if os.path.isfile(s)]
+    assert shards, "no image shard files found"
+    for s in shards:  # every shard: whichever block the sampler reads first fails
+        data = bytearray(open(s, "rb").read())
+        data[: len(data) // 2] = os.urandom(len(data) // 2)
+        open(s, "wb").write(bytes(data))
+    cmd = [sys.executable, "-c", "from ichtrain.cli import console_main; console_main()", "fit", str(store),
+           "--out", str(tmp_path / "run"), "--model", "baseline", "--image-size", "64", "--batch-size", "8",
+           "--epoch-size", "16", "--epochs", "1", "--quiet"]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("ichtrain:")]
+    assert len(lines) == 1 and lines[0].startswith("ichtrain: error:"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "could not read slices" in lines[0] and "ichprep verify" in lines[0]
+    assert time.monotonic() - t0 < 120
