@@ -13,7 +13,6 @@ import ctypes
 import functools
 import logging
 import os
-import secrets
 import sys
 import time
 from collections import Counter
@@ -40,6 +39,7 @@ from ichprep.errors import (
 from ichprep.kernels import channel_params, window_slice, without_blas_probe
 from ichprep.labels import UNLABELLED, inconsistent_any, read_labels, type_codes
 from ichprep.progress import ProgressBar
+from ichprep.salt import resolve_salt
 from ichprep.scan import SliceHeader, read_header
 from ichprep.windows import Window, parse_windows, windows_from_list, windows_to_list
 
@@ -502,7 +502,8 @@ def build(cfg: BuildConfig, stream: TextIO | None = None) -> BuildResult:
     result = BuildResult(out=cfg.out)
     labels = read_labels(cfg.labels) if cfg.labels else None  # a bad CSV fails before any work
     paths = list_source(cfg.source)
-    salt = cfg.salt if cfg.salt is not None else secrets.token_hex(16)
+    resolved_salt = resolve_salt(cfg.salt)
+    salt = resolved_salt.value
     needs_default = any(w.kind == "default" for w in cfg.windows)
     with _out_lock(cfg.out):
         mode, g = _prepare_output(cfg)
@@ -581,6 +582,7 @@ def build(cfg: BuildConfig, stream: TextIO | None = None) -> BuildResult:
                     window_names=[w.name for w in cfg.windows],
                     size_policy=cfg.on_size,
                     params=cfg.params(),
+                    salt_fingerprint=resolved_salt.fingerprint,
                 )
                 g = st.create_store(cfg.out, n, len(cfg.windows), S, cfg.codec, attrs)
                 st.write_metadata(g, sops, [h.study_uid for h in headers], [h.series_uid for h in headers],

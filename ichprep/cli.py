@@ -47,8 +47,9 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
                         "buffers stay under glibc's mmap ceiling and are reused, ~16%% faster than 64)")
     p.add_argument("--codec", default="auto", choices=("auto", "blosc-lz4", "blosc-zstd", "zstd", "none"),
                    help="image compression (default auto: blosc-lz4+shuffle for one channel, zstd-1 for several)")
-    p.add_argument("--salt", help="secret salt for hashing PatientID (default: a random one per build, "
-                                  "so hashes are comparable only within the store); env ICHPREP_SALT also works")
+    p.add_argument("--salt", help="secret that keys the PatientID hashes (and so the splits). Default: "
+                                  "ICHPREP_SALT, else the file ICHPREP_SALT_FILE or ~/.config/ichprep/salt, made "
+                                  "once per user (0600): every store of the same DICOMs gets the same patient keys")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing store built with other parameters (never a non-store folder)")
     p.add_argument("--strict", action="store_true", help="exit 1 if any file was rejected")
@@ -145,7 +146,7 @@ def _cmd_build(args) -> int:
         preset=None if args.windows else (args.preset or "cnn"), on_size=args.on_size,
         shard_slices=args.shard_slices, codec=args.codec, workers=args.workers, scheduler=args.scheduler,
         dashboard=args.dashboard,
-        salt=args.salt if args.salt is not None else os.environ.get("ICHPREP_SALT"),
+        salt=args.salt,
         overwrite=args.overwrite, strict=args.strict,
     )
     stream = None if args.quiet else sys.stderr
@@ -186,7 +187,7 @@ def info_dict(url: str) -> dict:
         shard_slices=a.get("shard_slices"), codec=a.get("params", {}).get("codec"),
         counts=a.get("counts", {}), type_counts={int(k): v for k, v in a.get("type_counts", {}).items()},
         rejects=len(a.get("rejects", [])), fixed=a.get("fixed", {}), timings=a.get("timings", {}),
-        size_on_disk=on_disk,
+        salt_fingerprint=a.get("salt_fingerprint"), size_on_disk=on_disk,
         compression_ratio=(raw_bytes / image_disk) if image_disk else None,
         type_table={t: TYPE_TABLE[t] for t in TYPE_TABLE},
     )
@@ -208,6 +209,8 @@ def _cmd_info(args) -> int:
               f"{c.get('unlabelled', 0)} unlabelled")
     if d["fixed"]:
         print("fixed        " + ", ".join(f"{v} {k}" for k, v in d["fixed"].items() if v))
+    if d["salt_fingerprint"]:
+        print(f"patient keys salt fingerprint {d['salt_fingerprint']} (stores with the same one split alike)")
     if d["size_on_disk"] is not None:
         ratio = f", images compressed {d['compression_ratio']:.1f}x" if d["compression_ratio"] else ""
         print(f"on disk      {d['size_on_disk'] / 2**20:,.1f} MiB{ratio}")

@@ -147,6 +147,10 @@ def _predict(args) -> int:
     return 0
 
 
+# The demo's patient keys (and so its splits) are the same on every machine, not keyed by the user's salt.
+DEMO_SALT = "ichtrain-demo"
+
+
 def _demo(args) -> int:
     from ichprep.cli import main as ichprep_main
 
@@ -158,7 +162,7 @@ def _demo(args) -> int:
         ("ichprep", ["synth", data, "--studies", str(args.studies), "--slices", str(args.slices), "--seed", "0"]),
         ("ichprep", ["synth", unseen, "--studies", "2", "--slices", str(args.slices), "--seed", "1"]),
         ("ichprep", ["build", os.path.join(data, "dicom"), "--labels", os.path.join(data, "labels.csv"), "--out",
-                     store, "--windows", "brain:40/80", "--workers", str(args.workers)]),
+                     store, "--windows", "brain:40/80", "--workers", str(args.workers), "--salt", DEMO_SALT]),
         ("ichprep", ["info", store]),
         ("ichprep", ["verify", store, "--source", os.path.join(data, "dicom"), "--sample", "8", "--quiet"]),
         ("ichprep", ["stats", store, "--plot", os.path.join(out, "stats.png")]),

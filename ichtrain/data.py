@@ -19,6 +19,7 @@ and prefetched. Memory is bounded by ``shuffle_mb`` plus the blocks in flight (`
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,36 +30,51 @@ from ichprep import store as st
 from ichprep.errors import StoreError, UsageError
 from ichprep.labels import UNLABELLED
 
-__all__ = ["StoreStream", "split_rows", "type_weights", "sample_epoch", "SPLIT_NAMES"]
+__all__ = ["StoreStream", "split_rows", "split_buckets", "split_record", "type_weights", "sample_epoch", "SPLIT_NAMES"]
 
 SPLIT_NAMES = ("train", "val", "test")
 BLOCK_MB = 64  # largest span of decoded slices one read covers
 
 
-def split_rows(groups: np.ndarray, usable: np.ndarray, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> dict[str, np.ndarray]:
-    """Rows per split such that no group (patient or study) is on two sides. Deterministic for a seed.
+def split_buckets(keys, seed: int = 0) -> np.ndarray:
+    """A number in [0, 1) per key: the key's place, fixed by the key and the seed alone."""
+    out = np.empty(len(keys), np.float64)
+    for i, key in enumerate(keys):
+        digest = hashlib.blake2b(f"{int(seed)}\0{key}".encode("utf-8"), digest_size=8).digest()
+        out[i] = int.from_bytes(digest, "big") / 2.0**64
+    return out
 
-    Groups are shuffled with ``seed`` and assigned in turn to the split whose share of slices is
-    furthest below its target fraction.
+
+def split_rows(groups: np.ndarray, usable: np.ndarray, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> dict[str, np.ndarray]:
+    """Rows per split such that no group (patient or study) is on two sides.
+
+    Hash buckets: a group goes to train when its :func:`split_buckets` value is below the train fraction,
+    to val below train + val, else to test. A group's split is a pure function of its key, the seed and
+    the fractions: the same in every store of the same DICOMs (same salt), and unchanged when other
+    groups are added or removed. Split sizes are therefore near, not exactly at, the fractions.
     """
     fr = np.asarray(fractions, dtype=np.float64)
     if fr.shape != (3,) or (fr < 0).any() or not np.isclose(fr.sum(), 1.0):
         raise UsageError(f"Expected three split fractions >= 0 summing to 1. Received: fractions={tuple(fractions)}")
     rows = np.flatnonzero(usable)
-    keys = np.asarray(groups, dtype=object)[rows]
-    uniq, inverse = np.unique(keys.astype(str), return_inverse=True)
-    order = np.random.default_rng(seed).permutation(len(uniq))
-    sizes = np.bincount(inverse, minlength=len(uniq))
-    assigned = np.empty(len(uniq), np.int64)
-    filled = np.zeros(3)
-    total = max(int(sizes.sum()), 1)
-    for gi in order:
-        deficit = fr - filled / total
-        deficit[fr == 0] = -np.inf
-        k = int(np.argmax(deficit))
-        assigned[gi] = k
-        filled[k] += sizes[gi]
-    return {name: rows[assigned[inverse] == k] for k, name in enumerate(SPLIT_NAMES)}
+    keys = np.asarray(groups, dtype=object)[rows].astype(str)
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    side = np.searchsorted(np.cumsum(fr)[:2], split_buckets(uniq, seed), side="right")
+    return {name: rows[side[inverse] == k] for k, name in enumerate(SPLIT_NAMES)}
+
+
+def split_record(splits: dict[str, np.ndarray], sop_uids: np.ndarray, groups: np.ndarray, **identity) -> dict:
+    """What a run keeps of its split, to refuse a store whose split would differ: per split the slice and
+    group counts and a digest of its sorted SOP Instance UIDs (order- and store-layout-independent)."""
+    record = dict(identity, slices={}, groups={}, digest={})
+    for name, rows in splits.items():
+        h = hashlib.blake2b(digest_size=16)
+        for uid in sorted(str(u) for u in np.asarray(sop_uids, dtype=object)[rows]):
+            h.update(uid.encode("ascii", "replace") + b"\n")
+        record["slices"][name] = int(rows.size)
+        record["groups"][name] = int(np.unique(np.asarray(groups, dtype=object)[rows].astype(str)).size)
+        record["digest"][name] = h.hexdigest()
+    return record
 
 
 def type_weights(types: np.ndarray, alpha: float) -> dict[int, float]:
@@ -98,9 +114,16 @@ class StoreStream:
         self.types = np.asarray(g["type"][:])
         status = np.asarray(g["status"][:])
         labelled = ~(self.labels == UNLABELLED).any(axis=1)
-        groups = np.asarray(g["patient" if self.by == "patient" else "study_uid"][:], dtype=object)
+        study = np.asarray(g["study_uid"][:], dtype=object)
+        if self.by == "patient":  # a slice without PatientID is its study's own group
+            patient = np.asarray(g["patient"][:], dtype=object)
+            self.groups = np.where(patient == "", "study:" + study.astype(str), patient)
+        else:
+            self.groups = study
+        self.labelled = labelled
         self.usable = (status == 0) & labelled  # unlabelled slices never enter a split
-        self.splits = split_rows(groups, self.usable, self.fractions, self.seed)
+        self.splits = split_rows(self.groups, self.usable, self.fractions, self.seed)
+        self._sop_uids = g["sop_uid"]
         with st.fast_codec_pipeline():  # the codec pipeline is bound when the array is opened: open it once
             self.images = g["images"]
         self.shard_slices = int(self.images.shards[0])
@@ -111,6 +134,42 @@ class StoreStream:
         self._reading = 0  # reads in flight (tf.data reader threads)
         self._reading_lock = threading.Lock()
         self.read_failure: StoreError | None = None  # the first failed read, said plainly (see guard)
+
+    def split_record(self) -> dict:
+        """This stream's split as a run records it (see :func:`split_record`)."""
+        return split_record(self.splits, np.asarray(self._sop_uids[:], dtype=object), self.groups,
+                            salt_fingerprint=self.info.attrs.get("salt_fingerprint"), by=self.by, seed=self.seed,
+                            fractions=[float(f) for f in self.fractions])
+
+    def check_split(self, recorded: dict | None, what: str) -> None:
+        """Refuse (UsageError) when this stream's split differs from ``recorded`` (a run's), naming why."""
+        if not recorded:
+            return
+        now = self.split_record()
+        if now["digest"] == recorded.get("digest"):
+            return
+        theirs, ours = recorded.get("salt_fingerprint"), now["salt_fingerprint"]
+        if theirs != ours:
+            cause = (f"its patient keys were made with another salt (fingerprint {ours}; the run's store had "
+                     f"{theirs}): rebuild it with the salt of the run's store (--salt, ICHPREP_SALT or the "
+                     "same salt file)")
+        else:
+            diff = ", ".join(f"{k} {recorded['slices'].get(k)} -> {now['slices'][k]} slices" for k in SPLIT_NAMES
+                             if now["digest"][k] != recorded["digest"].get(k))
+            cause = f"its slices or labels are not those the run was trained on ({diff})"
+        raise UsageError(f"The split of {self.url} differs from the one {what} was trained with: {cause}. "
+                         "Its test patients could include training patients, so it is refused.")
+
+    def empty_split_reason(self, split: str) -> str:
+        """Why ``split`` holds no slice, naming the real cause."""
+        if not self.labelled.any():
+            return (f"No slice of {self.url} is labelled (was it built without --labels?): splits hold "
+                    "labelled slices only")
+        n_groups = int(np.unique(self.groups[self.usable].astype(str)).size)
+        k = SPLIT_NAMES.index(split)
+        return (f"Split {split!r} is empty: {n_groups} {self.by}s are placed by hash buckets with fractions "
+                f"{tuple(self.fractions)} and none fell in {split!r} (its fraction is {self.fractions[k]}); "
+                "choose another --seed or larger fractions for it")
 
     @contextlib.contextmanager
     def guard(self):
@@ -152,7 +211,7 @@ class StoreStream:
             raise UsageError(f"Expected split one of {SPLIT_NAMES}. Received: split={split!r}")
         rows = self.splits[split]
         if rows.size == 0:
-            raise UsageError(f"Split {split!r} is empty: the store has too few patients for fractions {self.fractions}")
+            raise UsageError(self.empty_split_reason(split))
         if weighted:
             rng = np.random.default_rng([self.seed, epoch])
             drawn = np.sort(sample_epoch(rows, self.types[rows], alpha, epoch_size or rows.size, rng))

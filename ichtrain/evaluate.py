@@ -42,8 +42,9 @@ def evaluate(run_dir: str, split: str = "val", batch_size: int = 32) -> dict:
 
     cfg, model = _load(run_dir)
     stream = StoreStream(cfg["store"], by=cfg["split_by"], fractions=tuple(cfg["fractions"]), seed=cfg["seed"])
+    stream.check_split(cfg.get("split"), f"the run {run_dir!r}")
     if stream.splits[split].size == 0:
-        raise UsageError(f"Split {split!r} of {cfg['store']!r} is empty; nothing to evaluate.")
+        raise UsageError(stream.empty_split_reason(split) + "; nothing to evaluate")
     y, p = predict_rows(model, stream, cfg["image_size"], batch_size, split=split)
     result = summarise(y, p, THRESHOLDS)
     result.update(split=split, model=cfg["model"], store=cfg["store"])

@@ -195,7 +195,7 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
     cfg_path = os.path.join(cfg.out, CONFIG)
     record = dict(cfg.to_dict(), image_size=size, channels=stream.channels, window_names=stream.window_names,
                   windows=stream.info.attrs["windows"], size_policy=stream.info.attrs.get("size_policy", "resize"),
-                  replicas=replicas, workers=role.workers)
+                  replicas=replicas, workers=role.workers, split=stream.split_record())
     first_epoch = 0
     last = os.path.join(cfg.out, "checkpoints", "last.keras")
     if role.chief:
@@ -203,6 +203,7 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
         if os.path.isfile(cfg_path):
             with open(cfg_path) as fh:
                 old = json.load(fh)
+            stream.check_split(old.get("split"), f"the run in {cfg.out!r}")
             if not _same_run(old, record):
                 raise UsageError(f"{cfg.out!r} holds a run with another configuration; choose another --out.")
     if os.path.isfile(last) and os.path.isfile(os.path.join(cfg.out, STATE)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 import tempfile
 
@@ -29,7 +30,8 @@ def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_
         store = os.path.join(tmp, "predict.zarr")
         # The training store's windows and size policy: the same preprocessing, by the same code.
         result = build(BuildConfig(source=dicom_dir, out=store, windows=windows_from_list(cfg["windows"]),
-                                   preset=None, on_size=cfg.get("size_policy", "resize"), workers=workers))
+                                   preset=None, on_size=cfg.get("size_policy", "resize"), workers=workers,
+                                   salt=secrets.token_hex(16)))  # a throwaway store: its patient keys are unused
         stream = StoreStream(store, fractions=(1.0, 0.0, 0.0))
         import zarr
 

@@ -99,3 +99,38 @@ def real_series():
     if not REAL_SERIES.is_dir():
         raise FileNotFoundError(f"real test series missing at {REAL_SERIES}")
     return str(REAL_SERIES)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_salt_file(tmp_path_factory):
+    """Builds without --salt use a salt file made for this test session, never the user's own."""
+    import os
+
+    path = tmp_path_factory.mktemp("config") / "ichprep-salt"
+    old = {k: os.environ.pop(k, None) for k in ("ICHPREP_SALT", "ICHPREP_SALT_FILE")}
+    os.environ["ICHPREP_SALT_FILE"] = str(path)
+    yield path
+    os.environ.pop("ICHPREP_SALT_FILE", None)
+    for k, v in old.items():
+        if v is not None:
+            os.environ[k] = v
+
+
+SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
+
+
+def nonempty_split_seed(url, fractions=SPLIT_FRACTIONS, by="patient") -> int:
+    """The first seed whose hash-bucket splits of the store at ``url`` are all non-empty: the test corpora
+    hold five patients, so some seeds leave a split empty (which is what hash buckets do)."""
+    from ichtrain.data import StoreStream, split_rows
+
+    s = StoreStream(url, fractions=fractions, by=by)
+    for seed in range(1000):
+        if all(v.size for v in split_rows(s.groups, s.usable, fractions, seed).values()):
+            return seed
+    raise AssertionError(f"no seed below 1000 gives three non-empty splits of {url}")
+
+
+@pytest.fixture(scope="session")
+def brain_seed(brain_store) -> int:
+    return nonempty_split_seed(brain_store)

@@ -93,3 +93,30 @@ def test_wrapped_library_errors_become_one_plain_line():
     assert code == 1 and "\n" not in message and "Traceback" not in message and "function_node" not in message
     assert message.startswith("RuntimeError: Error in user-defined function: ValueError: bad block")
     assert _describe(OSError(28, "No space left on device", "/x/y"))[0].startswith("no space left")
+
+
+def test_salt_resolution_order_and_the_private_file(tmp_path, monkeypatch):
+    import hashlib
+
+    from ichprep.errors import UsageError
+    from ichprep.salt import resolve_salt, salt_fingerprint
+
+    path = tmp_path / "cfg" / "salt"
+    monkeypatch.setenv("ICHPREP_SALT_FILE", str(path))
+    monkeypatch.delenv("ICHPREP_SALT", raising=False)
+    first = resolve_salt(None)
+    assert first.source == str(path) and path.stat().st_mode & 0o777 == 0o600
+    assert resolve_salt(None).value == first.value == path.read_text().strip()  # made once, then reused
+    monkeypatch.setenv("ICHPREP_SALT", "from-env")
+    assert resolve_salt(None).value == "from-env" and resolve_salt("given").value == "given"
+    # the fingerprint is a keyed hash of a constant: independent of how it is computed here, not the salt
+    key = hashlib.blake2b(b"given", digest_size=32).digest()
+    assert salt_fingerprint("given") == hashlib.blake2b(b"ichprep salt fingerprint v1", digest_size=8,
+                                                        key=key).hexdigest()
+    assert salt_fingerprint("given") != salt_fingerprint("given!") and "given" not in salt_fingerprint("given")
+    with pytest.raises(UsageError, match="non-empty"):
+        resolve_salt("")
+    monkeypatch.delenv("ICHPREP_SALT")
+    path.write_text("")
+    with pytest.raises(UsageError, match="is empty"):
+        resolve_salt(None)

@@ -18,6 +18,7 @@ from ichprep import build as build_module
 from ichprep.build import BuildConfig, build
 from ichprep.cli import main as ichprep_main
 from ichprep.windows import parse_windows
+from conftest import SPLIT_FRACTIONS, nonempty_split_seed
 
 ARRAYS = ("images", "labels", "type", "sop_uid", "study_uid", "series_uid", "patient", "position_z",
           "hu_min", "hu_max", "status")
@@ -112,7 +113,7 @@ def test_fsspec_url_output_and_stream(synth_corpus, tmp_path):
     ga, gb = zarr.open_group(str(local), mode="r"), zarr.open_group(url, mode="r")
     for name in ARRAYS:
         np.testing.assert_array_equal(ga[name][:], gb[name][:], err_msg=name)
-    stream = StoreStream(url, fractions=(0.6, 0.2, 0.2))
+    stream = StoreStream(url, fractions=SPLIT_FRACTIONS, seed=nonempty_split_seed(url))
     x, y = next(iter(stream.dataset("val", batch_size=4, dtype="float16")))
     np.testing.assert_array_equal(x.numpy(), ga["images"][:][stream.splits["val"][:4]])
 

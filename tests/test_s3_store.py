@@ -12,6 +12,7 @@ from ichtrain.cli import main as ichtrain_main
 from ichtrain.data import StoreStream
 
 from moto import server as moto_server  # the test extra: moto[server], s3fs
+from conftest import SPLIT_FRACTIONS, nonempty_split_seed
 
 ARRAYS = ("images", *META_ARRAYS, *SHARD_ARRAYS)
 
@@ -47,7 +48,7 @@ def test_build_on_s3_equals_local_and_trains(s3, synth_corpus, tmp_path, capsys)
     assert dict(ga.attrs)["ichprep"]["complete"] and dict(gb.attrs)["ichprep"]["complete"]
 
     assert ichprep_main(["verify", url, "--quiet"]) == 0
-    stream = StoreStream(url, fractions=(0.6, 0.2, 0.2))
+    stream = StoreStream(url, fractions=SPLIT_FRACTIONS, seed=nonempty_split_seed(url))
     x, _ = next(iter(stream.dataset("val", batch_size=4, dtype="float16")))
     np.testing.assert_array_equal(x.numpy(), ga["images"][:][stream.splits["val"][:4]])
     capsys.readouterr()

@@ -7,7 +7,9 @@ import zarr
 from ichprep.build import BuildConfig, build
 from ichprep.errors import IncompleteStoreError, UsageError
 from ichprep.windows import parse_windows
-from ichtrain.data import StoreStream, sample_epoch, split_rows, type_weights
+from ichtrain.data import StoreStream, sample_epoch, split_buckets, split_rows, type_weights
+
+from conftest import SPLIT_FRACTIONS, nonempty_split_seed
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +21,7 @@ def stores(synth_corpus, tmp_path_factory):
         build(BuildConfig(source=synth_corpus["dicom_dir"], out=url, labels=synth_corpus["labels"],
                           windows=parse_windows(preset), preset=preset, workers=0, salt="s", shard_slices=8))
         out[preset] = url
+    out["seed"] = nonempty_split_seed(out["cnn"])
     return out
 
 
@@ -53,8 +56,8 @@ def test_sampled_epoch_type_frequencies_match_weights(alpha):
 
 
 def test_splits_disjoint_by_group_reproducible_and_exclude_unlabelled():
-    groups = np.array([f"p{i // 7}" for i in range(140)], dtype=object)
-    usable = np.ones(140, bool)
+    groups = np.array([f"p{i // 7}" for i in range(1400)], dtype=object)
+    usable = np.ones(1400, bool)
     usable[::13] = False
     a = split_rows(groups, usable, (0.6, 0.2, 0.2), seed=1)
     b = split_rows(groups, usable, (0.6, 0.2, 0.2), seed=1)
@@ -66,11 +69,54 @@ def test_splits_disjoint_by_group_reproducible_and_exclude_unlabelled():
     assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
     allrows = np.concatenate(list(a.values()))
     assert sorted(allrows) == sorted(np.flatnonzero(usable))
-    assert abs(a["train"].size / usable.sum() - 0.6) < 0.1
+    # 200 groups: each lands in train with probability 0.6, so its share is within 4 binomial sd of 0.6
+    assert abs(len(sets[0]) / 200 - 0.6) < 4 * np.sqrt(0.6 * 0.4 / 200)
+
+
+def test_a_groups_split_is_its_hash_bucket_and_does_not_move_when_groups_are_added():
+    keys = np.array([f"patient-{i}" for i in range(300)], dtype=object)
+    # the bucket is an independent blake2b of "seed\0key", read as a 64-bit fraction
+    import hashlib
+
+    ref = [int.from_bytes(hashlib.blake2b(f"7\0{k}".encode(), digest_size=8).digest(), "big") / 2**64 for k in keys]
+    np.testing.assert_array_equal(split_buckets(keys, 7), ref)
+    expected = np.where(np.array(ref) < 0.7, "train", np.where(np.array(ref) < 0.85, "val", "test"))
+    small = split_rows(keys[:100], np.ones(100, bool), (0.7, 0.15, 0.15), seed=7)
+    large = split_rows(keys, np.ones(300, bool), (0.7, 0.15, 0.15), seed=7)
+    for name in ("train", "val", "test"):
+        assert set(keys[:100][small[name]]) == set(keys[large[name]]) & set(keys[:100])
+        assert set(keys[large[name]]) == set(keys[expected == name])
+
+
+def test_stores_of_one_corpus_split_alike_without_a_salt(synth_corpus, tmp_path, private_salt_file):
+    """cnn, rnn and brain stores built (no --salt) from the same DICOMs hold the same patient keys and give
+    the same splits; the store records the salt's fingerprint and never the salt."""
+    from ichprep.salt import salt_fingerprint
+
+    urls = {}
+    for preset in ("cnn", "rnn", "brain"):
+        urls[preset] = str(tmp_path / f"{preset}.zarr")
+        build(BuildConfig(source=synth_corpus["dicom_dir"], out=urls[preset], labels=synth_corpus["labels"],
+                          windows=parse_windows(preset), preset=None, workers=0, shard_slices=16))
+    assert private_salt_file.stat().st_mode & 0o777 == 0o600
+    salt = private_salt_file.read_text().strip()
+    assert len(salt) == 64
+    fingerprints = set()
+    splits = {}
+    for preset, url in urls.items():
+        s = StoreStream(url, fractions=(0.5, 0.25, 0.25), seed=3)
+        fingerprints.add(s.info.attrs["salt_fingerprint"])
+        sop = np.asarray(zarr.open_group(url, mode="r")["sop_uid"][:], dtype=object)
+        splits[preset] = {k: sorted(sop[v]) for k, v in s.splits.items()}
+        text = "".join(open(p, errors="ignore").read() for p in __import__("glob").glob(url + "/**/zarr.json",
+                                                                                      recursive=True))
+        assert salt not in text
+    assert fingerprints == {salt_fingerprint(salt)}
+    assert splits["cnn"] == splits["rnn"] == splits["brain"]
 
 
 def test_store_stream_splits_by_patient(stores):
-    s = StoreStream(stores["cnn"], fractions=(0.6, 0.2, 0.2), seed=0)
+    s = StoreStream(stores["cnn"], fractions=SPLIT_FRACTIONS, seed=stores["seed"])
     g = zarr.open_group(stores["cnn"], mode="r")
     patient = np.asarray(g["patient"][:], dtype=object)
     sides = [set(patient[s.splits[k]]) for k in ("train", "val", "test")]
@@ -79,7 +125,7 @@ def test_store_stream_splits_by_patient(stores):
 
 
 def test_unweighted_stream_equals_store_values_cnn(stores):
-    s = StoreStream(stores["cnn"], fractions=(0.6, 0.2, 0.2))
+    s = StoreStream(stores["cnn"], fractions=SPLIT_FRACTIONS, seed=stores["seed"])
     ds = s.dataset("val", batch_size=4, dtype="float16")
     spec = ds.element_spec
     assert tuple(spec[0].shape[1:]) == (512, 512, 1) and spec[0].dtype.name == "float16"
@@ -92,7 +138,7 @@ def test_unweighted_stream_equals_store_values_cnn(stores):
 
 
 def test_rnn_stream_is_a_window_sequence_and_downscales(stores):
-    s = StoreStream(stores["rnn"], fractions=(0.6, 0.2, 0.2))
+    s = StoreStream(stores["rnn"], fractions=SPLIT_FRACTIONS, seed=stores["seed"])
     x, y = next(iter(s.dataset("test", batch_size=2)))
     assert x.shape == (2, 10, 512, 512, 1) and x.dtype.name == "float32"
     g = zarr.open_group(stores["rnn"], mode="r")
@@ -105,7 +151,7 @@ def test_rnn_stream_is_a_window_sequence_and_downscales(stores):
 
 
 def test_weighted_train_stream_draws_the_plan(stores):
-    s = StoreStream(stores["cnn"], fractions=(0.6, 0.2, 0.2))
+    s = StoreStream(stores["cnn"], fractions=SPLIT_FRACTIONS, seed=stores["seed"])
     plan = s.plan("train", alpha=1.0, epoch_size=50, epoch=0)
     assert sum(len(r) for _, r in plan) == 50
     assert all((r // s.shard_slices == sh).all() for sh, r in plan)
@@ -132,7 +178,7 @@ def test_incomplete_store_refused(stores, tmp_path):
 def test_sharded_plans_partition_the_epoch(stores, split, weighted):
     """Pipelines i of n (one per training worker) together draw exactly the one-pipeline epoch, each a
     near-equal share, and none feeds a draw another one feeds."""
-    s = StoreStream(stores["cnn"], fractions=(0.6, 0.2, 0.2))
+    s = StoreStream(stores["cnn"], fractions=SPLIT_FRACTIONS, seed=stores["seed"])
 
     def rows(shard):
         plan = s.plan(split, weighted, alpha=0.5, epoch_size=53, epoch=3, shard=shard)

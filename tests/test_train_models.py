@@ -53,10 +53,10 @@ def test_confusion_rates_and_weighted_log_loss_hand_values():
     assert weighted_log_loss(y, p) == pytest.approx(expected)
 
 
-def test_fit_resume_evaluate_predict(brain_store, synth_corpus, tmp_path, capsys):
+def test_fit_resume_evaluate_predict(brain_store, brain_seed, synth_corpus, tmp_path, capsys):
     run = str(tmp_path / "run")
     args = ["fit", brain_store, "--out", run, "--model", "baseline", "--image-size", "64", "--batch-size", "8",
-            "--epoch-size", "16", "--split", "0.6,0.2,0.2", "--quiet"]
+            "--epoch-size", "16", "--split", "0.6,0.2,0.2", "--seed", str(brain_seed), "--quiet"]
     assert main(args + ["--epochs", "2"]) == 0
     for f in ("config.json", "log.csv", "model.keras", "state.json", "checkpoints/last.keras",
               "checkpoints/epoch-002.keras"):
@@ -133,3 +133,32 @@ def test_fit_that_fails_mid_epoch_exits_with_one_line(brain_store, tmp_path):
     assert "Traceback" not in proc.stderr
     assert "could not read slices" in lines[0] and "ichprep verify" in lines[0]
     assert time.monotonic() - t0 < 120
+
+
+def test_evaluate_refuses_a_store_whose_split_changed(synth_corpus, tmp_path, capsys):
+    from ichprep.cli import main as ichprep_main
+
+    store, run = str(tmp_path / "s.zarr"), str(tmp_path / "run")
+    build = ["build", synth_corpus["dicom_dir"], "--labels", synth_corpus["labels"], "--out", store, "--windows",
+             "brain", "--workers", "0", "--shard-slices", "16", "--quiet"]
+    assert ichprep_main(build + ["--salt", "first"]) == 0
+    assert main(["fit", store, "--out", run, "--image-size", "32", "--epochs", "1", "--epoch-size", "8",
+                 "--batch-size", "8", "--split", "0.4,0.3,0.3", "--quiet"]) == 0
+    recorded = json.load(open(os.path.join(run, "config.json")))["split"]
+    assert sum(recorded["slices"].values()) == 60 and set(recorded["digest"]) == {"train", "val", "test"}
+    assert main(["evaluate", run, "--split", "train"]) == 0
+    capsys.readouterr()
+
+    assert ichprep_main(build + ["--salt", "second", "--overwrite"]) == 0  # same DICOMs, other patient keys
+    assert main(["evaluate", run, "--split", "train"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "another salt" in err and err.startswith("ichtrain: error:")
+
+    labels = tmp_path / "fewer.csv"  # the same salt, but a patient's slices lose their labels
+    rows = open(synth_corpus["labels"]).read().splitlines()
+    labels.write_text("\n".join(rows[: len(rows) // 2]) + "\n")
+    build[build.index("--labels") + 1] = str(labels)
+    assert ichprep_main(build + ["--salt", "first", "--overwrite"]) == 0
+    assert main(["evaluate", run, "--split", "train"]) == 2
+    err = capsys.readouterr().err
+    assert "slices or labels are not those" in err and "slices" in err
