@@ -5,6 +5,7 @@ Contenders (each in its own process, on the same store / the same DICOMs, warm p
                 HU + min-max (cnn) or the 10 windows (rnn) -- what people do when they skip preprocessing
   zarr_loop     plain zarr indexing in a Python loop: images[i] for shuffled i, stacked into batches
   ichtrain      ichtrain.data.StoreStream(...).dataset("train"): weighted sampling, shard reads, tf.data
+  ichtrain_k1, ichtrain_k2  the same with neighbours=1 / 2 (2.5D: slices z-k .. z+k as channels; cnn only)
 Each reports slices/s and RSS at the start, middle and end of the epoch (memory must stay flat).
 
 Usage: python benchmarks/stream.py [--slices 1024] [--preset cnn|rnn|both] [--batch-size 32] [--json out.json]
@@ -13,6 +14,7 @@ Usage: python benchmarks/stream.py [--slices 1024] [--preset cnn|rnn|both] [--ba
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import json
 import os
@@ -95,15 +97,19 @@ def run_zarr_loop(store, dicom, preset, batch, n):
     return _consume(batches(), n)
 
 
-def run_ichtrain(store, dicom, preset, batch, n):
+def run_ichtrain(store, dicom, preset, batch, n, neighbours=0):
     from ichtrain.data import StoreStream
 
     s = StoreStream(store, fractions=(1.0, 0.0, 0.0))
-    ds = s.dataset("train", batch_size=batch, epoch_size=n, alpha=0.5)
+    ds = s.dataset("train", batch_size=batch, epoch_size=n, alpha=0.5, neighbours=neighbours,
+                   sequence=False if neighbours else None)
     return _consume(ds, n)
 
 
-RUNNERS = {"naive_tfdata": run_naive_tfdata, "zarr_loop": run_zarr_loop, "ichtrain": run_ichtrain}
+RUNNERS = {"naive_tfdata": run_naive_tfdata, "zarr_loop": run_zarr_loop, "ichtrain": run_ichtrain,
+           # 2.5D: each sample with k slices of its series each side as extra channels (one-slice stores)
+           "ichtrain_k1": functools.partial(run_ichtrain, neighbours=1),
+           "ichtrain_k2": functools.partial(run_ichtrain, neighbours=2)}
 
 
 def main(argv=None):
@@ -136,6 +142,8 @@ def main(argv=None):
             for f in glob.glob(os.path.join(dicom, "*.dcm")):
                 open(f, "rb").read()
             for name in RUNNERS:
+                if name.startswith("ichtrain_k") and preset != "cnn":
+                    continue
                 n = a.slices if name != "naive_tfdata" or preset == "cnn" else a.slices // 2
                 res = subprocess.run([sys.executable, os.path.abspath(__file__), "--slices", str(n), "--batch-size",
                                       str(a.batch_size), "--child", name, store, dicom, preset],

@@ -25,7 +25,7 @@ __all__ = ["EXIT_OK", "EXIT_PROBLEM", "EXIT_USAGE", "EXIT_INTERRUPTED", "EXIT_TE
            "Terminated", "run_main", "console_entry", "debug_requested"]
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
-EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM (the shell's convention)
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE, EXIT_TERMINATED = 130, 141, 143  # 128 + SIGINT, SIGPIPE, SIGTERM
 DEBUG_FLAG = "--debug"
 # Exceptions whose tracebacks hold tf.data iterators are kept alive until the process ends: freeing one
 # destroys the iterator, which can deadlock (see the module docstring). A failed command exits right after.
@@ -94,6 +94,12 @@ def run_main(prog: str, argv: list[str] | None, dispatch: Callable[[list[str]], 
         previous = None
     try:
         return dispatch(argv)
+    except BrokenPipeError:  # the reader of our output left (``| head``): stop quietly, as Unix tools do
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt as exc:
         _KEPT.append(exc)
         print(f"{prog}: interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)

@@ -13,6 +13,7 @@ __all__ = [
     "WindowSpecError",
     "SourceError",
     "StrictRejectError",
+    "MissingDependencyError",
     "StoreError",
     "StoreExistsError",
     "IncompleteStoreError",
@@ -44,6 +45,10 @@ class SourceError(UsageError, FileNotFoundError):
 
 class StrictRejectError(IchprepError):
     """``--strict``: the build finished, but some files were rejected."""
+
+
+class MissingDependencyError(IchprepError, ImportError):
+    """An optional dependency a command needs is not installed; the message names the extra to install."""
 
 
 class StoreError(IchprepError, OSError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ichprep import store as st
-from ichprep.errors import UsageError
+from ichprep.errors import MissingDependencyError, UsageError
 from ichprep.labels import TYPE_TABLE
 
 __all__ = ["preview", "stats_plot", "find_row"]
@@ -17,7 +17,11 @@ _SHORT = ("EPD", "ITP", "ITV", "SBC", "SBD", "ANY")
 
 
 def _plt():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingDependencyError("Plots need matplotlib, which is not installed here: install it with "
+                                     "pip install 'ichprep[plots]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -2,7 +2,10 @@
 
 Each study is one axial series through an ellipsoidal head: air, scalp, skull (bone), brain with
 grey/white contrast, lateral ventricles, and, in about half the studies, hemorrhages whose place and
-shape follow the subtype, at realistic contrast (blood 60-80 HU against 25-40 HU brain):
+shape follow the subtype, at realistic contrast (blood 60-80 HU against 25-40 HU brain). A lesion spans a
+run of slices, growing and shrinking along z; some of its slices are faint (4-10 HU above the tissue
+around them: most slices near the run's ends, 12% inside it) while their neighbours are clear, so a
+slice alone does not always show it and context along z matters, as in real scans:
 
 * epidural: a biconvex lens against the inner table of the skull;
 * subdural: a thin crescent along the inner table;
@@ -36,6 +39,8 @@ ENCODINGS = ("signed16", "unsigned12", "rsna12defect")
 SIZE = 512
 PIXEL_MM = 0.48828125  # 250 mm field of view / 512
 _HEMORRHAGE_HU = (60.0, 80.0)
+_FAINT_AT_ENDS, _FAINT_INSIDE = 0.6, 0.12  # chance that a lesion's slice is faint, near its run's ends / inside
+_FAINT_EXCESS_HU = (4.0, 10.0)  # a faint slice's blood above the tissue it lies in
 
 
 @dataclass(frozen=True)
@@ -154,8 +159,12 @@ def _slice_hu(plan: dict, t: float, rng: np.random.Generator) -> tuple[np.ndarra
             mask = (_ellipse(rx, ry, 9 * sz + 2, 7 * sz + 2, ang) <= 1) & brain & ~vent
         else:  # intraventricular: posterior part of a ventricle
             mask = vent & (_Y > 2) & ((_X * les["side"]) > 0)
+        # Some slices of a lesion are faint: near-isodense, a few HU above the tissue around them (partial
+        # volume at the ends of its run, clot density varying inside it) while their neighbours are clear.
+        faint = rng.random() < (_FAINT_AT_ENDS if k < 0.45 else _FAINT_INSIDE)
         if mask.sum() >= 15:
-            hu[mask] = les["hu"] + lrng.normal(0, 3, int(mask.sum())).astype(np.float32)
+            noise = lrng.normal(0, 3, int(mask.sum())).astype(np.float32)
+            hu[mask] = (hu[mask] + rng.uniform(*_FAINT_EXCESS_HU) if faint else les["hu"]) + noise
             labels[SUBTYPES.index(st)] = 1
     labels[5] = labels[:5].max()
     hu += rng.normal(0, 4, hu.shape).astype(np.float32)

@@ -1,7 +1,11 @@
-"""ichtrain: stream an ichprep store into tf.data and train the reference study's models.
+"""ichtrain: stream an ichprep store into tf.data, train the reference study's models, calibrate,
+evaluate them, and predict a submission CSV from raw DICOMs.
 
-Not implemented yet: the data pipeline (issue 6) and the models, fit, evaluate and predict (issue 7)
-are planned. Importing this package does not import TensorFlow.
+Modules: :mod:`ichtrain.data` (splits, sampling, the tf.data stream), :mod:`ichtrain.models`,
+:mod:`ichtrain.calibration`, :mod:`ichtrain.metrics`, :mod:`ichtrain.fit`, :mod:`ichtrain.evaluate`,
+:mod:`ichtrain.predict`. Importing this package does not import TensorFlow (install ``ichprep[train]``).
 """
 
-__version__ = "0.0.0"
+from ichprep import __version__  # one distribution, one version
+
+__all__ = ["__version__"]

@@ -12,6 +12,8 @@ import contextlib
 import os
 import sys
 
+from ichprep.errors import MissingDependencyError
+
 __all__ = ["import_tensorflow", "gpus"]
 
 
@@ -41,11 +43,16 @@ def import_tensorflow():
     if "tensorflow" in sys.modules and getattr(import_tensorflow, "done", False):
         return sys.modules["tensorflow"]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with _native_stderr_silenced():
-        import keras  # noqa: F401  (Keras 3 on the TensorFlow backend)
-        import tensorflow as tf
+    try:
+        with _native_stderr_silenced():
+            import keras  # noqa: F401  (Keras 3 on the TensorFlow backend)
+            import tensorflow as tf
 
-        tf.config.list_physical_devices("GPU")
+            tf.config.list_physical_devices("GPU")
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"ichtrain needs TensorFlow and Keras, which are not installed here ({exc}): install them with "
+            "pip install 'ichprep[train]'") from None
     import_tensorflow.done = True
     return tf
 

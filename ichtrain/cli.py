@@ -51,7 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--epoch-size", type=int, help="slices drawn per epoch (default: the train split's size)")
     f.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions (default 0.8,0.1,0.1)")
     f.add_argument("--split-by", default="patient", choices=("patient", "study"))
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=int, default=0, help="places patients in splits (hash buckets) and seeds sampling")
+    f.add_argument("--neighbours", type=int, default=0, metavar="K",
+                   help="2.5D context for the slice models: also feed slices z-K .. z+K of the series as channels "
+                        "(the series' end slice repeats at its ends; default 0)")
     f.add_argument("--strategy", default="default", choices=("default", "mirrored", "multi-worker"),
                    help="tf.distribute strategy. default: one device. mirrored: every local GPU (synchronous). "
                         "multi-worker: one process per machine, each started with the same arguments and its own "
@@ -112,7 +115,7 @@ def _fit(args) -> int:
     cfg = FitConfig(store=args.store, out=args.out, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                     image_size=args.image_size, l2=args.l2, learning_rate=args.lr, alpha=args.alpha,
                     epoch_size=args.epoch_size, split_by=args.split_by, fractions=_fractions(args.split),
-                    seed=args.seed, bn_momentum=args.bn_momentum, strategy=args.strategy)
+                    seed=args.seed, bn_momentum=args.bn_momentum, strategy=args.strategy, neighbours=args.neighbours)
     res = fit(cfg, verbose=0 if args.quiet else 2)
     what = "nothing to do: already trained" if res["trained"] == 0 else f"trained {res['trained']} epochs"
     print(f"{args.out}: {what} ({res['epochs_done']} done{', resumed' if res['resumed'] else ''}); "
@@ -127,13 +130,19 @@ def _evaluate(args) -> int:
     if args.json:
         print(json.dumps({k: v for k, v in res.items() if k != "plots"}, indent=2))
         return 0
-    print(f"{args.run} on {args.split} ({res['slices']} slices): weighted log loss {res['weighted_log_loss']:.4f}")
-    print(f"  {'label':<17} {'AUC':>6} {'sens':>6} {'spec':>6} {'fall-out':>8} {'miss':>6}  (at 0.5)")
+    c = res["calibration"]
+    kind = "calibrated" if res["calibrated"] else "uncalibrated: the run has no calibration.json"
+    print(f"{args.run} on {args.split} ({res['slices']} slices): weighted log loss {res['weighted_log_loss']:.4f} "
+          f"({kind}; constant prior {c['constant_prior_weighted_log_loss']:.4f}, raw model "
+          f"{c['raw_weighted_log_loss']:.4f})")
+    print(f"  {'label':<17} {'AUC':>6} {'sens':>6} {'spec':>6} {'fall-out':>8} {'miss':>6}  {'ECE':>6} "
+          f"{'mean p':>6} {'rate':>6}  (rates at 0.5)")
     for name, m in res["labels"].items():
-        a = m["at_0_5"]
+        a, cl = m["at_0_5"], c["labels"][name]
         fmt = lambda v: "   n/a" if v is None else f"{v:6.3f}"  # noqa: E731
         print(f"  {name:<17} {fmt(m['roc_auc'])} {fmt(a['sensitivity'])} {fmt(a['specificity'])} "
-              f"  {fmt(a['fall_out'])} {fmt(a['miss_rate'])}")
+              f"  {fmt(a['fall_out'])} {fmt(a['miss_rate'])}  {fmt(cl['ece'])} {fmt(cl['mean_prob'])} "
+              f"{fmt(cl['rate'])}")
     print(f"  metrics {res['json']}; plots {', '.join(res['plots'])}; report {res['report']}")
     return 0
 

@@ -34,6 +34,7 @@ __all__ = ["StoreStream", "split_rows", "split_buckets", "split_record", "type_w
 
 SPLIT_NAMES = ("train", "val", "test")
 BLOCK_MB = 64  # largest span of decoded slices one read covers
+MAX_NEIGHBOURS = 4  # 2.5D context: up to 4 slices each side (9 slices per sample)
 
 
 def split_buckets(keys, seed: int = 0) -> np.ndarray:
@@ -124,6 +125,13 @@ class StoreStream:
         self.usable = (status == 0) & labelled  # unlabelled slices never enter a split
         self.splits = split_rows(self.groups, self.usable, self.fractions, self.seed)
         self._sop_uids = g["sop_uid"]
+        # Each series is a contiguous run of rows (the store is ordered by study, series, z): its bounds
+        # per row are what neighbour reads clip to, so a sample never mixes two series.
+        series = np.asarray(g["series_uid"][:], dtype=object)
+        starts = np.flatnonzero(np.r_[True, (series[1:] != series[:-1]) | (study[1:] != study[:-1])])
+        run_of = np.cumsum(np.isin(np.arange(series.size), starts)) - 1
+        ends = np.r_[starts[1:], series.size]
+        self.series_lo, self.series_hi = starts[run_of].astype(np.int64), ends[run_of].astype(np.int64)
         with st.fast_codec_pipeline():  # the codec pipeline is bound when the array is opened: open it once
             self.images = g["images"]
         self.shard_slices = int(self.images.shards[0])
@@ -241,23 +249,38 @@ class StoreStream:
         cuts = np.flatnonzero(np.diff(key)) + 1
         return [(int(s[0]), r) for s, r in zip(np.split(shard, cuts), np.split(sorted_rows, cuts))]
 
-    def read_block(self, shard: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def neighbour_rows(self, rows: np.ndarray, neighbours: int) -> np.ndarray:
+        """(len(rows), 2k + 1) rows z-k .. z+k of each row's own series; at a series' ends the end slice
+        repeats."""
+        rows = np.asarray(rows, np.int64)
+        idx = rows[:, None] + np.arange(-neighbours, neighbours + 1)[None, :]
+        return np.clip(idx, self.series_lo[rows][:, None], self.series_hi[rows][:, None] - 1)
+
+    def read_block(self, shard: int, rows: np.ndarray, neighbours: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Images (k, H, W, C) float16 and labels (k, 6) float32 of ``rows``, all inside ``shard``: one
-        contiguous read of the shard's span."""
+        contiguous read of the shard's span (widened by ``neighbours`` slices each side, which then become
+        channels: (k, H, W, (2 neighbours + 1) C), slice z-neighbours first)."""
         lo = shard * self.shard_slices
         hi = min(lo + self.shard_slices, self.n)
         span_lo, span_hi = int(rows.min()), int(rows.max()) + 1
         if span_lo < lo or span_hi > hi:
             raise ValueError(f"rows {span_lo}..{span_hi - 1} are not all in shard {shard} [{lo}, {hi})")
-        block = np.asarray(self.images[span_lo:span_hi])
-        return block[rows - span_lo], self.labels[rows].astype(np.float32)
+        labels = self.labels[rows].astype(np.float32)
+        if not neighbours:
+            return np.asarray(self.images[span_lo:span_hi])[rows - span_lo], labels
+        idx = self.neighbour_rows(rows, neighbours)
+        span_lo, span_hi = int(idx.min()), int(idx.max()) + 1
+        block = np.asarray(self.images[span_lo:span_hi])[idx - span_lo]  # (k, 2n + 1, H, W, C)
+        k, m, h, w, c = block.shape
+        return np.ascontiguousarray(np.moveaxis(block, 1, 3)).reshape(k, h, w, m * c), labels
 
     # -- tf.data ---------------------------------------------------------------------------------
     def dataset(self, split: str = "train", batch_size: int = 32, weighted: bool | None = None, alpha: float = 0.5,
                 epoch_size: int | None = None, epochs: int = 1, image_size: int | None = None,
                 dtype: str = "float32", sequence: bool | None = None, shuffle_mb: float = 256.0,
                 parallel_reads: int = 2, drop_remainder: bool = False, first_epoch: int = 0,
-                rows: np.ndarray | None = None, shard: tuple[int, int] = (0, 1), repeat: bool = False):
+                rows: np.ndarray | None = None, shard: tuple[int, int] = (0, 1), repeat: bool = False,
+                neighbours: int = 0):
         """A ``tf.data.Dataset`` of (images, labels float32 (6,)) batches with static shapes.
 
         images: (H, W, C) for one-channel stores; (C, H, W, 1) -- the window sequence, Table 2.1 order --
@@ -268,6 +291,9 @@ class StoreStream:
         ``shard=(i, n)``: this pipeline's part of every epoch (see :meth:`plan`); one per training worker.
         ``repeat``: cycle forever (validation under a multi-worker strategy, where every worker must run the
         same number of steps; the caller sets them).
+        ``neighbours=k`` (2.5D): each sample also carries the slices z-k .. z+k of its own series as channels,
+        (H, W, (2k + 1) C) with slice z-k first; at a series' ends the end slice repeats (one-slice models
+        only: not with ``sequence``).
         Memory: the shuffle buffer holds ``shuffle_mb`` MiB of float16 slices (at least 16 slices), plus
         ``parallel_reads`` shards being read; conversion to ``dtype`` happens per batch, after shuffling.
         """
@@ -280,8 +306,13 @@ class StoreStream:
             raise UsageError(f"Expected batch_size >= 1. Received: batch_size={batch_size}")
         full = int(self.info.attrs["image_size"])
         size = image_size or full
-        C = self.channels
-        sequence = (C > 1) if sequence is None else sequence
+        sequence = (self.channels > 1) if sequence is None else sequence
+        if not isinstance(neighbours, int) or not 0 <= neighbours <= MAX_NEIGHBOURS:
+            raise UsageError(f"Expected neighbours an integer in [0, {MAX_NEIGHBOURS}]. Received: neighbours={neighbours!r}")
+        if neighbours and sequence:
+            raise UsageError("Neighbour slices become extra channels of a one-slice model; a window sequence (rnn) "
+                             f"cannot take them. Received: neighbours={neighbours} with a sequence stream")
+        C = self.channels * (2 * neighbours + 1)
         blocks = []
         if rows is not None:
             weighted = False
@@ -301,7 +332,7 @@ class StoreStream:
             i = int(i)
             rows_i = flat_rows[offsets[i]:offsets[i + 1]]
             try:
-                return self.read_block(int(starts[i]), rows_i)
+                return self.read_block(int(starts[i]), rows_i, neighbours)
             except Exception as exc:
                 if self.read_failure is None:
                     self.read_failure = StoreError(

@@ -9,8 +9,9 @@ import numpy as np
 
 from ichprep.errors import UsageError
 from ichprep.labels import SUBTYPES
-from ichtrain.fit import load_run
-from ichtrain.metrics import summarise
+from ichtrain.fit import input_options, load_run
+from ichtrain.calibration import Calibration, constant_prior, expected_calibration_error, reliability
+from ichtrain.metrics import summarise, weighted_log_loss
 
 __all__ = ["evaluate", "predict_rows"]
 
@@ -24,9 +25,10 @@ def _load(run_dir):
     return cfg, keras.models.load_model(model_path)
 
 
-def predict_rows(model, stream, image_size: int, batch_size: int = 32, split: str | None = None, rows=None):
-    """(y_true (n, 6) float32, y_prob (n, 6) float32, rows) for a split or explicit rows, in row order."""
-    ds = stream.dataset(split or "test", batch_size=batch_size, weighted=False, image_size=image_size, rows=rows)
+def predict_rows(model, stream, batch_size: int = 32, split: str | None = None, rows=None, **inputs):
+    """(y_true (n, 6) float32, y_prob (n, 6) float32) for a split or explicit rows, in row order;
+    ``inputs``: how the model reads the store (``ichtrain.fit.input_options``)."""
+    ds = stream.dataset(split or "test", batch_size=batch_size, weighted=False, rows=rows, **inputs)
     ys, ps = [], []
     with stream.guard():
         for x, y in ds:
@@ -45,22 +47,40 @@ def evaluate(run_dir: str, split: str = "val", batch_size: int = 32) -> dict:
     stream.check_split(cfg.get("split"), f"the run {run_dir!r}")
     if stream.splits[split].size == 0:
         raise UsageError(stream.empty_split_reason(split) + "; nothing to evaluate")
-    y, p = predict_rows(model, stream, cfg["image_size"], batch_size, split=split)
+    y, p_raw = predict_rows(model, stream, batch_size, split=split, **input_options(cfg))
+    cal = Calibration.load(run_dir)
+    p = cal.apply(p_raw) if cal is not None else p_raw
     result = summarise(y, p, THRESHOLDS)
-    result.update(split=split, model=cfg["model"], store=cfg["store"])
+    result.update(split=split, model=cfg["model"], store=cfg["store"], calibrated=cal is not None)
+    result["calibration"] = calibration_summary(y, p, p_raw, cal, stream)
     out_json = os.path.join(run_dir, f"eval-{split}.json")
     with open(out_json, "w") as fh:
         json.dump(result, fh, indent=2)
     result["plots"] = _plots(result, run_dir, split)
     result["json"] = out_json
     rows = stream.splits[split]
-    np.savez_compressed(os.path.join(run_dir, f"predictions-{split}.npz"), y_true=y, y_prob=p, rows=rows)
+    np.savez_compressed(os.path.join(run_dir, f"predictions-{split}.npz"), y_true=y, y_prob=p, y_prob_raw=p_raw,
+                        rows=rows)
     from ichtrain.report import write_report
 
     names = stream.window_names
     channel = names.index("brain") if "brain" in names else 0  # thumbnails in the most readable window
     result["report"] = write_report(run_dir, result, stream.images, rows, y, p, channel)
     return result
+
+
+def calibration_summary(y, p, p_raw, cal, stream) -> dict:
+    """The calibrated, raw and constant-prior weighted log losses, and ECE and reliability per label."""
+    prior = cal.natural_prior if cal is not None else stream.labels[stream.splits["train"]].mean(0)
+    out = dict(weighted_log_loss=weighted_log_loss(y, p), raw_weighted_log_loss=weighted_log_loss(y, p_raw),
+               constant_prior_weighted_log_loss=weighted_log_loss(y, constant_prior(prior, len(y))),
+               train_prior=[float(v) for v in prior], labels={})
+    for j, name in enumerate(SUBTYPES):
+        out["labels"][name] = dict(ece=expected_calibration_error(y[:, j], p[:, j]),
+                                   raw_ece=expected_calibration_error(y[:, j], p_raw[:, j]),
+                                   mean_prob=float(p[:, j].mean()), rate=float(y[:, j].mean()),
+                                   reliability=reliability(y[:, j], p[:, j]))
+    return out
 
 
 def _plots(result: dict, run_dir: str, split: str) -> list[str]:
@@ -94,4 +114,37 @@ def _plots(result: dict, run_dir: str, split: str) -> list[str]:
         fig.savefig(path, dpi=80)
         plt.close(fig)
         paths.append(path)
+    paths.append(_reliability_plot(result, run_dir, split, plt))
     return paths
+
+
+def _reliability_plot(result: dict, run_dir: str, split: str, plt) -> str:
+    """Observed rate against mean prediction per probability bin, one panel per label."""
+    c = result["calibration"]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7.5), sharex=True, sharey=True)
+    for ax, name in zip(axes.ravel(), SUBTYPES):
+        lab = c["labels"][name]
+        r = lab["reliability"]
+        pts = [(m, v, n) for m, v, n in zip(r["mean_prob"], r["rate"], r["count"]) if n]
+        ax.plot([0, 1], [0, 1], ":", color="gray", label="perfect")
+        if pts:
+            m, v, n = map(np.array, zip(*pts))
+            ax.plot(m, v, "-", color="C0")
+            ax.scatter(m, v, s=12 + 120 * n / n.max(), color="C0", label="bins (size: slices)")
+        ax.set_title(f"{name} (ECE {lab['ece']:.3f})")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("mean predicted probability")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("observed rate")
+    axes[0, 0].legend(loc="upper left")
+    kind = "calibrated" if result.get("calibrated") else "uncalibrated"
+    fig.suptitle(f"Reliability on the {split} set ({result['slices']} slices, {result['model']}, {kind}); weighted "
+                 f"log loss {c['weighted_log_loss']:.4f}, constant prior {c['constant_prior_weighted_log_loss']:.4f}")
+    fig.tight_layout()
+    path = os.path.join(run_dir, "plots", f"{split}-reliability.png")
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

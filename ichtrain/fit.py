@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from ichprep.errors import UsageError
+from ichtrain.calibration import Calibration, fit_calibration
 
 __all__ = ["FitConfig", "fit", "load_run", "worker_role", "STRATEGIES"]
 
@@ -65,6 +69,7 @@ class FitConfig:
     seed: int = 0
     bn_momentum: float = 0.99  # the report's CNNs only
     strategy: str = "default"  # tf.distribute: default (one device), mirrored (local GPUs), multi-worker
+    neighbours: int = 0  # 2.5D: slices z-k .. z+k of the series as extra channels (slice models)
 
     def __post_init__(self) -> None:
         from ichtrain.models import MODELS
@@ -84,6 +89,11 @@ class FitConfig:
             raise UsageError(f"Expected --bn-momentum in [0, 1). Received: bn_momentum={self.bn_momentum}")
         if not self.learning_rate > 0 or self.l2 < 0:
             raise UsageError(f"Expected --lr > 0 and --l2 >= 0. Received: lr={self.learning_rate}, l2={self.l2}")
+        if not isinstance(self.neighbours, int) or not 0 <= self.neighbours <= 4:
+            raise UsageError(f"Expected --neighbours an integer in [0, 4]. Received: neighbours={self.neighbours!r}")
+        if self.neighbours and self.model == "rnn":
+            raise UsageError("--neighbours adds slices as channels of a one-slice model; --model rnn reads a "
+                             "window sequence. Use it with baseline or cnn.")
         object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
 
     def resolved_image_size(self, store_size: int = 512) -> int:
@@ -115,6 +125,33 @@ def load_run(run_dir: str) -> tuple[dict, str]:
         if os.path.isfile(p):
             return cfg, p
     raise UsageError(f"Run {run_dir!r} has no model yet (no model.keras or checkpoint): rerun 'ichtrain fit'.")
+
+
+def input_options(run: dict) -> dict:
+    """How a run's model reads a store (``StoreStream.dataset`` keywords), from its config."""
+    return dict(image_size=run["image_size"], neighbours=int(run.get("neighbours", 0)),
+                sequence=run["model"] == "rnn")
+
+
+def calibrate(run_dir: str, stream, model, inputs: dict, alpha: float, batch_size: int = 64) -> Calibration:
+    """Fit and save the run's calibration (:mod:`ichtrain.calibration`): the prior shift of the train
+    split's sampling weights, then Platt scaling per label on the model's val predictions."""
+    from ichtrain.data import type_weights
+    from ichtrain.evaluate import predict_rows
+
+    train = stream.splits["train"]
+    weight = type_weights(stream.types[train], alpha)
+    sample_weights = np.array([weight[int(t)] for t in stream.types[train]])
+    val_y = val_p = None
+    if stream.splits["val"].size:
+        val_y, val_p = predict_rows(model, stream, batch_size, split="val", **inputs)
+    else:
+        print("ichtrain: warning: the val split is empty, so probabilities are corrected for the sampling "
+              "weights only (no Platt scaling)", file=sys.stderr)
+    cal = fit_calibration(stream.labels[train], sample_weights, val_y, val_p,
+                          val_groups=stream.groups[stream.splits["val"]])
+    cal.save(run_dir)
+    return cal
 
 
 def _make_strategy(name: str):
@@ -218,12 +255,16 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
     if tf.config.list_physical_devices("GPU"):
         keras.mixed_precision.set_global_policy("mixed_float16")
     if first_epoch >= cfg.epochs:
+        if role.chief and Calibration.load(cfg.out) is None:  # trained, but stopped before calibrating
+            calibrate(cfg.out, stream, keras.models.load_model(load_run(cfg.out)[1]), input_options(record),
+                      cfg.alpha)
         return dict(epochs_done=first_epoch, resumed=True, trained=0)
     with strategy.scope():
         if first_epoch > 0:
             model = keras.models.load_model(last)
         else:
-            model = compile_model(build_model(cfg.model, size, stream.channels if cfg.model != "rnn" else 1,
+            in_channels = 1 if cfg.model == "rnn" else stream.channels * (2 * cfg.neighbours + 1)
+            model = compile_model(build_model(cfg.model, size, in_channels,
                                               cfg.l2, windows=stream.channels, bn_momentum=cfg.bn_momentum,
                                               sync_bn=distributed),
                                   cfg.learning_rate)
@@ -232,11 +273,12 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
     epoch_size = cfg.epoch_size or int(stream.splits["train"].size)
     steps = max(1, epoch_size // cfg.batch_size)
     val_size = int(stream.splits["val"].size)
-    common = dict(image_size=size, drop_remainder=True)
+    inputs = input_options(record)
+    common = dict(inputs, drop_remainder=True)
     if not distributed:
         train = stream.dataset("train", batch_size=cfg.batch_size, alpha=cfg.alpha, epoch_size=epoch_size,
                                epochs=cfg.epochs, first_epoch=first_epoch, **common)
-        val = stream.dataset("val", batch_size=cfg.batch_size, image_size=size) if val_size else None
+        val = stream.dataset("val", batch_size=cfg.batch_size, **inputs) if val_size else None
         val_steps = None
     else:
         def train_fn(ctx):  # one input pipeline per worker, batched per replica
@@ -275,6 +317,7 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
                             shuffle=False)
     if role.chief:
         model.save(os.path.join(cfg.out, "model.keras"))
+        calibrate(cfg.out, stream, model, input_options(record), cfg.alpha)
     else:  # the replica's weights: equal to the chief's after synchronous training (the test checks it)
         os.makedirs(os.path.join(cfg.out, f"worker-{role.task_id}"), exist_ok=True)
         model.save(os.path.join(cfg.out, f"worker-{role.task_id}", "model.keras"))

@@ -12,7 +12,8 @@ import numpy as np
 from ichprep.build import BuildConfig, build
 from ichprep.labels import SUBTYPES
 from ichprep.windows import windows_from_list
-from ichtrain.fit import load_run
+from ichtrain.calibration import Calibration
+from ichtrain.fit import input_options, load_run
 
 __all__ = ["predict"]
 
@@ -26,6 +27,10 @@ def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_
 
     cfg, model_path = load_run(run_dir)
     model = keras.models.load_model(model_path)
+    calibration = Calibration.load(run_dir)
+    if calibration is None:
+        print(f"ichtrain: warning: {run_dir} has no calibration.json; writing the model's raw probabilities "
+              "(rerun 'ichtrain fit' with the same arguments to calibrate it)", file=stream_err)
     with tempfile.TemporaryDirectory(prefix="ichtrain-predict-") as tmp:
         store = os.path.join(tmp, "predict.zarr")
         # The training store's windows and size policy: the same preprocessing, by the same code.
@@ -38,7 +43,9 @@ def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_
         g = zarr.open_group(store, mode="r")
         ok = np.flatnonzero(np.asarray(g["status"][:]) == 0)
         sops = np.asarray(g["sop_uid"][:], dtype=object)
-        _, probs = predict_rows(model, stream, cfg["image_size"], batch_size, rows=ok)
+        _, probs = predict_rows(model, stream, batch_size, rows=ok, **input_options(cfg))
+        if calibration is not None:
+            probs = calibration.apply(probs)
         rejects = g.attrs["ichprep"].get("rejects", [])
     os.makedirs(os.path.dirname(os.path.abspath(out_csv)), exist_ok=True)
     with open(out_csv, "w") as fh:

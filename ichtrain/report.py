@@ -72,17 +72,22 @@ def write_report(run_dir: str, result: dict, images, rows: np.ndarray, y_true: n
              "h2{margin-top:32px}</style></head><body>",
              f"<h1>{esc(result['model'])} on the {esc(result['split'])} split</h1>",
              f"<p>{result['slices']} slices from {esc(str(result['store']))}; weighted log loss "
-             f"<b>{result['weighted_log_loss']:.4f}</b> (challenge metric, <i>any</i> weighted 2).</p>",
+             f"<b>{result['weighted_log_loss']:.4f}</b> (challenge metric, <i>any</i> weighted 2; "
+             f"{'calibrated' if result.get('calibrated') else 'uncalibrated'}). A constant predictor of the train "
+             f"split's label rates scores {result['calibration']['constant_prior_weighted_log_loss']:.4f}; the "
+             f"model's raw outputs {result['calibration']['raw_weighted_log_loss']:.4f}.</p>",
              "<h2>Metrics at threshold 0.5</h2><table><tr><th>label</th><th>positives</th><th>ROC-AUC</th>"
-             "<th>sensitivity</th><th>specificity</th><th>fall-out</th><th>miss rate</th></tr>"]
+             "<th>sensitivity</th><th>specificity</th><th>fall-out</th><th>miss rate</th><th>ECE</th>"
+             "<th>mean prob</th><th>rate</th></tr>"]
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     for name in SUBTYPES:
-        m = result["labels"][name]
+        m, c = result["labels"][name], result["calibration"]["labels"][name]
         a = m["at_0_5"]
         parts.append(f"<tr><th>{name}</th><td>{m['positives']}</td><td>{fmt(m['roc_auc'])}</td>"
                      f"<td>{fmt(a['sensitivity'])}</td><td>{fmt(a['specificity'])}</td><td>{fmt(a['fall_out'])}</td>"
-                     f"<td>{fmt(a['miss_rate'])}</td></tr>")
-    parts.append("</table><h2>Across thresholds (report figures 5.1-5.4)</h2>")
+                     f"<td>{fmt(a['miss_rate'])}</td><td>{fmt(c['ece'])}</td><td>{fmt(c['mean_prob'])}</td>"
+                     f"<td>{fmt(c['rate'])}</td></tr>")
+    parts.append("</table><h2>Across thresholds (report figures 5.1-5.4) and reliability</h2>")
     for p in result.get("plots", []):
         with open(p, "rb") as fh:
             parts.append(f"<p><img alt='{esc(os.path.basename(p))}' style='max-width:100%' "

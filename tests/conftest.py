@@ -8,9 +8,9 @@ from pydicom.pixels import apply_modality_lut
 
 from ichprep.synth import SynthConfig, write_corpus
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-REAL_SERIES = SHARED / "data" / "rsna-test-series"
-REPORT = SHARED / "seed" / "000_5be432b6901edb1a.txt"
+DATA = Path(__file__).resolve().parent / "data"  # vendored: see tests/data/README.md
+REAL_SERIES_GZ = DATA / "rsna-test-series"
+REPORT = DATA / "report-table-3.1.txt"
 
 # CT images shipped with pydicom's test data (pydicom-data), with their transfer syntaxes.
 PYDICOM_CT = [
@@ -95,10 +95,17 @@ def brain_store(synth_corpus, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def real_series():
-    if not REAL_SERIES.is_dir():
-        raise FileNotFoundError(f"real test series missing at {REAL_SERIES}")
-    return str(REAL_SERIES)
+def real_series(tmp_path_factory):
+    """The 32 vendored real RSNA slices, decompressed into a session folder of .dcm files."""
+    import gzip
+
+    files = sorted(REAL_SERIES_GZ.glob("*.dcm.gz"))
+    if len(files) != 32:
+        raise FileNotFoundError(f"expected the 32 real test slices in {REAL_SERIES_GZ}, found {len(files)}")
+    out = tmp_path_factory.mktemp("rsna-test-series")
+    for f in files:
+        (out / f.name[:-3]).write_bytes(gzip.decompress(f.read_bytes()))
+    return str(out)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -120,3 +120,28 @@ def test_salt_resolution_order_and_the_private_file(tmp_path, monkeypatch):
     path.write_text("")
     with pytest.raises(UsageError, match="is empty"):
         resolve_salt(None)
+
+
+def test_ichprep_runs_without_tensorflow_or_matplotlib(tmp_path, synth_corpus):
+    """The preprocessing side needs neither (a lean install); a command that does says which extra to add."""
+    import subprocess
+    import sys
+
+    blocker = ("import sys; [sys.modules.__setitem__(m, None) for m in ('tensorflow', 'keras', 'matplotlib')]; "
+               "from {mod} import main; sys.exit(main(sys.argv[1:]))")
+    store = str(tmp_path / "s.zarr")
+
+    def run(mod, *argv):
+        return subprocess.run([sys.executable, "-c", blocker.format(mod=mod), *argv], capture_output=True,
+                              text=True, timeout=300)
+
+    p = run("ichprep.cli", "build", synth_corpus["dicom_dir"], "--labels", synth_corpus["labels"], "--out", store,
+            "--preset", "cnn", "--workers", "2", "--quiet")
+    assert p.returncode == 0, p.stderr
+    for argv in (["info", store], ["verify", store, "--quiet"], ["stats", store]):
+        p = run("ichprep.cli", *argv)
+        assert p.returncode == 0, (argv, p.stderr)
+    p = run("ichprep.cli", "stats", store, "--plot", str(tmp_path / "s.png"))
+    assert p.returncode == 1 and p.stderr.strip().count("\n") == 0 and "ichprep[plots]" in p.stderr
+    p = run("ichtrain.cli", "fit", store, "--out", str(tmp_path / "run"))
+    assert p.returncode == 1 and "ichprep[train]" in p.stderr and "Traceback" not in p.stderr, p.stderr

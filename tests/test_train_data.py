@@ -192,3 +192,42 @@ def test_sharded_plans_partition_the_epoch(stores, split, weighted):
         assert max(p.size for p in parts) - min(p.size for p in parts) <= 1
     with pytest.raises(UsageError, match="shard"):
         s.plan(split, weighted, shard=(2, 2))
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_neighbour_slices_are_the_series_own_clipped_at_its_ends(stores, k):
+    s = StoreStream(stores["cnn"], fractions=SPLIT_FRACTIONS, seed=stores["seed"])
+    g = zarr.open_group(stores["cnn"], mode="r")
+    images = g["images"][:]
+    series = np.asarray(g["series_uid"][:], dtype=object)
+    rows = s.splits["val"]
+    x = np.concatenate([b.numpy() for b, _ in s.dataset("val", batch_size=4, dtype="float16", neighbours=k)])
+    assert x.shape == (rows.size, 512, 512, 2 * k + 1)
+    for i, r in enumerate(rows):
+        same = np.flatnonzero(series == series[r])  # a plain reference: this series' rows, in z order
+        for j, d in enumerate(range(-k, k + 1)):
+            want = same[np.clip(np.searchsorted(same, r) + d, 0, same.size - 1)]
+            np.testing.assert_array_equal(x[i, :, :, j], images[want, :, :, 0], err_msg=f"row {r} offset {d}")
+    with pytest.raises(UsageError, match="window sequence"):
+        StoreStream(stores["rnn"], fractions=SPLIT_FRACTIONS).dataset("val", neighbours=1)
+
+
+def test_a_slice_model_trains_on_a_many_window_store_with_neighbours(stores, tmp_path, capsys):
+    """baseline on the 10-window store: its windows (times three neighbour slices) are the channels."""
+    import json
+
+    from ichtrain.cli import main
+
+    run = tmp_path / "run"
+    assert main(["fit", stores["rnn"], "--out", str(run), "--model", "baseline", "--image-size", "32",
+                 "--epochs", "1", "--epoch-size", "16", "--batch-size", "8", "--neighbours", "1", "--split",
+                 "0.6,0.2,0.2", "--seed", str(stores["seed"]), "--quiet"]) == 0
+    assert json.loads((run / "config.json").read_text())["neighbours"] == 1
+    import keras
+
+    assert keras.models.load_model(run / "model.keras").input_shape == (None, 32, 32, 30)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--split", "test", "--json"]) == 0
+    test_rows = StoreStream(stores["rnn"], fractions=SPLIT_FRACTIONS, seed=stores["seed"]).splits["test"]
+    assert json.loads(capsys.readouterr().out)["slices"] == test_rows.size
+    assert main(["fit", stores["rnn"], "--out", str(tmp_path / "r2"), "--model", "rnn", "--neighbours", "1"]) == 2

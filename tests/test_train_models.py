@@ -74,6 +74,23 @@ def test_fit_resume_evaluate_predict(brain_store, brain_seed, synth_corpus, tmp_
     assert res["slices"] > 0 and set(res["labels"]) == {"epidural", "intraparenchymal", "intraventricular",
                                                        "subarachnoid", "subdural", "any"}
     assert res["weighted_log_loss"] > 0 and len(res["thresholds"]) == 21
+    c = res["calibration"]
+    assert res["calibrated"] and c["weighted_log_loss"] == res["weighted_log_loss"]
+    assert c["constant_prior_weighted_log_loss"] > 0 and set(c["labels"]["any"]) >= {"ece", "reliability"}
+    cal = json.load(open(os.path.join(run, "calibration.json")))
+    saved = np.load(os.path.join(run, "predictions-val.npz"))
+    z = np.log(np.clip(saved["y_prob_raw"], 1e-7, 1 - 1e-7)) - np.log1p(-np.clip(saved["y_prob_raw"], 1e-7, 1 - 1e-7))
+    expected = 1 / (1 + np.exp(-(np.array(cal["scale"]) * (z + np.array(cal["offset"])) + np.array(cal["shift"]))))
+    np.testing.assert_allclose(saved["y_prob"], expected, rtol=1e-5, atol=1e-7)
+    # the natural prior is the train split's label rate (smoothed by half a slice)
+    import zarr
+
+    from ichtrain.data import StoreStream
+
+    g = zarr.open_group(brain_store, mode="r")
+    train = StoreStream(brain_store, fractions=(0.6, 0.2, 0.2), seed=brain_seed).splits["train"]
+    labels = np.asarray(g["labels"][:], np.float64)[train]
+    np.testing.assert_allclose(cal["natural_prior"], (labels.sum(0) + 0.5) / (len(train) + 1), rtol=1e-9)
     for name in ("val-sensitivity-fallout.png", "val-specificity-missrate.png"):
         png = open(os.path.join(run, "plots", name), "rb").read()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
@@ -90,6 +107,11 @@ def test_fit_resume_evaluate_predict(brain_store, brain_seed, synth_corpus, tmp_
     ids = {r["ID"].rsplit("_", 1)[0] for r in rows}
     assert ids == {f[:-4] for f in os.listdir(synth_corpus["dicom_dir"])}
     assert all(0.0 <= float(r["Label"]) <= 1.0 for r in rows)
+    # predict writes the calibrated probabilities: for the val slices, those evaluate saved
+    by_id = {r["ID"]: float(r["Label"]) for r in rows}
+    sop = np.asarray(g["sop_uid"][:], dtype=object)
+    for k, row in enumerate(saved["rows"][:8]):
+        assert by_id[f"{sop[row]}_any"] == pytest.approx(float(saved["y_prob"][k, 5]), abs=2e-6)
     assert [r["ID"].rsplit("_", 1)[1] for r in rows[:6]] == ["epidural", "intraparenchymal", "intraventricular",
                                                             "subarachnoid", "subdural", "any"]
 
