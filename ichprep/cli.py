@@ -136,7 +136,8 @@ def console_main() -> None:
 
 
 def _cmd_build(args) -> int:
-    from ichprep.build import BuildConfig, build, warm_up_kernels
+    from ichprep.build import BuildConfig, build
+    from ichprep.executor import warm_up_kernels
     from ichprep.windows import parse_windows
 
     spec = args.windows or args.preset or "cnn"

@@ -20,6 +20,8 @@ import sys
 import numpy as np
 from numba import njit
 
+from ichprep.pixels import RSNA_FIX_MODULUS, RSNA_FIX_OFFSET  # numba freezes globals as constants
+
 __all__ = [
     "without_blas_probe",
     "float32_to_float16",
@@ -27,8 +29,6 @@ __all__ = [
     "channel_params",
     "RSNA_FIX_OFFSET",
 ]
-
-RSNA_FIX_OFFSET = 1000  # the 12-bit fix: x = raw + 1000; x[x >= 4096] -= 4096; intercept = -1000
 
 
 @contextlib.contextmanager
@@ -111,8 +111,8 @@ def _pixel_hu(value, fix12, slope, intercept):
     r = np.float32(value)
     if fix12:
         r += np.float32(RSNA_FIX_OFFSET)
-        if r >= np.float32(4096.0):
-            r -= np.float32(4096.0)
+        if r >= np.float32(RSNA_FIX_MODULUS):
+            r -= np.float32(RSNA_FIX_MODULUS)
     return r * slope + intercept
 
 
@@ -136,13 +136,13 @@ def _window_slice_kernel(raw, slope, intercept, fix12, params, is_full, out_bits
     # Pass 1: range of the (fixed) raw values, mapped to HU. In the raw dtype, so LLVM vectorises
     # the min/max reduction (a float64 conversion per pixel here cost as much as pass 2 for one channel).
     if fix12:  # 12-bit values: the fixed range lies in [0, 4095]
-        rmin = np.int64(4095)
+        rmin = np.int64(RSNA_FIX_MODULUS - 1)
         rmax = np.int64(0)
         for y in range(H):
             for x in range(W):
                 r = np.int64(raw[y, x]) + RSNA_FIX_OFFSET
-                if r >= 4096:
-                    r -= 4096
+                if r >= RSNA_FIX_MODULUS:
+                    r -= RSNA_FIX_MODULUS
                 rmin = min(rmin, r)
                 rmax = max(rmax, r)
     else:

@@ -25,7 +25,6 @@ RescaleIntercept/Slope       (0028,1052/1053)  required (PS3.3 C.11.1.1.2 modali
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import struct
 import warnings
@@ -39,9 +38,11 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 from pydicom.valuerep import VALIDATORS
 
-from ichprep.errors import RejectError
+from ichprep.errors import RejectError, SourceError
+from ichprep.pixels import IMAGE_SIZE, RSNA_FIX_OFFSET, first_value as _first, is_rsna_12bit_defect
 
-__all__ = ["SliceHeader", "read_header", "hash_patient", "MAX_DIMENSION", "UNCOMPRESSED_LE"]
+__all__ = ["SliceHeader", "read_header", "hash_patient", "list_source", "scan_batch", "MAX_DIMENSION", "UNCOMPRESSED_LE",
+           "is_rsna_12bit_defect"]
 
 MAX_DIMENSION = 4096  # refuse larger Rows/Columns before allocating anything
 MIN_DIMENSION = 16
@@ -74,7 +75,7 @@ class SliceHeader:
 
     @property
     def effective_intercept(self) -> float:
-        return -1000.0 if self.fix12 else self.intercept
+        return -float(RSNA_FIX_OFFSET) if self.fix12 else self.intercept
 
 
 def hash_patient(patient_id: str, salt: str) -> str:
@@ -83,26 +84,6 @@ def hash_patient(patient_id: str, salt: str) -> str:
         return ""
     h = hashlib.blake2b(patient_id.encode("utf-8"), digest_size=8, key=salt.encode("utf-8")[:64])
     return h.hexdigest()
-
-
-def _first(value) -> float | None:
-    """First value of a possibly multi-valued DS/IS element, as float (None if absent or not finite)."""
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        if len(value) == 0:
-            return None
-        value = value[0]
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
-def is_rsna_12bit_defect(bits_stored: int, pixel_representation: int, intercept: float) -> bool:
-    """The RSNA defect (DESIGN.md): BitsStored 12, PixelRepresentation 0, RescaleIntercept > -100."""
-    return bits_stored == 12 and pixel_representation == 0 and intercept > -100
 
 
 def read_header(path: str, salt: str, warning_counts: Counter | None = None) -> SliceHeader:
@@ -370,3 +351,35 @@ def _slice_header(path: str, salt: str, v: dict, tsyntax: UID, pixel_offset: int
 
 def _is_multi(value) -> bool:
     return value is not None and not isinstance(value, (str, bytes, int, float)) and hasattr(value, "__len__") and len(value) > 1
+
+
+def list_source(source: str) -> list[str]:
+    """Every regular, non-hidden file under ``source`` (recursively), sorted."""
+    if not os.path.isdir(source):
+        raise SourceError(f"DICOM folder not found: {source!r}. Pass an existing folder of .dcm files.")
+    paths = []
+    for dirpath, dirnames, files in os.walk(source):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        paths.extend(os.path.join(dirpath, f) for f in files if not f.startswith("."))
+    if not paths:
+        raise SourceError(f"DICOM folder {source!r} is empty: nothing to build.")
+    return sorted(paths)
+
+
+def scan_batch(paths: list[str], salt: str, needs_default: bool, on_size: str):
+    headers: list[SliceHeader] = []
+    rejects: list[tuple[str, str, str]] = []
+    warns: Counter = Counter()
+    for p in paths:
+        try:
+            h = read_header(p, salt, warns)
+            if needs_default and (h.window_center is None or not (h.window_width or 0) > 0):
+                raise RejectError("no_window", "WindowCenter/WindowWidth (0028,1050/1051) missing or invalid, "
+                                               "and the windows include 'default'")
+            if on_size == "reject" and (h.rows, h.columns) != (IMAGE_SIZE, IMAGE_SIZE):
+                raise RejectError("bad_size", f"{h.rows} x {h.columns} is not {IMAGE_SIZE} x {IMAGE_SIZE} "
+                                              "(--on-size reject)")
+            headers.append(h)
+        except RejectError as exc:
+            rejects.append((p, exc.reason, exc.message))
+    return headers, rejects, warns

@@ -35,6 +35,7 @@ import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from ichprep.errors import IncompleteStoreError, SchemaError, StoreError, UsageError
+from ichprep.pixels import IMAGE_SIZE  # the schema's slice size, defined with the pixel code
 from ichprep.windows import Window, windows_from_list
 
 __all__ = [
@@ -53,7 +54,6 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-IMAGE_SIZE = 512
 ATTRS_KEY = "ichprep"
 META_ARRAYS = ("sop_uid", "study_uid", "series_uid", "patient", "position_z", "labels", "type")
 SHARD_ARRAYS = ("hu_min", "hu_max", "status")

@@ -43,17 +43,15 @@ def reference_slice(path: str, windows: tuple[Window, ...], on_size: str = "resi
     import pydicom
     from pydicom.pixels import apply_modality_lut
 
-    from ichprep.build import fit_size
-    from ichprep.scan import _first, is_rsna_12bit_defect
+    from ichprep.pixels import RSNA_FIX_OFFSET, first_value, fit_size, fix_rsna_12bit, is_rsna_12bit_defect
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = pydicom.dcmread(path)
         arr = ds.pixel_array
         if is_rsna_12bit_defect(int(ds.BitsStored), int(ds.PixelRepresentation), float(ds.RescaleIntercept)):
-            arr = arr.astype(np.int64) + 1000
-            arr[arr >= 4096] -= 4096
-            ds.RescaleIntercept = -1000
+            arr = fix_rsna_12bit(arr)
+            ds.RescaleIntercept = -RSNA_FIX_OFFSET
         hu = apply_modality_lut(arr, ds).astype(np.float64)
     hu = fit_size(hu.astype(np.float32), on_size, size).astype(np.float64) if hu.shape != (size, size) else hu
     out = []
@@ -61,7 +59,7 @@ def reference_slice(path: str, windows: tuple[Window, ...], on_size: str = "resi
         if w.kind == "full":
             lo, hi = hu.min(), hu.max()
         elif w.kind == "default":
-            c, wd = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+            c, wd = first_value(ds.get("WindowCenter")), first_value(ds.get("WindowWidth"))
             lo, hi = c - wd / 2, c + wd / 2
         else:
             lo, hi = w.center - w.width / 2, w.center + w.width / 2
@@ -73,9 +71,8 @@ def _find_sources(source: str, sops: list[str]) -> dict[str, str]:
     """SOP -> file. RSNA names files ``<sop>.dcm``; other files are found by a header scan."""
     from collections import Counter
 
-    from ichprep.build import list_source
     from ichprep.errors import RejectError
-    from ichprep.scan import read_header
+    from ichprep.scan import list_source, read_header
 
     paths = list_source(source)
     by_name = {os.path.splitext(os.path.basename(p))[0]: p for p in paths}

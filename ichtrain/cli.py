@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 from ichprep.cliutil import UsageErrorParser, console_entry, run_main
 from ichprep.errors import UsageError
@@ -33,14 +32,20 @@ def _parser() -> argparse.ArgumentParser:
         "Rerunning with the same RUN_DIR resumes after the last finished epoch."))
     f.add_argument("store")
     f.add_argument("--out", required=True, help="run folder")
-    f.add_argument("--model", default="baseline", choices=("cnn", "cnn-described", "rnn", "baseline"),
+    f.add_argument("--model", default="baseline", choices=("cnn", "cnn-described", "rnn", "baseline", "backbone"),
                    help="cnn: the report's listing (1,527,130 parameters at 512); cnn-described: section 4.2 "
                         "(264,330); rnn: shared window encoder + GRU (needs an rnn store); baseline: small and "
-                        "fast (default)")
+                        "fast (default); backbone: a Keras application (--backbone, --weights)")
+    f.add_argument("--backbone", default="efficientnetb0", choices=("efficientnetb0", "resnet50", "densenet121"),
+                   help="the Keras application of --model backbone (default efficientnetb0); a one-window store "
+                        "is repeated to three channels, other counts mixed to three by a learned 1x1 convolution")
+    f.add_argument("--weights", default="imagenet", metavar="imagenet|none|PATH",
+                   help="initial backbone weights: imagenet (downloaded by Keras once, then cached), none "
+                        "(random), or a weights file such as Keras' *_notop.h5 (default imagenet)")
     f.add_argument("--epochs", type=int, default=10)
     f.add_argument("--batch-size", type=int, default=32)
     f.add_argument("--image-size", type=int, help="input size (on-the-fly downscale); default 512 for the "
-                                                  "report's CNNs, 128 for baseline, 64 for rnn")
+                                                  "report's CNNs, 128 for baseline, 64 for rnn, 224 for backbone")
     f.add_argument("--l2", type=float, default=1e-4, help="L2 on kernels and biases (report: 0.01; default 1e-4)")
     f.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     f.add_argument("--bn-momentum", type=float, default=0.99,
@@ -115,7 +120,8 @@ def _fit(args) -> int:
     cfg = FitConfig(store=args.store, out=args.out, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                     image_size=args.image_size, l2=args.l2, learning_rate=args.lr, alpha=args.alpha,
                     epoch_size=args.epoch_size, split_by=args.split_by, fractions=_fractions(args.split),
-                    seed=args.seed, bn_momentum=args.bn_momentum, strategy=args.strategy, neighbours=args.neighbours)
+                    seed=args.seed, bn_momentum=args.bn_momentum, strategy=args.strategy, neighbours=args.neighbours,
+                    backbone=args.backbone, weights=None if args.weights.lower() == "none" else args.weights)
     res = fit(cfg, verbose=0 if args.quiet else 2)
     what = "nothing to do: already trained" if res["trained"] == 0 else f"trained {res['trained']} epochs"
     print(f"{args.out}: {what} ({res['epochs_done']} done{', resumed' if res['resumed'] else ''}); "

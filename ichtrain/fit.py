@@ -70,6 +70,8 @@ class FitConfig:
     bn_momentum: float = 0.99  # the report's CNNs only
     strategy: str = "default"  # tf.distribute: default (one device), mirrored (local GPUs), multi-worker
     neighbours: int = 0  # 2.5D: slices z-k .. z+k of the series as extra channels (slice models)
+    backbone: str = "efficientnetb0"  # --model backbone only
+    weights: str | None = "imagenet"  # --model backbone only: "imagenet", a weights file, or None (random)
 
     def __post_init__(self) -> None:
         from ichtrain.models import MODELS
@@ -94,13 +96,18 @@ class FitConfig:
         if self.neighbours and self.model == "rnn":
             raise UsageError("--neighbours adds slices as channels of a one-slice model; --model rnn reads a "
                              "window sequence. Use it with baseline or cnn.")
+        from ichtrain.models import BACKBONES
+
+        if self.backbone not in BACKBONES:
+            raise UsageError(f"Expected --backbone one of {', '.join(BACKBONES)}. Received: backbone={self.backbone!r}")
         object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
 
     def resolved_image_size(self, store_size: int = 512) -> int:
         if self.image_size:
             return self.image_size
         # rnn at 64: ten encoder passes per slice; 8 epochs of 960 slices take ~3.5 min on 2 CPU cores.
-        return {"cnn": 512, "cnn-described": 512, "rnn": 64, "baseline": 128}[self.model] if store_size >= 512 else store_size
+        natural = {"cnn": 512, "cnn-described": 512, "rnn": 64, "baseline": 128, "backbone": 224}[self.model]
+        return natural if store_size >= 512 else store_size
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -266,7 +273,7 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
             in_channels = 1 if cfg.model == "rnn" else stream.channels * (2 * cfg.neighbours + 1)
             model = compile_model(build_model(cfg.model, size, in_channels,
                                               cfg.l2, windows=stream.channels, bn_momentum=cfg.bn_momentum,
-                                              sync_bn=distributed),
+                                              sync_bn=distributed, backbone=cfg.backbone, weights=cfg.weights),
                                   cfg.learning_rate)
     if cfg.strategy == "multi-worker":
         _fix_keras_multi_worker(model, strategy)

@@ -11,6 +11,12 @@
   The report shows no code for it; a shared encoder keeps the parameter count independent of the number
   of windows, and a GRU is the cheaper of the two usual recurrent cells for a ten-step sequence.
 * ``baseline`` -- four convolutions with BatchNorm and global average pooling: small and fast.
+* ``backbone`` -- a Keras application (EfficientNetB0, ResNet50, DenseNet121), ImageNet-pretrained
+  (``weights="imagenet"``), from a weights file, or random (``None``), on three input channels: a one-channel
+  store is repeated, three windows are used as they are, any other count is mixed to three by a learned
+  1x1 convolution; each family's own input scaling is applied to the [0, 1] windows (times 255 where it
+  expects pixels); global average pooling, dropout 0.2, six sigmoid outputs. What every top RSNA 2019
+  solution started from.
 
 All: ReLU inside, 6 sigmoid outputs, Glorot-uniform kernel and bias initialisers (as in the report),
 L2 on kernels and biases (``l2``; the report's Keras ``l2()`` default is 0.01), Adam, mean binary
@@ -24,9 +30,17 @@ from keras import layers
 
 from ichprep.errors import UsageError
 
-__all__ = ["MODELS", "build_model", "compile_model"]
+__all__ = ["MODELS", "BACKBONES", "build_model", "compile_model"]
 
-MODELS = ("cnn", "cnn-described", "rnn", "baseline")
+MODELS = ("cnn", "cnn-described", "rnn", "baseline", "backbone")
+# name -> (keras.applications class, input scaling: the family's preprocess_input, on [0, 1] windows)
+BACKBONES = {
+    "efficientnetb0": ("EfficientNetB0", "efficientnet"),  # rescales and normalises [0, 255] inputs itself
+    "resnet50": ("ResNet50", "caffe"),  # [0, 255] minus the ImageNet channel means
+    "densenet121": ("DenseNet121", "torch"),  # [0, 1] standardised by the ImageNet means and deviations
+}
+_CAFFE_MEAN = (103.939, 116.779, 123.68)
+_TORCH_MEAN, _TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _kw(l2: float) -> dict:
@@ -78,8 +92,44 @@ def _encoder(inp, l2, filters=(16, 32, 64), sync_bn: bool = False):
     return layers.GlobalAveragePooling2D()(x)
 
 
+def _backbone(backbone: str, image_size: int, channels: int, weights: str | None, l2: float) -> keras.Model:
+    import os
+
+    if backbone not in BACKBONES:
+        raise UsageError(f"Expected --backbone one of {', '.join(BACKBONES)}. Received: backbone={backbone!r}")
+    if weights not in ("imagenet", None) and not os.path.isfile(weights):
+        raise UsageError(f"--weights is 'imagenet', 'none' or a weights file; {weights!r} is not a file.")
+    cls, scaling = BACKBONES[backbone]
+    inp = keras.Input((image_size, image_size, channels), name="image")
+    x = inp
+    if channels == 1:  # one window: the same image in the three channels ImageNet filters expect
+        x = layers.Concatenate(name="repeat_to_3")([x, x, x])
+    elif channels != 3:
+        x = layers.Conv2D(3, 1, name="mix_to_3", **_kw(l2))(x)
+    if scaling in ("efficientnet", "caffe"):
+        x = layers.Rescaling(255.0, name="to_pixels")(x)
+    if scaling == "caffe":
+        x = layers.Normalization(mean=list(_CAFFE_MEAN), variance=[1.0, 1.0, 1.0], name="caffe_means")(x)
+    elif scaling == "torch":
+        x = layers.Normalization(mean=list(_TORCH_MEAN), variance=[s * s for s in _TORCH_STD], name="torch_norm")(x)
+    try:
+        base = getattr(keras.applications, cls)(include_top=False, weights=weights, pooling="avg",
+                                                input_shape=(image_size, image_size, 3))
+    except Exception as exc:  # noqa: BLE001 -- a failed download or a mismatched file surfaces as many types
+        if weights == "imagenet":
+            raise UsageError(f"Could not get the ImageNet weights of {cls} ({type(exc).__name__}: {exc}); on a "
+                             "machine without internet pass --weights PATH to a downloaded weights file, or "
+                             "--weights none for random initialisation.") from None
+        raise UsageError(f"Could not load --weights {weights!r} into {cls}: {exc}") from None
+    x = base(x)
+    x = layers.Dropout(0.2, name="head_dropout")(x)
+    out = layers.Dense(6, activation="sigmoid", name="labels", dtype="float32", **_kw(l2))(x)
+    return keras.Model(inp, out, name=f"Backbone_{cls}")
+
+
 def build_model(name: str, image_size: int = 512, channels: int = 1, l2: float = 0.01, windows: int = 10,
-                bn_momentum: float = 0.99, sync_bn: bool = False) -> keras.Model:
+                bn_momentum: float = 0.99, sync_bn: bool = False, backbone: str = "efficientnetb0",
+                weights: str | None = None) -> keras.Model:
     """The named model for inputs (image_size, image_size, channels), or (windows, size, size, 1) for rnn.
 
     ``bn_momentum`` applies to the report's CNNs (their listing leaves Keras' default, 0.99); the baseline
@@ -103,6 +153,8 @@ def build_model(name: str, image_size: int = 512, channels: int = 1, l2: float =
             x = _report_units(inp, l2, with_unit6=True, bn_momentum=bn_momentum, sync_bn=sync_bn)
             out = _head(x, (512, 256, 128), l2)
         return keras.Model(inp, out, name="ConvNet_Updated" if name == "cnn" else "ConvNet_Described")
+    if name == "backbone":
+        return _backbone(backbone, image_size, channels, weights, l2)
     if name == "baseline":
         inp = keras.Input((image_size, image_size, channels), name="image")
         x = _encoder(inp, l2, filters=(16, 32, 64), sync_bn=sync_bn)

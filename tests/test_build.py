@@ -9,7 +9,8 @@ import pytest
 import zarr
 
 from conftest import F16_TOL, PYDICOM_CT, pydicom_ct_path, reference_channels
-from ichprep.build import BuildConfig, build, fit_size
+from ichprep.build import BuildConfig, build
+from ichprep.pixels import fit_size
 from ichprep.errors import IncompleteStoreError, StoreExistsError
 from ichprep.labels import read_labels, type_codes
 from ichprep.store import open_store
@@ -93,7 +94,7 @@ def test_one_and_two_workers_give_identical_arrays(synth_corpus, tmp_path, rnn_s
 
 
 def test_task_size_leaves_tasks_for_every_worker():
-    from ichprep.build import TASKS_PER_WORKER, task_size
+    from ichprep.executor import TASKS_PER_WORKER, task_size
 
     assert TASKS_PER_WORKER == 8
     assert task_size(16_384, 2, 256, 4096) == 1024  # 16 header tasks: 8 per worker
@@ -104,7 +105,7 @@ def test_task_size_leaves_tasks_for_every_worker():
 
 
 def test_shrinking_groups_end_in_single_items():
-    from ichprep.build import shrinking_groups
+    from ichprep.executor import shrinking_groups
 
     # 86 shards, 2 workers, at most 4 a task: 19 of 4 (76), then ceil(remaining / 4) of the 10 left
     groups = shrinking_groups(list(range(86)), 2, 4)
@@ -124,19 +125,19 @@ def test_grouped_shard_tasks_on_two_workers_equal_the_inline_build(synth_corpus,
     import ichprep.build as build_module
 
     seen = {}  # workers -> the shard groups handed to the pixel pass
-    real_executor = build_module._executor
+    real_executor = build_module.executor
 
     @contextlib.contextmanager
     def recording_executor(workers, *args, **kw):
         with real_executor(workers, *args, **kw) as run:
             def recording_run(fn, arglists, on_result):
-                if fn is build_module._process_shards:
+                if fn is build_module.process_shards:
                     seen[workers] = [list(a[1]) for a in arglists]
                 return run(fn, arglists, on_result)
             recording_run.workers = run.workers
             yield recording_run
 
-    monkeypatch.setattr(build_module, "_executor", recording_executor)
+    monkeypatch.setattr(build_module, "executor", recording_executor)
     a, b = tmp_path / "inline.zarr", tmp_path / "grouped.zarr"
     _build(synth_corpus["dicom_dir"], a, synth_corpus["labels"], workers=0, shard_slices=1)
     res = _build(synth_corpus["dicom_dir"], b, synth_corpus["labels"], workers=2, shard_slices=1)
@@ -231,7 +232,7 @@ def test_import_ichprep_does_not_import_tensorflow():
 def test_reuse_freed_memory_applies_on_glibc():
     import platform
 
-    from ichprep.build import reuse_freed_memory
+    from ichprep.executor import reuse_freed_memory
 
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert reuse_freed_memory() is expected

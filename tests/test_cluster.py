@@ -131,7 +131,7 @@ def test_local_cluster_dashboard_is_printed(synth_corpus, tmp_path, capsys):
 def test_local_cluster_forks_on_linux_unless_tensorflow_is_loaded(monkeypatch):
     import sys
 
-    from ichprep.build import local_start_method
+    from ichprep.executor import local_start_method
 
     if not sys.platform.startswith("linux"):
         pytest.skip("fork is used on Linux only")
@@ -162,7 +162,7 @@ def test_executor_hands_back_args_and_values_and_fetches_no_none(workers, monkey
         return value
 
     monkeypatch.setattr(Future, "result", counting_result)
-    with build_module._executor(workers, None, None) as run:
+    with build_module.executor(workers, None, None) as run:
         got = []
         run(_square_or_fail, [(0,), (1,), (2,), (5,)], lambda args, value: got.append((args, value)))
         assert sorted(got, key=lambda t: t[0]) == [((0,), 0), ((1,), None), ((2,), 4), ((5,), None)]

@@ -184,3 +184,39 @@ def test_evaluate_refuses_a_store_whose_split_changed(synth_corpus, tmp_path, ca
     assert main(["evaluate", run, "--split", "train"]) == 2
     err = capsys.readouterr().err
     assert "slices or labels are not those" in err and "slices" in err
+
+
+@pytest.mark.parametrize("backbone,channels", [("efficientnetb0", 1), ("resnet50", 3), ("densenet121", 5)])
+def test_backbones_load_a_weights_file_and_reload(backbone, channels, tmp_path):
+    """A weights file the test writes (random ImageNet-shaped weights) is what the backbone starts from;
+    the whole model saves and reloads with the same outputs."""
+    import keras
+
+    from ichtrain.models import BACKBONES, build_model
+
+    cls = getattr(keras.applications, BACKBONES[backbone][0])
+    donor = cls(include_top=False, weights=None, pooling="avg", input_shape=(32, 32, 3))
+    path = tmp_path / f"{backbone}.weights.h5"
+    donor.save_weights(path)
+    m = build_model("backbone", 32, channels, 1e-4, backbone=backbone, weights=str(path))
+    inner = m.get_layer(donor.name)
+    for a, b in zip(inner.weights, donor.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    x = np.random.default_rng(0).random((2, 32, 32, channels)).astype(np.float32)
+    m.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras", compile=False)
+    np.testing.assert_allclose(m.predict(x, verbose=0), again.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    assert m.output_shape == (None, 6) and m.input_shape == (None, 32, 32, channels)
+
+
+def test_backbone_fit_cli_and_its_errors(brain_store, brain_seed, tmp_path, capsys):
+    run = str(tmp_path / "run")
+    base = ["fit", brain_store, "--out", run, "--model", "backbone", "--image-size", "32", "--epochs", "1",
+            "--epoch-size", "16", "--batch-size", "8", "--split", "0.6,0.2,0.2", "--seed", str(brain_seed), "--quiet"]
+    assert main(base + ["--weights", "none"]) == 0
+    cfg = json.load(open(os.path.join(run, "config.json")))
+    assert cfg["backbone"] == "efficientnetb0" and cfg["weights"] is None
+    assert os.path.isfile(os.path.join(run, "calibration.json"))
+    capsys.readouterr()
+    assert main(base[:3] + [str(tmp_path / "r2")] + base[4:] + ["--weights", str(tmp_path / "missing.h5")]) == 2
+    assert "is not a file" in capsys.readouterr().err
