@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 from ichprep.cliutil import UsageErrorParser, console_entry, run_main
 from ichprep.errors import UsageError
@@ -32,17 +33,20 @@ def _parser() -> argparse.ArgumentParser:
         "Rerunning with the same RUN_DIR resumes after the last finished epoch."))
     f.add_argument("store")
     f.add_argument("--out", required=True, help="run folder")
-    f.add_argument("--model", default="baseline", choices=("cnn", "cnn-described", "rnn", "baseline", "backbone"),
+    f.add_argument("--model", default="baseline",
+                   choices=("cnn", "cnn-described", "rnn", "baseline", "backbone", "series"),
                    help="cnn: the report's listing (1,527,130 parameters at 512); cnn-described: section 4.2 "
                         "(264,330); rnn: shared window encoder + GRU (needs an rnn store); baseline: small and "
-                        "fast (default); backbone: a Keras application (--backbone, --weights)")
+                        "fast (default); backbone: a Keras application (--backbone, --weights); series: a "
+                        "bidirectional GRU over each series' slice embeddings (--embeddings, from 'ichtrain embed')")
+    f.add_argument("--embeddings", metavar="EMB.zarr", help="--model series: the slice embeddings to read")
     f.add_argument("--backbone", default="efficientnetb0", choices=("efficientnetb0", "resnet50", "densenet121"),
                    help="the Keras application of --model backbone (default efficientnetb0); a one-window store "
                         "is repeated to three channels, other counts mixed to three by a learned 1x1 convolution")
     f.add_argument("--weights", default="imagenet", metavar="imagenet|none|PATH",
                    help="initial backbone weights: imagenet (downloaded by Keras once, then cached), none "
                         "(random), or a weights file such as Keras' *_notop.h5 (default imagenet)")
-    f.add_argument("--epochs", type=int, default=10)
+    f.add_argument("--epochs", type=int, help="default 10 (series: 30; it trains in seconds)")
     f.add_argument("--batch-size", type=int, default=32)
     f.add_argument("--image-size", type=int, help="input size (on-the-fly downscale); default 512 for the "
                                                   "report's CNNs, 128 for baseline, 64 for rnn, 224 for backbone")
@@ -66,6 +70,16 @@ def _parser() -> argparse.ArgumentParser:
                         "TF_CONFIG (cluster and task index); --out must be a folder every worker sees; each "
                         "worker reads its own share of every epoch. --batch-size is the global batch.")
     f.add_argument("--quiet", action="store_true")
+    m = sub.add_parser("embed", help="per-slice features of a trained slice model, for --model series",
+                       description="Write each usable slice's features (the layer before the head of RUN's slice "
+                                   "model) as float16 (N, D) to a Zarr group keyed to the store's rows and "
+                                   "sop_uid. Batched, with a progress bar, resumable: rerun the same command "
+                                   "after an interruption. The store is never modified.")
+    m.add_argument("run")
+    m.add_argument("store", nargs="?", help="default: the store RUN was trained on")
+    m.add_argument("--out", required=True, help="embeddings folder (EMB.zarr)")
+    m.add_argument("--batch-size", type=int, default=64)
+    m.add_argument("--quiet", action="store_true")
     e = sub.add_parser("evaluate", help="metrics and plots for a run", description=(
         "Per-label sensitivity, specificity, fall-out and miss rate at 0.5 and across thresholds, ROC-AUC, and "
         "the challenge's weighted log loss; writes RUN_DIR/eval-SPLIT.json and plots/SPLIT-*.png."))
@@ -107,7 +121,7 @@ def _dispatch(argv: list[str]) -> int:
         from ichtrain._tf import import_tensorflow
 
         import_tensorflow()
-    return {"fit": _fit, "evaluate": _evaluate, "predict": _predict, "demo": _demo}[args.command](args)
+    return {"fit": _fit, "embed": _embed, "evaluate": _evaluate, "predict": _predict, "demo": _demo}[args.command](args)
 
 
 def console_main() -> None:
@@ -117,7 +131,11 @@ def console_main() -> None:
 def _fit(args) -> int:
     from ichtrain.fit import FitConfig, fit
 
-    cfg = FitConfig(store=args.store, out=args.out, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+    if args.model == "series":
+        return _fit_series(args)
+    if args.embeddings:
+        raise UsageError("--embeddings is read by --model series only.")
+    cfg = FitConfig(store=args.store, out=args.out, model=args.model, epochs=args.epochs or 10, batch_size=args.batch_size,
                     image_size=args.image_size, l2=args.l2, learning_rate=args.lr, alpha=args.alpha,
                     epoch_size=args.epoch_size, split_by=args.split_by, fractions=_fractions(args.split),
                     seed=args.seed, bn_momentum=args.bn_momentum, strategy=args.strategy, neighbours=args.neighbours,
@@ -126,6 +144,33 @@ def _fit(args) -> int:
     what = "nothing to do: already trained" if res["trained"] == 0 else f"trained {res['trained']} epochs"
     print(f"{args.out}: {what} ({res['epochs_done']} done{', resumed' if res['resumed'] else ''}); "
           f"model {os.path.join(args.out, 'model.keras')}, log {os.path.join(args.out, 'log.csv')}")
+    return 0
+
+
+def _fit_series(args) -> int:
+    from ichtrain.series import SeriesFitConfig, fit_series
+
+    if not args.embeddings:
+        raise UsageError("--model series reads slice embeddings: pass --embeddings EMB.zarr (made by "
+                         "'ichtrain embed SLICE_RUN --out EMB.zarr').")
+    cfg = SeriesFitConfig(store=args.store, embeddings=args.embeddings, out=args.out, epochs=args.epochs or 30,
+                          batch_size=min(args.batch_size, 8), learning_rate=args.lr)
+    res = fit_series(cfg, verbose=0 if args.quiet else 2)
+    what = "nothing to do: already trained" if res["trained"] == 0 else f"trained {res['trained']} epochs"
+    print(f"{args.out}: {what}; series model {os.path.join(args.out, 'model.keras')} on the split of "
+          f"the slice run that made {args.embeddings}")
+    return 0
+
+
+def _embed(args) -> int:
+    from ichprep.progress import ProgressBar
+    from ichtrain.series import embed
+
+    bar = ProgressBar(None if args.quiet else sys.stderr, "embed", 0, unit="slices")
+    res = embed(args.run, args.out, store=args.store, batch_size=args.batch_size, progress=bar)
+    bar.close()
+    print(f"{res['out']}: {res['embedded']} of {res['rows']} rows embedded ({res['dim']} features, float16; "
+          f"{res['blocks_run']} blocks run)")
     return 0
 
 

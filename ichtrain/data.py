@@ -122,7 +122,8 @@ class StoreStream:
         else:
             self.groups = study
         self.labelled = labelled
-        self.usable = (status == 0) & labelled  # unlabelled slices never enter a split
+        self.readable = status == 0  # pixels usable (prediction reads these, labelled or not)
+        self.usable = self.readable & labelled  # unlabelled slices never enter a split
         self.splits = split_rows(self.groups, self.usable, self.fractions, self.seed)
         self._sop_uids = g["sop_uid"]
         # Each series is a contiguous run of rows (the store is ordered by study, series, z): its bounds

@@ -9,7 +9,7 @@ import numpy as np
 
 from ichprep.errors import UsageError
 from ichprep.labels import SUBTYPES
-from ichtrain.fit import input_options, load_run
+from ichtrain.fit import input_options, load_keras, load_run
 from ichtrain.calibration import Calibration, constant_prior, expected_calibration_error, reliability
 from ichtrain.metrics import summarise, weighted_log_loss
 
@@ -19,10 +19,8 @@ THRESHOLDS = np.round(np.linspace(0.0, 1.0, 21), 4)
 
 
 def _load(run_dir):
-    import keras
-
     cfg, model_path = load_run(run_dir)
-    return cfg, keras.models.load_model(model_path)
+    return cfg, load_keras(model_path)
 
 
 def predict_rows(model, stream, batch_size: int = 32, split: str | None = None, rows=None, **inputs):
@@ -47,7 +45,14 @@ def evaluate(run_dir: str, split: str = "val", batch_size: int = 32) -> dict:
     stream.check_split(cfg.get("split"), f"the run {run_dir!r}")
     if stream.splits[split].size == 0:
         raise UsageError(stream.empty_split_reason(split) + "; nothing to evaluate")
-    y, p_raw = predict_rows(model, stream, batch_size, split=split, **input_options(cfg))
+    if cfg["model"] == "series":
+        from ichtrain.series import open_embeddings, predict_series, series_rows
+
+        groups = series_rows(stream, stream.splits[split])
+        p_raw = predict_series(model, open_embeddings(cfg["embeddings"], stream)[0], groups)
+        y = stream.labels[np.concatenate(groups)].astype(np.float32)
+    else:
+        y, p_raw = predict_rows(model, stream, batch_size, split=split, **input_options(cfg))
     cal = Calibration.load(run_dir)
     p = cal.apply(p_raw) if cal is not None else p_raw
     result = summarise(y, p, THRESHOLDS)

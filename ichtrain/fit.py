@@ -12,7 +12,7 @@ import numpy as np
 from ichprep.errors import UsageError
 from ichtrain.calibration import Calibration, fit_calibration
 
-__all__ = ["FitConfig", "fit", "load_run", "worker_role", "STRATEGIES"]
+__all__ = ["FitConfig", "fit", "load_run", "load_keras", "worker_role", "STRATEGIES"]
 
 CONFIG = "config.json"
 STATE = "state.json"
@@ -118,6 +118,14 @@ class FitConfig:
 def _same_run(old: dict, new: dict) -> bool:
     keys = set(old) | set(new)
     return all(old.get(k) == new.get(k) for k in keys if k not in ("epochs", "out", "strategy", "replicas", "workers"))
+
+
+def load_keras(path: str):
+    """A saved model, uncompiled: inference needs no optimizer, and the series model's loss function need
+    not be registered to read it."""
+    import keras
+
+    return keras.models.load_model(path, compile=False)
 
 
 def load_run(run_dir: str) -> tuple[dict, str]:

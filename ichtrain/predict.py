@@ -13,20 +13,21 @@ from ichprep.build import BuildConfig, build
 from ichprep.labels import SUBTYPES
 from ichprep.windows import windows_from_list
 from ichtrain.calibration import Calibration
-from ichtrain.fit import input_options, load_run
+from ichtrain.fit import input_options, load_keras, load_run
 
 __all__ = ["predict"]
 
 
 def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_size: int = 32,
-            stream_err=sys.stderr) -> dict:
+            stream_err=None) -> dict:
     import keras
 
     from ichtrain.data import StoreStream
     from ichtrain.evaluate import predict_rows
 
+    stream_err = sys.stderr if stream_err is None else stream_err  # bound now: tests replace sys.stderr
     cfg, model_path = load_run(run_dir)
-    model = keras.models.load_model(model_path)
+    model = load_keras(model_path)
     calibration = Calibration.load(run_dir)
     if calibration is None:
         print(f"ichtrain: warning: {run_dir} has no calibration.json; writing the model's raw probabilities "
@@ -43,7 +44,10 @@ def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_
         g = zarr.open_group(store, mode="r")
         ok = np.flatnonzero(np.asarray(g["status"][:]) == 0)
         sops = np.asarray(g["sop_uid"][:], dtype=object)
-        _, probs = predict_rows(model, stream, batch_size, rows=ok, **input_options(cfg))
+        if cfg["model"] == "series":  # DICOMs -> store -> slice model -> embeddings -> series model
+            probs = _series_probs(cfg, model, stream, ok, batch_size)
+        else:
+            _, probs = predict_rows(model, stream, batch_size, rows=ok, **input_options(cfg))
         if calibration is not None:
             probs = calibration.apply(probs)
         rejects = g.attrs["ichprep"].get("rejects", [])
@@ -56,3 +60,15 @@ def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_
     for r in rejects:
         print(f"ichtrain: could not read {r['file']}: {r['reason']} ({r['message']})", file=stream_err)
     return dict(slices=int(ok.size), rejected=len(rejects), out=out_csv, build=result.summary())
+
+
+def _series_probs(cfg: dict, model, stream, ok: np.ndarray, batch_size: int) -> np.ndarray:
+    import keras
+
+    from ichtrain.series import feature_model, features_of, predict_series, series_rows
+
+    slice_cfg, slice_path = load_run(cfg["slice_run"])
+    features = feature_model(load_keras(slice_path))
+    emb = np.zeros((stream.n, int(features.output_shape[-1])), np.float32)
+    emb[ok] = features_of(features, stream, ok, input_options(slice_cfg), batch_size)
+    return predict_series(model, emb, series_rows(stream, ok))

@@ -53,7 +53,8 @@ def _curves(run_dir: str) -> str | None:
             if k in rows[0] and rows[0][k] != "":
                 ax.plot(epochs, [float(r[k]) for r in rows], marker="o", label=k)
         ax.set_xlabel("epoch")
-        ax.legend()
+        if ax.lines:  # a series run logs no AUC
+            ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
     out = _png(fig)

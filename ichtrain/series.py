@@ -1,0 +1,272 @@
+"""Series context: per-slice embeddings of a trained slice model, and a bidirectional GRU over each series.
+
+What lifted every top RSNA 2019 solution: a radiologist reads a series, not a slice. ``embed`` writes each
+usable slice's features (the layer before a slice model's head) to a Zarr array keyed to the store's rows;
+the series model reads each series' embeddings in z order (the store's row order) and gives six outputs
+per slice. It trains on whole series, padded and masked, with the challenge's weighted log loss, on the
+slice run's own split, so its val and test patients are unseen by both models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ichprep.errors import UsageError
+from ichtrain.calibration import fit_calibration
+from ichtrain.metrics import weighted_log_loss
+from ichtrain.fit import CONFIG, input_options, load_keras, load_run
+
+__all__ = ["embed", "open_embeddings", "build_series_model", "fit_series", "SeriesFitConfig", "series_rows",
+           "predict_series", "features_of"]
+
+EMBED_BLOCK = 512  # rows per embedding chunk: the unit of resume
+CHALLENGE_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 2.0)
+
+
+def _sop_digest(sops) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for s in sops:
+        h.update(str(s).encode("ascii", "replace") + b"\n")
+    return h.hexdigest()
+
+
+def feature_model(model):
+    """The slice model up to the layer before its six-output head."""
+    import keras
+
+    return keras.Model(model.input, model.get_layer("labels").input)
+
+
+def features_of(features, stream, rows, inputs: dict, batch_size: int = 64) -> np.ndarray:
+    """(len(rows), D) float32 features of ``rows`` (sorted), in row order."""
+    ds = stream.dataset("test", batch_size=batch_size, weighted=False, rows=rows, **inputs)
+    out = []
+    with stream.guard():
+        for x, _ in ds:
+            out.append(np.asarray(features(x, training=False), np.float32))
+    return np.concatenate(out) if out else np.zeros((0, int(features.output_shape[-1])), np.float32)
+
+
+def embed(run_dir: str, out: str, store: str | None = None, batch_size: int = 64, progress=None) -> dict:
+    """Write ``out`` (a Zarr group): ``embeddings`` (N, D) float16 for every row of the store whose pixels
+    are usable (zeros elsewhere), resumable by blocks of EMBED_BLOCK rows. The store is never modified."""
+    import keras
+    import zarr
+
+    from ichtrain.data import StoreStream
+
+    cfg, model_path = load_run(run_dir)
+    if cfg["model"] == "series":
+        raise UsageError(f"{run_dir!r} is a series run; embed a slice model's run (baseline, cnn, backbone).")
+    if cfg["model"] == "rnn":
+        raise UsageError("embed reads slice models (baseline, cnn, cnn-described, backbone); --model rnn reads "
+                         "window sequences.")
+    features = feature_model(load_keras(model_path))
+    url = store or cfg["store"]
+    stream = StoreStream(url, by=cfg["split_by"], fractions=tuple(cfg["fractions"]), seed=cfg["seed"])
+    sops = np.asarray(stream._sop_uids[:], dtype=object)
+    identity = dict(run=os.path.abspath(run_dir), store=url, rows=int(stream.n), sop_digest=_sop_digest(sops),
+                    dim=int(features.output_shape[-1]))
+    n_blocks = -(-stream.n // EMBED_BLOCK)
+    if os.path.isdir(out) and os.listdir(out):
+        try:
+            g = zarr.open_group(out, mode="r+")
+            old = dict(g.attrs.get("ichtrain_embeddings", {}))
+        except Exception:  # noqa: BLE001 -- anything that is not our group
+            old = {}
+        if {k: old.get(k) for k in identity} != identity:
+            raise UsageError(f"{out!r} holds something else (not the embeddings of this run and store); choose "
+                             "another --out.")
+    else:
+        g = zarr.open_group(out, mode="w")
+        g.create_array("embeddings", shape=(stream.n, identity["dim"]), chunks=(EMBED_BLOCK, identity["dim"]),
+                       dtype="float16", fill_value=0)
+        g.create_array("block_done", shape=(n_blocks,), chunks=(max(1, n_blocks),), dtype="bool", fill_value=False)
+        g.attrs["ichtrain_embeddings"] = dict(identity, complete=False)
+    emb, done = g["embeddings"], g["block_done"]
+    readable = np.flatnonzero(stream.readable)
+    todo = [b for b in range(n_blocks) if not done[b]]
+    for k, b in enumerate(todo):
+        lo, hi = b * EMBED_BLOCK, min((b + 1) * EMBED_BLOCK, stream.n)
+        rows = readable[(readable >= lo) & (readable < hi)]
+        block = np.zeros((hi - lo, identity["dim"]), np.float16)
+        if rows.size:
+            block[rows - lo] = features_of(features, stream, rows, input_options(cfg), batch_size)
+        emb[lo:hi] = block
+        done[b] = True
+        if progress is not None:
+            progress.update(hi, stream.n)
+    g.attrs["ichtrain_embeddings"] = dict(identity, complete=True)
+    return dict(out=out, rows=int(stream.n), embedded=int(readable.size), dim=identity["dim"], blocks_run=len(todo))
+
+
+def open_embeddings(path: str, stream) -> tuple[np.ndarray, dict]:
+    """(embeddings (N, D) float32, their attrs) checked against ``stream``'s store: same rows, same SOPs."""
+    import zarr
+
+    try:
+        g = zarr.open_group(path, mode="r")
+        attrs = dict(g.attrs["ichtrain_embeddings"])
+    except Exception:  # noqa: BLE001
+        raise UsageError(f"{path!r} is not an embeddings store: make one with 'ichtrain embed RUN --out {path}'.") from None
+    if not attrs.get("complete"):
+        raise UsageError(f"The embeddings in {path!r} are incomplete: rerun the same 'ichtrain embed' to finish them.")
+    sops = np.asarray(stream._sop_uids[:], dtype=object)
+    if attrs["rows"] != stream.n:
+        raise UsageError(f"The embeddings in {path!r} have {attrs['rows']} rows and the store {stream.url!r} has "
+                         f"{stream.n}: they were made from another store.")
+    if attrs["sop_digest"] != _sop_digest(sops):
+        raise UsageError(f"The embeddings in {path!r} do not match the store {stream.url!r}: its sop_uid column "
+                         "differs (another store, or a rebuilt one); rerun 'ichtrain embed'.")
+    return np.asarray(g["embeddings"][:], np.float32), attrs
+
+
+def series_rows(stream, rows: np.ndarray) -> list[np.ndarray]:
+    """``rows`` (sorted) cut into their series, each in z order (the store's row order)."""
+    rows = np.asarray(rows, np.int64)
+    if rows.size == 0:
+        return []
+    cuts = np.flatnonzero(np.diff(stream.series_lo[rows])) + 1
+    return np.split(rows, cuts)
+
+
+def _by_length(groups: list[np.ndarray], batch_size: int) -> list[list[int]]:
+    """Indices of ``groups`` in batches of series of one length each: no padding, so no mask (Keras'
+    Bidirectional GRU drops masks), and a series of any length, one slice included, is read whole."""
+    by_len: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_len.setdefault(len(g), []).append(i)
+    return [idx[k:k + batch_size] for _, idx in sorted(by_len.items()) for k in range(0, len(idx), batch_size)]
+
+
+def build_series_model(dim: int, units: int = 64):
+    """Steps of ``dim`` features (a series' slices in z order) -> Dense -> bidirectional GRU -> six sigmoid
+    outputs per step, from the step's own features concatenated with its context."""
+    import keras
+    from keras import layers
+
+    inp = keras.Input((None, dim), name="series")
+    h = layers.Dense(units, activation="relu")(inp)
+    h = layers.Dropout(0.2)(h)
+    ctx = layers.Bidirectional(layers.GRU(units, return_sequences=True))(h)
+    z = layers.Concatenate()([h, ctx])
+    out = layers.Dense(6, activation="sigmoid", name="labels", dtype="float32")(z)
+    return keras.Model(inp, out, name="SeriesGRU")
+
+
+def _challenge_loss():
+    import keras
+    from keras import ops
+
+    @keras.saving.register_keras_serializable("ichtrain")
+    def challenge_bce(y_true, y_pred):
+        """The challenge's per-slice weighted log loss (any weighted 2)."""
+        w = ops.convert_to_tensor(CHALLENGE_WEIGHTS, dtype=y_pred.dtype)
+        p = ops.clip(y_pred, 1e-7, 1 - 1e-7)
+        bce = -(y_true * ops.log(p) + (1 - y_true) * ops.log(1 - p))
+        return ops.sum(bce * w, axis=-1) / float(sum(CHALLENGE_WEIGHTS))
+
+    return challenge_bce
+
+
+def predict_series(model, emb: np.ndarray, groups: list[np.ndarray], batch_size: int = 16) -> np.ndarray:
+    """(sum of group sizes, 6) probabilities, groups concatenated in order."""
+    by_index = {}
+    for idx in _by_length(groups, batch_size):
+        p = np.asarray(model(np.stack([emb[groups[i]] for i in idx]), training=False), np.float32)
+        by_index.update(zip(idx, p))
+    return np.concatenate([by_index[i] for i in range(len(groups))]) if groups else np.zeros((0, 6), np.float32)
+
+
+@dataclass(frozen=True)
+class SeriesFitConfig:
+    store: str
+    embeddings: str
+    out: str
+    epochs: int = 30
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    units: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "units"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise UsageError(f"Expected {name} an integer >= 1. Received: {name}={v!r}")
+        if not self.learning_rate > 0:
+            raise UsageError(f"Expected --lr > 0. Received: lr={self.learning_rate}")
+
+
+def fit_series(cfg: SeriesFitConfig, verbose: int = 0) -> dict:
+    """Train the series model on the train split of the slice run that made the embeddings (its split,
+    recorded and checked), calibrate it on val, and save the run like ``fit`` does."""
+    import keras
+
+    from ichtrain.data import StoreStream
+
+    try:
+        with open(os.path.join(cfg.embeddings, "zarr.json")) as fh:
+            slice_run = json.load(fh)["attributes"]["ichtrain_embeddings"]["run"]
+    except (OSError, KeyError, ValueError):
+        raise UsageError(f"{cfg.embeddings!r} is not an embeddings store: make one with 'ichtrain embed'.") from None
+    slice_cfg, _ = load_run(slice_run)
+    stream = StoreStream(cfg.store, by=slice_cfg["split_by"], fractions=tuple(slice_cfg["fractions"]),
+                         seed=slice_cfg["seed"])
+    stream.check_split(slice_cfg.get("split"), f"the slice run {slice_run!r}")
+    emb, _ = open_embeddings(cfg.embeddings, stream)
+    record = dict(asdict(cfg), model="series", slice_run=slice_run, split_by=slice_cfg["split_by"],
+                  fractions=slice_cfg["fractions"], seed=slice_cfg["seed"], split=stream.split_record(),
+                  image_size=None, windows=slice_cfg["windows"], size_policy=slice_cfg.get("size_policy", "resize"))
+    os.makedirs(cfg.out, exist_ok=True)
+    path = os.path.join(cfg.out, CONFIG)
+    if os.path.isfile(path):
+        with open(path) as fh:
+            old = json.load(fh)
+        if {k: v for k, v in old.items() if k != "epochs"} != {k: v for k, v in record.items() if k != "epochs"}:
+            raise UsageError(f"{cfg.out!r} holds a run with another configuration; choose another --out.")
+        if os.path.isfile(os.path.join(cfg.out, "model.keras")) and old["epochs"] >= cfg.epochs:
+            return dict(epochs_done=old["epochs"], trained=0, resumed=True)
+    with open(path, "w") as fh:
+        json.dump(record, fh, indent=2)
+    train_groups = series_rows(stream, stream.splits["train"])
+    if not train_groups:
+        raise UsageError(stream.empty_split_reason("train"))
+    labels = stream.labels.astype(np.float32)
+    val_groups = series_rows(stream, stream.splits["val"])
+    keras.utils.set_random_seed(int(slice_cfg["seed"]))
+    model = build_series_model(emb.shape[1], cfg.units)
+    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=_challenge_loss())
+    batches = _by_length(train_groups, cfg.batch_size)
+    rng = np.random.default_rng(int(slice_cfg["seed"]))
+    log = ["epoch,loss,val_loss"]
+    for epoch in range(cfg.epochs):
+        losses = []
+        for b in rng.permutation(len(batches)):
+            idx = batches[b]
+            x = np.stack([emb[train_groups[i]] for i in idx])
+            y = np.stack([labels[train_groups[i]] for i in idx])
+            losses.append(float(np.asarray(model.train_on_batch(x, y)).ravel()[0]))
+        val_loss = ""
+        if val_groups:
+            val_loss = f"{weighted_log_loss(labels[np.concatenate(val_groups)], predict_series(model, emb, val_groups)):.6f}"
+        log.append(f"{epoch},{np.mean(losses):.6f},{val_loss}")
+        if verbose:
+            print(f"series epoch {epoch + 1}/{cfg.epochs}: loss {np.mean(losses):.4f}"
+                  + (f", val weighted log loss {val_loss}" if val_loss else ""), flush=True)
+    with open(os.path.join(cfg.out, "log.csv"), "w") as fh:
+        fh.write("\n".join(log) + "\n")
+    model.save(os.path.join(cfg.out, "model.keras"))
+    val_y = val_p = None
+    if val_groups:
+        val_p = predict_series(model, emb, val_groups)
+        val_y = stream.labels[np.concatenate(val_groups)].astype(np.float32)
+    train = stream.splits["train"]  # the series model saw natural frequencies: no prior shift
+    fit_calibration(stream.labels[train], np.ones(train.size), val_y, val_p,
+                    val_groups=stream.groups[stream.splits["val"]]).save(cfg.out)
+    return dict(epochs_done=cfg.epochs, trained=cfg.epochs, resumed=False)
+

@@ -1,0 +1,90 @@
+"""Embeddings and the series model: ichtrain embed, fit --model series, evaluate and predict."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import zarr
+
+from ichtrain.cli import main
+
+
+@pytest.fixture(scope="module")
+def slice_run(brain_store, brain_seed, tmp_path_factory):
+    run = str(tmp_path_factory.mktemp("slice") / "run")
+    assert main(["fit", brain_store, "--out", run, "--image-size", "32", "--epochs", "1", "--epoch-size", "16",
+                 "--batch-size", "8", "--split", "0.6,0.2,0.2", "--seed", str(brain_seed), "--quiet"]) == 0
+    return run
+
+
+def test_embeddings_are_the_layer_before_the_head_and_resume(slice_run, brain_store, tmp_path, capsys):
+    import keras
+
+    emb = str(tmp_path / "emb.zarr")
+    assert main(["embed", slice_run, "--out", emb, "--quiet"]) == 0
+    g = zarr.open_group(emb, mode="r")
+    e = g["embeddings"][:]
+    store = zarr.open_group(brain_store, mode="r")
+    assert e.shape == (60, 64) and e.dtype == np.float16
+    # an independent reference: area-downscale in numpy, run the model up to the head's input
+    model = keras.models.load_model(os.path.join(slice_run, "model.keras"), compile=False)
+    feats = keras.Model(model.input, model.get_layer("labels").input)
+    imgs = store["images"][:8].astype(np.float32).reshape(8, 32, 16, 32, 16, 1).mean(axis=(2, 4))
+    np.testing.assert_allclose(e[:8].astype(np.float32), np.asarray(feats(imgs)), rtol=2e-2, atol=2e-2)
+    # an interrupted run (a block not done) is finished by the same command, with the same values
+    g2 = zarr.open_group(emb, mode="r+")
+    g2["block_done"][0] = False
+    g2["embeddings"][:8] = np.zeros((8, 64), np.float16)
+    capsys.readouterr()
+    assert main(["embed", slice_run, "--out", emb, "--quiet"]) == 0
+    assert "1 blocks run" in capsys.readouterr().out
+    np.testing.assert_array_equal(zarr.open_group(emb, mode="r")["embeddings"][:], e)
+
+
+def test_series_model_fits_evaluates_and_predicts_from_dicoms(slice_run, brain_store, synth_corpus, tmp_path, capsys):
+    emb = str(tmp_path / "emb.zarr")
+    assert main(["embed", slice_run, "--out", emb, "--quiet"]) == 0
+    run = str(tmp_path / "series")
+    assert main(["fit", brain_store, "--out", run, "--model", "series", "--embeddings", emb, "--epochs", "3",
+                 "--quiet"]) == 0
+    cfg = json.load(open(os.path.join(run, "config.json")))
+    slice_cfg = json.load(open(os.path.join(slice_run, "config.json")))
+    assert cfg["split"] == slice_cfg["split"]  # the slice run's patients, nothing else
+    assert os.path.isfile(os.path.join(run, "calibration.json"))
+    capsys.readouterr()
+    assert main(["evaluate", run, "--split", "test", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["slices"] == slice_cfg["split"]["slices"]["test"] and res["model"] == "series"
+    out_csv = tmp_path / "sub.csv"
+    assert main(["predict", run, synth_corpus["dicom_dir"], "--out", str(out_csv)]) == 0
+    rows = list(csv.DictReader(open(out_csv)))
+    assert len(rows) == 60 * 6 and all(0 <= float(r["Label"]) <= 1 for r in rows)
+
+
+def test_a_series_of_one_slice_and_mismatched_embeddings(slice_run, brain_store, synth_corpus, tmp_path, capsys):
+    from ichprep.build import BuildConfig, build
+    from ichprep.windows import parse_windows
+    from ichtrain.series import build_series_model
+
+    m = build_series_model(8)
+    assert m.predict(np.ones((1, 1, 8), np.float32), verbose=0).shape == (1, 1, 6)
+    emb = str(tmp_path / "emb.zarr")
+    assert main(["embed", slice_run, "--out", emb, "--quiet"]) == 0
+    other = str(tmp_path / "other.zarr")  # the same DICOMs in 16-slice shards: same rows, so it matches...
+    build(BuildConfig(source=synth_corpus["dicom_dir"], out=other, labels=synth_corpus["labels"],
+                      windows=parse_windows("brain"), preset=None, workers=0, salt="s", shard_slices=16))
+    half = str(tmp_path / "half")  # ...while a store of other DICOMs does not
+    os.makedirs(half)
+    for f in sorted(os.listdir(synth_corpus["dicom_dir"]))[:30]:
+        os.link(os.path.join(synth_corpus["dicom_dir"], f), os.path.join(half, f))
+    small = str(tmp_path / "small.zarr")
+    build(BuildConfig(source=half, out=small, labels=synth_corpus["labels"], windows=parse_windows("brain"),
+                      preset=None, workers=0, salt="s", shard_slices=8))
+    capsys.readouterr()
+    assert main(["fit", small, "--out", str(tmp_path / "r"), "--model", "series", "--embeddings", emb]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ichtrain: error:") and err.count("\n") == 1
+    assert main(["fit", brain_store, "--out", str(tmp_path / "r2"), "--model", "series"]) == 2
+    assert "--embeddings" in capsys.readouterr().err
