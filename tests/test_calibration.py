@@ -101,22 +101,30 @@ def test_ece_and_reliability_hand_values():
     assert expected_calibration_error(y, p, bins=10) == pytest.approx(expected)
 
 
-def test_a_few_val_patients_barely_move_the_map_and_many_do():
-    """Each val patient weighs one: 3 patients whose slices all disagree with the outputs leave the
-    prior-shifted map near the identity; 300 such patients move it."""
+def test_val_evidence_grows_with_patients_not_slices():
+    """Each val patient weighs one in total: the outputs say 0.1 and the val slices are half positive;
+    the calibrated value moves toward 0.5 as patients are added (30 slices each), while weighing slices
+    would let a single patient's 30 slices move it all the way."""
     rng = np.random.default_rng(3)
 
-    def val(patients, slices=30):
-        groups = np.repeat([f"p{i}" for i in range(patients)], slices)
+    def calibrated(patients, by_patient=True):
+        groups = np.repeat([f"p{i}" for i in range(patients)], 30)
         y = np.zeros((groups.size, 6))
-        y[:, 5] = rng.random(groups.size) < 0.5  # half positive, while the model says 0.1 everywhere
-        return y, np.full((groups.size, 6), 0.1), groups
+        y[:, 5] = rng.random(groups.size) < 0.5
+        y_train = np.zeros((100, 6))
+        y_train[:10] = 1
+        cal = fit_calibration(y_train, np.ones(100), y, np.full((groups.size, 6), 0.1),
+                              val_groups=groups if by_patient else None)
+        return float(cal.apply(np.full((1, 6), 0.1))[0, 5])
 
-    y_train = np.zeros((100, 6))
-    y_train[:10] = 1
-    few = fit_calibration(y_train, np.ones(100), *val(3)[:2], val_groups=val(3)[2])
-    many_y, many_p, many_g = val(300)
-    many = fit_calibration(y_train, np.ones(100), many_y, many_p, val_groups=many_g)
-    base = 0.1  # weights all one: no prior shift, so the identity map returns 0.1
-    assert abs(few.apply(np.full((1, 6), 0.1))[0, 5] - base) < 0.1
-    assert many.apply(np.full((1, 6), 0.1))[0, 5] == pytest.approx(0.5, abs=0.05)
+    moved = [calibrated(n) for n in (1, 3, 10, 300)]
+    assert all(a < b for a, b in zip(moved, moved[1:])), moved
+    assert moved[0] < 0.3 and moved[-1] == pytest.approx(0.5, abs=0.03)
+    assert calibrated(1, by_patient=False) > 0.45  # one patient's slices, counted one by one
+
+
+def test_platt_never_reverses_the_ranking():
+    z = np.linspace(-3, 3, 200)
+    y = (z < 0).astype(float)  # a val split whose labels run against the outputs
+    a, b = fit_platt(z, y, ridge=0.1)
+    assert a == pytest.approx(0.05) and np.isfinite(b)

@@ -27,3 +27,23 @@ def test_model_reaches_auc_0_9_for_any_on_held_out_patients(tmp_path, windows, m
     # calibrated probabilities: better than predicting the train split's label rates for every slice
     c = res["calibration"]
     assert c["weighted_log_loss"] < c["constant_prior_weighted_log_loss"], c
+
+
+@pytest.mark.slow
+def test_series_model_beats_its_slice_model_on_held_out_patients(tmp_path):
+    corpus = write_corpus(tmp_path / "c", SynthConfig(studies=40, slices=24, seed=8, hemorrhage_fraction=0.5))
+    store = str(tmp_path / "s.zarr")
+    build(BuildConfig(source=corpus["dicom_dir"], out=store, labels=corpus["labels"],
+                      windows=parse_windows("brain:40/80"), preset=None, workers=2, salt="s"))
+    slice_run, series_run, emb = (str(tmp_path / n) for n in ("slice", "series", "emb.zarr"))
+    assert main(["fit", store, "--out", slice_run, "--image-size", "128", "--epochs", "8", "--split", "0.6,0.2,0.2",
+                 "--quiet"]) == 0
+    assert main(["embed", slice_run, "--out", emb, "--quiet"]) == 0
+    assert main(["fit", store, "--out", series_run, "--model", "series", "--embeddings", emb, "--quiet"]) == 0
+    results = {}
+    for run in (slice_run, series_run):
+        assert main(["evaluate", run, "--split", "test"]) == 0
+        results[run] = json.load(open(os.path.join(run, "eval-test.json")))
+    a, b = results[slice_run], results[series_run]
+    assert b["weighted_log_loss"] < a["weighted_log_loss"], (a["weighted_log_loss"], b["weighted_log_loss"])
+    assert b["weighted_log_loss"] < b["calibration"]["constant_prior_weighted_log_loss"]
