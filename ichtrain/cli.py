@@ -87,6 +87,16 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="val", choices=("val", "test", "train"))
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--json", action="store_true", help="print the metrics JSON")
+    c = sub.add_parser("compare", help="runs side by side on the same held-out patients, with intervals",
+                       description="Evaluate every RUN on the same split (refused if their splits differ) and write "
+                                   "one table and one HTML page: weighted log loss, its difference to the first run, "
+                                   "ROC-AUC per label, sensitivity and specificity of 'any' at 0.5, each with a 95% "
+                                   "bootstrap interval over patients (the same resamples for every run).")
+    c.add_argument("runs", nargs="+", metavar="RUN")
+    c.add_argument("--split", default="test", choices=("val", "test", "train"))
+    c.add_argument("--bootstrap", type=int, default=1000, help="patient resamples (default 1000)")
+    c.add_argument("--out", help="folder for compare-SPLIT.json/.html (default: the first run)")
+    c.add_argument("--json", action="store_true", help="print the comparison JSON")
     d = sub.add_parser("demo", help="the whole pipeline on synthetic data: synth, build, fit, evaluate, predict",
                        description="Write a synthetic corpus, build a brain-window store (ichprep), train the "
                                    "baseline CNN for a few epochs, evaluate it on the held-out test patients "
@@ -121,7 +131,9 @@ def _dispatch(argv: list[str]) -> int:
         from ichtrain._tf import import_tensorflow
 
         import_tensorflow()
-    return {"fit": _fit, "embed": _embed, "evaluate": _evaluate, "predict": _predict, "demo": _demo}[args.command](args)
+    commands = {"fit": _fit, "embed": _embed, "evaluate": _evaluate, "compare": _compare, "predict": _predict,
+                "demo": _demo}
+    return commands[args.command](args)
 
 
 def console_main() -> None:
@@ -171,6 +183,23 @@ def _embed(args) -> int:
     bar.close()
     print(f"{res['out']}: {res['embedded']} of {res['rows']} rows embedded ({res['dim']} features, float16; "
           f"{res['blocks_run']} blocks run)")
+    return 0
+
+
+def _compare(args) -> int:
+    from ichtrain.compare import COLUMNS, cell, compare
+
+    res = compare(args.runs, args.split, args.bootstrap, args.out)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    print(f"{res['slices']} {args.split} slices of {res['patients']} patients; 95% intervals over "
+          f"{res['bootstrap']} patient resamples")
+    for r in res["runs"]:
+        print(f"  {r['run']} ({r['model']})")
+        for key, title in COLUMNS:
+            print(f"      {title:<22} {cell(r[key])}")
+    print(f"  table {res['json']}; page {res['html']}")
     return 0
 
 

@@ -34,17 +34,9 @@ def roc_auc(y_true: np.ndarray, y_prob: np.ndarray) -> float | None:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return None
-    p = np.asarray(y_prob, np.float64)
-    order = np.argsort(p, kind="mergesort")
-    ranks = np.empty(p.size, np.float64)
-    sorted_p = p[order]
-    i = 0
-    while i < p.size:  # average ranks over ties
-        j = i
-        while j + 1 < p.size and sorted_p[j + 1] == sorted_p[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
+    _, inverse, counts = np.unique(np.asarray(y_prob, np.float64), return_inverse=True, return_counts=True)
+    average_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based rank of each distinct value, ties averaged
+    ranks = average_rank[inverse.ravel()]
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 

@@ -88,3 +88,34 @@ def test_a_series_of_one_slice_and_mismatched_embeddings(slice_run, brain_store,
     assert err.startswith("ichtrain: error:") and err.count("\n") == 1
     assert main(["fit", brain_store, "--out", str(tmp_path / "r2"), "--model", "series"]) == 2
     assert "--embeddings" in capsys.readouterr().err
+
+
+def test_compare_runs_on_the_same_patients_with_patient_bootstrap(slice_run, brain_store, tmp_path,
+                                                                    capsys):
+    from ichtrain.metrics import weighted_log_loss
+
+    emb = str(tmp_path / "emb.zarr")
+    series = str(tmp_path / "series")
+    assert main(["embed", slice_run, "--out", emb, "--quiet"]) == 0
+    assert main(["fit", brain_store, "--out", series, "--model", "series", "--embeddings", emb, "--epochs", "2",
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["compare", slice_run, series, "--bootstrap", "50", "--out", str(tmp_path / "cmp"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [r["run"] for r in res["runs"]] == [slice_run, series] and res["patients"] >= 1
+    first, second = res["runs"]
+    assert first["weighted_log_loss_minus_first"]["value"] == 0.0
+    saved = np.load(os.path.join(series, "predictions-test.npz"))
+    assert second["weighted_log_loss"]["value"] == pytest.approx(weighted_log_loss(saved["y_true"], saved["y_prob"]))
+    lo, hi = second["weighted_log_loss"]["ci"]
+    assert lo <= hi and os.path.isfile(tmp_path / "cmp" / "compare-test.html")
+    other = tmp_path / "other"  # a run whose recorded test split holds other slices
+    import shutil
+
+    shutil.copytree(slice_run, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["split"]["digest"]["test"] = "0" * 32
+    (other / "config.json").write_text(json.dumps(cfg))
+    capsys.readouterr()
+    assert main(["compare", slice_run, str(other), "--bootstrap", "20"]) == 2
+    assert "other test slices" in capsys.readouterr().err

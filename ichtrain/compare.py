@@ -1,0 +1,133 @@
+"""``ichtrain compare``: runs side by side on the same held-out patients, with bootstrap intervals.
+
+Each run is evaluated on the split (``ichtrain.evaluate``, calibrated outputs); runs whose split holds
+other slices are refused. Intervals: 95% percentile bootstrap over patients (a patient's slices are
+resampled together, since they are not independent), with the same resamples for every run, so the
+paired difference to the first run has its own interval.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+
+import numpy as np
+
+from ichprep.errors import UsageError
+from ichprep.labels import SUBTYPES
+from ichtrain.metrics import confusion_rates, roc_auc, weighted_log_loss
+
+__all__ = ["compare"]
+
+
+def _metrics(y: np.ndarray, p: np.ndarray) -> dict:
+    out = {"weighted_log_loss": weighted_log_loss(y, p)}
+    for j, name in enumerate(SUBTYPES):
+        out[f"auc_{name}"] = roc_auc(y[:, j], p[:, j])
+    r = confusion_rates(y[:, 5], p[:, 5], np.array([0.5]))
+    out["sensitivity_any"] = float(r["sensitivity"][0])
+    out["specificity_any"] = float(r["specificity"][0])
+    return out
+
+
+def _interval(values) -> list | None:
+    v = np.array([x for x in values if x is not None and np.isfinite(x)], np.float64)
+    return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v.size else None
+
+
+def compare(runs: list[str], split: str = "test", bootstrap: int = 1000, out: str | None = None,
+            seed: int = 0) -> dict:
+    """Evaluate ``runs`` on ``split`` and write ``out``/compare-SPLIT.json and .html (default: beside the
+    first run). Returns the comparison."""
+    from ichtrain.data import StoreStream
+    from ichtrain.evaluate import evaluate
+
+    if len(runs) < 2:
+        raise UsageError(f"Expected at least two runs to compare. Received: {len(runs)}")
+    if not 10 <= bootstrap <= 100_000:
+        raise UsageError(f"Expected --bootstrap in [10, 100000] resamples. Received: {bootstrap}")
+    digests = []
+    for run in runs:  # refuse before any work
+        cfg_path = os.path.join(run, "config.json")
+        if not os.path.isfile(cfg_path):
+            raise UsageError(f"No run at {run!r} (no config.json): train one with 'ichtrain fit'.")
+        with open(cfg_path) as fh:
+            digests.append(json.load(fh).get("split", {}).get("digest", {}).get(split))
+        if digests[-1] != digests[0] or digests[-1] is None:
+            raise UsageError(f"Run {run!r} holds other {split} slices than {runs[0]!r} (another store, salt, "
+                             "seed or fractions): compare runs of one split only.")
+    preds = []
+    for run in runs:
+        evaluate(run, split)  # calibrated predictions on the split, saved beside the run
+        with np.load(os.path.join(run, f"predictions-{split}.npz")) as d:
+            preds.append((d["y_true"], d["y_prob"], d["rows"]))
+    y, _, rows = preds[0]
+    with open(os.path.join(runs[0], "config.json")) as fh:
+        cfg = json.load(fh)
+    stream = StoreStream(cfg["store"], by=cfg["split_by"], fractions=tuple(cfg["fractions"]), seed=cfg["seed"])
+    groups = stream.groups[rows].astype(str)
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == k) for k in range(uniq.size)]
+    rng = np.random.default_rng(seed)
+    samples = [np.concatenate([members[k] for k in rng.integers(0, uniq.size, uniq.size)]) for _ in range(bootstrap)]
+    table = []
+    boot_wll = []
+    for run, (_, p, _) in zip(runs, preds):
+        point = _metrics(y, p)
+        boots = [_metrics(y[idx], p[idx]) for idx in samples]
+        boot_wll.append(np.array([b["weighted_log_loss"] for b in boots]))
+        table.append(dict(run=run, model=_model_of(run), **{k: dict(value=v, ci=_interval([b[k] for b in boots]))
+                                                            for k, v in point.items()}))
+    for row, wll in zip(table, boot_wll):
+        row["weighted_log_loss_minus_first"] = dict(value=row["weighted_log_loss"]["value"]
+                                                    - table[0]["weighted_log_loss"]["value"],
+                                                    ci=_interval(wll - boot_wll[0]))
+    result = dict(split=split, slices=int(len(y)), patients=int(uniq.size), bootstrap=bootstrap, runs=table)
+    folder = out or runs[0]
+    os.makedirs(folder, exist_ok=True)
+    result["json"] = os.path.join(folder, f"compare-{split}.json")
+    with open(result["json"], "w") as fh:
+        json.dump(result, fh, indent=2)
+    result["html"] = _write_html(result, os.path.join(folder, f"compare-{split}.html"))
+    return result
+
+
+def _model_of(run: str) -> str:
+    with open(os.path.join(run, "config.json")) as fh:
+        c = json.load(fh)
+    extra = f" k={c['neighbours']}" if c.get("neighbours") else ""
+    return (c.get("backbone") if c["model"] == "backbone" else c["model"]) + extra
+
+
+COLUMNS = (("weighted_log_loss", "weighted log loss"), ("weighted_log_loss_minus_first", "minus the first run"),
+           ("auc_any", "AUC any"), ("sensitivity_any", "sens any @0.5"), ("specificity_any", "spec any @0.5"))
+
+
+def cell(m: dict) -> str:
+    """A metric and its interval, as text."""
+    if m["value"] is None:
+        return "n/a"
+    ci = m["ci"]
+    return f"{m['value']:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+
+
+def _write_html(result: dict, path: str) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(t)}</th>" for _, t in COLUMNS)
+    body = "".join(f"<tr><th>{esc(r['run'])} ({esc(r['model'])})</th>" + "".join(f"<td>{esc(cell(r[k]))}</td>"
+                                                                                  for k, _ in COLUMNS) + "</tr>"
+                   for r in result["runs"])
+    labels = "".join(f"<tr><th>{esc(r['run'])}</th>" + "".join(f"<td>{esc(cell(r['auc_' + n]))}</td>" for n in SUBTYPES)
+                     + "</tr>" for r in result["runs"])
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>ichtrain compare</title><style>"
+            "body{font-family:sans-serif;margin:24px}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+            "padding:4px 8px;text-align:right}</style></head><body>"
+            f"<h1>Runs on the {esc(result['split'])} split</h1><p>{result['slices']} slices of {result['patients']} "
+            f"patients; 95% intervals from {result['bootstrap']} bootstrap resamples of patients (the same for "
+            "every run).</p>"
+            f"<table><tr><th>run</th>{head}</tr>{body}</table><h2>ROC-AUC per label</h2><table><tr><th>run</th>"
+            + "".join(f"<th>{n}</th>" for n in SUBTYPES) + f"</tr>{labels}</table></body></html>")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(page)
+    return path
