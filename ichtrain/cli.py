@@ -31,45 +31,15 @@ def _parser() -> argparse.ArgumentParser:
         "Train on the store's train split (by patient), weighted by type; validate on the val split each epoch. "
         "Writes RUN_DIR/config.json, checkpoints/ (every epoch), log.csv, tensorboard/ and model.keras. "
         "Rerunning with the same RUN_DIR resumes after the last finished epoch."))
-    f.add_argument("store")
-    f.add_argument("--out", required=True, help="run folder")
-    f.add_argument("--model", default="baseline",
-                   choices=("cnn", "cnn-described", "rnn", "baseline", "backbone", "series"),
-                   help="cnn: the report's listing (1,527,130 parameters at 512); cnn-described: section 4.2 "
-                        "(264,330); rnn: shared window encoder + GRU (needs an rnn store); baseline: small and "
-                        "fast (default); backbone: a Keras application (--backbone, --weights); series: a "
-                        "bidirectional GRU over each series' slice embeddings (--embeddings, from 'ichtrain embed')")
-    f.add_argument("--embeddings", metavar="EMB.zarr", help="--model series: the slice embeddings to read")
-    f.add_argument("--backbone", default="efficientnetb0", choices=("efficientnetb0", "resnet50", "densenet121"),
-                   help="the Keras application of --model backbone (default efficientnetb0); a one-window store "
-                        "is repeated to three channels, other counts mixed to three by a learned 1x1 convolution")
-    f.add_argument("--weights", default="imagenet", metavar="imagenet|none|PATH",
-                   help="initial backbone weights: imagenet (downloaded by Keras once, then cached), none "
-                        "(random), or a weights file such as Keras' *_notop.h5 (default imagenet)")
-    f.add_argument("--epochs", type=int, help="default 10 (series: 30; it trains in seconds)")
-    f.add_argument("--batch-size", type=int, default=32)
-    f.add_argument("--image-size", type=int, help="input size (on-the-fly downscale); default 512 for the "
-                                                  "report's CNNs, 128 for baseline, 64 for rnn, 224 for backbone")
-    f.add_argument("--l2", type=float, default=1e-4, help="L2 on kernels and biases (report: 0.01; default 1e-4)")
-    f.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    f.add_argument("--bn-momentum", type=float, default=0.99,
-                   help="BatchNorm momentum of the report's CNNs (Keras default 0.99, as in the listing); 0.9 "
-                        "suits short runs (baseline and rnn always use 0.9)")
-    f.add_argument("--alpha", type=float, default=0.5,
-                   help="per-type sampling exponent: weight = count**-alpha (0 natural, 1 balanced; default 0.5)")
-    f.add_argument("--epoch-size", type=int, help="slices drawn per epoch (default: the train split's size)")
-    f.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions (default 0.8,0.1,0.1)")
-    f.add_argument("--split-by", default="patient", choices=("patient", "study"))
-    f.add_argument("--seed", type=int, default=0, help="places patients in splits (hash buckets) and seeds sampling")
-    f.add_argument("--neighbours", type=int, default=0, metavar="K",
-                   help="2.5D context for the slice models: also feed slices z-K .. z+K of the series as channels "
-                        "(the series' end slice repeats at its ends; default 0)")
-    f.add_argument("--strategy", default="default", choices=("default", "mirrored", "multi-worker"),
-                   help="tf.distribute strategy. default: one device. mirrored: every local GPU (synchronous). "
-                        "multi-worker: one process per machine, each started with the same arguments and its own "
-                        "TF_CONFIG (cluster and task index); --out must be a folder every worker sees; each "
-                        "worker reads its own share of every epoch. --batch-size is the global batch.")
-    f.add_argument("--quiet", action="store_true")
+    _add_fit_arguments(f)
+    v = sub.add_parser("cv", help="patient-grouped K-fold cross-validation of one fit configuration",
+                       description="Fit the configuration once per fold (fold k is the test split, fold k+1 the val "
+                                   "split for calibration, the rest train; patients are dealt round-robin by "
+                                   "their hash), evaluate each on its test fold, and write OUT/cv.json and "
+                                   "OUT/cv.html: per metric mean and sd over folds and the pooled out-of-fold "
+                                   "metrics. Folds go to OUT/fold-K; rerunning resumes. --split is not used.")
+    v.add_argument("--folds", type=int, default=5, help="number of folds (>= 3; default 5)")
+    _add_fit_arguments(v)
     m = sub.add_parser("embed", help="per-slice features of a trained slice model, for --model series",
                        description="Write each usable slice's features (the layer before the head of RUN's slice "
                                    "model) as float16 (N, D) to a Zarr group keyed to the store's rows and "
@@ -119,6 +89,49 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_fit_arguments(f: argparse.ArgumentParser) -> None:
+    """The options of one training configuration (fit, and each fold of cv)."""
+    f.add_argument("store")
+    f.add_argument("--out", required=True, help="run folder")
+    f.add_argument("--model", default="baseline",
+                   choices=("cnn", "cnn-described", "rnn", "baseline", "backbone", "series"),
+                   help="cnn: the report's listing (1,527,130 parameters at 512); cnn-described: section 4.2 "
+                        "(264,330); rnn: shared window encoder + GRU (needs an rnn store); baseline: small and "
+                        "fast (default); backbone: a Keras application (--backbone, --weights); series: a "
+                        "bidirectional GRU over each series' slice embeddings (--embeddings, from 'ichtrain embed')")
+    f.add_argument("--embeddings", metavar="EMB.zarr", help="--model series: the slice embeddings to read")
+    f.add_argument("--backbone", default="efficientnetb0", choices=("efficientnetb0", "resnet50", "densenet121"),
+                   help="the Keras application of --model backbone (default efficientnetb0); a one-window store "
+                        "is repeated to three channels, other counts mixed to three by a learned 1x1 convolution")
+    f.add_argument("--weights", default="imagenet", metavar="imagenet|none|PATH",
+                   help="initial backbone weights: imagenet (downloaded by Keras once, then cached), none "
+                        "(random), or a weights file such as Keras' *_notop.h5 (default imagenet)")
+    f.add_argument("--epochs", type=int, help="default 10 (series: 30; it trains in seconds)")
+    f.add_argument("--batch-size", type=int, default=32)
+    f.add_argument("--image-size", type=int, help="input size (on-the-fly downscale); default 512 for the "
+                                                  "report's CNNs, 128 for baseline, 64 for rnn, 224 for backbone")
+    f.add_argument("--l2", type=float, default=1e-4, help="L2 on kernels and biases (report: 0.01; default 1e-4)")
+    f.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    f.add_argument("--bn-momentum", type=float, default=0.99,
+                   help="BatchNorm momentum of the report's CNNs (Keras default 0.99, as in the listing); 0.9 "
+                        "suits short runs (baseline and rnn always use 0.9)")
+    f.add_argument("--alpha", type=float, default=0.5,
+                   help="per-type sampling exponent: weight = count**-alpha (0 natural, 1 balanced; default 0.5)")
+    f.add_argument("--epoch-size", type=int, help="slices drawn per epoch (default: the train split's size)")
+    f.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions (default 0.8,0.1,0.1)")
+    f.add_argument("--split-by", default="patient", choices=("patient", "study"))
+    f.add_argument("--seed", type=int, default=0, help="places patients in splits (hash buckets) and seeds sampling")
+    f.add_argument("--neighbours", type=int, default=0, metavar="K",
+                   help="2.5D context for the slice models: also feed slices z-K .. z+K of the series as channels "
+                        "(the series' end slice repeats at its ends; default 0)")
+    f.add_argument("--strategy", default="default", choices=("default", "mirrored", "multi-worker"),
+                   help="tf.distribute strategy. default: one device. mirrored: every local GPU (synchronous). "
+                        "multi-worker: one process per machine, each started with the same arguments and its own "
+                        "TF_CONFIG (cluster and task index); --out must be a folder every worker sees; each "
+                        "worker reads its own share of every epoch. --batch-size is the global batch.")
+    f.add_argument("--quiet", action="store_true")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every error becomes one line on stderr and an exit code (``ichprep.cliutil``)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -131,7 +144,7 @@ def _dispatch(argv: list[str]) -> int:
         from ichtrain._tf import import_tensorflow
 
         import_tensorflow()
-    commands = {"fit": _fit, "embed": _embed, "evaluate": _evaluate, "compare": _compare, "predict": _predict,
+    commands = {"fit": _fit, "cv": _cv, "embed": _embed, "evaluate": _evaluate, "compare": _compare, "predict": _predict,
                 "demo": _demo}
     return commands[args.command](args)
 
@@ -141,17 +154,11 @@ def console_main() -> None:
 
 
 def _fit(args) -> int:
-    from ichtrain.fit import FitConfig, fit
+    from ichtrain.fit import fit
 
     if args.model == "series":
         return _fit_series(args)
-    if args.embeddings:
-        raise UsageError("--embeddings is read by --model series only.")
-    cfg = FitConfig(store=args.store, out=args.out, model=args.model, epochs=args.epochs or 10, batch_size=args.batch_size,
-                    image_size=args.image_size, l2=args.l2, learning_rate=args.lr, alpha=args.alpha,
-                    epoch_size=args.epoch_size, split_by=args.split_by, fractions=_fractions(args.split),
-                    seed=args.seed, bn_momentum=args.bn_momentum, strategy=args.strategy, neighbours=args.neighbours,
-                    backbone=args.backbone, weights=None if args.weights.lower() == "none" else args.weights)
+    cfg = _fit_config(args)
     res = fit(cfg, verbose=0 if args.quiet else 2)
     what = "nothing to do: already trained" if res["trained"] == 0 else f"trained {res['trained']} epochs"
     print(f"{args.out}: {what} ({res['epochs_done']} done{', resumed' if res['resumed'] else ''}); "
@@ -199,6 +206,37 @@ def _compare(args) -> int:
         print(f"  {r['run']} ({r['model']})")
         for key, title in COLUMNS:
             print(f"      {title:<22} {cell(r[key])}")
+    print(f"  table {res['json']}; page {res['html']}")
+    return 0
+
+
+def _fit_config(args, **overrides):
+    from ichtrain.fit import FitConfig
+
+    if args.embeddings:
+        raise UsageError("--embeddings is read by --model series only.")
+    return FitConfig(store=args.store, out=args.out, model=args.model, epochs=args.epochs or 10,
+                     batch_size=args.batch_size, image_size=args.image_size, l2=args.l2, learning_rate=args.lr,
+                     alpha=args.alpha, epoch_size=args.epoch_size, split_by=args.split_by,
+                     fractions=_fractions(args.split), seed=args.seed, bn_momentum=args.bn_momentum,
+                     strategy=args.strategy, neighbours=args.neighbours, backbone=args.backbone,
+                     weights=None if args.weights.lower() == "none" else args.weights, **overrides)
+
+
+def _cv(args) -> int:
+    from ichtrain.cv import cross_validate
+
+    if args.model == "series":
+        raise UsageError("cv cross-validates slice models; --model series trains on a slice run's embeddings.")
+    res = cross_validate(_fit_config(args), args.folds, verbose=0 if args.quiet else 2)
+    s = res["summary"]
+    print(f"{args.out}: {res['folds']} folds of {res['model']}, {res['slices']} out-of-fold slices")
+    for key in ("weighted_log_loss", "constant_prior", "auc_any"):
+        m = s[key]
+        mean = "n/a" if m["mean"] is None else f"{m['mean']:.4f}"
+        sd = "" if m["sd"] is None else f" ± {m['sd']:.4f}"
+        pooled = res["pooled"].get(key)
+        print(f"  {key:<18} {mean}{sd} over folds" + (f"; pooled {pooled:.4f}" if pooled is not None else ""))
     print(f"  table {res['json']}; page {res['html']}")
     return 0
 

@@ -40,7 +40,7 @@ def compare(runs: list[str], split: str = "test", bootstrap: int = 1000, out: st
             seed: int = 0) -> dict:
     """Evaluate ``runs`` on ``split`` and write ``out``/compare-SPLIT.json and .html (default: beside the
     first run). Returns the comparison."""
-    from ichtrain.data import StoreStream
+    from ichtrain.data import run_stream
     from ichtrain.evaluate import evaluate
 
     if len(runs) < 2:
@@ -65,7 +65,7 @@ def compare(runs: list[str], split: str = "test", bootstrap: int = 1000, out: st
     y, _, rows = preds[0]
     with open(os.path.join(runs[0], "config.json")) as fh:
         cfg = json.load(fh)
-    stream = StoreStream(cfg["store"], by=cfg["split_by"], fractions=tuple(cfg["fractions"]), seed=cfg["seed"])
+    stream = run_stream(cfg)
     groups = stream.groups[rows].astype(str)
     uniq, inverse = np.unique(groups, return_inverse=True)
     members = [np.flatnonzero(inverse == k) for k in range(uniq.size)]

@@ -30,7 +30,7 @@ from ichprep import store as st
 from ichprep.errors import StoreError, UsageError
 from ichprep.labels import UNLABELLED
 
-__all__ = ["StoreStream", "split_rows", "split_buckets", "split_record", "type_weights", "sample_epoch", "SPLIT_NAMES"]
+__all__ = ["StoreStream", "split_rows", "split_buckets", "split_record", "fold_rows", "run_stream", "type_weights", "sample_epoch", "SPLIT_NAMES"]
 
 SPLIT_NAMES = ("train", "val", "test")
 BLOCK_MB = 64  # largest span of decoded slices one read covers
@@ -62,6 +62,31 @@ def split_rows(groups: np.ndarray, usable: np.ndarray, fractions=(0.8, 0.1, 0.1)
     uniq, inverse = np.unique(keys, return_inverse=True)
     side = np.searchsorted(np.cumsum(fr)[:2], split_buckets(uniq, seed), side="right")
     return {name: rows[side[inverse] == k] for k, name in enumerate(SPLIT_NAMES)}
+
+
+def fold_rows(groups: np.ndarray, usable: np.ndarray, folds: int, fold: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Patient-grouped K-fold: groups sorted by their :func:`split_buckets` value are dealt round-robin into
+    ``folds`` folds (sizes within one group of each other); fold ``fold`` is the test split, the next one
+    the val split, the rest train. Deterministic for the data and the seed."""
+    if not (isinstance(folds, int) and folds >= 3 and isinstance(fold, int) and 0 <= fold < folds):
+        raise UsageError(f"Expected folds >= 3 and 0 <= fold < folds. Received: folds={folds!r}, fold={fold!r}")
+    rows = np.flatnonzero(usable)
+    keys = np.asarray(groups, dtype=object)[rows].astype(str)
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    if uniq.size < folds:
+        raise UsageError(f"{folds} folds need at least {folds} patients (groups); the store's labelled slices "
+                         f"have {uniq.size}. Use --folds {max(3, uniq.size)} or fewer, or more data.")
+    of_group = np.empty(uniq.size, np.int64)
+    of_group[np.argsort(split_buckets(uniq, seed), kind="stable")] = np.arange(uniq.size) % folds
+    side = np.where(of_group == fold, 2, np.where(of_group == (fold + 1) % folds, 1, 0))
+    return {name: rows[side[inverse] == k] for k, name in enumerate(SPLIT_NAMES)}
+
+
+def run_stream(run: dict, url: str | None = None) -> "StoreStream":
+    """The stream of a run's store (or ``url``) with the run's split: its grouping, fractions or fold, seed."""
+    fold = run.get("fold")
+    return StoreStream(url or run["store"], by=run["split_by"], fractions=tuple(run["fractions"]), seed=run["seed"],
+                       fold=tuple(fold) if fold else None)
 
 
 def split_record(splits: dict[str, np.ndarray], sop_uids: np.ndarray, groups: np.ndarray, **identity) -> dict:
@@ -104,6 +129,7 @@ class StoreStream:
     by: str = "patient"
     fractions: tuple = (0.8, 0.1, 0.1)
     seed: int = 0
+    fold: tuple | None = None  # (fold, folds): patient-grouped K-fold splits instead of fractions (cv)
     _g: object = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -124,7 +150,10 @@ class StoreStream:
         self.labelled = labelled
         self.readable = status == 0  # pixels usable (prediction reads these, labelled or not)
         self.usable = self.readable & labelled  # unlabelled slices never enter a split
-        self.splits = split_rows(self.groups, self.usable, self.fractions, self.seed)
+        if self.fold is None:
+            self.splits = split_rows(self.groups, self.usable, self.fractions, self.seed)
+        else:
+            self.splits = fold_rows(self.groups, self.usable, int(self.fold[1]), int(self.fold[0]), self.seed)
         self._sop_uids = g["sop_uid"]
         # Each series is a contiguous run of rows (the store is ordered by study, series, z): its bounds
         # per row are what neighbour reads clip to, so a sample never mixes two series.
@@ -148,7 +177,8 @@ class StoreStream:
         """This stream's split as a run records it (see :func:`split_record`)."""
         return split_record(self.splits, np.asarray(self._sop_uids[:], dtype=object), self.groups,
                             salt_fingerprint=self.info.attrs.get("salt_fingerprint"), by=self.by, seed=self.seed,
-                            fractions=[float(f) for f in self.fractions])
+                            fractions=[float(f) for f in self.fractions],
+                            fold=list(self.fold) if self.fold else None)
 
     def check_split(self, recorded: dict | None, what: str) -> None:
         """Refuse (UsageError) when this stream's split differs from ``recorded`` (a run's), naming why."""

@@ -38,10 +38,10 @@ def predict_rows(model, stream, batch_size: int = 32, split: str | None = None, 
 
 
 def evaluate(run_dir: str, split: str = "val", batch_size: int = 32) -> dict:
-    from ichtrain.data import StoreStream
+    from ichtrain.data import run_stream
 
     cfg, model = _load(run_dir)
-    stream = StoreStream(cfg["store"], by=cfg["split_by"], fractions=tuple(cfg["fractions"]), seed=cfg["seed"])
+    stream = run_stream(cfg)
     stream.check_split(cfg.get("split"), f"the run {run_dir!r}")
     if stream.splits[split].size == 0:
         raise UsageError(stream.empty_split_reason(split) + "; nothing to evaluate")

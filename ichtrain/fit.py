@@ -70,6 +70,7 @@ class FitConfig:
     bn_momentum: float = 0.99  # the report's CNNs only
     strategy: str = "default"  # tf.distribute: default (one device), mirrored (local GPUs), multi-worker
     neighbours: int = 0  # 2.5D: slices z-k .. z+k of the series as extra channels (slice models)
+    fold: tuple | None = None  # (fold, folds): K-fold splits (ichtrain cv) instead of fractions
     backbone: str = "efficientnetb0"  # --model backbone only
     weights: str | None = "imagenet"  # --model backbone only: "imagenet", a weights file, or None (random)
 
@@ -101,6 +102,8 @@ class FitConfig:
         if self.backbone not in BACKBONES:
             raise UsageError(f"Expected --backbone one of {', '.join(BACKBONES)}. Received: backbone={self.backbone!r}")
         object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
+        if self.fold is not None:
+            object.__setattr__(self, "fold", tuple(int(v) for v in self.fold))
 
     def resolved_image_size(self, store_size: int = 512) -> int:
         if self.image_size:
@@ -112,6 +115,7 @@ class FitConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["fractions"] = list(self.fractions)
+        d["fold"] = list(self.fold) if self.fold else None
         return d
 
 
@@ -238,7 +242,7 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
     if cfg.batch_size % replicas:
         raise UsageError(f"Expected --batch-size (the global batch) divisible by the {replicas} replicas in sync. "
                          f"Received: batch_size={cfg.batch_size}")
-    stream = StoreStream(cfg.store, by=cfg.split_by, fractions=cfg.fractions, seed=cfg.seed)
+    stream = StoreStream(cfg.store, by=cfg.split_by, fractions=cfg.fractions, seed=cfg.seed, fold=cfg.fold)
     store_size = int(stream.info.attrs["image_size"])
     size = cfg.resolved_image_size(store_size)
     if cfg.model == "rnn" and stream.channels < 2:

@@ -20,8 +20,6 @@ __all__ = ["predict"]
 
 def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_size: int = 32,
             stream_err=None) -> dict:
-    import keras
-
     from ichtrain.data import StoreStream
     from ichtrain.evaluate import predict_rows
 
@@ -63,8 +61,6 @@ def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_
 
 
 def _series_probs(cfg: dict, model, stream, ok: np.ndarray, batch_size: int) -> np.ndarray:
-    import keras
-
     from ichtrain.series import feature_model, features_of, predict_series, series_rows
 
     slice_cfg, slice_path = load_run(cfg["slice_run"])

@@ -55,10 +55,9 @@ def features_of(features, stream, rows, inputs: dict, batch_size: int = 64) -> n
 def embed(run_dir: str, out: str, store: str | None = None, batch_size: int = 64, progress=None) -> dict:
     """Write ``out`` (a Zarr group): ``embeddings`` (N, D) float16 for every row of the store whose pixels
     are usable (zeros elsewhere), resumable by blocks of EMBED_BLOCK rows. The store is never modified."""
-    import keras
     import zarr
 
-    from ichtrain.data import StoreStream
+    from ichtrain.data import run_stream
 
     cfg, model_path = load_run(run_dir)
     if cfg["model"] == "series":
@@ -68,7 +67,7 @@ def embed(run_dir: str, out: str, store: str | None = None, batch_size: int = 64
                          "window sequences.")
     features = feature_model(load_keras(model_path))
     url = store or cfg["store"]
-    stream = StoreStream(url, by=cfg["split_by"], fractions=tuple(cfg["fractions"]), seed=cfg["seed"])
+    stream = run_stream(cfg, url)
     sops = np.asarray(stream._sop_uids[:], dtype=object)
     identity = dict(run=os.path.abspath(run_dir), store=url, rows=int(stream.n), sop_digest=_sop_digest(sops),
                     dim=int(features.output_shape[-1]))
@@ -207,7 +206,7 @@ def fit_series(cfg: SeriesFitConfig, verbose: int = 0) -> dict:
     recorded and checked), calibrate it on val, and save the run like ``fit`` does."""
     import keras
 
-    from ichtrain.data import StoreStream
+    from ichtrain.data import run_stream
 
     try:
         with open(os.path.join(cfg.embeddings, "zarr.json")) as fh:
@@ -215,12 +214,12 @@ def fit_series(cfg: SeriesFitConfig, verbose: int = 0) -> dict:
     except (OSError, KeyError, ValueError):
         raise UsageError(f"{cfg.embeddings!r} is not an embeddings store: make one with 'ichtrain embed'.") from None
     slice_cfg, _ = load_run(slice_run)
-    stream = StoreStream(cfg.store, by=slice_cfg["split_by"], fractions=tuple(slice_cfg["fractions"]),
-                         seed=slice_cfg["seed"])
+    stream = run_stream(slice_cfg, cfg.store)
     stream.check_split(slice_cfg.get("split"), f"the slice run {slice_run!r}")
     emb, _ = open_embeddings(cfg.embeddings, stream)
     record = dict(asdict(cfg), model="series", slice_run=slice_run, split_by=slice_cfg["split_by"],
-                  fractions=slice_cfg["fractions"], seed=slice_cfg["seed"], split=stream.split_record(),
+                  fractions=slice_cfg["fractions"], seed=slice_cfg["seed"], fold=slice_cfg.get("fold"),
+                  split=stream.split_record(),
                   image_size=None, windows=slice_cfg["windows"], size_policy=slice_cfg.get("size_policy", "resize"))
     os.makedirs(cfg.out, exist_ok=True)
     path = os.path.join(cfg.out, CONFIG)

@@ -231,3 +231,21 @@ def test_a_slice_model_trains_on_a_many_window_store_with_neighbours(stores, tmp
     test_rows = StoreStream(stores["rnn"], fractions=SPLIT_FRACTIONS, seed=stores["seed"]).splits["test"]
     assert json.loads(capsys.readouterr().out)["slices"] == test_rows.size
     assert main(["fit", stores["rnn"], "--out", str(tmp_path / "r2"), "--model", "rnn", "--neighbours", "1"]) == 2
+
+
+def test_k_folds_are_patient_grouped_balanced_and_cover_every_slice_once():
+    from ichtrain.data import fold_rows
+
+    groups = np.array([f"p{i // 5}" for i in range(5 * 31)], dtype=object)
+    usable = np.ones(groups.size, bool)
+    tests = []
+    for k in range(5):
+        f = fold_rows(groups, usable, 5, k, seed=2)
+        sides = [set(groups[f[n]]) for n in ("train", "val", "test")]
+        assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+        assert len(sides[2]) in (6, 7) and len(sides[1]) in (6, 7)  # 31 patients dealt round-robin
+        tests.append(f["test"])
+    allrows = np.sort(np.concatenate(tests))
+    np.testing.assert_array_equal(allrows, np.arange(groups.size))
+    with pytest.raises(UsageError, match="at least 40 patients"):
+        fold_rows(groups, usable, 40, 0)
