@@ -311,3 +311,58 @@ def test_no_patient_identifying_data_in_store_or_output(tmp_path, capfd):
     for secret in secrets_:
         assert secret.encode() not in hay, secret
     assert len(set(g["patient"][:])) >= 2
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_sigterm_exits_143_releases_the_lock_leaves_no_workers_and_resumes(tmp_path, resume_corpus, workers):
+    s, ref = resume_corpus
+    out = tmp_path / "t.zarr"
+    cmd = _build_cmd(s["dicom_dir"], out, s["labels"])
+    cmd[cmd.index("--workers") + 1] = workers
+    proc = subprocess.Popen(cmd, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and _shards_written(out) < 3:
+        time.sleep(0.002)
+    assert proc.poll() is None, "the build finished before it could be stopped"
+    t0 = time.monotonic()
+    os.kill(proc.pid, signal.SIGTERM)  # the main process only, as a scheduler or `kill` would
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 143, err
+    assert time.monotonic() - t0 < 30
+    assert err.strip().count("\n") == 0 and "terminated" in err and "Traceback" not in err
+    assert not os.path.exists(str(out) + ".lock")
+    time.sleep(1.0)
+    ps = subprocess.run(["ps", "-e", "-o", "sid=,pid="], capture_output=True, text=True).stdout.split("\n")
+    left = [line for line in ps if line.split() and line.split()[0] == str(proc.pid)]
+    assert not left, f"processes of the stopped build remain: {left}"
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    _assert_same_store(out, ref)
+
+
+def _mount_tmpfs(path, size_kib):
+    path.mkdir(exist_ok=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(path)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.strip()}")
+
+
+def test_disk_full_is_one_line_then_resumes_to_the_same_store(tmp_path, resume_corpus):
+    s, ref = resume_corpus
+    size_kib = sum(f.stat().st_size for f in ref.rglob("*") if f.is_file()) // 1024
+    mnt = tmp_path / "small"
+    _mount_tmpfs(mnt, max(64, size_kib // 2))  # room for about half of the store
+    try:
+        out = mnt / "full.zarr"
+        cmd = _build_cmd(s["dicom_dir"], out, s["labels"])
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 1, res.stderr
+        assert res.stderr.strip().count("\n") == 0 and "no space left" in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr and not os.path.exists(str(out) + ".lock")
+        subprocess.run(["mount", "-o", f"remount,size={size_kib * 4}k", str(mnt)], check=True)
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        _assert_same_store(out, ref)
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
