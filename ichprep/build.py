@@ -171,7 +171,7 @@ def _prepare_output(cfg: BuildConfig) -> tuple[str, object]:
         return "create", None
     if cfg.overwrite:
         return "create", None
-    if info.attrs.get("params") != cfg.params():
+    if info.params != cfg.params():
         raise StoreExistsError(f"Output {out!r} holds a store built with other parameters; pass --overwrite "
                                "to replace it, or choose another --out.")
     return ("complete" if info.complete else "resume"), g
@@ -243,7 +243,7 @@ def _open_store(cfg: BuildConfig, mode: str, g, rows: _Rows, salt_fingerprint: s
     """Phase 4: create the store with its metadata, or reopen the one being resumed: (group, done shards)."""
     n = len(rows.headers)
     if mode == "resume":
-        if list(g["sop_uid"][:]) != rows.sops:
+        if list(st.column(g, "sop_uid")) != rows.sops:
             raise StoreExistsError(f"The files in {cfg.source!r} changed since {cfg.out!r} was started; "
                                    "pass --overwrite to rebuild from scratch.")
         g = st.open_for_write(cfg.out)
@@ -286,7 +286,7 @@ def _finalise(cfg: BuildConfig, g, rows: _Rows, header_rejects: list, reject_mes
               warns: Counter, timings: dict) -> list:
     """Phase 6: rejects from the status array (complete across resumes), counts and attrs; the store is
     marked complete last. Returns every reject as (file, reason, message)."""
-    status = np.asarray(g["status"][:])
+    status = st.column(g, "status")
     headers = rows.headers
     pixel_rejects = []
     for i in np.flatnonzero(status):  # a shard written by an earlier, interrupted run left no message

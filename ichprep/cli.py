@@ -177,18 +177,16 @@ def info_dict(url: str) -> dict:
     from ichprep import store as st
     from ichprep.labels import TYPE_TABLE
 
-    g, info = st.read_info(url)
-    a = info.attrs
-    raw_bytes = info.n * info.attrs["image_size"] ** 2 * info.channels * 2
+    _, info = st.read_info(url)
+    raw_bytes = info.n * info.image_size ** 2 * info.channels * 2
     on_disk = st.size_on_disk(url)
     image_disk = st.size_on_disk(os.path.join(url, "images")) if on_disk is not None else None
     return dict(
         store=url, complete=info.complete, slices=info.n, channels=info.channels,
-        preset=a.get("preset"), windows=[w.spec() for w in info.windows], size_policy=a.get("size_policy"),
-        shard_slices=a.get("shard_slices"), codec=a.get("params", {}).get("codec"),
-        counts=a.get("counts", {}), type_counts={int(k): v for k, v in a.get("type_counts", {}).items()},
-        rejects=len(a.get("rejects", [])), fixed=a.get("fixed", {}), timings=a.get("timings", {}),
-        salt_fingerprint=a.get("salt_fingerprint"), size_on_disk=on_disk,
+        preset=info.preset, windows=[w.spec() for w in info.windows], size_policy=info.size_policy,
+        shard_slices=info.shard_slices, codec=info.params.get("codec"), counts=info.counts,
+        type_counts=info.type_counts, rejects=len(info.rejects), fixed=info.fixed, timings=info.timings,
+        salt_fingerprint=info.salt_fingerprint, size_on_disk=on_disk,
         compression_ratio=(raw_bytes / image_disk) if image_disk else None,
         type_table={t: TYPE_TABLE[t] for t in TYPE_TABLE},
     )
@@ -253,18 +251,17 @@ def _store_stats(url: str):
     from ichprep.labels import TYPE_TABLE
 
     g, info = st.read_info(url)
-    a = info.attrs
-    types = np.asarray(g["type"][:])
-    ok = np.asarray(g["status"][:]) == 0
+    types = st.column(g, "type")
+    ok = st.column(g, "status") == 0
     tc = Counter(int(t) for t in types[ok])
-    series = np.asarray(g["series_uid"][:], dtype=object)
+    series = st.column(g, "series_uid")
     _, per_series = np.unique(series, return_counts=True)
     return dict(
         store=url, complete=info.complete, slices=int(ok.sum()),
         table_3_1=[dict(type=t, count=tc.get(t, 0), flags=list(TYPE_TABLE[t])) for t in range(1, 33)],
         unlabelled=tc.get(0, 0),
-        rejects_by_reason=dict(Counter(r["reason"] for r in a.get("rejects", []))),
-        fixed=a.get("fixed", {}),
+        rejects_by_reason=dict(Counter(r["reason"] for r in info.rejects)),
+        fixed=info.fixed,
         series=int(per_series.size),
         slices_per_series=dict(min=int(per_series.min()), median=float(np.median(per_series)),
                                max=int(per_series.max())) if per_series.size else {},

@@ -30,16 +30,16 @@ def _plt():
 
 
 def find_row(g, index: int | None = None, sop: str | None = None, type_code: int | None = None) -> int:
-    n = g["images"].shape[0]
+    n = st.images(g).shape[0]
     if sop is not None:
-        hits = np.flatnonzero(np.asarray(g["sop_uid"][:], dtype=object) == sop)
+        hits = np.flatnonzero(st.column(g, "sop_uid") == sop)
         if not hits.size:
             raise UsageError(f"No slice with SOP {sop!r} in the store. Received: --sop {sop}")
         return int(hits[0])
     if type_code is not None:
         if type_code not in TYPE_TABLE and type_code != 0:
             raise UsageError(f"Expected --type in 0..32 (Table 3.1). Received: --type {type_code}")
-        hits = np.flatnonzero(np.asarray(g["type"][:]) == type_code)
+        hits = np.flatnonzero(st.column(g, "type") == type_code)
         if not hits.size:
             raise UsageError(f"No slice of type {type_code} in the store (see 'ichprep stats').")
         return int(hits[len(hits) // 2])
@@ -50,8 +50,8 @@ def find_row(g, index: int | None = None, sop: str | None = None, type_code: int
 
 
 def _title(g, i: int) -> str:
-    lab = np.asarray(g["labels"][i])
-    t = int(g["type"][i])
+    lab = st.column(g, "labels", i)
+    t = int(st.column(g, "type", i))
     if (lab == 255).all():
         flags = "unlabelled"
     else:
@@ -71,15 +71,15 @@ def preview(url: str, out: str, index: int | None = None, sop: str | None = None
     if series:
         if not 0 <= channel < info.channels:
             raise UsageError(f"Expected --channel in [0, {info.channels - 1}]. Received: --channel {channel}")
-        ser = np.asarray(g["series_uid"][:], dtype=object)
+        ser = st.column(g, "series_uid")
         rows = np.flatnonzero(ser == ser[i])  # contiguous and in z order (the store's row order)
         pos = int(np.searchsorted(rows, i))
         rows = rows[max(0, pos - neighbours):pos + neighbours + 1]
-        panels = [(np.asarray(g["images"][r][..., channel], np.float32), f"row {r}  z {float(g['position_z'][r]):.1f}"
+        panels = [(np.asarray(st.images(g)[r][..., channel], np.float32), f"row {r}  z {float(st.column(g, 'position_z', r)):.1f}"
                    + ("  (this)" if r == i else "")) for r in rows]
         suptitle = f"{_title(g, i)}\nseries neighbours, window {names[channel]}"
     else:
-        img = np.asarray(g["images"][i], np.float32)
+        img = np.asarray(st.images(g)[i], np.float32)
         panels = [(img[..., c], names[c]) for c in range(info.channels)]
         suptitle = _title(g, i)
     cols = min(5, len(panels))

@@ -15,6 +15,7 @@ from ichprep.executor import reuse_freed_memory
 from ichprep.kernels import channel_params, window_slice
 from ichprep.pixels import fit_size, hu_float
 from ichprep.scan import SliceHeader
+from ichprep.shardio import write_shard
 from ichprep.windows import windows_from_list
 
 __all__ = ["process_shards", "process_shard"]
@@ -66,5 +67,5 @@ def process_shard(url: str, shard: int, headers: list[SliceHeader], windows_list
             status[i] = REJECT_REASONS[exc.reason]
             rejects.append((h.path, exc.reason, exc.message))
     g = st.open_for_write(url)
-    st.write_shard(g, shard, images, hu_min, hu_max, status)
+    write_shard(g, shard, images, hu_min, hu_max, status)
     return rejects

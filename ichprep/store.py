@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import zarr
@@ -43,12 +43,14 @@ __all__ = [
     "IMAGE_SIZE",
     "CODECS",
     "StoreInfo",
+    "COLUMNS",
+    "column",
+    "images",
     "create_store",
     "open_store",
     "open_for_write",
     "read_info",
     "write_metadata",
-    "write_shard",
     "done_shards",
     "set_attrs",
 ]
@@ -152,159 +154,74 @@ def open_for_write(url: str) -> zarr.Group:
     return zarr.open_group(url, mode="r+", zarr_format=3)
 
 
-_BYTES_LE = {"name": "bytes", "configuration": {"endian": "little"}}
-_NO_INDEX = np.uint64(2**64 - 1)  # the sharding spec's "empty chunk" offset and length
-_BLOSC_SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
-
-
-def _compressor(codecs):
-    """``compress(array) -> bytes`` for a codec chain [bytes (little-endian), at most one of blosc/zstd],
-    as zarr encodes it (zarr's BloscCodec and ZstdCodec are numcodecs' Blosc and Zstd built from the same
-    configuration); None for any other chain."""
-    import numcodecs
-
-    chain = [c.to_dict() for c in codecs]
-    if not chain or chain[0]["name"] != "bytes" or chain[0].get("configuration", {}).get("endian", "little") != "little":
-        return None
-    if len(chain) == 1:
-        return bytes
-    if len(chain) != 2:
-        return None
-    name, cfg = chain[1]["name"], chain[1].get("configuration", {})
-    if name == "blosc":
-        return numcodecs.Blosc(cname=cfg["cname"], clevel=cfg["clevel"], shuffle=_BLOSC_SHUFFLE[cfg["shuffle"]],
-                               blocksize=cfg.get("blocksize", 0), typesize=cfg.get("typesize")).encode
-    if name == "zstd":
-        return numcodecs.Zstd(level=cfg["level"], checksum=cfg.get("checksum", False)).encode
-    return None
-
-
-def shard_encoder(image_array: zarr.Array):
-    """A function ``encode(images) -> bytes`` giving the whole shard object of ``image_array`` for
-    ``images`` (its rows, one inner chunk each), or None when the array's layout is not the one this
-    module creates (then the caller lets zarr write).
-
-    Why: zarr's write path (zarr-python's or the zarrs pipeline) copies each shard several times; on
-    one core zarrs took ~9.8 ms per ten-window slice where zstd-1 itself takes ~3.7 ms (1.98 vs ~1.3 ms
-    per cnn slice with blosc-lz4). Here each inner chunk goes through the numcodecs codec zarr would
-    use, in morton order (for one-row inner chunks: row order), followed by the index of (offset,
-    length) uint64 pairs and its crc32c, as the Zarr v3 sharding spec lays it out. Tests check the
-    objects against zarr-python's writer byte for byte, for every codec."""
-    try:
-        import google_crc32c  # zarr's own dependency for its crc32c codec
-    except ImportError:
-        return None
-    meta = image_array.metadata
-    if getattr(meta, "zarr_format", None) != 3 or len(meta.codecs) != 1 or \
-            type(meta.codecs[0]).__name__ != "ShardingCodec":
-        return None
-    sharding = meta.codecs[0]
-    if getattr(sharding.index_location, "value", None) != "end" or \
-            [c.to_dict() for c in sharding.index_codecs] != [_BYTES_LE, {"name": "crc32c"}]:
-        return None
-    rows_per_shard = meta.chunk_grid.chunk_shape[0]
-    if tuple(sharding.chunk_shape) != (1, *image_array.shape[1:]) or \
-            tuple(meta.chunk_grid.chunk_shape[1:]) != tuple(image_array.shape[1:]) or \
-            np.dtype(image_array.dtype) != np.float16:
-        return None
-    compress = _compressor(sharding.codecs)
-    if compress is None:
-        return None
-
-    def encode(images: np.ndarray) -> bytes:
-        images = np.ascontiguousarray(images, dtype="<f2")
-        index = np.full((rows_per_shard, 2), _NO_INDEX, dtype="<u8")  # rows past the array's end stay empty
-        parts, offset = [], 0
-        for i in range(images.shape[0]):
-            chunk = compress(images[i])
-            index[i] = offset, len(chunk)
-            offset += len(chunk)
-            parts.append(chunk)
-        index_bytes = index.tobytes()
-        parts += [index_bytes, int(google_crc32c.value(index_bytes)).to_bytes(4, "little")]
-        return b"".join(parts)
-
-    return encode
-
-
-def chunk_encoder(array: zarr.Array):
-    """``encode(values) -> bytes`` for one whole chunk of a 1-D, unsharded ``array`` (a last, shorter
-    chunk is padded with the fill value, as zarr stores edge chunks), or None for other layouts.
-    Four zarr-python writes of a shard's small per-slice arrays cost ~8 ms per shard; these cost ~0.1."""
-    meta = array.metadata
-    if getattr(meta, "zarr_format", None) != 3 or array.ndim != 1 or \
-            any(type(c).__name__ == "ShardingCodec" for c in meta.codecs):
-        return None
-    compress = _compressor(meta.codecs)
-    if compress is None:
-        return None
-    rows = meta.chunk_grid.chunk_shape[0]
-    dtype = np.dtype(array.dtype).newbyteorder("<")
-    fill = array.fill_value
-
-    def encode(values: np.ndarray) -> bytes:
-        chunk = np.full(rows, fill, dtype)
-        chunk[:len(values)] = values
-        return compress(chunk)
-
-    return encode
-
-
-def _write_object(array: zarr.Array, chunk_coords: tuple[int, ...], data: bytes) -> None:
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
-
-    key = array.metadata.encode_chunk_key(chunk_coords)
-    sync((array.store_path / key).set(default_buffer_prototype().buffer.from_bytes(data)))
-
-
-def write_shard(g: zarr.Group, shard: int, images: np.ndarray, hu_min, hu_max, status) -> None:
-    """Write one whole shard (images and its per-slice chunks), then mark it done.
-
-    A misaligned write is an error: partial-shard writes from concurrent tasks lose data in Zarr v3
-    (zarr-python #3514, #3682).
-    """
-    image_array = g["images"]
-    S = image_array.shards[0]
-    n = image_array.shape[0]
-    start, stop = shard * S, min((shard + 1) * S, n)
-    if images.shape[0] != stop - start:
-        raise StoreError(f"Shard {shard} holds rows [{start}, {stop}); got {images.shape[0]} slices")
-    encode = shard_encoder(image_array)
-    if encode is not None:
-        _write_object(image_array, (shard,) + (0,) * (image_array.ndim - 1), encode(images))
-    else:
-        with fast_codec_pipeline():
-            g["images"][start:stop] = images
-    for name, values in (("hu_min", hu_min), ("hu_max", hu_max), ("status", status)):
-        _write_rows(g[name], shard, start, stop, values)
-    _write_rows(g["shard_done"], shard, shard, shard + 1, np.ones(1, np.uint8))  # last: done means all written
-
-
-def _write_rows(array: zarr.Array, chunk: int, start: int, stop: int, values) -> None:
-    """Rows [start, stop) of a 1-D array, exactly its chunk number ``chunk``."""
-    encode = chunk_encoder(array)
-    if encode is not None and array.chunks[0] * chunk == start and stop == min(array.shape[0], start + array.chunks[0]):
-        _write_object(array, (chunk,), encode(np.asarray(values)))
-    else:
-        array[start:stop] = values
-
-
 def done_shards(g: zarr.Group) -> np.ndarray:
     return np.asarray(g["shard_done"][:], dtype=bool)
 
 
 @dataclass(frozen=True)
 class StoreInfo:
+    """What a store's attributes say, typed. ``from_attrs`` reads them (checking the required keys);
+    ``to_attrs`` gives them back as stored. ``attrs`` keeps the whole dict for fields added later."""
+
     url: str
     n: int
     channels: int
     windows: tuple[Window, ...]
     attrs: dict
+    image_size: int = IMAGE_SIZE
+    shard_slices: int = 0
+    preset: str | None = None
+    size_policy: str = "resize"
+    salt_fingerprint: str | None = None
+    counts: dict = field(default_factory=dict)
+    type_counts: dict = field(default_factory=dict)
+    rejects: tuple = ()
+    fixed: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
         return bool(self.attrs.get("complete"))
+
+    @property
+    def window_names(self) -> list[str]:
+        return [w.name for w in self.windows]
+
+    @classmethod
+    def from_attrs(cls, url: str, attrs: dict) -> "StoreInfo":
+        missing = [k for k in ("n", "channels", "windows") if k not in attrs]
+        if missing:
+            raise SchemaError(f"Store {url!r} attributes lack {missing}: not a store this ichprep wrote")
+        return cls(url=str(url), n=int(attrs["n"]), channels=int(attrs["channels"]),
+                   windows=windows_from_list(attrs["windows"]), attrs=dict(attrs),
+                   image_size=int(attrs.get("image_size", IMAGE_SIZE)), shard_slices=int(attrs.get("shard_slices", 0)),
+                   preset=attrs.get("preset"), size_policy=attrs.get("size_policy", "resize"),
+                   salt_fingerprint=attrs.get("salt_fingerprint"), counts=dict(attrs.get("counts", {})),
+                   type_counts={int(k): int(v) for k, v in attrs.get("type_counts", {}).items()},
+                   rejects=tuple(attrs.get("rejects", ())), fixed=dict(attrs.get("fixed", {})),
+                   timings=dict(attrs.get("timings", {})), params=dict(attrs.get("params", {})))
+
+    def to_attrs(self) -> dict:
+        return dict(self.attrs)
+
+
+# Per-row columns (one value per slice) and how they read back.
+COLUMNS = META_ARRAYS + SHARD_ARRAYS
+_TEXT_COLUMNS = frozenset({"sop_uid", "study_uid", "series_uid", "patient"})
+
+
+def column(g: zarr.Group, name: str, rows=None) -> np.ndarray:
+    """One per-row column (all rows, or ``rows``): text columns as object arrays of str."""
+    if name not in COLUMNS:
+        raise SchemaError(f"Expected a store column, one of {', '.join(COLUMNS)}. Received: {name!r}")
+    values = g[name][:] if rows is None else g[name][rows]
+    return np.asarray(values, dtype=object) if name in _TEXT_COLUMNS else np.asarray(values)
+
+
+def images(g: zarr.Group) -> zarr.Array:
+    """The (N, 512, 512, C) float16 image array (read-only when ``g`` was opened by :func:`open_store`)."""
+    return g["images"]
 
 
 def open_store(url: str, require_complete: bool = True) -> tuple[zarr.Group, StoreInfo]:
@@ -328,8 +245,7 @@ def open_store(url: str, require_complete: bool = True) -> tuple[zarr.Group, Sto
                                    "Rerun the same 'ichprep build' command to start it again.")
     if missing:
         raise SchemaError(f"Store {url!r} lacks arrays {missing}")
-    info = StoreInfo(url=str(url), n=int(attrs["n"]), channels=int(attrs["channels"]),
-                     windows=windows_from_list(attrs["windows"]), attrs=attrs)
+    info = StoreInfo.from_attrs(url, attrs)
     if require_complete and not info.complete:
         done = int(done_shards(g).sum())
         total = g["shard_done"].shape[0]

@@ -100,15 +100,14 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
     except IchprepError as exc:
         rep.problems.append(f"schema: {exc}")
         return rep
-    a = info.attrs
     n = info.n
     if not info.complete:
         done = st.done_shards(g)
         rep.problems.append(f"incomplete: the build has not finished ({int(done.sum())}/{done.size} shards written); "
                             "rerun the same 'ichprep build' command to resume")
     # Schema details.
-    img = g["images"]
-    expected = (n, a["image_size"], a["image_size"], info.channels)
+    img = st.images(g)
+    expected = (n, info.image_size, info.image_size, info.channels)
     if img.shape != expected or img.dtype != np.float16:
         rep.problems.append(f"images: expected float16 {expected}, found {img.dtype} {img.shape}")
     for name in ("labels", "type", "sop_uid", "study_uid", "series_uid", "patient", "position_z",
@@ -118,8 +117,8 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
     if rep.problems and not info.complete:
         return rep
     # Labels and type.
-    labels = np.asarray(g["labels"][:])
-    types = np.asarray(g["type"][:])
+    labels = st.column(g, "labels")
+    types = st.column(g, "type")
     bad = ~np.isin(labels, (0, 1, UNLABELLED))
     if bad.any():
         rows = np.flatnonzero(bad.any(axis=1))
@@ -131,14 +130,14 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
     if mismatch.size:
         rep.problems.append(f"type: {mismatch.size} rows disagree with their labels (Table 3.1), e.g. rows "
                             f"{mismatch[:10].tolist()}")
-    status = np.asarray(g["status"][:])
-    hu_min, hu_max = np.asarray(g["hu_min"][:]), np.asarray(g["hu_max"][:])
+    status = st.column(g, "status")
+    hu_min, hu_max = st.column(g, "hu_min"), st.column(g, "hu_max")
     ok = status == 0
     if info.complete and (np.isnan(hu_min[ok]).any() or np.isnan(hu_max[ok]).any()):
         rep.problems.append(f"hu_min/hu_max: NaN in {int((np.isnan(hu_min) & ok).sum())} rows marked ok")
     if info.complete and (hu_min[ok] > hu_max[ok]).any():
         rep.problems.append("hu_min/hu_max: min above max")
-    counts = a.get("counts", {})
+    counts = info.counts
     if info.complete and counts.get("written") != int(ok.sum()):
         rep.problems.append(f"counts: attrs say {counts.get('written')} written, status says {int(ok.sum())}")
     # Every value finite and in [0, 1], one shard at a time.
@@ -164,7 +163,7 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
         rng = np.random.default_rng(seed)
         candidates = np.flatnonzero(ok & np.repeat(done, S)[:n])
         rows = np.sort(rng.choice(candidates, size=min(sample, candidates.size), replace=False))
-        sops = [str(x) for x in g["sop_uid"][:]]
+        sops = [str(x) for x in st.column(g, "sop_uid")]
         where = _find_sources(source, [sops[i] for i in rows])
         compared = 0
         for i in rows:
@@ -172,7 +171,7 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
             if path is None:
                 rep.problems.append(f"source: no file for row {i} ({sops[i]}) in {source!r}")
                 continue
-            ref = reference_slice(path, info.windows, a.get("size_policy", "resize"), a["image_size"])
+            ref = reference_slice(path, info.windows, info.size_policy, info.image_size)
             diff = np.abs(np.asarray(img[i], np.float64) - ref)
             compared += 1
             if diff.max() > TOLERANCE:

@@ -137,13 +137,13 @@ class StoreStream:
             raise UsageError(f"Expected split by 'patient' or 'study'. Received: by={self.by!r}")
         self._g, self.info = st.open_store(self.url, require_complete=True)
         g = self._g
-        self.labels = np.asarray(g["labels"][:])
-        self.types = np.asarray(g["type"][:])
-        status = np.asarray(g["status"][:])
+        self.labels = st.column(g, "labels")
+        self.types = st.column(g, "type")
+        status = st.column(g, "status")
         labelled = ~(self.labels == UNLABELLED).any(axis=1)
-        study = np.asarray(g["study_uid"][:], dtype=object)
+        study = st.column(g, "study_uid")
         if self.by == "patient":  # a slice without PatientID is its study's own group
-            patient = np.asarray(g["patient"][:], dtype=object)
+            patient = st.column(g, "patient")
             self.groups = np.where(patient == "", "study:" + study.astype(str), patient)
         else:
             self.groups = study
@@ -154,16 +154,16 @@ class StoreStream:
             self.splits = split_rows(self.groups, self.usable, self.fractions, self.seed)
         else:
             self.splits = fold_rows(self.groups, self.usable, int(self.fold[1]), int(self.fold[0]), self.seed)
-        self._sop_uids = g["sop_uid"]
+        self.sop_uids = st.column(g, "sop_uid")
         # Each series is a contiguous run of rows (the store is ordered by study, series, z): its bounds
         # per row are what neighbour reads clip to, so a sample never mixes two series.
-        series = np.asarray(g["series_uid"][:], dtype=object)
+        series = st.column(g, "series_uid")
         starts = np.flatnonzero(np.r_[True, (series[1:] != series[:-1]) | (study[1:] != study[:-1])])
         run_of = np.cumsum(np.isin(np.arange(series.size), starts)) - 1
         ends = np.r_[starts[1:], series.size]
         self.series_lo, self.series_hi = starts[run_of].astype(np.int64), ends[run_of].astype(np.int64)
         with st.fast_codec_pipeline():  # the codec pipeline is bound when the array is opened: open it once
-            self.images = g["images"]
+            self.images = st.images(g)
         self.shard_slices = int(self.images.shards[0])
         self.n = self.info.n
         self.channels = self.info.channels
@@ -175,8 +175,8 @@ class StoreStream:
 
     def split_record(self) -> dict:
         """This stream's split as a run records it (see :func:`split_record`)."""
-        return split_record(self.splits, np.asarray(self._sop_uids[:], dtype=object), self.groups,
-                            salt_fingerprint=self.info.attrs.get("salt_fingerprint"), by=self.by, seed=self.seed,
+        return split_record(self.splits, self.sop_uids, self.groups,
+                            salt_fingerprint=self.info.salt_fingerprint, by=self.by, seed=self.seed,
                             fractions=[float(f) for f in self.fractions],
                             fold=list(self.fold) if self.fold else None)
 
@@ -272,7 +272,7 @@ class StoreStream:
         each block made a training stream hold ~5 GB)."""
         if sorted_rows.size == 0:
             return []
-        full = int(self.info.attrs["image_size"])
+        full = self.info.image_size
         span = max(1, int(BLOCK_MB * 2**20 // (full * full * self.channels * 2)))
         shard = sorted_rows // self.shard_slices
         piece = (sorted_rows % self.shard_slices) // span  # sub-span inside the shard
@@ -335,7 +335,7 @@ class StoreStream:
             raise UsageError(f"Expected dtype float16 or float32. Received: dtype={dtype!r}")
         if batch_size < 1:
             raise UsageError(f"Expected batch_size >= 1. Received: batch_size={batch_size}")
-        full = int(self.info.attrs["image_size"])
+        full = self.info.image_size
         size = image_size or full
         sequence = (self.channels > 1) if sequence is None else sequence
         if not isinstance(neighbours, int) or not 0 <= neighbours <= MAX_NEIGHBOURS:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ichprep.errors import UsageError
+from ichprep.windows import windows_to_list
 from ichtrain.calibration import Calibration, fit_calibration
 
 __all__ = ["FitConfig", "fit", "load_run", "load_keras", "worker_role", "STRATEGIES"]
@@ -243,14 +244,14 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
         raise UsageError(f"Expected --batch-size (the global batch) divisible by the {replicas} replicas in sync. "
                          f"Received: batch_size={cfg.batch_size}")
     stream = StoreStream(cfg.store, by=cfg.split_by, fractions=cfg.fractions, seed=cfg.seed, fold=cfg.fold)
-    store_size = int(stream.info.attrs["image_size"])
+    store_size = stream.info.image_size
     size = cfg.resolved_image_size(store_size)
     if cfg.model == "rnn" and stream.channels < 2:
         raise UsageError(f"--model rnn reads a sequence of windows; the store {cfg.store!r} has one channel. "
                          "Build it with --preset rnn.")
     cfg_path = os.path.join(cfg.out, CONFIG)
     record = dict(cfg.to_dict(), image_size=size, channels=stream.channels, window_names=stream.window_names,
-                  windows=stream.info.attrs["windows"], size_policy=stream.info.attrs.get("size_policy", "resize"),
+                  windows=windows_to_list(stream.info.windows), size_policy=stream.info.size_policy,
                   replicas=replicas, workers=role.workers, split=stream.split_record())
     first_epoch = 0
     last = os.path.join(cfg.out, "checkpoints", "last.keras")

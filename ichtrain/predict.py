@@ -37,18 +37,15 @@ def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_
                                    preset=None, on_size=cfg.get("size_policy", "resize"), workers=workers,
                                    salt=secrets.token_hex(16)))  # a throwaway store: its patient keys are unused
         stream = StoreStream(store, fractions=(1.0, 0.0, 0.0))
-        import zarr
-
-        g = zarr.open_group(store, mode="r")
-        ok = np.flatnonzero(np.asarray(g["status"][:]) == 0)
-        sops = np.asarray(g["sop_uid"][:], dtype=object)
+        ok = np.flatnonzero(stream.readable)
+        sops = stream.sop_uids
         if cfg["model"] == "series":  # DICOMs -> store -> slice model -> embeddings -> series model
             probs = _series_probs(cfg, model, stream, ok, batch_size)
         else:
             _, probs = predict_rows(model, stream, batch_size, rows=ok, **input_options(cfg))
         if calibration is not None:
             probs = calibration.apply(probs)
-        rejects = g.attrs["ichprep"].get("rejects", [])
+        rejects = stream.info.rejects
     os.makedirs(os.path.dirname(os.path.abspath(out_csv)), exist_ok=True)
     with open(out_csv, "w") as fh:
         fh.write("ID,Label\n")

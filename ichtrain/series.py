@@ -68,7 +68,7 @@ def embed(run_dir: str, out: str, store: str | None = None, batch_size: int = 64
     features = feature_model(load_keras(model_path))
     url = store or cfg["store"]
     stream = run_stream(cfg, url)
-    sops = np.asarray(stream._sop_uids[:], dtype=object)
+    sops = stream.sop_uids
     identity = dict(run=os.path.abspath(run_dir), store=url, rows=int(stream.n), sop_digest=_sop_digest(sops),
                     dim=int(features.output_shape[-1]))
     n_blocks = -(-stream.n // EMBED_BLOCK)
@@ -115,7 +115,7 @@ def open_embeddings(path: str, stream) -> tuple[np.ndarray, dict]:
         raise UsageError(f"{path!r} is not an embeddings store: make one with 'ichtrain embed RUN --out {path}'.") from None
     if not attrs.get("complete"):
         raise UsageError(f"The embeddings in {path!r} are incomplete: rerun the same 'ichtrain embed' to finish them.")
-    sops = np.asarray(stream._sop_uids[:], dtype=object)
+    sops = stream.sop_uids
     if attrs["rows"] != stream.n:
         raise UsageError(f"The embeddings in {path!r} have {attrs['rows']} rows and the store {stream.url!r} has "
                          f"{stream.n}: they were made from another store.")

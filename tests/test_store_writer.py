@@ -1,4 +1,4 @@
-"""ichprep writes image shards itself (store.shard_encoder): the objects must be what zarr writes."""
+"""ichprep writes image shards itself (shardio.shard_encoder): the objects must be what zarr writes."""
 
 import os
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import zarr
 
+from ichprep import shardio
 from ichprep import store as st
 
 
@@ -29,13 +30,13 @@ def test_shard_objects_equal_zarr_python_writes_byte_for_byte(tmp_path, codec, c
     n, S = 7, 3  # two whole shards and a last one with a single row
     ours, theirs = _two_stores(tmp_path, n, channels, S, codec)
     images = _images(n, channels)
-    assert st.shard_encoder(ours["images"]) is not None, "the layout create_store makes must take the fast path"
+    assert shardio.shard_encoder(ours["images"]) is not None, "the layout create_store makes must take the fast path"
     hu_min = np.linspace(-1024, -900, n).astype(np.float32)
     hu_max = np.linspace(1000, 3000, n).astype(np.float32)
     status = np.arange(1, n + 1, dtype=np.uint8)  # nonzero: zarr leaves all-fill chunks unwritten
     for shard in range(3):
         rows = slice(shard * S, min(n, (shard + 1) * S))
-        st.write_shard(ours, shard, images[rows], hu_min[rows], hu_max[rows], status[rows])
+        shardio.write_shard(ours, shard, images[rows], hu_min[rows], hu_max[rows], status[rows])
         # zarr-python's own writer: the reference
         for name, values in (("images", images), ("hu_min", hu_min), ("hu_max", hu_max), ("status", status)):
             theirs[name][rows] = values[rows]
@@ -57,7 +58,7 @@ def test_all_zero_slice_reads_back_equal(tmp_path):
     ours, theirs = _two_stores(tmp_path, 4, 1, 4, "auto")
     images = _images(4, 1)
     images[2] = 0  # a rejected slice
-    st.write_shard(ours, 0, images, np.zeros(4, np.float32), np.zeros(4, np.float32), np.zeros(4, np.uint8))
+    shardio.write_shard(ours, 0, images, np.zeros(4, np.float32), np.zeros(4, np.float32), np.zeros(4, np.uint8))
     theirs["images"][:] = images
     a = zarr.open_group(str(tmp_path / "ours.zarr"), mode="r")["images"][:]
     b = zarr.open_group(str(tmp_path / "zarr.zarr"), mode="r")["images"][:]
@@ -71,9 +72,29 @@ def test_other_layouts_fall_back_to_zarr(tmp_path):
                               dtype="float16")
     index_first = g.create_array("c", shape=(4, 512, 512, 1), chunks=(1, 512, 512, 1), shards=(4, 512, 512, 1),
                                  dtype="float16", compressors=None)
-    assert st.shard_encoder(unsharded) is None
-    assert st.shard_encoder(two_rows) is None
-    assert st.shard_encoder(index_first) is not None  # same layout as ichprep's, no compressor
+    assert shardio.shard_encoder(unsharded) is None
+    assert shardio.shard_encoder(two_rows) is None
+    assert shardio.shard_encoder(index_first) is not None  # same layout as ichprep's, no compressor
     gzip = g.create_array("d", shape=(4, 512, 512, 1), chunks=(1, 512, 512, 1), shards=(4, 512, 512, 1),
                           dtype="float16", compressors=zarr.codecs.GzipCodec())
-    assert st.shard_encoder(gzip) is None
+    assert shardio.shard_encoder(gzip) is None
+
+
+def test_store_info_is_typed_and_columns_read_back(tmp_path, synth_corpus):
+    from ichprep.build import BuildConfig, build
+    from ichprep.errors import SchemaError
+    from ichprep.windows import parse_windows
+
+    url = str(tmp_path / "s.zarr")
+    build(BuildConfig(source=synth_corpus["dicom_dir"], out=url, labels=synth_corpus["labels"],
+                      windows=parse_windows("brain"), preset=None, workers=0, salt="s", shard_slices=16))
+    g, info = st.open_store(url)
+    raw = dict(zarr.open_group(url, mode="r").attrs["ichprep"])  # the attrs as zarr stores them
+    assert info.to_attrs() == raw and info.image_size == raw["image_size"] == 512
+    assert info.shard_slices == 16 and info.window_names == ["brain"] and info.salt_fingerprint == raw["salt_fingerprint"]
+    assert info.type_counts == {int(k): v for k, v in raw["type_counts"].items()} and len(info.rejects) == 0
+    sop = st.column(g, "sop_uid")
+    assert sop.dtype == object and list(sop) == [str(x) for x in zarr.open_group(url, mode="r")["sop_uid"][:]]
+    np.testing.assert_array_equal(st.column(g, "labels", slice(3, 5)), zarr.open_group(url, mode="r")["labels"][3:5])
+    with pytest.raises(SchemaError, match="Expected a store column"):
+        st.column(g, "images")
