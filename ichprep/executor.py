@@ -20,11 +20,9 @@ from ichprep.windows import parse_windows
 __all__ = ["executor", "task_size", "shrinking_groups", "reuse_freed_memory", "local_start_method",
            "warm_up_kernels", "SCAN_BATCH", "SHARDS_PER_TASK_MAX", "TASKS_PER_WORKER"]
 
-# Task sizes. A Dask task costs the parent process (scheduler, nannies, client) ~5 ms of CPU here and its
-# worker a little more, and on a 2-core machine the parent shares the cores with the workers: on 16,384
-# files the header pass took 1.17-1.48 s in 256-file tasks and 0.87-0.90 s in 1,024-file ones. Tasks are
-# made as large as still leaves ~TASKS_PER_WORKER of them per worker thread; the pixel pass's last tasks
-# shrink to single shards (see shrinking_groups), so that the workers finish together.
+# Task sizes: each Dask task costs the parent process milliseconds of CPU, and the parent shares the cores
+# with the workers, so tasks are as large as still leaves ~TASKS_PER_WORKER per worker thread; the pixel
+# pass's last tasks shrink to single shards (see shrinking_groups), so that the workers finish together.
 SCAN_BATCH = (256, 4096)  # files per header-pass task: at least, at most (a file takes ~0.1 ms)
 SHARDS_PER_TASK_MAX = 4  # shards per pixel-pass task (a 48-slice cnn shard takes ~85 ms on one core)
 TASKS_PER_WORKER = 8
@@ -52,12 +50,8 @@ def shrinking_groups(items: list, workers: int, most: int) -> list[list]:
 def reuse_freed_memory() -> bool:
     """glibc only: serve blocks up to 32 MiB from the heap and keep up to 256 MiB of freed heap for reuse.
 
-    By default glibc maps every block of 32 MiB (a cnn shard buffer, and the copies zarrs makes of it) or
-    more afresh and unmaps it when freed, so each shard's buffers came back as new pages: ~220 page
-    faults per slice, a quarter of a one-core cnn build's time in system calls. Measured on 4,096 real
-    slices, one pinned core, median of 3 pairs: wall time x0.84 and system time 4.7 -> 2.0 s (with
-    48-slice shards, whose buffers fit under the 32 MiB that glibc allows), peak RSS 288 -> 309 MiB.
-    Applied to processes ichprep owns (an in-process build, local-cluster workers), never to the workers
+    By default glibc maps every block of 32 MiB or more afresh and unmaps it when freed, so each shard's
+    buffers came back as new page faults (the gain is in docs/performance.md). Applied to processes ichprep owns (an in-process build, local-cluster workers), never to the workers
     of a cluster the user brings (``--scheduler``). Returns whether it was applied."""
     if not sys.platform.startswith("linux"):
         return False

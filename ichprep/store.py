@@ -63,9 +63,8 @@ CODECS = ("auto", "blosc-lz4", "blosc-zstd", "zstd", "none")
 
 
 def _compressors(codec: str, channels: int):
-    """Image codec. ``auto``: blosc-lz4 + byte shuffle for one channel (float16 full-range slices
-    compress ~1.9x at ~2,600 slices/s), zstd level 1 for several windows (~25x: clipped windows are
-    mostly 0 or 1, and zstd is also faster there). Measured in DESIGN.md."""
+    """Image codec. ``auto``: blosc-lz4 + byte shuffle for one channel (fast on full-range float16), zstd
+    level 1 for several windows (clipped windows are mostly 0 or 1); measurements in docs/performance.md."""
     if codec == "auto":
         codec = "blosc-lz4" if channels == 1 else "zstd"
     if codec == "blosc-lz4":
@@ -80,13 +79,9 @@ def _compressors(codec: str, channels: int):
 
 
 def fast_codec_pipeline():
-    """Context in which arrays opened use the Rust ``zarrs`` codec pipeline, when installed.
-
-    Measured here, one pinned core, whole 64-slice shards: blosc-lz4 one-channel writes 489 -> 775
-    slices/s, zstd-1 ten-window writes 73 -> 150 slices/s (builds now write shards themselves, see
-    :func:`shard_encoder`; this remains the path for reads and for layouts that encoder does not take).
-    The config is read when an array is opened, so open the array inside the context. Unsupported cases
-    fall back to zarr-python's own pipeline.
+    """Context in which arrays opened use the Rust ``zarrs`` codec pipeline, when installed: faster reads
+    (and writes of layouts ``ichprep.shardio`` does not take). The config is read when an array is
+    opened, so open the array inside the context; unsupported cases fall back to zarr-python's pipeline.
     """
     try:
         import zarrs  # noqa: F401

@@ -10,8 +10,7 @@ rare types often without repeating the 12 slices of type 1 thousands of times). 
 ``w_t / sum`` per slice; evaluation streams (``weighted=False``) read every slice once, in order.
 
 Reading. Never one Python call per slice: an epoch's draws are grouped by shard; one call reads a whole
-shard contiguously (the fastest zarr access, ~3x faster than random ``a[i]`` and ~100x faster than
-``oindex``) and returns the drawn rows of it as a block; blocks are read in parallel (AUTOTUNE), split
+shard contiguously (the fastest zarr access; random ``a[i]`` and ``oindex`` are far slower) and returns the drawn rows of it as a block; blocks are read in parallel (AUTOTUNE), split
 into slices in C++ (``unbatch``), mixed in a shuffle buffer of float16 slices, batched, converted per batch
 and prefetched. Memory is bounded by ``shuffle_mb`` plus the blocks in flight (``parallel_reads`` shards).
 """
