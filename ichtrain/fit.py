@@ -223,6 +223,56 @@ def _fix_keras_multi_worker(model, strategy) -> None:
     model._make_function = make_function
 
 
+def _open_run(cfg: FitConfig, record: dict, stream, role: WorkerRole) -> int:
+    """Refuse a run folder that holds another configuration or split; write the config (chief); return the
+    epochs already done (every worker reads the chief's state in a shared run folder, so all resume from
+    the same epoch and weights)."""
+    cfg_path = os.path.join(cfg.out, CONFIG)
+    if role.chief:
+        os.makedirs(os.path.join(cfg.out, "checkpoints"), exist_ok=True)
+        if os.path.isfile(cfg_path):
+            with open(cfg_path) as fh:
+                old = json.load(fh)
+            stream.check_split(old.get("split"), f"the run in {cfg.out!r}")
+            if not _same_run(old, record):
+                raise UsageError(f"{cfg.out!r} holds a run with another configuration; choose another --out.")
+    first_epoch = 0
+    if os.path.isfile(os.path.join(cfg.out, "checkpoints", "last.keras")) and \
+            os.path.isfile(os.path.join(cfg.out, STATE)):
+        with open(os.path.join(cfg.out, STATE)) as fh:
+            first_epoch = int(json.load(fh)["epochs_done"])
+    if role.chief:
+        with open(cfg_path, "w") as fh:
+            json.dump(record, fh, indent=2)
+    return first_epoch
+
+
+def _pipelines(cfg: FitConfig, stream, strategy, record: dict, epoch_size: int, first_epoch: int):
+    """(train, val or None, val_steps or None): one pipeline, or one per worker under a distribution
+    strategy, each batched per replica and reading its own share of every epoch."""
+    val_size = int(stream.splits["val"].size)
+    inputs = input_options(record)
+    common = dict(inputs, drop_remainder=True)
+    if cfg.strategy == "default":
+        train = stream.dataset("train", batch_size=cfg.batch_size, alpha=cfg.alpha, epoch_size=epoch_size,
+                               epochs=cfg.epochs, first_epoch=first_epoch, **common)
+        return train, (stream.dataset("val", batch_size=cfg.batch_size, **inputs) if val_size else None), None
+
+    def train_fn(ctx):  # one input pipeline per worker, batched per replica
+        return stream.dataset("train", batch_size=ctx.get_per_replica_batch_size(cfg.batch_size), alpha=cfg.alpha,
+                              epoch_size=epoch_size, epochs=cfg.epochs, first_epoch=first_epoch,
+                              shard=(ctx.input_pipeline_id, ctx.num_input_pipelines), **common)
+
+    def val_fn(ctx):  # cycled, so every worker can run the same number of validation steps
+        return stream.dataset("val", batch_size=ctx.get_per_replica_batch_size(cfg.batch_size), repeat=True,
+                              shard=(ctx.input_pipeline_id, ctx.num_input_pipelines), **common)
+
+    train = strategy.distribute_datasets_from_function(train_fn)
+    val_steps = val_size // cfg.batch_size
+    val = strategy.distribute_datasets_from_function(val_fn) if val_steps else None
+    return train, val, (val_steps or None)
+
+
 def fit(cfg: FitConfig, verbose: int = 1) -> dict:
     """Train ``cfg.model`` on ``cfg.store``; resumable. Returns epochs done/trained and the history.
 
@@ -249,29 +299,12 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
     if cfg.model == "rnn" and stream.channels < 2:
         raise UsageError(f"--model rnn reads a sequence of windows; the store {cfg.store!r} has one channel. "
                          "Build it with --preset rnn.")
-    cfg_path = os.path.join(cfg.out, CONFIG)
     record = dict(cfg.to_dict(), image_size=size, channels=stream.channels, window_names=stream.window_names,
                   windows=windows_to_list(stream.info.windows), size_policy=stream.info.size_policy,
                   replicas=replicas, workers=role.workers, split=stream.split_record())
-    first_epoch = 0
+    first_epoch = _open_run(cfg, record, stream, role)
     last = os.path.join(cfg.out, "checkpoints", "last.keras")
-    if role.chief:
-        os.makedirs(os.path.join(cfg.out, "checkpoints"), exist_ok=True)
-        if os.path.isfile(cfg_path):
-            with open(cfg_path) as fh:
-                old = json.load(fh)
-            stream.check_split(old.get("split"), f"the run in {cfg.out!r}")
-            if not _same_run(old, record):
-                raise UsageError(f"{cfg.out!r} holds a run with another configuration; choose another --out.")
-    if os.path.isfile(last) and os.path.isfile(os.path.join(cfg.out, STATE)):
-        # every worker reads the chief's state (a shared run folder): all resume from the same epoch and weights
-        with open(os.path.join(cfg.out, STATE)) as fh:
-            first_epoch = int(json.load(fh)["epochs_done"])
-    if role.chief:
-        with open(cfg_path, "w") as fh:
-            json.dump(record, fh, indent=2)
-    else:
-        verbose = 0
+    verbose = verbose if role.chief else 0
     if tf.config.list_physical_devices("GPU"):
         keras.mixed_precision.set_global_policy("mixed_float16")
     if first_epoch >= cfg.epochs:
@@ -292,28 +325,7 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
         _fix_keras_multi_worker(model, strategy)
     epoch_size = cfg.epoch_size or int(stream.splits["train"].size)
     steps = max(1, epoch_size // cfg.batch_size)
-    val_size = int(stream.splits["val"].size)
-    inputs = input_options(record)
-    common = dict(inputs, drop_remainder=True)
-    if not distributed:
-        train = stream.dataset("train", batch_size=cfg.batch_size, alpha=cfg.alpha, epoch_size=epoch_size,
-                               epochs=cfg.epochs, first_epoch=first_epoch, **common)
-        val = stream.dataset("val", batch_size=cfg.batch_size, **inputs) if val_size else None
-        val_steps = None
-    else:
-        def train_fn(ctx):  # one input pipeline per worker, batched per replica
-            return stream.dataset("train", batch_size=ctx.get_per_replica_batch_size(cfg.batch_size), alpha=cfg.alpha,
-                                  epoch_size=epoch_size, epochs=cfg.epochs, first_epoch=first_epoch,
-                                  shard=(ctx.input_pipeline_id, ctx.num_input_pipelines), **common)
-
-        def val_fn(ctx):  # cycled, so every worker can run the same number of validation steps
-            return stream.dataset("val", batch_size=ctx.get_per_replica_batch_size(cfg.batch_size), repeat=True,
-                                  shard=(ctx.input_pipeline_id, ctx.num_input_pipelines), **common)
-
-        train = strategy.distribute_datasets_from_function(train_fn)
-        val_steps = val_size // cfg.batch_size
-        val = strategy.distribute_datasets_from_function(val_fn) if val_steps else None
-        val_steps = val_steps or None
+    train, val, val_steps = _pipelines(cfg, stream, strategy, record, epoch_size, first_epoch)
     if verbose:
         print(f"fit: {cfg.model} at {size}x{size}, {steps} steps/epoch of {cfg.batch_size} slices, strategy "
               f"{cfg.strategy} ({replicas} replica{'s' * (replicas > 1)}, {role.workers} worker"
