@@ -18,7 +18,6 @@ and prefetched. Memory is bounded by ``shuffle_mb`` plus the blocks in flight (`
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,57 +27,12 @@ import numpy as np
 from ichprep import store as st
 from ichprep.errors import StoreError, UsageError
 from ichprep.labels import UNLABELLED
+from ichtrain.splits import SPLIT_NAMES, fold_rows, split_buckets, split_record, split_rows  # noqa: F401 (re-exported)
 
 __all__ = ["StoreStream", "split_rows", "split_buckets", "split_record", "fold_rows", "run_stream", "type_weights", "sample_epoch", "SPLIT_NAMES"]
 
-SPLIT_NAMES = ("train", "val", "test")
 BLOCK_MB = 64  # largest span of decoded slices one read covers
 MAX_NEIGHBOURS = 4  # 2.5D context: up to 4 slices each side (9 slices per sample)
-
-
-def split_buckets(keys, seed: int = 0) -> np.ndarray:
-    """A number in [0, 1) per key: the key's place, fixed by the key and the seed alone."""
-    out = np.empty(len(keys), np.float64)
-    for i, key in enumerate(keys):
-        digest = hashlib.blake2b(f"{int(seed)}\0{key}".encode("utf-8"), digest_size=8).digest()
-        out[i] = int.from_bytes(digest, "big") / 2.0**64
-    return out
-
-
-def split_rows(groups: np.ndarray, usable: np.ndarray, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> dict[str, np.ndarray]:
-    """Rows per split such that no group (patient or study) is on two sides.
-
-    Hash buckets: a group goes to train when its :func:`split_buckets` value is below the train fraction,
-    to val below train + val, else to test. A group's split is a pure function of its key, the seed and
-    the fractions: the same in every store of the same DICOMs (same salt), and unchanged when other
-    groups are added or removed. Split sizes are therefore near, not exactly at, the fractions.
-    """
-    fr = np.asarray(fractions, dtype=np.float64)
-    if fr.shape != (3,) or (fr < 0).any() or not np.isclose(fr.sum(), 1.0):
-        raise UsageError(f"Expected three split fractions >= 0 summing to 1. Received: fractions={tuple(fractions)}")
-    rows = np.flatnonzero(usable)
-    keys = np.asarray(groups, dtype=object)[rows].astype(str)
-    uniq, inverse = np.unique(keys, return_inverse=True)
-    side = np.searchsorted(np.cumsum(fr)[:2], split_buckets(uniq, seed), side="right")
-    return {name: rows[side[inverse] == k] for k, name in enumerate(SPLIT_NAMES)}
-
-
-def fold_rows(groups: np.ndarray, usable: np.ndarray, folds: int, fold: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Patient-grouped K-fold: groups sorted by their :func:`split_buckets` value are dealt round-robin into
-    ``folds`` folds (sizes within one group of each other); fold ``fold`` is the test split, the next one
-    the val split, the rest train. Deterministic for the data and the seed."""
-    if not (isinstance(folds, int) and folds >= 3 and isinstance(fold, int) and 0 <= fold < folds):
-        raise UsageError(f"Expected folds >= 3 and 0 <= fold < folds. Received: folds={folds!r}, fold={fold!r}")
-    rows = np.flatnonzero(usable)
-    keys = np.asarray(groups, dtype=object)[rows].astype(str)
-    uniq, inverse = np.unique(keys, return_inverse=True)
-    if uniq.size < folds:
-        raise UsageError(f"{folds} folds need at least {folds} patients (groups); the store's labelled slices "
-                         f"have {uniq.size}. Use --folds {max(3, uniq.size)} or fewer, or more data.")
-    of_group = np.empty(uniq.size, np.int64)
-    of_group[np.argsort(split_buckets(uniq, seed), kind="stable")] = np.arange(uniq.size) % folds
-    side = np.where(of_group == fold, 2, np.where(of_group == (fold + 1) % folds, 1, 0))
-    return {name: rows[side[inverse] == k] for k, name in enumerate(SPLIT_NAMES)}
 
 
 def run_stream(run: dict, url: str | None = None) -> "StoreStream":
@@ -86,20 +40,6 @@ def run_stream(run: dict, url: str | None = None) -> "StoreStream":
     fold = run.get("fold")
     return StoreStream(url or run["store"], by=run["split_by"], fractions=tuple(run["fractions"]), seed=run["seed"],
                        fold=tuple(fold) if fold else None)
-
-
-def split_record(splits: dict[str, np.ndarray], sop_uids: np.ndarray, groups: np.ndarray, **identity) -> dict:
-    """What a run keeps of its split, to refuse a store whose split would differ: per split the slice and
-    group counts and a digest of its sorted SOP Instance UIDs (order- and store-layout-independent)."""
-    record = dict(identity, slices={}, groups={}, digest={})
-    for name, rows in splits.items():
-        h = hashlib.blake2b(digest_size=16)
-        for uid in sorted(str(u) for u in np.asarray(sop_uids, dtype=object)[rows]):
-            h.update(uid.encode("ascii", "replace") + b"\n")
-        record["slices"][name] = int(rows.size)
-        record["groups"][name] = int(np.unique(np.asarray(groups, dtype=object)[rows].astype(str)).size)
-        record["digest"][name] = h.hexdigest()
-    return record
 
 
 def type_weights(types: np.ndarray, alpha: float) -> dict[int, float]:
@@ -304,6 +244,25 @@ class StoreStream:
         k, m, h, w, c = block.shape
         return np.ascontiguousarray(np.moveaxis(block, 1, 3)).reshape(k, h, w, m * c), labels
 
+    def _tracked_read(self, shard: int, rows: np.ndarray, neighbours: int):
+        """:meth:`read_block` as a pipeline calls it: refused once the stream is closed, counted while in
+        flight (see :meth:`close`), and a failure kept, said plainly, for :meth:`guard`."""
+        if self._closed.is_set():
+            raise RuntimeError("the stream was closed")
+        with self._reading_lock:
+            self._reading += 1
+        try:
+            return self.read_block(shard, rows, neighbours)
+        except Exception as exc:
+            if self.read_failure is None:
+                self.read_failure = StoreError(
+                    f"could not read slices {int(rows.min())}..{int(rows.max())} of {self.url}: "
+                    f"{type(exc).__name__}: {exc}; the store may be damaged: run 'ichprep verify {self.url}'")
+            raise
+        finally:
+            with self._reading_lock:
+                self._reading -= 1
+
     # -- tf.data ---------------------------------------------------------------------------------
     def dataset(self, split: str = "train", batch_size: int = 32, weighted: bool | None = None, alpha: float = 0.5,
                 epoch_size: int | None = None, epochs: int = 1, image_size: int | None = None,
@@ -355,23 +314,8 @@ class StoreStream:
         flat_rows = np.concatenate([b[1] for b in blocks]) if blocks else np.zeros(0, np.int64)
 
         def read(i):
-            if self._closed.is_set():
-                raise RuntimeError("the stream was closed")
-            with self._reading_lock:
-                self._reading += 1
             i = int(i)
-            rows_i = flat_rows[offsets[i]:offsets[i + 1]]
-            try:
-                return self.read_block(int(starts[i]), rows_i, neighbours)
-            except Exception as exc:
-                if self.read_failure is None:
-                    self.read_failure = StoreError(
-                        f"could not read slices {int(rows_i.min())}..{int(rows_i.max())} of {self.url}: "
-                        f"{type(exc).__name__}: {exc}; the store may be damaged: run 'ichprep verify {self.url}'")
-                raise
-            finally:
-                with self._reading_lock:
-                    self._reading -= 1
+            return self._tracked_read(int(starts[i]), flat_rows[offsets[i]:offsets[i + 1]], neighbours)
 
         def load(i):
             img, lab = tf.numpy_function(read, [i], (tf.float16, tf.float32), stateful=False)
