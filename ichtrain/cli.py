@@ -160,10 +160,13 @@ def _fit(args) -> int:
         return _fit_series(args)
     cfg = _fit_config(args)
     res = fit(cfg, verbose=0 if args.quiet else 2)
-    what = "nothing to do: already trained" if res["trained"] == 0 else f"trained {res['trained']} epochs"
-    print(f"{args.out}: {what} ({res['epochs_done']} done{', resumed' if res['resumed'] else ''}); "
+    print(f"{args.out}: {_trained(res)} ({res['epochs_done']} done{', resumed' if res['resumed'] else ''}); "
           f"model {os.path.join(args.out, 'model.keras')}, log {os.path.join(args.out, 'log.csv')}")
     return 0
+
+
+def _trained(res: dict) -> str:
+    return "nothing to do: already trained" if res["trained"] == 0 else f"trained {res['trained']} epochs"
 
 
 def _fit_series(args) -> int:
@@ -175,8 +178,7 @@ def _fit_series(args) -> int:
     cfg = SeriesFitConfig(store=args.store, embeddings=args.embeddings, out=args.out, epochs=args.epochs or 30,
                           batch_size=min(args.batch_size, 8), learning_rate=args.lr)
     res = fit_series(cfg, verbose=0 if args.quiet else 2)
-    what = "nothing to do: already trained" if res["trained"] == 0 else f"trained {res['trained']} epochs"
-    print(f"{args.out}: {what}; series model {os.path.join(args.out, 'model.keras')} on the split of "
+    print(f"{args.out}: {_trained(res)}; series model {os.path.join(args.out, 'model.keras')} on the split of "
           f"the slice run that made {args.embeddings}")
     return 0
 

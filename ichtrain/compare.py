@@ -47,13 +47,14 @@ def compare(runs: list[str], split: str = "test", bootstrap: int = 1000, out: st
         raise UsageError(f"Expected at least two runs to compare. Received: {len(runs)}")
     if not 10 <= bootstrap <= 100_000:
         raise UsageError(f"Expected --bootstrap in [10, 100000] resamples. Received: {bootstrap}")
-    digests = []
+    configs, digests = [], []
     for run in runs:  # refuse before any work
         cfg_path = os.path.join(run, "config.json")
         if not os.path.isfile(cfg_path):
             raise UsageError(f"No run at {run!r} (no config.json): train one with 'ichtrain fit'.")
         with open(cfg_path) as fh:
-            digests.append(json.load(fh).get("split", {}).get("digest", {}).get(split))
+            configs.append(json.load(fh))
+        digests.append(configs[-1].get("split", {}).get("digest", {}).get(split))
         if digests[-1] != digests[0] or digests[-1] is None:
             raise UsageError(f"Run {run!r} holds other {split} slices than {runs[0]!r} (another store, salt, "
                              "seed or fractions): compare runs of one split only.")
@@ -63,9 +64,7 @@ def compare(runs: list[str], split: str = "test", bootstrap: int = 1000, out: st
         with np.load(os.path.join(run, f"predictions-{split}.npz")) as d:
             preds.append((d["y_true"], d["y_prob"], d["rows"]))
     y, _, rows = preds[0]
-    with open(os.path.join(runs[0], "config.json")) as fh:
-        cfg = json.load(fh)
-    stream = run_stream(cfg)
+    stream = run_stream(configs[0])
     groups = stream.groups[rows].astype(str)
     uniq, inverse = np.unique(groups, return_inverse=True)
     members = [np.flatnonzero(inverse == k) for k in range(uniq.size)]
@@ -73,11 +72,11 @@ def compare(runs: list[str], split: str = "test", bootstrap: int = 1000, out: st
     samples = [np.concatenate([members[k] for k in rng.integers(0, uniq.size, uniq.size)]) for _ in range(bootstrap)]
     table = []
     boot_wll = []
-    for run, (_, p, _) in zip(runs, preds):
+    for run, c, (_, p, _) in zip(runs, configs, preds):
         point = _metrics(y, p)
         boots = [_metrics(y[idx], p[idx]) for idx in samples]
         boot_wll.append(np.array([b["weighted_log_loss"] for b in boots]))
-        table.append(dict(run=run, model=_model_of(run), **{k: dict(value=v, ci=_interval([b[k] for b in boots]))
+        table.append(dict(run=run, model=_model_name(c), **{k: dict(value=v, ci=_interval([b[k] for b in boots]))
                                                             for k, v in point.items()}))
     for row, wll in zip(table, boot_wll):
         row["weighted_log_loss_minus_first"] = dict(value=row["weighted_log_loss"]["value"]
@@ -93,9 +92,7 @@ def compare(runs: list[str], split: str = "test", bootstrap: int = 1000, out: st
     return result
 
 
-def _model_of(run: str) -> str:
-    with open(os.path.join(run, "config.json")) as fh:
-        c = json.load(fh)
+def _model_name(c: dict) -> str:
     extra = f" k={c['neighbours']}" if c.get("neighbours") else ""
     return (c.get("backbone") if c["model"] == "backbone" else c["model"]) + extra
 

@@ -104,15 +104,20 @@ def embed(run_dir: str, out: str, store: str | None = None, batch_size: int = 64
     return dict(out=out, rows=int(stream.n), embedded=int(readable.size), dim=identity["dim"], blocks_run=len(todo))
 
 
-def open_embeddings(path: str, stream) -> tuple[np.ndarray, dict]:
-    """(embeddings (N, D) float32, their attrs) checked against ``stream``'s store: same rows, same SOPs."""
+def _embeddings_group(path: str):
+    """(the embeddings group, its attrs), or a UsageError when ``path`` holds none."""
     import zarr
 
     try:
         g = zarr.open_group(path, mode="r")
-        attrs = dict(g.attrs["ichtrain_embeddings"])
+        return g, dict(g.attrs["ichtrain_embeddings"])
     except Exception:  # noqa: BLE001
         raise UsageError(f"{path!r} is not an embeddings store: make one with 'ichtrain embed RUN --out {path}'.") from None
+
+
+def open_embeddings(path: str, stream) -> tuple[np.ndarray, dict]:
+    """(embeddings (N, D) float32, their attrs) checked against ``stream``'s store: same rows, same SOPs."""
+    g, attrs = _embeddings_group(path)
     if not attrs.get("complete"):
         raise UsageError(f"The embeddings in {path!r} are incomplete: rerun the same 'ichtrain embed' to finish them.")
     sops = stream.sop_uids
@@ -208,11 +213,7 @@ def fit_series(cfg: SeriesFitConfig, verbose: int = 0) -> dict:
 
     from ichtrain.data import run_stream
 
-    try:
-        with open(os.path.join(cfg.embeddings, "zarr.json")) as fh:
-            slice_run = json.load(fh)["attributes"]["ichtrain_embeddings"]["run"]
-    except (OSError, KeyError, ValueError):
-        raise UsageError(f"{cfg.embeddings!r} is not an embeddings store: make one with 'ichtrain embed'.") from None
+    slice_run = _embeddings_group(cfg.embeddings)[1]["run"]  # read through zarr: local or remote
     slice_cfg, _ = load_run(slice_run)
     stream = run_stream(slice_cfg, cfg.store)
     stream.check_split(slice_cfg.get("split"), f"the slice run {slice_run!r}")
