@@ -1,14 +1,22 @@
 """Streaming benchmark: slices/s delivered to a consumer that only touches each batch, in one run.
 
-Contenders (each in its own process, on the same store / the same DICOMs, warm page cache):
+Contenders (each in its own process, on the same stores / the same DICOMs, warm page cache, each pinned
+to one core unless ``--unpinned``: the figures are per core):
+  floor         contiguous shard reads + decompression in a loop, nothing else: what no stream can beat
+  npy_loop      what users pick instead of a store: per-slice float16 ``.npy`` files, ``np.load`` of 32
+                drawn at random, ``np.stack`` into a batch (the loop a per-slice file cache runs)
   naive_tfdata  tf.data.Dataset.from_generator over the DICOM files: per slice dcmread + pixel_array +
                 HU + min-max (cnn) or the 10 windows (rnn) -- what people do when they skip preprocessing
   zarr_loop     plain zarr indexing in a Python loop: images[i] for shuffled i, stacked into batches
-  ichtrain      ichtrain.data.StoreStream(...).dataset("train"): weighted sampling, shard reads, tf.data
-  ichtrain_k1, ichtrain_k2  the same with neighbours=1 / 2 (2.5D: slices z-k .. z+k as channels; cnn only)
+  ichtrain      ichtrain.data.StoreStream(...).dataset("train"), float32 batches: weighted sampling,
+                shard reads, tf.data
+  ichtrain_f16  the same, float16 batches (what an accelerator is handed; it casts on the device)
+  ichtrain_k1, ichtrain_k2  float32 with neighbours=1 / 2 (2.5D: slices z-k .. z+k as channels; cnn only)
+Stores: ``cnn`` (default codec), ``cnn-none`` (``--codec none``: the .npy loop's uncompressed peer), ``rnn``.
 Each reports slices/s and RSS at the start, middle and end of the epoch (memory must stay flat).
 
-Usage: python benchmarks/stream.py [--slices 1024] [--preset cnn|rnn|both] [--batch-size 32] [--json out.json]
+Usage: python benchmarks/stream.py [--slices 1024] [--preset cnn|rnn|both] [--batch-size 32]
+       [--data DIR [--replicate K]] [--unpinned] [--json out.json]
 """
 
 from __future__ import annotations
@@ -97,26 +105,122 @@ def run_zarr_loop(store, dicom, preset, batch, n):
     return _consume(batches(), n)
 
 
-def run_ichtrain(store, dicom, preset, batch, n, neighbours=0):
+def run_floor(store, dicom, preset, batch, n):
+    """Whole shards in random order, decoded into one array each: the read + decompress floor."""
+    import numpy as np
+    import zarr
+
+    from ichprep.store import fast_codec_pipeline
+
+    with fast_codec_pipeline():  # the pipeline the stream reads with
+        a = zarr.open_group(store, mode="r")["images"]
+    S = a.shards[0]
+    order = np.random.default_rng(0).permutation(-(-a.shape[0] // S))
+
+    def batches():
+        i = 0
+        while True:
+            lo = int(order[i % len(order)]) * S
+            yield np.asarray(a[lo:lo + S]), None
+            i += 1
+
+    return _consume(batches(), n)
+
+
+def run_npy_loop(store, dicom, preset, batch, n):
+    """Batches of ``batch`` per-slice .npy files drawn at random (the files :func:`export_npy` wrote)."""
+    import numpy as np
+
+    files = sorted(glob.glob(os.path.join(store + ".npy", "*.npy")))
+    rng = np.random.default_rng(0)
+
+    def batches():
+        while True:
+            yield np.stack([np.load(files[i]) for i in rng.integers(0, len(files), batch)]), None
+
+    return _consume(batches(), n)
+
+
+def export_npy(store):
+    """One float16 .npy file per slice of ``store`` (the per-slice cache people write), beside it."""
+    import numpy as np
+    import zarr
+
+    a = zarr.open_group(store, mode="r")["images"]
+    out = store + ".npy"
+    os.makedirs(out, exist_ok=True)
+    for i in range(a.shape[0]):
+        np.save(os.path.join(out, f"{i:07d}.npy"), np.asarray(a[i]))
+
+
+def run_ichtrain(store, dicom, preset, batch, n, neighbours=0, dtype="float32"):
     from ichtrain.data import StoreStream
 
     s = StoreStream(store, fractions=(1.0, 0.0, 0.0))
-    ds = s.dataset("train", batch_size=batch, epoch_size=n, alpha=0.5, neighbours=neighbours,
+    ds = s.dataset("train", batch_size=batch, epoch_size=n, alpha=0.5, neighbours=neighbours, dtype=dtype,
                    sequence=False if neighbours else None)
     return _consume(ds, n)
 
 
-RUNNERS = {"naive_tfdata": run_naive_tfdata, "zarr_loop": run_zarr_loop, "ichtrain": run_ichtrain,
+RUNNERS = {"floor": run_floor, "npy_loop": run_npy_loop, "naive_tfdata": run_naive_tfdata,
+           "zarr_loop": run_zarr_loop, "ichtrain": run_ichtrain,
+           "ichtrain_f16": functools.partial(run_ichtrain, dtype="float16"),
            # 2.5D: each sample with k slices of its series each side as extra channels (one-slice stores)
            "ichtrain_k1": functools.partial(run_ichtrain, neighbours=1),
            "ichtrain_k2": functools.partial(run_ichtrain, neighbours=2)}
+# Which contenders run on which store: the .npy files hold the uncompressed store's slices.
+PLAN = {"cnn": ("floor", "naive_tfdata", "zarr_loop", "ichtrain", "ichtrain_f16", "ichtrain_k1", "ichtrain_k2"),
+        "cnn-none": ("floor", "npy_loop", "ichtrain", "ichtrain_f16"),
+        "rnn": ("floor", "naive_tfdata", "zarr_loop", "ichtrain", "ichtrain_f16")}
+
+
+def _labels_for(dicom, path):
+    """A label CSV for real files that have none: the benchmark needs a train split, not true labels."""
+    import csv
+    import warnings
+
+    import numpy as np
+    import pydicom
+
+    rng = np.random.default_rng(0)
+    subtypes = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any")
+    with warnings.catch_warnings(), open(path, "w", newline="") as fh:
+        warnings.simplefilter("ignore")
+        w = csv.writer(fh)
+        w.writerow(["ID", "Label"])
+        for f in sorted(glob.glob(os.path.join(dicom, "*.dcm"))):
+            sop = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID
+            hit = rng.random(5) < 0.05
+            for name, v in zip(subtypes, list(hit) + [hit.any()]):
+                w.writerow([f"{sop}_{name}", int(v)])
+    return path
+
+
+def _child(name, store, dicom, preset, a):
+    cmd = [sys.executable, os.path.abspath(__file__), "--slices", str(a.n_child), "--batch-size",
+           str(a.batch_size), "--child", name, store, dicom, preset]
+
+    def pin():
+        if not a.unpinned:
+            os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+
+    res = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=pin)
+    if res.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{res.stderr[-3000:]}")
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    r["slices_per_s"] = round(r["slices"] / r["seconds"], 1)
+    return r
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--slices", type=int, default=1024, help="synthetic corpus size (default 1024)")
+    p.add_argument("--slices", type=int, default=1024, help="synthetic corpus size, and slices each contender "
+                                                             "delivers (default 1024)")
     p.add_argument("--preset", choices=("cnn", "rnn", "both"), default="both")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--data", help="a folder of real DICOMs instead of the synthetic corpus (random labels are made)")
+    p.add_argument("--replicate", type=int, default=1, help="with --data: copies of every file, each a new series")
+    p.add_argument("--unpinned", action="store_true", help="let each contender use every core (default: one core)")
     p.add_argument("--json", help="write results here")
     p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -127,54 +231,79 @@ def main(argv=None):
         return 0
     work = tempfile.mkdtemp(prefix="ichprep-stream-")
     try:
-        studies = max(1, a.slices // 32)
-        corpus = os.path.join(work, "corpus")
-        subprocess.run([sys.executable, "-m", "ichprep.cli", "synth", corpus, "--studies", str(studies), "--slices",
-                        "32", "--quiet"], check=True, stdout=subprocess.DEVNULL)
-        dicom = os.path.join(corpus, "dicom")
-        presets = ("cnn", "rnn") if a.preset == "both" else (a.preset,)
+        if a.data:
+            dicom = a.data
+            if a.replicate > 1:
+                sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+                from ingest import replicate
+
+                dicom = replicate(a.data, os.path.join(work, "replicated"), a.replicate)
+            labels = _labels_for(dicom, os.path.join(work, "labels.csv"))
+        else:
+            corpus = os.path.join(work, "corpus")
+            subprocess.run([sys.executable, "-m", "ichprep.cli", "synth", corpus, "--studies",
+                            str(max(1, a.slices // 32)), "--slices", "32", "--quiet"], check=True,
+                           stdout=subprocess.DEVNULL)
+            dicom, labels = os.path.join(corpus, "dicom"), os.path.join(corpus, "labels.csv")
+        stores = [s for s in PLAN if a.preset == "both" or s.split("-")[0] == a.preset]
         results = {}
-        for preset in presets:
-            store = os.path.join(work, f"{preset}.zarr")
-            subprocess.run([sys.executable, "-m", "ichprep.cli", "build", dicom, "--labels",
-                            os.path.join(corpus, "labels.csv"), "--out", store, "--preset", preset, "--quiet"],
+        for kind in stores:
+            preset = kind.split("-")[0]
+            store = os.path.join(work, f"{kind}.zarr")
+            subprocess.run([sys.executable, "-m", "ichprep.cli", "build", dicom, "--labels", labels, "--out", store,
+                            "--preset", preset, "--quiet", "--salt", "bench"]
+                           + (["--codec", "none"] if kind.endswith("-none") else []),
                            check=True, stdout=subprocess.DEVNULL)
-            for f in glob.glob(os.path.join(dicom, "*.dcm")):
-                open(f, "rb").read()
-            for name in RUNNERS:
-                if name.startswith("ichtrain_k") and preset != "cnn":
-                    continue
-                n = a.slices if name != "naive_tfdata" or preset == "cnn" else a.slices // 2
-                res = subprocess.run([sys.executable, os.path.abspath(__file__), "--slices", str(n), "--batch-size",
-                                      str(a.batch_size), "--child", name, store, dicom, preset],
-                                     capture_output=True, text=True)
-                if res.returncode != 0:
-                    raise RuntimeError(f"{name} failed:\n{res.stderr[-3000:]}")
-                r = json.loads(res.stdout.strip().splitlines()[-1])
-                r["slices_per_s"] = round(r["slices"] / r["seconds"], 1)
-                results[f"{preset}/{name}"] = r
-                print(f"  {preset}/{name:<13} {r['slices_per_s']:>8.1f} slices/s  RSS {r['rss_mib']}", file=sys.stderr)
-        ratios = {}
-        for preset in presets:
-            base = results[f"{preset}/naive_tfdata"]["slices_per_s"]
-            ratios[f"{preset}: ichtrain / naive_tfdata (target >= 5 for cnn)"] = round(
-                results[f"{preset}/ichtrain"]["slices_per_s"] / base, 2)
-            ratios[f"{preset}: ichtrain / zarr_loop"] = round(
-                results[f"{preset}/ichtrain"]["slices_per_s"] / results[f"{preset}/zarr_loop"]["slices_per_s"], 2)
-        print(f"\nStreaming benchmark: {a.slices} slices, batch {a.batch_size}, {os.cpu_count()} cores\n")
-        print("| contender | slices/s | RSS MiB start / middle / end |")
-        print("|---|---|---|")
+            if "npy_loop" in PLAN[kind]:
+                export_npy(store)
+            for f in glob.glob(os.path.join(dicom, "*.dcm")) + glob.glob(os.path.join(store, "**"), recursive=True):
+                if os.path.isfile(f):  # a warm page cache for every contender
+                    with open(f, "rb") as fh:
+                        fh.read()
+            for name in PLAN[kind]:
+                a.n_child = a.slices if name != "naive_tfdata" or preset == "cnn" else a.slices // 2
+                r = results[f"{kind}/{name}"] = _child(name, store, dicom, preset, a)
+                print(f"  {kind}/{name:<13} {r['slices_per_s']:>8.1f} slices/s  RSS {r['rss_mib']}", file=sys.stderr)
+        ratios = _ratios(results)
+        n = len(glob.glob(os.path.join(dicom, "*.dcm")))
+        print(f"\nStreaming benchmark: {n} slices, {a.slices} per contender, batch {a.batch_size}, "
+              f"{'all cores' if a.unpinned else 'one core each'} ({os.cpu_count()} on the machine)\n")
+        print("| contender | slices/s | / floor | RSS MiB start / middle / end |")
+        print("|---|---|---|---|")
         for k, r in results.items():
-            print(f"| {k} | {r['slices_per_s']} | {' / '.join(str(x) for x in r['rss_mib'])} |")
+            floor = results.get(k.split("/")[0] + "/floor", {}).get("slices_per_s")
+            rel = f"{r['slices_per_s'] / floor:.2f}" if floor else ""
+            print(f"| {k} | {r['slices_per_s']} | {rel} | {' / '.join(str(x) for x in r['rss_mib'])} |")
         print()
         for k, v in ratios.items():
             print(f"  {k}: {v}")
         if a.json:
             with open(a.json, "w") as fh:
-                json.dump(dict(slices=a.slices, batch_size=a.batch_size, results=results, ratios=ratios), fh, indent=2)
+                json.dump(dict(slices=a.slices, batch_size=a.batch_size, pinned=not a.unpinned, results=results,
+                               ratios=ratios), fh, indent=2)
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _ratios(results):
+    """The issue's targets as ratios of contenders measured in this run."""
+    def r(num, den):
+        if num in results and den in results:
+            return round(results[num]["slices_per_s"] / results[den]["slices_per_s"], 2)
+        return None
+
+    out = {
+        "cnn: ichtrain / naive_tfdata (target >= 5)": r("cnn/ichtrain", "cnn/naive_tfdata"),
+        "cnn: ichtrain / zarr_loop": r("cnn/ichtrain", "cnn/zarr_loop"),
+        "cnn-none: ichtrain_f16 / npy_loop (target >= 0.8)": r("cnn-none/ichtrain_f16", "cnn-none/npy_loop"),
+        "cnn-none: ichtrain / npy_loop": r("cnn-none/ichtrain", "cnn-none/npy_loop"),
+        "cnn: ichtrain_f16 / floor (target >= 0.8)": r("cnn/ichtrain_f16", "cnn/floor"),
+        "cnn: ichtrain / floor": r("cnn/ichtrain", "cnn/floor"),
+        "rnn: ichtrain / naive_tfdata": r("rnn/ichtrain", "rnn/naive_tfdata"),
+        "rnn: ichtrain_f16 / floor": r("rnn/ichtrain_f16", "rnn/floor"),
+    }
+    return {k: v for k, v in out.items() if v is not None}
 
 
 if __name__ == "__main__":

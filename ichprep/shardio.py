@@ -15,33 +15,63 @@ import zarr
 from ichprep.errors import StoreError
 from ichprep.store import fast_codec_pipeline
 
-__all__ = ["shard_encoder", "chunk_encoder", "write_shard"]
+__all__ = ["shard_encoder", "shard_reader", "ShardReader", "Shard", "chunk_encoder", "write_shard"]
 
 _BYTES_LE = {"name": "bytes", "configuration": {"endian": "little"}}
 _NO_INDEX = np.uint64(2**64 - 1)  # the sharding spec's "empty chunk" offset and length
 _BLOSC_SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 
 
-def _compressor(codecs):
-    """``compress(array) -> bytes`` for a codec chain [bytes (little-endian), at most one of blosc/zstd],
-    as zarr encodes it (zarr's BloscCodec and ZstdCodec are numcodecs' Blosc and Zstd built from the same
-    configuration); None for any other chain."""
+_RAW = "raw"  # a chain of the bytes codec alone: chunks are the little-endian values themselves
+
+
+def _numcodec(codecs):
+    """The numcodecs codec behind a chain [bytes (little-endian), at most one of blosc/zstd] -- zarr's
+    BloscCodec and ZstdCodec are numcodecs' Blosc and Zstd built from the same configuration -- ``_RAW``
+    for the bytes codec alone, None for any other chain."""
     import numcodecs
 
     chain = [c.to_dict() for c in codecs]
     if not chain or chain[0]["name"] != "bytes" or chain[0].get("configuration", {}).get("endian", "little") != "little":
         return None
     if len(chain) == 1:
-        return bytes
+        return _RAW
     if len(chain) != 2:
         return None
     name, cfg = chain[1]["name"], chain[1].get("configuration", {})
     if name == "blosc":
         return numcodecs.Blosc(cname=cfg["cname"], clevel=cfg["clevel"], shuffle=_BLOSC_SHUFFLE[cfg["shuffle"]],
-                               blocksize=cfg.get("blocksize", 0), typesize=cfg.get("typesize")).encode
+                               blocksize=cfg.get("blocksize", 0), typesize=cfg.get("typesize"))
     if name == "zstd":
-        return numcodecs.Zstd(level=cfg["level"], checksum=cfg.get("checksum", False)).encode
+        return numcodecs.Zstd(level=cfg["level"], checksum=cfg.get("checksum", False))
     return None
+
+
+def _compressor(codecs):
+    """``compress(array) -> bytes`` as zarr encodes a chunk with ``codecs``; None for chains not known."""
+    codec = _numcodec(codecs)
+    if codec is None:
+        return None
+    return bytes if codec is _RAW else codec.encode
+
+
+def _image_layout(image_array: zarr.Array):
+    """(rows per shard, inner codec chain) when ``image_array`` has the layout
+    ``ichprep.store.create_store`` makes -- Zarr v3, one shard codec with its index at the end guarded by
+    crc32c, one float16 (or, for hu stores, int16) slice per inner chunk -- else None."""
+    meta = image_array.metadata
+    if getattr(meta, "zarr_format", None) != 3 or len(meta.codecs) != 1 or \
+            type(meta.codecs[0]).__name__ != "ShardingCodec":
+        return None
+    sharding = meta.codecs[0]
+    if getattr(sharding.index_location, "value", None) != "end" or \
+            [c.to_dict() for c in sharding.index_codecs] != [_BYTES_LE, {"name": "crc32c"}]:
+        return None
+    if tuple(sharding.chunk_shape) != (1, *image_array.shape[1:]) or \
+            tuple(meta.chunk_grid.chunk_shape[1:]) != tuple(image_array.shape[1:]) or \
+            np.dtype(image_array.dtype) not in (np.float16, np.int16):
+        return None
+    return meta.chunk_grid.chunk_shape[0], sharding.codecs
 
 
 def shard_encoder(image_array: zarr.Array):
@@ -52,25 +82,17 @@ def shard_encoder(image_array: zarr.Array):
         import google_crc32c  # zarr's own dependency for its crc32c codec
     except ImportError:
         return None
-    meta = image_array.metadata
-    if getattr(meta, "zarr_format", None) != 3 or len(meta.codecs) != 1 or \
-            type(meta.codecs[0]).__name__ != "ShardingCodec":
+    layout = _image_layout(image_array)
+    if layout is None:
         return None
-    sharding = meta.codecs[0]
-    if getattr(sharding.index_location, "value", None) != "end" or \
-            [c.to_dict() for c in sharding.index_codecs] != [_BYTES_LE, {"name": "crc32c"}]:
-        return None
-    rows_per_shard = meta.chunk_grid.chunk_shape[0]
-    if tuple(sharding.chunk_shape) != (1, *image_array.shape[1:]) or \
-            tuple(meta.chunk_grid.chunk_shape[1:]) != tuple(image_array.shape[1:]) or \
-            np.dtype(image_array.dtype) != np.float16:
-        return None
-    compress = _compressor(sharding.codecs)
+    rows_per_shard, codecs = layout
+    compress = _compressor(codecs)
     if compress is None:
         return None
+    little = np.dtype(image_array.dtype).newbyteorder("<")
 
     def encode(images: np.ndarray) -> bytes:
-        images = np.ascontiguousarray(images, dtype="<f2")
+        images = np.ascontiguousarray(images, dtype=little)
         index = np.full((rows_per_shard, 2), _NO_INDEX, dtype="<u8")  # rows past the array's end stay empty
         parts, offset = [], 0
         for i in range(images.shape[0]):
@@ -83,6 +105,87 @@ def shard_encoder(image_array: zarr.Array):
         return b"".join(parts)
 
     return encode
+
+
+class Shard:
+    """One shard object as read: its bytes and its index; :meth:`decode_into` fills a caller's buffer."""
+
+    def __init__(self, number: int, data: np.ndarray, index: np.ndarray, codec, where: str):
+        self.number, self.data, self.index, self._codec, self._where = number, data, index, codec, where
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes)
+
+    def decode_into(self, i: int, out: np.ndarray) -> None:
+        """Slice ``i`` of this shard (0-based inside it) into ``out``, a C-contiguous array of one slice's
+        shape and the array's dtype: decompressed straight into it, no intermediate array."""
+        offset, length = (int(v) for v in self.index[i])
+        if offset == int(_NO_INDEX) and length == int(_NO_INDEX):
+            out[...] = 0  # a chunk never written reads as the fill value, as zarr reads it
+            return
+        try:
+            if offset + length > self.data.size:
+                raise ValueError(f"chunk bytes {offset}..{offset + length} lie past the object's end ({self.data.size})")
+            raw = self.data[offset:offset + length]
+            if self._codec is _RAW:
+                if length != out.nbytes:
+                    raise ValueError(f"chunk of {length} bytes where a slice has {out.nbytes}")
+                out.reshape(-1).view(np.uint8)[:] = raw
+            else:
+                self._codec.decode(raw, out=out)
+        except Exception as exc:
+            raise StoreError(f"{self._where}: slice {i} of shard {self.number} cannot be decoded ({exc}); "
+                             "the shard is damaged") from None
+
+
+class ShardReader:
+    """Reads whole shard objects of an images array, one store call each (local or remote: through the
+    array's own zarr store), and checks each index's crc32c. The training stream decodes single slices
+    from them straight into its batch buffers; zarr decodes a span into a new array, which the stream
+    then had to copy again."""
+
+    def __init__(self, image_array: zarr.Array, rows_per_shard: int, codec):
+        self.array, self.rows_per_shard, self._codec = image_array, int(rows_per_shard), codec
+        self.slice_shape = tuple(image_array.shape[1:])
+        self._where = str(image_array.store_path)
+
+    def fetch(self, shard: int) -> Shard:
+        """Shard ``shard``'s object; a missing object or an index failing its checksum raises StoreError
+        naming the shard and its rows."""
+        import google_crc32c
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        S = self.rows_per_shard
+        rows = f"rows {shard * S}..{min((shard + 1) * S, self.array.shape[0]) - 1}"
+        key = self.array.metadata.encode_chunk_key((shard,) + (0,) * (self.array.ndim - 1))
+        buf = sync((self.array.store_path / key).get(prototype=default_buffer_prototype()))
+        if buf is None:
+            raise StoreError(f"{self._where}: shard {shard} ({rows}) is missing")
+        data = buf.as_numpy_array().view(np.uint8).reshape(-1)
+        tail = 16 * S + 4
+        if data.size < tail:
+            raise StoreError(f"{self._where}: shard {shard} ({rows}) is truncated ({data.size} bytes)")
+        index_bytes = data[-tail:-4].tobytes()
+        if int(google_crc32c.value(index_bytes)) != int.from_bytes(data[-4:].tobytes(), "little"):
+            raise StoreError(f"{self._where}: shard {shard} ({rows}): its index fails its checksum; the shard is damaged")
+        index = np.frombuffer(index_bytes, dtype="<u8").reshape(S, 2)
+        return Shard(shard, data[:-tail], index, self._codec, self._where)
+
+
+def shard_reader(image_array: zarr.Array) -> ShardReader | None:
+    """A :class:`ShardReader` for ``image_array``, or None when its layout is not the one
+    ``ichprep.store.create_store`` makes (then read through zarr)."""
+    try:
+        import google_crc32c  # noqa: F401
+    except ImportError:
+        return None
+    layout = _image_layout(image_array)
+    codec = _numcodec(layout[1]) if layout else None
+    if codec is None:
+        return None
+    return ShardReader(image_array, layout[0], codec)
 
 
 def chunk_encoder(array: zarr.Array):

@@ -9,10 +9,12 @@ rare types often without repeating the 12 slices of type 1 thousands of times). 
 ``epoch_size`` slices (default: the split's size) drawn **with replacement** with probability
 ``w_t / sum`` per slice; evaluation streams (``weighted=False``) read every slice once, in order.
 
-Reading. Never one Python call per slice: an epoch's draws are grouped by shard; one call reads a whole
-shard contiguously (the fastest zarr access; random ``a[i]`` and ``oindex`` are far slower) and returns the drawn rows of it as a block; blocks are read in parallel (AUTOTUNE), split
-into slices in C++ (``unbatch``), mixed in a shuffle buffer of float16 slices, batched, converted per batch
-and prefetched. Memory is bounded by ``shuffle_mb`` plus the blocks in flight (``parallel_reads`` shards).
+Reading. One Python call per batch, never per slice (:mod:`ichtrain.batches`): the epoch's draws are
+put in their delivery order up front (shards in random order, pooled into windows of ``shuffle_mb``
+of slices whose draws are permuted), each shard object is fetched whole and compressed, once, and each
+slice is decompressed straight into its place in the batch buffer that TensorFlow then takes without a
+copy; the cast to ``dtype`` (and any resize) runs per batch in TensorFlow. Memory: the shard objects of
+about one window (at most ``shuffle_mb`` MiB of them) plus ~16 batch buffers.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ import numpy as np
 from ichprep import store as st
 from ichprep.errors import StoreError, UsageError
 from ichprep.labels import UNLABELLED
+from ichprep.shardio import shard_reader
+from ichtrain.batches import BatchAssembler, delivery_order
 from ichtrain.splits import SPLIT_NAMES, fold_rows, split_buckets, split_record, split_rows  # noqa: F401 (re-exported)
 
 __all__ = ["StoreStream", "split_rows", "split_buckets", "split_record", "fold_rows", "run_stream", "type_weights", "sample_epoch", "SPLIT_NAMES"]
 
-BLOCK_MB = 64  # largest span of decoded slices one read covers
 MAX_NEIGHBOURS = 4  # 2.5D context: up to 4 slices each side (9 slices per sample)
 
 
@@ -103,6 +106,7 @@ class StoreStream:
         self.series_lo, self.series_hi = starts[run_of].astype(np.int64), ends[run_of].astype(np.int64)
         with st.fast_codec_pipeline():  # the codec pipeline is bound when the array is opened: open it once
             self.images = st.images(g)
+        self._reader = shard_reader(self.images)  # None for a layout ichprep does not write: zarr reads it
         self.shard_slices = int(self.images.shards[0])
         self.n = self.info.n
         self.channels = self.info.channels
@@ -174,9 +178,9 @@ class StoreStream:
         time.sleep(0.05)  # let reader threads that just saw the flag leave Python
 
     # -- plans ---------------------------------------------------------------------------------
-    def plan(self, split: str, weighted: bool = True, alpha: float = 0.5, epoch_size: int | None = None,
-             epoch: int = 0, shard: tuple[int, int] = (0, 1)) -> list[tuple[int, np.ndarray]]:
-        """Blocks for one epoch: (shard, sorted rows in it), in random shard order when weighted.
+    def draws(self, split: str, weighted: bool = True, alpha: float = 0.5, epoch_size: int | None = None,
+              epoch: int = 0, shard: tuple[int, int] = (0, 1)) -> tuple[np.ndarray, np.random.Generator | None]:
+        """One epoch's rows, sorted, and the generator that orders them (None when not weighted).
 
         ``shard=(i, n)``: input pipeline ``i`` of ``n`` (one per training worker) takes draws ``i::n`` of the
         epoch every pipeline computes identically (same seed), so the pipelines' draws are disjoint and
@@ -198,26 +202,27 @@ class StoreStream:
             drawn = rows
         if count > 1:
             drawn = drawn[index::count]
-            if rng is not None:  # each pipeline orders its blocks differently: the shard order is its own
+            if rng is not None:  # each pipeline orders its shards differently: the order is its own
                 rng = np.random.default_rng([self.seed, epoch, index])
-        blocks = self._blocks(drawn)
+        return drawn, rng
+
+    def plan(self, split: str, weighted: bool = True, alpha: float = 0.5, epoch_size: int | None = None,
+             epoch: int = 0, shard: tuple[int, int] = (0, 1)) -> list[tuple[int, np.ndarray]]:
+        """One epoch's draws (see :meth:`draws`) as blocks: (shard, sorted rows in it), one per shard, in the
+        random order the stream reads them when weighted."""
+        drawn, rng = self.draws(split, weighted, alpha, epoch_size, epoch, shard)
+        shard_of = drawn // self.shard_slices
+        cuts = np.flatnonzero(np.diff(shard_of)) + 1
+        blocks = [(int(s[0]), r) for s, r in zip(np.split(shard_of, cuts), np.split(drawn, cuts)) if r.size]
         if rng is not None:
             blocks = [blocks[i] for i in rng.permutation(len(blocks))]
         return blocks
 
-    def _blocks(self, sorted_rows: np.ndarray) -> list[tuple[int, np.ndarray]]:
-        """Group sorted rows into blocks read by one contiguous read each: never across a shard, and
-        spanning at most BLOCK_MB of decoded slices (a 10-window shard is 335 MB; reading it whole for
-        each block made a training stream hold ~5 GB)."""
-        if sorted_rows.size == 0:
-            return []
-        full = self.info.image_size
-        span = max(1, int(BLOCK_MB * 2**20 // (full * full * self.channels * 2)))
-        shard = sorted_rows // self.shard_slices
-        piece = (sorted_rows % self.shard_slices) // span  # sub-span inside the shard
-        key = shard * self.shard_slices + piece
-        cuts = np.flatnonzero(np.diff(key)) + 1
-        return [(int(s[0]), r) for s, r in zip(np.split(shard, cuts), np.split(sorted_rows, cuts))]
+    def _window(self, image_size: int, batch_size: int, shuffle_mb: float) -> int:
+        """Slices pooled and permuted together (see :func:`ichtrain.batches.delivery_order`): ``shuffle_mb``
+        of decoded slices, at least four batches."""
+        slice_mb = image_size * image_size * self.channels * 2 / 2**20
+        return max(4 * batch_size, int(shuffle_mb / slice_mb))
 
     def neighbour_rows(self, rows: np.ndarray, neighbours: int) -> np.ndarray:
         """(len(rows), 2k + 1) rows z-k .. z+k of each row's own series; at a series' ends the end slice
@@ -226,42 +231,42 @@ class StoreStream:
         idx = rows[:, None] + np.arange(-neighbours, neighbours + 1)[None, :]
         return np.clip(idx, self.series_lo[rows][:, None], self.series_hi[rows][:, None] - 1)
 
-    def read_block(self, shard: int, rows: np.ndarray, neighbours: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Images (k, H, W, C) float16 and labels (k, 6) float32 of ``rows``, all inside ``shard``: one
-        contiguous read of the shard's span (widened by ``neighbours`` slices each side, which then become
-        channels: (k, H, W, (2 neighbours + 1) C), slice z-neighbours first)."""
-        lo = shard * self.shard_slices
-        hi = min(lo + self.shard_slices, self.n)
-        span_lo, span_hi = int(rows.min()), int(rows.max()) + 1
-        if span_lo < lo or span_hi > hi:
-            raise ValueError(f"rows {span_lo}..{span_hi - 1} are not all in shard {shard} [{lo}, {hi})")
-        labels = self.labels[rows].astype(np.float32)
-        if not neighbours:
-            return np.asarray(self.images[span_lo:span_hi])[rows - span_lo], labels
-        idx = self.neighbour_rows(rows, neighbours)
-        span_lo, span_hi = int(idx.min()), int(idx.max()) + 1
-        block = np.asarray(self.images[span_lo:span_hi])[idx - span_lo]  # (k, 2n + 1, H, W, C)
-        k, m, h, w, c = block.shape
-        return np.ascontiguousarray(np.moveaxis(block, 1, 3)).reshape(k, h, w, m * c), labels
-
-    def _tracked_read(self, shard: int, rows: np.ndarray, neighbours: int):
-        """:meth:`read_block` as a pipeline calls it: refused once the stream is closed, counted while in
-        flight (see :meth:`close`), and a failure kept, said plainly, for :meth:`guard`."""
+    def _tracked_batch(self, assembler, j: int):
+        """Batch ``j`` as a pipeline asks for it: refused once the stream is closed, counted while in flight
+        (see :meth:`close`), and a failure kept, said plainly, for :meth:`guard`."""
         if self._closed.is_set():
             raise RuntimeError("the stream was closed")
         with self._reading_lock:
             self._reading += 1
         try:
-            return self.read_block(shard, rows, neighbours)
+            return assembler.batch(j)
         except Exception as exc:
             if self.read_failure is None:
+                src = assembler.sources[assembler.positions(j)]
                 self.read_failure = StoreError(
-                    f"could not read slices {int(rows.min())}..{int(rows.max())} of {self.url}: "
+                    f"could not read slices {int(src.min())}..{int(src.max())} of {self.url}: "
                     f"{type(exc).__name__}: {exc}; the store may be damaged: run 'ichprep verify {self.url}'")
             raise
         finally:
             with self._reading_lock:
                 self._reading -= 1
+
+    def _fetcher(self):
+        """``fetch(shard)`` -> a shard object to decode slices from: ichprep's shard reader for stores of
+        ichprep's layout, else zarr's read of the shard's rows."""
+        if self._reader is not None:
+            return self._reader.fetch
+        S, images = self.shard_slices, self.images
+
+        class Decoded:
+            def __init__(self, shard):
+                self.block = np.asarray(images[shard * S:(shard + 1) * S])
+                self.nbytes = self.block.nbytes
+
+            def decode_into(self, i, out):
+                out[...] = self.block[i]
+
+        return Decoded
 
     # -- tf.data ---------------------------------------------------------------------------------
     def dataset(self, split: str = "train", batch_size: int = 32, weighted: bool | None = None, alpha: float = 0.5,
@@ -283,8 +288,9 @@ class StoreStream:
         ``neighbours=k`` (2.5D): each sample also carries the slices z-k .. z+k of its own series as channels,
         (H, W, (2k + 1) C) with slice z-k first; at a series' ends the end slice repeats (one-slice models
         only: not with ``sequence``).
-        Memory: the shuffle buffer holds ``shuffle_mb`` MiB of float16 slices (at least 16 slices), plus
-        ``parallel_reads`` shards being read; conversion to ``dtype`` happens per batch, after shuffling.
+        ``shuffle_mb``: weighted draws are permuted within windows of this many MiB of decoded slices (at
+        least four batches), and at most this many MiB of compressed shard objects are held.
+        ``parallel_reads``: batches assembled at once (decompression releases the GIL).
         """
         import tensorflow as tf
 
@@ -301,29 +307,29 @@ class StoreStream:
         if neighbours and sequence:
             raise UsageError("Neighbour slices become extra channels of a one-slice model; a window sequence (rnn) "
                              f"cannot take them. Received: neighbours={neighbours} with a sequence stream")
-        C = self.channels * (2 * neighbours + 1)
-        blocks = []
         if rows is not None:
-            weighted = False
-            blocks = self._blocks(np.sort(np.asarray(rows, np.int64)))
+            order = np.sort(np.asarray(rows, np.int64))
         else:
+            parts = []
             for e in range(first_epoch, epochs):
-                blocks.extend(self.plan(split, weighted, alpha, epoch_size, epoch=e, shard=shard))
-        starts = np.array([b[0] for b in blocks], np.int64)
-        offsets = np.cumsum([0] + [len(b[1]) for b in blocks])
-        flat_rows = np.concatenate([b[1] for b in blocks]) if blocks else np.zeros(0, np.int64)
+                drawn, rng = self.draws(split, weighted, alpha, epoch_size, epoch=e, shard=shard)
+                parts.append(delivery_order(drawn, self.shard_slices, self._window(full, batch_size, shuffle_mb), rng))
+            order = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        sources = self.neighbour_rows(order, neighbours) if neighbours else order[:, None]
+        assembler = BatchAssembler(sources, self.labels[order], self.shard_slices, (full, full, self.channels),
+                                   batch_size, self._fetcher(), int(shuffle_mb * 2**20),
+                                   drop_remainder=drop_remainder, repeat=repeat)
+        C = self.channels * (2 * neighbours + 1)
+        whole = drop_remainder or repeat
 
-        def read(i):
-            i = int(i)
-            return self._tracked_read(int(starts[i]), flat_rows[offsets[i]:offsets[i + 1]], neighbours)
-
-        def load(i):
-            img, lab = tf.numpy_function(read, [i], (tf.float16, tf.float32), stateful=False)
-            img.set_shape((None, full, full, C))
-            lab.set_shape((None, 6))
+        def load(j):
+            img, lab = tf.numpy_function(lambda j: self._tracked_batch(assembler, int(j)), [j],
+                                         (tf.float16, tf.float32), stateful=False)
+            img.set_shape((batch_size if whole else None, full, full, C))
+            lab.set_shape((batch_size if whole else None, 6))
             return img, lab
 
-        def shape(img, lab):  # on whole batches
+        def shape(img, lab):  # on whole batches, in TensorFlow (its cast is ~4x numpy's)
             if size != full:
                 img = tf.image.resize(tf.cast(img, tf.float32), (size, size), method="area")
             img = tf.cast(img, dtype)
@@ -331,14 +337,9 @@ class StoreStream:
                 img = tf.expand_dims(tf.transpose(img, (0, 3, 1, 2)), -1)
             return img, lab
 
-        ds = tf.data.Dataset.range(len(blocks))
-        ds = ds.map(load, num_parallel_calls=max(1, parallel_reads), deterministic=not weighted)
-        ds = ds.unbatch()
-        if weighted:
-            slice_mb = full * full * C * 2 / 2**20
-            ds = ds.shuffle(max(16, int(shuffle_mb / slice_mb)), seed=self.seed)
+        ds = tf.data.Dataset.range(assembler.n_batches)
         if repeat:
-            ds = ds.repeat()
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+            ds = tf.data.Dataset.range(2**62)  # batch indices cycle the order (see BatchAssembler)
+        ds = ds.map(load, num_parallel_calls=max(1, parallel_reads), deterministic=True)
         ds = ds.map(shape, num_parallel_calls=2)  # two converted batches in flight: bounded memory
         return ds.prefetch(2)

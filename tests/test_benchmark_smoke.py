@@ -37,8 +37,9 @@ def test_stream_benchmark_runs_and_reports(tmp_path):
                           "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert set(report["results"]) == {"cnn/naive_tfdata", "cnn/zarr_loop", "cnn/ichtrain", "cnn/ichtrain_k1",
-                                      "cnn/ichtrain_k2"}
+    assert set(report["results"]) == {"cnn/floor", "cnn/naive_tfdata", "cnn/zarr_loop", "cnn/ichtrain",
+                                      "cnn/ichtrain_f16", "cnn/ichtrain_k1", "cnn/ichtrain_k2", "cnn-none/floor",
+                                      "cnn-none/npy_loop", "cnn-none/ichtrain", "cnn-none/ichtrain_f16"}
     for name, r in report["results"].items():
         assert r["slices"] >= 32 and r["slices_per_s"] > 0 and len(r["rss_mib"]) == 3, name
     assert all(v > 0 for v in report["ratios"].values())
