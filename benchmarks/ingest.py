@@ -17,6 +17,7 @@ Contenders:
   build_cnn_1  ichprep build --preset cnn --workers 1   (pinned to one core)
   build_cnn_2  ichprep build --preset cnn --workers 2   (unpinned; run right after build_cnn_1)
   build_rnn_1  ichprep build --preset rnn --workers 1   (pinned to one core)
+  build_hu_1   ichprep build --preset hu --workers 1    (pinned to one core; int16 HU, windowed when read)
 
 For the builds the table also gives the pixel pass alone (the build's own timing of it, in the store's
 attributes): start-up and the header pass are a fixed cost that a larger corpus amortises.
@@ -215,6 +216,7 @@ def main(argv=None):
             "build_cnn_1": (ichprep + ["--out", os.path.join(work, "cnn1.zarr"), "--preset", "cnn", "--workers", "1"], True, "cnn1.zarr"),
             "build_cnn_2": (ichprep + ["--out", os.path.join(work, "cnn2.zarr"), "--preset", "cnn", "--workers", "2"], False, "cnn2.zarr"),
             "build_rnn_1": (ichprep + ["--out", os.path.join(work, "rnn1.zarr"), "--preset", "rnn", "--workers", "1"], True, "rnn1.zarr"),
+            "build_hu_1": (ichprep + ["--out", os.path.join(work, "hu1.zarr"), "--preset", "hu", "--workers", "1"], True, "hu1.zarr"),
         }
         only = set(a.only.split(",")) if a.only else set(contenders)
         runs = {name: [] for name in contenders if name in only}
@@ -263,12 +265,16 @@ def main(argv=None):
             "build_cnn_1 / decode_b (target >= 0.35)": ratio("build_cnn_1", "decode_b"),
             "build_rnn_1 / naive_10win (target >= 1.5)": ratio("build_rnn_1", "naive_10win"),
             "build_cnn_2 / build_cnn_1 (target >= 1.6)": ratio("build_cnn_2", "build_cnn_1"),
+            "build_hu_1 / build_cnn_1 (target >= 1.0)": ratio("build_hu_1", "build_cnn_1"),
         }
         pixel_ratio = ratio("build_cnn_2", "build_cnn_1", "pixels_s")  # None unless both builds timed their pixel pass
         if pixel_ratio is not None:
             ratios["pixel pass only: build_cnn_2 / build_cnn_1"] = pixel_ratio
         projection = {}
-        for name in ("build_cnn_1", "build_rnn_1"):
+        if "build_hu_1" in results and "build_cnn_1" in results:
+            ratios["store bytes: build_hu_1 / build_cnn_1 (target <= 0.75)"] = round(
+                results["build_hu_1"]["store_mib"] / results["build_cnn_1"]["store_mib"], 2)
+        for name in ("build_cnn_1", "build_rnn_1", "build_hu_1"):
             if name in results:
                 r = results[name]
                 hours = FULL_DATASET / r["slices_per_s"] / 3600

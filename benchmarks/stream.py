@@ -15,7 +15,7 @@ to one core unless ``--unpinned``: the figures are per core):
 Stores: ``cnn`` (default codec), ``cnn-none`` (``--codec none``: the .npy loop's uncompressed peer), ``rnn``.
 Each reports slices/s and RSS at the start, middle and end of the epoch (memory must stay flat).
 
-Usage: python benchmarks/stream.py [--slices 1024] [--preset cnn|rnn|both] [--batch-size 32]
+Usage: python benchmarks/stream.py [--slices 1024] [--preset cnn|rnn|hu|both] [--batch-size 32]
        [--data DIR [--replicate K]] [--unpinned] [--json out.json]
 """
 
@@ -153,10 +153,10 @@ def export_npy(store):
         np.save(os.path.join(out, f"{i:07d}.npy"), np.asarray(a[i]))
 
 
-def run_ichtrain(store, dicom, preset, batch, n, neighbours=0, dtype="float32"):
+def run_ichtrain(store, dicom, preset, batch, n, neighbours=0, dtype="float32", windows=None):
     from ichtrain.data import StoreStream
 
-    s = StoreStream(store, fractions=(1.0, 0.0, 0.0))
+    s = StoreStream(store, fractions=(1.0, 0.0, 0.0), windows=windows)  # windows: an hu store's, read-time
     ds = s.dataset("train", batch_size=batch, epoch_size=n, alpha=0.5, neighbours=neighbours, dtype=dtype,
                    sequence=False if neighbours else None)
     return _consume(ds, n)
@@ -167,11 +167,17 @@ RUNNERS = {"floor": run_floor, "npy_loop": run_npy_loop, "naive_tfdata": run_nai
            "ichtrain_f16": functools.partial(run_ichtrain, dtype="float16"),
            # 2.5D: each sample with k slices of its series each side as extra channels (one-slice stores)
            "ichtrain_k1": functools.partial(run_ichtrain, neighbours=1),
-           "ichtrain_k2": functools.partial(run_ichtrain, neighbours=2)}
+           "ichtrain_k2": functools.partial(run_ichtrain, neighbours=2),
+           # an hu store read with windows applied per slice as it is decoded
+           "ichtrain_cnn": functools.partial(run_ichtrain, windows="cnn"),
+           "ichtrain_cnn_f16": functools.partial(run_ichtrain, windows="cnn", dtype="float16"),
+           "ichtrain_rnn": functools.partial(run_ichtrain, windows="rnn"),
+           "ichtrain_rnn_f16": functools.partial(run_ichtrain, windows="rnn", dtype="float16")}
 # Which contenders run on which store: the .npy files hold the uncompressed store's slices.
 PLAN = {"cnn": ("floor", "naive_tfdata", "zarr_loop", "ichtrain", "ichtrain_f16", "ichtrain_k1", "ichtrain_k2"),
         "cnn-none": ("floor", "npy_loop", "ichtrain", "ichtrain_f16"),
-        "rnn": ("floor", "naive_tfdata", "zarr_loop", "ichtrain", "ichtrain_f16")}
+        "rnn": ("floor", "naive_tfdata", "zarr_loop", "ichtrain", "ichtrain_f16"),
+        "hu": ("floor", "ichtrain_cnn", "ichtrain_cnn_f16", "ichtrain_rnn", "ichtrain_rnn_f16")}
 
 
 def _labels_for(dicom, path):
@@ -216,7 +222,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--slices", type=int, default=1024, help="synthetic corpus size, and slices each contender "
                                                              "delivers (default 1024)")
-    p.add_argument("--preset", choices=("cnn", "rnn", "both"), default="both")
+    p.add_argument("--preset", choices=("cnn", "rnn", "hu", "both"), default="both",
+                   help="stores to build and read (both: every one, which the hu ratios need; default)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--data", help="a folder of real DICOMs instead of the synthetic corpus (random labels are made)")
     p.add_argument("--replicate", type=int, default=1, help="with --data: copies of every file, each a new series")
@@ -302,6 +309,11 @@ def _ratios(results):
         "cnn: ichtrain / floor": r("cnn/ichtrain", "cnn/floor"),
         "rnn: ichtrain / naive_tfdata": r("rnn/ichtrain", "rnn/naive_tfdata"),
         "rnn: ichtrain_f16 / floor": r("rnn/ichtrain_f16", "rnn/floor"),
+        "hu: ten windows / rnn store's stream (target >= 3)": r("hu/ichtrain_rnn", "rnn/ichtrain"),
+        "hu: ten windows f16 / rnn store's f16": r("hu/ichtrain_rnn_f16", "rnn/ichtrain_f16"),
+        "hu: ten windows / rnn naive_tfdata (target >= 5)": r("hu/ichtrain_rnn", "rnn/naive_tfdata"),
+        "hu: cnn windows / cnn store's stream (target >= 0.8)": r("hu/ichtrain_cnn", "cnn/ichtrain"),
+        "hu: cnn windows f16 / cnn store's f16": r("hu/ichtrain_cnn_f16", "cnn/ichtrain_f16"),
     }
     return {k: v for k, v in out.items() if v is not None}
 

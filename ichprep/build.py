@@ -42,7 +42,7 @@ from ichprep.progress import ProgressBar
 from ichprep.salt import resolve_salt
 from ichprep.scan import SliceHeader, list_source, scan_batch
 from ichprep.shards import process_shards
-from ichprep.windows import Window, parse_windows, windows_to_list
+from ichprep.windows import Window, is_hu, parse_windows, windows_to_list
 
 __all__ = ["BuildConfig", "BuildResult", "build"]
 
@@ -251,10 +251,11 @@ def _open_store(cfg: BuildConfig, mode: str, g, rows: _Rows, salt_fingerprint: s
     attrs = dict(ichprep_version=__version__, preset=cfg.preset, windows=windows_to_list(cfg.windows),
                  window_names=[w.name for w in cfg.windows], size_policy=cfg.on_size, params=cfg.params(),
                  salt_fingerprint=salt_fingerprint)
-    g = st.create_store(cfg.out, n, len(cfg.windows), cfg.shard_slices, cfg.codec, attrs)
+    g = st.create_store(cfg.out, n, len(cfg.windows), cfg.shard_slices, cfg.codec, attrs, hu=is_hu(cfg.windows))
     h = rows.headers
     st.write_metadata(g, rows.sops, [x.study_uid for x in h], [x.series_uid for x in h], [x.patient for x in h],
-                      [x.position_z for x in h], rows.labels, rows.types)
+                      [x.position_z for x in h], rows.labels, rows.types,
+                      [x.window_center for x in h], [x.window_width for x in h])
     return g, np.zeros(-(-n // cfg.shard_slices), bool)
 
 
@@ -302,7 +303,7 @@ def _finalise(cfg: BuildConfig, g, rows: _Rows, header_rejects: list, reject_mes
         counts=counts,
         type_counts={str(k): v for k, v in sorted(Counter(int(t) for t in rows.types[ok]).items())},
         rejects=[dict(file=f, reason=r, message=m) for f, r, m in all_rejects],
-        fixed=dict(_fixes(cfg, headers)),
+        fixed=dict(_fixes(cfg, headers, g)),
         pydicom_warnings=dict(warns),
         labels_without_file=rows.without_file[:1000],
         timings={k: round(v, 3) for k, v in timings.items()},  # this run's (a resumed build: the last run's)
@@ -311,12 +312,20 @@ def _finalise(cfg: BuildConfig, g, rows: _Rows, header_rejects: list, reject_mes
     return all_rejects
 
 
-def _fixes(cfg: BuildConfig, headers: list[SliceHeader]) -> Counter:
+def _fixes(cfg: BuildConfig, headers: list[SliceHeader], g) -> Counter:
+    """Slices changed to be usable, by kind. hu stores: ``hu_rounded`` (a non-integer slope or intercept:
+    HU rounded to the nearest unit) and ``hu_clipped`` (HU outside int16, clipped: the stored hu_min/hu_max
+    keep the range before clipping, so this count survives a resumed build)."""
     fixed = Counter()
     fixed["rsna_12bit_pixel_representation"] = sum(h.fix12 for h in headers)
     fixed["multi_valued_window"] = sum(h.window_multi for h in headers)
     fixed["resized" if cfg.on_size == "resize" else "padded"] = sum(
         (h.rows, h.columns) != (st.IMAGE_SIZE, st.IMAGE_SIZE) for h in headers)
+    if is_hu(cfg.windows):
+        fixed["hu_rounded"] = sum(not (float(h.slope).is_integer() and float(h.effective_intercept).is_integer())
+                                  for h in headers)
+        lo, hi = st.column(g, "hu_min"), st.column(g, "hu_max")
+        fixed["hu_clipped"] = int(((lo < -32768) | (hi > 32767)).sum())
     return fixed
 
 
@@ -351,7 +360,7 @@ def build(cfg: BuildConfig, stream: TextIO | None = None) -> BuildResult:
         result.written = int(st.get_attrs(g)["counts"]["written"])
         result.rejected = len(all_rejects)
         result.reject_reasons = dict(Counter(r for _, r, _ in all_rejects))
-        result.fixed = {k: v for k, v in _fixes(cfg, rows.headers).items() if v}
+        result.fixed = {k: v for k, v in st.get_attrs(g)["fixed"].items() if v}
         result.shards_total = len(done)
         result.shards_run = len(todo)
         result.unlabelled = rows.unlabelled if labels is not None else 0

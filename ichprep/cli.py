@@ -24,9 +24,11 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", help="label CSV in the challenge's long format (ID,Label with rows "
                                     "ID_<sop>_<subtype>); optional, e.g. for a store used only for prediction")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--preset", choices=("cnn", "rnn"), default=None,
+    g.add_argument("--preset", choices=("cnn", "rnn", "hu"), default=None,
                    help="cnn: one full-range channel (per-slice min-max of HU); rnn: the 10 windows of the "
-                        "report's Table 2.1 in its order, 'default' from the file's tags. Default: cnn")
+                        "report's Table 2.1 in its order, 'default' from the file's tags; hu: one int16 channel "
+                        "of Hounsfield units, lossless for integer slope/intercept, windowed when read "
+                        "('ichtrain fit --windows'), so one store serves every windowing. Default: cnn")
     g.add_argument("--windows", help="any list of windows instead of a preset, e.g. "
                                      "'brain:40/80,subdural:80/200,bone:600/2800' (name:center/width; a "
                                      "Table 2.1 name alone; name:default; name:full)")
@@ -45,8 +47,9 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-slices", type=int, default=48,
                    help="slices per shard: the unit of work and of storage (default 48: a cnn shard's 24 MiB "
                         "buffers stay under glibc's mmap ceiling and are reused, ~16%% faster than 64)")
-    p.add_argument("--codec", default="auto", choices=("auto", "blosc-lz4", "blosc-zstd", "zstd", "none"),
-                   help="image compression (default auto: blosc-lz4+shuffle for one channel, zstd-1 for several)")
+    p.add_argument("--codec", default="auto", choices=("auto", "blosc-lz4", "blosc-lz4-bitshuffle", "blosc-zstd", "zstd", "none"),
+                   help="image compression (default auto: blosc-lz4+shuffle for one float16 channel, zstd-1 for "
+                        "several, blosc-lz4+bitshuffle for hu; measured in docs/performance.md)")
     p.add_argument("--salt", help="secret that keys the PatientID hashes (and so the splits). Default: "
                                   "ICHPREP_SALT, else the file ICHPREP_SALT_FILE or ~/.config/ichprep/salt, made "
                                   "once per user (0600): every store of the same DICOMs gets the same patient keys")
@@ -110,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     pv.add_argument("--series", action="store_true", help="show the slice's series neighbours instead")
     pv.add_argument("--neighbours", type=int, default=3, help="with --series: slices on each side (default 3)")
     pv.add_argument("--channel", type=int, default=0, help="with --series: which channel to show (default 0)")
+    pv.add_argument("--windows", metavar="SPEC", help="an hu store only: the windows to draw, as ichprep build takes "
+                                                     "them (cnn, rnn or a list; default rnn)")
     pv.add_argument("--out", required=True, help="PNG path")
     d = sub.add_parser("demo", help="synth + build + info on a small synthetic corpus",
                        description="The quick start: write a synthetic corpus, build a cnn store from it and "
@@ -183,6 +188,7 @@ def info_dict(url: str) -> dict:
     image_disk = st.size_on_disk(os.path.join(url, "images")) if on_disk is not None else None
     return dict(
         store=url, complete=info.complete, slices=info.n, channels=info.channels,
+        dtype="int16 Hounsfield units" if info.hu else "float16", schema_version=info.schema_version,
         preset=info.preset, windows=[w.spec() for w in info.windows], size_policy=info.size_policy,
         shard_slices=info.shard_slices, codec=info.params.get("codec"), counts=info.counts,
         type_counts=info.type_counts, rejects=len(info.rejects), fixed=info.fixed, timings=info.timings,
@@ -199,8 +205,9 @@ def _cmd_info(args) -> int:
         print(json.dumps(d, indent=2))
         return EXIT_OK
     print(f"store        {d['store']}" + ("" if d["complete"] else "   ** INCOMPLETE: build not finished; rerun it to resume **"))
-    print(f"slices       {d['slices']} x 512 x 512 x {d['channels']} float16")
-    print(f"preset       {d['preset'] or 'custom'}: {', '.join(d['windows'])}")
+    print(f"slices       {d['slices']} x 512 x 512 x {d['channels']} {d['dtype']}")
+    print(f"preset       {d['preset'] or 'custom'}: " + ("windowed when read ('ichtrain fit --windows')"
+                                                         if d["preset"] == "hu" else ", ".join(d["windows"])))
     print(f"sizes        {d['size_policy']} (non-512 slices); shards of {d['shard_slices']} slices; codec {d['codec']}")
     c = d["counts"]
     if c:
@@ -272,7 +279,7 @@ def _cmd_preview(args) -> int:
     from ichprep.plots import preview
 
     r = preview(args.store, args.out, index=args.index, sop=args.sop, type_code=args.type_code,
-                series=args.series, neighbours=args.neighbours, channel=args.channel)
+                series=args.series, neighbours=args.neighbours, channel=args.channel, windows=args.windows)
     print(f"{r['out']}: row {r['row']}, {r['panels']} panels")
     return EXIT_OK
 

@@ -14,7 +14,7 @@ from typing import Callable, Iterator, TextIO
 import numpy as np
 
 from ichprep.errors import UsageError
-from ichprep.kernels import channel_params, window_slice, without_blas_probe
+from ichprep.kernels import channel_params, hu_slice, window_slice, without_blas_probe
 from ichprep.windows import parse_windows
 
 __all__ = ["executor", "task_size", "shrinking_groups", "reuse_freed_memory", "local_start_method",
@@ -88,6 +88,7 @@ def warm_up_kernels(skip_blas_probe: bool = False) -> None:
         for dtype in (np.uint16, np.int16):
             for preset in ("cnn", "rnn"):
                 window_slice(np.zeros((2, 2), dtype), 1.0, 0.0, False, *channel_params(parse_windows(preset), 40, 80))
+            hu_slice(np.zeros((2, 2), dtype), 1.0, 0.0, False)
 
 
 @contextlib.contextmanager

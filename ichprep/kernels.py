@@ -27,6 +27,7 @@ __all__ = [
     "float32_to_float16",
     "window_slice",
     "channel_params",
+    "hu_slice",
     "RSNA_FIX_OFFSET",
 ]
 
@@ -192,6 +193,73 @@ def _window_slice_kernel(raw, slope, intercept, fix12, params, is_full, out_bits
             row[i] = _unit_f16_bits(v_row[i], np.int64(v_bits[i]))
 
 
+_INT16_LO = np.float32(-32768.0)
+_INT16_HI = np.float32(32767.0)
+
+
+@njit(cache=True, nogil=True)
+def _hu_slice_kernel(raw, slope, intercept, fix12, integer, out, stats):
+    """Rescale + 12-bit fix -> HU rounded to nearest (half to even) and clipped to int16, for one 2-D
+    slice. out: (H, W) int16. stats: (3,) float32 receives HU min and max (rounded, before clipping) and
+    the number of pixels clipped. ``integer``: slope and intercept are integers, and the HU are computed
+    in int64 (exact); otherwise in float32, then rounded.
+
+    Pass 1 is the range in the raw dtype (a vectorised reduction, as in the window kernel); pass 2 clips
+    only when that range leaves int16, so the common loop is a multiply-add LLVM vectorises."""
+    H = raw.shape[0]
+    W = raw.shape[1]
+    rmin = raw[0, 0]
+    rmax = raw[0, 0]
+    for y in range(H):
+        for x in range(W):
+            rmin = min(rmin, raw[y, x])
+            rmax = max(rmax, raw[y, x])
+    if fix12:  # the fix wraps values: its range is not the raw range's image
+        lo12 = np.int64(RSNA_FIX_MODULUS - 1)
+        hi12 = np.int64(0)
+        for y in range(H):
+            for x in range(W):
+                r = np.int64(raw[y, x]) + RSNA_FIX_OFFSET
+                if r >= RSNA_FIX_MODULUS:
+                    r -= RSNA_FIX_MODULUS
+                lo12 = min(lo12, r)
+                hi12 = max(hi12, r)
+        a = np.rint(np.float32(lo12) * slope + intercept)
+        b = np.rint(np.float32(hi12) * slope + intercept)
+    else:
+        a = np.rint(np.float32(rmin) * slope + intercept)
+        b = np.rint(np.float32(rmax) * slope + intercept)
+    hu_min = min(a, b)
+    hu_max = max(a, b)
+    stats[0] = hu_min
+    stats[1] = hu_max
+    inside = hu_min >= _INT16_LO and hu_max <= _INT16_HI
+    clipped = 0
+    islope = np.int64(slope)
+    icept = np.int64(intercept)
+    for y in range(H):
+        row = out[y]
+        if integer and inside and not fix12:
+            for x in range(W):
+                row[x] = np.int16(np.int64(raw[y, x]) * islope + icept)
+        else:
+            for x in range(W):
+                if integer:
+                    r = np.int64(raw[y, x])
+                    if fix12:
+                        r += RSNA_FIX_OFFSET
+                        if r >= RSNA_FIX_MODULUS:
+                            r -= RSNA_FIX_MODULUS
+                    hu = np.float32(r * islope + icept)
+                else:
+                    hu = np.rint(_pixel_hu(raw[y, x], fix12, slope, intercept))
+                if not inside:
+                    clipped += (hu < _INT16_LO) + (hu > _INT16_HI)
+                    hu = min(max(hu, _INT16_LO), _INT16_HI)
+                row[x] = np.int16(hu)
+    stats[2] = clipped
+
+
 def float32_to_float16(values: np.ndarray) -> np.ndarray:
     """Convert float32 values to float16 with the kernel (same results as ``astype(np.float16)``)."""
     src = np.ascontiguousarray(values, dtype=np.float32).ravel()
@@ -267,3 +335,25 @@ def window_slice(
         np.stack([lo, scale]), is_full, out.view(np.uint16).reshape(H, W * C), row_scratch, stats,
     )
     return out, float(stats[0]), float(stats[1])
+
+
+def hu_slice(raw: np.ndarray, slope: float, intercept: float, fix12: bool,
+             out: np.ndarray | None = None) -> tuple[np.ndarray, float, float, int]:
+    """Hounsfield units of one 2-D slice as int16 ``out`` (H, W): the modality LUT after the 12-bit fix,
+    rounded to the nearest HU and clipped to int16 (never wrapped). Returns (out, hu_min, hu_max,
+    pixels clipped); hu_min/hu_max are the rounded range before clipping."""
+    if raw.ndim != 2:
+        raise ValueError(f"Expected a 2-D raw slice, got shape {raw.shape}")
+    if raw.dtype.kind not in "iuf":
+        raise ValueError(f"Expected an integer or float raw slice, got dtype {raw.dtype}")
+    if not (math.isfinite(slope) and math.isfinite(intercept)):
+        raise ValueError(f"Expected finite rescale slope/intercept. Received: slope={slope!r}, intercept={intercept!r}")
+    if out is None:
+        out = np.empty(raw.shape, np.int16)
+    if out.shape != raw.shape or out.dtype != np.int16 or not out.flags.c_contiguous:
+        raise ValueError(f"Expected a C-contiguous int16 out of shape {raw.shape}, got {out.dtype} {out.shape}")
+    stats = np.empty(3, np.float32)
+    integer = float(slope).is_integer() and float(intercept).is_integer() and raw.dtype.kind in "iu"
+    _hu_slice_kernel(np.ascontiguousarray(raw), np.float32(slope), np.float32(intercept), bool(fix12), integer, out,
+                     stats)
+    return out, float(stats[0]), float(stats[1]), int(stats[2])

@@ -61,26 +61,35 @@ def _title(g, i: int) -> str:
 
 
 def preview(url: str, out: str, index: int | None = None, sop: str | None = None, type_code: int | None = None,
-            series: bool = False, neighbours: int = 3, channel: int = 0) -> dict:
+            series: bool = False, neighbours: int = 3, channel: int = 0, windows: str | None = None) -> dict:
     """Write a PNG: the slice's channels side by side with their window names, or with ``series`` its
-    neighbours in the same series in z order (one channel)."""
+    neighbours in the same series in z order (one channel). An hu store is drawn in ``windows`` (default
+    the ten of Table 2.1), applied as the training stream applies them."""
     g, info = st.read_info(url)
     i = find_row(g, index, sop, type_code)
-    names = [w.name for w in info.windows]
+    read = _read_windows(g, info, windows)
+    names = [w.name for w in (read.windows if read else info.windows)]
+    C = len(names)
+
+    def slice_at(r):
+        img = np.asarray(st.images(g)[r])
+        if read:
+            img = read(r, img[..., 0], np.empty(img.shape[:2] + (C,), np.float16))
+        return img.astype(np.float32)
     plt = _plt()
     if series:
-        if not 0 <= channel < info.channels:
-            raise UsageError(f"Expected --channel in [0, {info.channels - 1}]. Received: --channel {channel}")
+        if not 0 <= channel < C:
+            raise UsageError(f"Expected --channel in [0, {C - 1}]. Received: --channel {channel}")
         ser = st.column(g, "series_uid")
         rows = np.flatnonzero(ser == ser[i])  # contiguous and in z order (the store's row order)
         pos = int(np.searchsorted(rows, i))
         rows = rows[max(0, pos - neighbours):pos + neighbours + 1]
-        panels = [(np.asarray(st.images(g)[r][..., channel], np.float32), f"row {r}  z {float(st.column(g, 'position_z', r)):.1f}"
+        panels = [(slice_at(r)[..., channel], f"row {r}  z {float(st.column(g, 'position_z', r)):.1f}"
                    + ("  (this)" if r == i else "")) for r in rows]
         suptitle = f"{_title(g, i)}\nseries neighbours, window {names[channel]}"
     else:
-        img = np.asarray(st.images(g)[i], np.float32)
-        panels = [(img[..., c], names[c]) for c in range(info.channels)]
+        img = slice_at(i)
+        panels = [(img[..., c], names[c]) for c in range(C)]
         suptitle = _title(g, i)
     cols = min(5, len(panels))
     rows_n = -(-len(panels) // cols)
@@ -95,6 +104,20 @@ def preview(url: str, out: str, index: int | None = None, sop: str | None = None
     fig.savefig(out, dpi=72)
     plt.close(fig)
     return dict(row=i, panels=len(panels), out=out)
+
+
+def _read_windows(g, info, spec: str | None):
+    """The windows an hu store is drawn in (None for a windowed store; ``spec`` there is refused)."""
+    from ichprep.readwindows import ReadWindows
+    from ichprep.windows import parse_read_windows
+
+    if not info.hu:
+        if spec:
+            raise UsageError(f"--windows draws an hu store; {info.url!r} holds windows "
+                             f"{', '.join(w.spec() for w in info.windows)} already. Received: --windows {spec}")
+        return None
+    return ReadWindows(parse_read_windows(spec or "rnn"), st.column(g, "window_center"), st.column(g, "window_width"),
+                       st.column(g, "status") == 0)
 
 
 def stats_plot(stats: dict, per_series: np.ndarray, out: str) -> dict:

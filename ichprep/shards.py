@@ -12,11 +12,11 @@ from ichprep import store as st
 from ichprep.decode import ReadBuffer, read_raw
 from ichprep.errors import REJECT_REASONS, RejectError
 from ichprep.executor import reuse_freed_memory
-from ichprep.kernels import channel_params, window_slice
+from ichprep.kernels import channel_params, hu_slice, window_slice
 from ichprep.pixels import fit_size, hu_float
 from ichprep.scan import SliceHeader
 from ichprep.shardio import write_shard
-from ichprep.windows import windows_from_list
+from ichprep.windows import is_hu, windows_from_list
 
 __all__ = ["process_shards", "process_shard"]
 
@@ -42,9 +42,10 @@ def process_shard(url: str, shard: int, headers: list[SliceHeader], windows_list
     if own_process:
         reuse_freed_memory()
     windows = windows_from_list(windows_list)
+    hu_store = is_hu(windows)
     C = len(windows)
     n = len(headers)
-    images = np.empty((n, size, size, C), np.float16)  # every row is written below (a reject's with zeros)
+    images = np.empty((n, size, size, C), np.int16 if hu_store else np.float16)  # every row written (a reject's: 0)
     hu_min = np.full(n, np.nan, np.float32)
     hu_max = np.full(n, np.nan, np.float32)
     status = np.zeros(n, np.uint8)
@@ -54,6 +55,14 @@ def process_shard(url: str, shard: int, headers: list[SliceHeader], windows_list
     for i, h in enumerate(headers):
         try:
             raw = read_raw(h, file_buffer)
+            if hu_store:  # HU themselves, int16; a slice to resize is resampled in float32 first, then rounded
+                if raw.shape != (size, size):
+                    raw = fit_size(hu_float(raw, h.slope, h.effective_intercept, h.fix12), on_size, size)
+                    _, a, b, _ = hu_slice(raw, 1.0, 0.0, False, out=images[i, :, :, 0])
+                else:
+                    _, a, b, _ = hu_slice(raw, h.slope, h.effective_intercept, h.fix12, out=images[i, :, :, 0])
+                hu_min[i], hu_max[i] = a, b
+                continue
             lo, scale, is_full = channel_params(windows, h.window_center, h.window_width)
             if raw.shape == (size, size):
                 _, a, b = window_slice(raw, h.slope, h.effective_intercept, h.fix12, lo, scale, is_full,

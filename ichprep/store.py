@@ -5,7 +5,8 @@ A store is a Zarr v3 group:
 =============  =====================  ==========================================================
 array          dtype, shape           meaning
 =============  =====================  ==========================================================
-images         float16 (N, H, W, C)   one inner chunk = one slice; shards of ``shard_slices``
+images         float16 (N, H, W, C)   one inner chunk = one slice; shards of ``shard_slices``;
+               int16 (N, H, W, 1)     for the ``hu`` preset: Hounsfield units, windowed when read
 labels         uint8 (N, 6)           epidural, intraparenchymal, intraventricular, subarachnoid,
                                       subdural, any; 255 = unlabelled
 type           uint8 (N,)             Table 3.1 type (1..32, 32 = no hemorrhage); 0 = unlabelled
@@ -14,6 +15,8 @@ study_uid      string (N,)            StudyInstanceUID
 series_uid     string (N,)            SeriesInstanceUID
 patient        string (N,)            salted hash of PatientID; never the raw ID
 position_z     float32 (N,)           ImagePositionPatient[2] (NaN if absent)
+window_center  float32 (N,)           the file's WindowCenter, first value (NaN if absent; schema 2)
+window_width   float32 (N,)           the file's WindowWidth, first value (NaN if absent; schema 2)
 hu_min, hu_max float32 (N,)           slice HU range before normalisation (NaN: pixels unusable)
 status         uint8 (N,)             0 = ok, else a reject code (``errors.REJECT_REASONS``)
 shard_done     uint8 (n_shards,)      build bookkeeping: 1 when the shard's pixels are written
@@ -55,20 +58,27 @@ __all__ = [
     "set_attrs",
 ]
 
-SCHEMA_VERSION = 1
+# 2: the window_center / window_width columns and the int16 ``hu`` layout. Version 1 stores (windowed,
+# without those columns) are still read.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 ATTRS_KEY = "ichprep"
-META_ARRAYS = ("sop_uid", "study_uid", "series_uid", "patient", "position_z", "labels", "type")
+META_ARRAYS_V1 = ("sop_uid", "study_uid", "series_uid", "patient", "position_z", "labels", "type")
+META_ARRAYS = META_ARRAYS_V1 + ("window_center", "window_width")
 SHARD_ARRAYS = ("hu_min", "hu_max", "status")
-CODECS = ("auto", "blosc-lz4", "blosc-zstd", "zstd", "none")
+CODECS = ("auto", "blosc-lz4", "blosc-lz4-bitshuffle", "blosc-zstd", "zstd", "none")
 
 
-def _compressors(codec: str, channels: int):
-    """Image codec. ``auto``: blosc-lz4 + byte shuffle for one channel (fast on full-range float16), zstd
-    level 1 for several windows (clipped windows are mostly 0 or 1); measurements in docs/performance.md."""
+def _compressors(codec: str, channels: int, hu: bool = False):
+    """Image codec. ``auto``: blosc-lz4 + byte shuffle for one float16 channel (fast on full-range float16),
+    zstd level 1 for several windows (clipped windows are mostly 0 or 1), blosc-lz4 + bit shuffle for int16
+    HU (the smallest of the fast codecs on the real slices); measurements in docs/performance.md."""
     if codec == "auto":
-        codec = "blosc-lz4" if channels == 1 else "zstd"
+        codec = "blosc-lz4-bitshuffle" if hu else "blosc-lz4" if channels == 1 else "zstd"
     if codec == "blosc-lz4":
         return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=2),)
+    if codec == "blosc-lz4-bitshuffle":
+        return (BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle", typesize=2),)
     if codec == "blosc-zstd":
         return (BloscCodec(cname="zstd", clevel=1, shuffle="shuffle", typesize=2),)
     if codec == "zstd":
@@ -95,8 +105,9 @@ def _meta_compressors():
 
 
 def create_store(url: str, n: int, channels: int, shard_slices: int, codec: str, attrs: dict,
-                 image_size: int = IMAGE_SIZE) -> zarr.Group:
-    """Create an empty store (overwriting whatever is at ``url``) with every array of the schema."""
+                 image_size: int = IMAGE_SIZE, hu: bool = False) -> zarr.Group:
+    """Create an empty store (overwriting whatever is at ``url``) with every array of the schema; ``hu``:
+    int16 Hounsfield-unit images (one channel) instead of float16 windows."""
     if n < 1:
         raise UsageError(f"Expected at least one slice to store. Received: n={n}")
     S = int(shard_slices)
@@ -107,14 +118,16 @@ def create_store(url: str, n: int, channels: int, shard_slices: int, codec: str,
     g = zarr.open_group(url, mode="w", zarr_format=3, attributes={ATTRS_KEY: first})
     g.create_array("images", shape=(n, image_size, image_size, channels),
                    chunks=(1, image_size, image_size, channels), shards=(S, image_size, image_size, channels),
-                   dtype="float16", compressors=_compressors(codec, channels), fill_value=0.0)
+                   dtype="int16" if hu else "float16", compressors=_compressors(codec, channels, hu),
+                   fill_value=0)
     g.create_array("labels", shape=(n, 6), chunks=(max(n, 1), 6), dtype="uint8", fill_value=255,
                    compressors=_meta_compressors())
     g.create_array("type", shape=(n,), chunks=(n,), dtype="uint8", fill_value=0, compressors=_meta_compressors())
     for name in ("sop_uid", "study_uid", "series_uid", "patient"):
         g.create_array(name, shape=(n,), chunks=(n,), dtype=str, compressors=_meta_compressors())
-    g.create_array("position_z", shape=(n,), chunks=(n,), dtype="float32", fill_value=float("nan"),
-                   compressors=_meta_compressors())
+    for name in ("position_z", "window_center", "window_width"):
+        g.create_array(name, shape=(n,), chunks=(n,), dtype="float32", fill_value=float("nan"),
+                       compressors=_meta_compressors())
     # Written by the shard tasks: one chunk per shard, so no two tasks touch one chunk.
     for name, dtype, fill in (("hu_min", "float32", float("nan")), ("hu_max", "float32", float("nan")),
                               ("status", "uint8", 0)):
@@ -135,7 +148,8 @@ def get_attrs(g: zarr.Group) -> dict:
     return dict(g.attrs.get(ATTRS_KEY, {}))
 
 
-def write_metadata(g: zarr.Group, sop, study, series, patient, position_z, labels, types) -> None:
+def write_metadata(g: zarr.Group, sop, study, series, patient, position_z, labels, types,
+                   window_center=None, window_width=None) -> None:
     g["sop_uid"][:] = np.asarray(sop, dtype=object).astype(str)
     g["study_uid"][:] = np.asarray(study, dtype=object).astype(str)
     g["series_uid"][:] = np.asarray(series, dtype=object).astype(str)
@@ -143,6 +157,9 @@ def write_metadata(g: zarr.Group, sop, study, series, patient, position_z, label
     g["position_z"][:] = np.asarray(position_z, dtype=np.float32)
     g["labels"][:] = np.asarray(labels, dtype=np.uint8)
     g["type"][:] = np.asarray(types, dtype=np.uint8)
+    for name, values in (("window_center", window_center), ("window_width", window_width)):
+        if values is not None:
+            g[name][:] = np.array([np.nan if v is None else v for v in values], dtype=np.float32)
 
 
 def open_for_write(url: str) -> zarr.Group:
@@ -183,6 +200,15 @@ class StoreInfo:
     def window_names(self) -> list[str]:
         return [w.name for w in self.windows]
 
+    @property
+    def hu(self) -> bool:
+        """An ``hu`` store: int16 Hounsfield units, windowed when read."""
+        return len(self.windows) == 1 and self.windows[0].kind == "hu"
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.attrs.get("schema_version", SCHEMA_VERSION))
+
     @classmethod
     def from_attrs(cls, url: str, attrs: dict) -> "StoreInfo":
         missing = [k for k in ("n", "channels", "windows") if k not in attrs]
@@ -207,15 +233,20 @@ _TEXT_COLUMNS = frozenset({"sop_uid", "study_uid", "series_uid", "patient"})
 
 
 def column(g: zarr.Group, name: str, rows=None) -> np.ndarray:
-    """One per-row column (all rows, or ``rows``): text columns as object arrays of str."""
+    """One per-row column (all rows, or ``rows``): text columns as object arrays of str. A column newer
+    than the store's schema (window_center/width of a version 1 store) reads as NaN."""
     if name not in COLUMNS:
         raise SchemaError(f"Expected a store column, one of {', '.join(COLUMNS)}. Received: {name!r}")
+    if name not in g and name not in META_ARRAYS_V1 + SHARD_ARRAYS:
+        n = g["sop_uid"].shape[0]
+        return np.full(n if rows is None else np.asarray(rows).shape, np.nan, np.float32)
     values = g[name][:] if rows is None else g[name][rows]
     return np.asarray(values, dtype=object) if name in _TEXT_COLUMNS else np.asarray(values)
 
 
 def images(g: zarr.Group) -> zarr.Array:
-    """The (N, 512, 512, C) float16 image array (read-only when ``g`` was opened by :func:`open_store`)."""
+    """The (N, 512, 512, C) float16 image array, int16 (N, 512, 512, 1) for an hu store (read-only when
+    ``g`` was opened by :func:`open_store`)."""
     return g["images"]
 
 
@@ -232,9 +263,14 @@ def open_store(url: str, require_complete: bool = True) -> tuple[zarr.Group, Sto
     if not attrs:
         raise SchemaError(f"{url!r} is a Zarr group but has no '{ATTRS_KEY}' attributes: not an ichprep store")
     version = attrs.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise SchemaError(f"Store {url!r} has schema version {version!r}; this ichprep reads version {SCHEMA_VERSION}")
-    missing = [a for a in ("images", *META_ARRAYS, *SHARD_ARRAYS, "shard_done") if a not in g]
+    if version not in READABLE_VERSIONS:
+        raise SchemaError(f"Store {url!r} has schema version {version!r}; this ichprep reads versions "
+                          f"{', '.join(map(str, READABLE_VERSIONS))}: rebuild it with this ichprep's 'ichprep build'")
+    if version < 2 and attrs.get("preset") == "hu":
+        raise SchemaError(f"Store {url!r} is an hu store of schema version {version}, written before hu stores "
+                          f"had their layout (version 2): rebuild it with 'ichprep build --preset hu'")
+    meta = META_ARRAYS if version >= 2 else META_ARRAYS_V1
+    missing = [a for a in ("images", *meta, *SHARD_ARRAYS, "shard_done") if a not in g]
     if missing and not attrs.get("complete"):
         raise IncompleteStoreError(f"Store {url!r} is incomplete: its build stopped while creating it. "
                                    "Rerun the same 'ichprep build' command to start it again.")

@@ -39,7 +39,8 @@ class VerifyReport:
 
 def reference_slice(path: str, windows: tuple[Window, ...], on_size: str = "resize",
                     size: int = st.IMAGE_SIZE) -> np.ndarray:
-    """(size, size, C) float64 in [0, 1] by the general path: pydicom + plain numpy."""
+    """(size, size, C) float64 in [0, 1] by the general path: pydicom + plain numpy (for an hu store:
+    (size, size, 1) HU, rounded and clipped to int16 as the store keeps them)."""
     import pydicom
     from pydicom.pixels import apply_modality_lut
 
@@ -54,6 +55,8 @@ def reference_slice(path: str, windows: tuple[Window, ...], on_size: str = "resi
             ds.RescaleIntercept = -RSNA_FIX_OFFSET
         hu = apply_modality_lut(arr, ds).astype(np.float64)
     hu = fit_size(hu.astype(np.float32), on_size, size).astype(np.float64) if hu.shape != (size, size) else hu
+    if len(windows) == 1 and windows[0].kind == "hu":  # an hu store: HU to the nearest unit, int16 range
+        return np.clip(np.rint(hu), -32768, 32767)[..., None]
     out = []
     for w in windows:
         if w.kind == "full":
@@ -108,8 +111,9 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
     # Schema details.
     img = st.images(g)
     expected = (n, info.image_size, info.image_size, info.channels)
-    if img.shape != expected or img.dtype != np.float16:
-        rep.problems.append(f"images: expected float16 {expected}, found {img.dtype} {img.shape}")
+    dtype = np.int16 if info.hu else np.float16
+    if img.shape != expected or img.dtype != dtype:
+        rep.problems.append(f"images: expected {np.dtype(dtype)} {expected}, found {img.dtype} {img.shape}")
     for name in ("labels", "type", "sop_uid", "study_uid", "series_uid", "patient", "position_z",
                  "hu_min", "hu_max", "status"):
         if g[name].shape[0] != n:
@@ -149,14 +153,26 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
         if not done[s]:
             continue
         lo, hi = s * S, min(n, (s + 1) * S)
-        block = np.asarray(img[lo:hi])
-        finite = np.isfinite(block).all(axis=(1, 2, 3))
-        inside = ((block >= 0) & (block <= 1)).all(axis=(1, 2, 3))
+        try:
+            block = np.asarray(img[lo:hi])
+        except Exception as exc:  # a damaged shard: say which, and go on with the others
+            rep.problems.append(f"images: shard {s} (rows {lo}..{hi - 1}) cannot be read: {type(exc).__name__}: {exc}")
+            continue
+        if info.hu:  # stored HU lie in each slice's recorded (clipped) range
+            flat = block.reshape(block.shape[0], -1).astype(np.float32)
+            inside = (flat.min(1) >= np.clip(hu_min[lo:hi], -32768, 32767)) & \
+                     (flat.max(1) <= np.clip(hu_max[lo:hi], -32768, 32767))
+            inside |= ~ok[lo:hi]
+            finite = True
+        else:
+            finite = np.isfinite(block).all(axis=(1, 2, 3))
+            inside = ((block >= 0) & (block <= 1)).all(axis=(1, 2, 3))
         bad_rows.extend((lo + np.flatnonzero(~(finite & inside))).tolist())
         bar.update(hi)
     bar.close()
     if bad_rows:
-        rep.problems.append(f"images: non-finite or out-of-[0, 1] values in {len(bad_rows)} slices, e.g. rows {bad_rows[:10]}")
+        what = "HU outside the slice's hu_min..hu_max" if info.hu else "non-finite or out-of-[0, 1] values"
+        rep.problems.append(f"images: {what} in {len(bad_rows)} slices, e.g. rows {bad_rows[:10]}")
     rep.checked.update(slices=n, shards_done=int(done.sum()), shards=int(done.size))
     # Re-decode a sample from the source and compare.
     if source is not None:
@@ -174,7 +190,9 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
             ref = reference_slice(path, info.windows, info.size_policy, info.image_size)
             diff = np.abs(np.asarray(img[i], np.float64) - ref)
             compared += 1
-            if diff.max() > TOLERANCE:
+            # hu: whole units, exact -- a store with resized slices allows 1 HU (resampling in float32 may round apart)
+            tolerance = (1.0 if info.fixed.get("resized") else 0.0) if info.hu else TOLERANCE
+            if diff.max() > tolerance:
                 c = int(np.unravel_index(diff.argmax(), diff.shape)[-1])
                 rep.problems.append(f"source: row {i} ({os.path.basename(path)}) differs from a fresh decode by "
                                     f"{diff.max():.4g} in channel {c} ({info.windows[c].name})")

@@ -9,7 +9,9 @@ Three kinds of channel exist:
 * ``fixed``   -- a window with a given center and width;
 * ``default`` -- the file's own WindowCenter (0028,1050) / WindowWidth (0028,1051), first value when
   multi-valued (PS3.3 C.11.2.1.2);
-* ``full``    -- the whole HU range of the slice, min-max scaled per slice (the report's CNN input).
+* ``full``    -- the whole HU range of the slice, min-max scaled per slice (the report's CNN input);
+* ``hu``      -- no window: the slice's Hounsfield units themselves, int16 (the ``hu`` preset, a store
+  layout of its own, windowed when read: ``ichtrain``'s ``windows=``).
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from dataclasses import dataclass
 
 from ichprep.errors import WindowSpecError
 
-__all__ = ["Window", "WINDOW_TABLE", "PRESETS", "parse_windows", "windows_to_list", "windows_from_list"]
+__all__ = ["Window", "WINDOW_TABLE", "PRESETS", "HU", "is_hu", "parse_windows", "parse_read_windows", "windows_to_list",
+           "windows_from_list"]
 
-_KINDS = ("fixed", "default", "full")
+_KINDS = ("fixed", "default", "full", "hu")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
 
 
@@ -105,10 +108,12 @@ WINDOW_TABLE: tuple[Window, ...] = (
     Window("grey-white", "fixed", 32, 8),
 )
 FULL_RANGE = Window("full", "full")
+HU = Window("hu", "hu")
 
 PRESETS: dict[str, tuple[Window, ...]] = {
     "cnn": (FULL_RANGE,),
     "rnn": WINDOW_TABLE,
+    "hu": (HU,),
 }
 _BY_NAME = {w.name: w for w in (*WINDOW_TABLE, FULL_RANGE)}
 
@@ -149,11 +154,29 @@ def parse_windows(spec: str) -> tuple[Window, ...]:
                 f"Received: {spec!r}"
             )
         windows.append(Window(name, "fixed", float(m.group(1)), float(m.group(2))))
+    if any(w.kind == "hu" for w in windows):
+        raise WindowSpecError(f"'hu' is a store layout of its own (--preset hu), not a window to list with others. "
+                              f"Received: {spec!r}")
     names = [w.name for w in windows]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise WindowSpecError(f"Window names must be unique; repeated: {dupes}. Received: {spec!r}")
     return tuple(windows)
+
+
+def is_hu(windows: tuple[Window, ...]) -> bool:
+    """True for the ``hu`` layout: one int16 channel of Hounsfield units."""
+    return len(windows) == 1 and windows[0].kind == "hu"
+
+
+def parse_read_windows(spec: str) -> tuple[Window, ...]:
+    """Windows applied when an ``hu`` store is read: any build spec (a preset ``cnn``/``rnn`` or a list),
+    but not ``hu`` itself."""
+    windows = parse_windows(spec)
+    if is_hu(windows):
+        raise WindowSpecError("Expected windows to apply to an hu store ('cnn', 'rnn' or a list such as "
+                              f"'brain:40/80,subdural:80/200,bone:600/2800'). Received: {spec!r}")
+    return windows
 
 
 def windows_to_list(windows: tuple[Window, ...]) -> list[dict]:

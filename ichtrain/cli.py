@@ -121,6 +121,11 @@ def _add_fit_arguments(f: argparse.ArgumentParser) -> None:
     f.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions (default 0.8,0.1,0.1)")
     f.add_argument("--split-by", default="patient", choices=("patient", "study"))
     f.add_argument("--seed", type=int, default=0, help="places patients in splits (hash buckets) and seeds sampling")
+    f.add_argument("--windows", metavar="SPEC",
+                   help="an hu store only (ichprep build --preset hu): the windows applied as slices are read, "
+                        "as ichprep build takes them: cnn (the full range), rnn (the ten Table 2.1 windows) or a list "
+                        "such as 'brain:40/80,subdural:80/200,bone:600/2800'. Slice models take C windows as C "
+                        "channels, rnn as a sequence. Default: rnn for --model rnn, else cnn")
     f.add_argument("--neighbours", type=int, default=0, metavar="K",
                    help="2.5D context for the slice models: also feed slices z-K .. z+K of the series as channels "
                         "(the series' end slice repeats at its ends; default 0)")
@@ -221,7 +226,7 @@ def _fit_config(args, **overrides):
                      batch_size=args.batch_size, image_size=args.image_size, l2=args.l2, learning_rate=args.lr,
                      alpha=args.alpha, epoch_size=args.epoch_size, split_by=args.split_by,
                      fractions=_fractions(args.split), seed=args.seed, bn_momentum=args.bn_momentum,
-                     strategy=args.strategy, neighbours=args.neighbours, backbone=args.backbone,
+                     strategy=args.strategy, neighbours=args.neighbours, backbone=args.backbone, windows=args.windows,
                      weights=None if args.weights.lower() == "none" else args.weights, **overrides)
 
 

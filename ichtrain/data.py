@@ -20,6 +20,7 @@ about one window (at most ``shuffle_mb`` MiB of them) plus ~16 batch buffers.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,9 @@ import numpy as np
 from ichprep import store as st
 from ichprep.errors import StoreError, UsageError
 from ichprep.labels import UNLABELLED
+from ichprep.readwindows import ReadWindows
 from ichprep.shardio import shard_reader
+from ichprep.windows import Window, parse_read_windows
 from ichtrain.batches import BatchAssembler, delivery_order
 from ichtrain.splits import SPLIT_NAMES, fold_rows, split_buckets, split_record, split_rows  # noqa: F401 (re-exported)
 
@@ -41,8 +44,12 @@ MAX_NEIGHBOURS = 4  # 2.5D context: up to 4 slices each side (9 slices per sampl
 def run_stream(run: dict, url: str | None = None) -> "StoreStream":
     """The stream of a run's store (or ``url``) with the run's split: its grouping, fractions or fold, seed."""
     fold = run.get("fold")
-    return StoreStream(url or run["store"], by=run["split_by"], fractions=tuple(run["fractions"]), seed=run["seed"],
-                       fold=tuple(fold) if fold else None)
+    url = url or run["store"]
+    windows = None
+    if run.get("windows") and st.read_info(url)[1].hu:  # an hu store: the windows the run's model reads
+        windows = ",".join(Window.from_dict(d).spec() for d in run["windows"])
+    return StoreStream(url, by=run["split_by"], fractions=tuple(run["fractions"]), seed=run["seed"],
+                       fold=tuple(fold) if fold else None, windows=windows)
 
 
 def type_weights(types: np.ndarray, alpha: float) -> dict[int, float]:
@@ -72,6 +79,7 @@ class StoreStream:
     fractions: tuple = (0.8, 0.1, 0.1)
     seed: int = 0
     fold: tuple | None = None  # (fold, folds): patient-grouped K-fold splits instead of fractions (cv)
+    windows: str | None = None  # an hu store only: the windows applied when read (default cnn: full range)
     _g: object = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -109,12 +117,26 @@ class StoreStream:
         self._reader = shard_reader(self.images)  # None for a layout ichprep does not write: zarr reads it
         self.shard_slices = int(self.images.shards[0])
         self.n = self.info.n
-        self.channels = self.info.channels
-        self.window_names = [w.name for w in self.info.windows]
+        self.read_windows = self._read_windows(g)  # None: slices delivered as stored
+        self.windows = self.read_windows.windows if self.read_windows else self.info.windows
+        self.channels = len(self.windows)  # what a model sees per slice
+        self.window_names = [w.name for w in self.windows]
         self._closed = threading.Event()
         self._reading = 0  # reads in flight (tf.data reader threads)
         self._reading_lock = threading.Lock()
         self.read_failure: StoreError | None = None  # the first failed read, said plainly (see guard)
+
+    def _read_windows(self, g) -> ReadWindows | None:
+        """An hu store: the windows to apply as slices are read. Any other store holds its windows already, so
+        asking for windows there is refused, naming the store's."""
+        if not self.info.hu:
+            if self.windows is not None:
+                raise UsageError(f"Windows are applied when reading an hu store (ichprep build --preset hu); the store "
+                                 f"{self.url!r} holds windows {', '.join(w.spec() for w in self.info.windows)} already. "
+                                 f"Received: windows={self.windows!r}")
+            return None
+        return ReadWindows(parse_read_windows(self.windows or "cnn"), st.column(g, "window_center"),
+                           st.column(g, "window_width"), self.readable)
 
     def split_record(self) -> dict:
         """This stream's split as a run records it (see :func:`split_record`)."""
@@ -218,11 +240,15 @@ class StoreStream:
             blocks = [blocks[i] for i in rng.permutation(len(blocks))]
         return blocks
 
-    def _window(self, image_size: int, batch_size: int, shuffle_mb: float) -> int:
-        """Slices pooled and permuted together (see :func:`ichtrain.batches.delivery_order`): ``shuffle_mb``
-        of decoded slices, at least four batches."""
-        slice_mb = image_size * image_size * self.channels * 2 / 2**20
-        return max(4 * batch_size, int(shuffle_mb / slice_mb))
+    def _window(self, shuffle_mb: float) -> int:
+        """Shards pooled and permuted together (see :func:`ichtrain.batches.delivery_order`): as many as two
+        windows of fit in ``shuffle_mb`` (the shard cache's budget), at least two. A shard's size is its
+        mean size on disk for a local store (compressed, as the cache holds it), else its decoded size."""
+        n_shards = -(-self.n // self.shard_slices)
+        on_disk = st.size_on_disk(os.path.join(str(self.url), "images"))
+        shard_mb = (on_disk / n_shards if on_disk else
+                    self.shard_slices * self.info.image_size ** 2 * self.info.channels * 2) / 2**20
+        return max(2, int(shuffle_mb / (2 * max(shard_mb, 1e-3))))
 
     def neighbour_rows(self, rows: np.ndarray, neighbours: int) -> np.ndarray:
         """(len(rows), 2k + 1) rows z-k .. z+k of each row's own series; at a series' ends the end slice
@@ -313,12 +339,12 @@ class StoreStream:
             parts = []
             for e in range(first_epoch, epochs):
                 drawn, rng = self.draws(split, weighted, alpha, epoch_size, epoch=e, shard=shard)
-                parts.append(delivery_order(drawn, self.shard_slices, self._window(full, batch_size, shuffle_mb), rng))
+                parts.append(delivery_order(drawn, self.shard_slices, self._window(shuffle_mb), rng))
             order = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         sources = self.neighbour_rows(order, neighbours) if neighbours else order[:, None]
         assembler = BatchAssembler(sources, self.labels[order], self.shard_slices, (full, full, self.channels),
                                    batch_size, self._fetcher(), int(shuffle_mb * 2**20),
-                                   drop_remainder=drop_remainder, repeat=repeat)
+                                   drop_remainder=drop_remainder, repeat=repeat, window=self.read_windows)
         C = self.channels * (2 * neighbours + 1)
         whole = drop_remainder or repeat
 

@@ -74,6 +74,7 @@ class FitConfig:
     fold: tuple | None = None  # (fold, folds): K-fold splits (ichtrain cv) instead of fractions
     backbone: str = "efficientnetb0"  # --model backbone only
     weights: str | None = "imagenet"  # --model backbone only: "imagenet", a weights file, or None (random)
+    windows: str | None = None  # an hu store only: windows applied when read (default: rnn for rnn, else cnn)
 
     def __post_init__(self) -> None:
         from ichtrain.models import MODELS
@@ -148,9 +149,15 @@ def load_run(run_dir: str) -> tuple[dict, str]:
 
 
 def input_options(run: dict) -> dict:
-    """How a run's model reads a store (``StoreStream.dataset`` keywords), from its config."""
+    """How a run's model reads a store (``StoreStream.dataset`` keywords), from its config. Where a GPU
+    trains, batches travel as float16 (the store's own values) and the model casts them on the device:
+    the host's float32 conversion was the stream's largest cost (issue 17); Keras casts a float16 batch to
+    a float32 Input inside the model's graph."""
+    import tensorflow as tf
+
+    dtype = "float16" if tf.config.list_physical_devices("GPU") else "float32"
     return dict(image_size=run["image_size"], neighbours=int(run.get("neighbours", 0)),
-                sequence=run["model"] == "rnn")
+                sequence=run["model"] == "rnn", dtype=dtype)
 
 
 def calibrate(run_dir: str, stream, model, inputs: dict, alpha: float, batch_size: int = 64) -> Calibration:
@@ -273,6 +280,29 @@ def _pipelines(cfg: FitConfig, stream, strategy, record: dict, epoch_size: int, 
     return train, val, (val_steps or None)
 
 
+def open_stream(cfg: FitConfig):
+    """The store's stream for ``cfg``, refusing before any training a model that cannot read its windows."""
+    from ichtrain.data import StoreStream
+
+    windows = cfg.windows
+    if windows is None and _is_hu_store(cfg.store):
+        windows = "rnn" if cfg.model == "rnn" else "cnn"
+    stream = StoreStream(cfg.store, by=cfg.split_by, fractions=cfg.fractions, seed=cfg.seed, fold=cfg.fold,
+                         windows=windows)
+    if cfg.model == "rnn" and stream.channels < 2:
+        fix = ("pass --windows rnn (or two or more windows)" if stream.info.hu else
+               "build it with --preset rnn, or --preset hu and read it with --windows rnn")
+        raise UsageError(f"--model rnn reads a sequence of windows; the store {cfg.store!r} gives one channel "
+                         f"({stream.window_names[0]}): {fix}.")
+    return stream
+
+
+def _is_hu_store(url: str) -> bool:
+    from ichprep import store as st
+
+    return st.read_info(url)[1].hu
+
+
 def fit(cfg: FitConfig, verbose: int = 1) -> dict:
     """Train ``cfg.model`` on ``cfg.store``; resumable. Returns epochs done/trained and the history.
 
@@ -284,7 +314,6 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
     import keras
     import tensorflow as tf
 
-    from ichtrain.data import StoreStream
     from ichtrain.models import build_model, compile_model
 
     strategy = _make_strategy(cfg.strategy)  # first TF work: MultiWorkerMirroredStrategy must precede any op
@@ -293,14 +322,12 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
     if cfg.batch_size % replicas:
         raise UsageError(f"Expected --batch-size (the global batch) divisible by the {replicas} replicas in sync. "
                          f"Received: batch_size={cfg.batch_size}")
-    stream = StoreStream(cfg.store, by=cfg.split_by, fractions=cfg.fractions, seed=cfg.seed, fold=cfg.fold)
+    stream = open_stream(cfg)
     store_size = stream.info.image_size
     size = cfg.resolved_image_size(store_size)
-    if cfg.model == "rnn" and stream.channels < 2:
-        raise UsageError(f"--model rnn reads a sequence of windows; the store {cfg.store!r} has one channel. "
-                         "Build it with --preset rnn.")
     record = dict(cfg.to_dict(), image_size=size, channels=stream.channels, window_names=stream.window_names,
-                  windows=windows_to_list(stream.info.windows), size_policy=stream.info.size_policy,
+                  windows=windows_to_list(stream.windows), store_layout="hu" if stream.info.hu else "windows",
+                  size_policy=stream.info.size_policy,
                   replicas=replicas, workers=role.workers, split=stream.split_record())
     first_epoch = _open_run(cfg, record, stream, role)
     last = os.path.join(cfg.out, "checkpoints", "last.keras")

@@ -15,7 +15,7 @@ def test_ingest_benchmark_runs_and_reports(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["slices"] == 32 and report["rounds"] == 2
-    expected = {"naive_a", "decode_b", "naive_10win", "build_cnn_1", "build_rnn_1", "build_cnn_2"}
+    expected = {"naive_a", "decode_b", "naive_10win", "build_cnn_1", "build_rnn_1", "build_cnn_2", "build_hu_1"}
     assert set(report["results"]) == expected
     for name, r in report["results"].items():
         assert r["slices_per_s"] > 0 and r["peak_rss_mib"] > 10 and r["rounds"] == 2, name

@@ -37,6 +37,17 @@ def test_models_reload_from_keras_file_with_same_outputs(tmp_path):
         assert m.output_shape == (None, 6)
 
 
+def test_models_take_float16_batches_as_the_float32_values_they_hold():
+    """On a GPU the stream hands over float16 (input_options) and the model casts on the device: the
+    outputs must be those of the same values given as float32."""
+    from ichtrain.models import build_model, compile_model
+
+    m = compile_model(build_model("baseline", 64, channels=3))
+    x16 = np.random.default_rng(1).random((2, 64, 64, 3)).astype(np.float16)
+    np.testing.assert_allclose(np.asarray(m(x16, training=False)), np.asarray(m(x16.astype(np.float32), training=False)),
+                               rtol=1e-6, atol=1e-6)
+
+
 def test_roc_auc_hand_values():
     assert roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
     assert roc_auc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)  # a tie counts half

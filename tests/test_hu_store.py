@@ -1,0 +1,171 @@
+"""The hu store (issue 17): int16 Hounsfield units stored once, windows applied when read.
+
+References are independent of the code under test: pydicom's own modality LUT (conftest.reference_hu)
+for the stored HU, and stores built with the windows baked in (the build's windowing path) for the
+windows the stream applies."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import nonempty_split_seed, reference_hu
+from ichprep import store as st
+from ichprep.build import BuildConfig, build
+from ichprep.cli import main as ichprep_main
+from ichprep.errors import SchemaError, UsageError
+from ichprep.kernels import hu_slice
+from ichprep.windows import parse_windows
+
+THREE = "brain:40/80,subdural:80/200,bone:600/2800"
+
+
+@pytest.fixture(scope="module")
+def stores(synth_corpus, tmp_path_factory):
+    """hu, cnn, rnn and three-window stores of the same DICOMs (same salt: the same splits)."""
+    root = tmp_path_factory.mktemp("hu")
+    out = {}
+    for name, spec, preset in (("hu", "hu", "hu"), ("cnn", "cnn", "cnn"), ("rnn", "rnn", "rnn"), ("three", THREE, None)):
+        out[name] = str(root / f"{name}.zarr")
+        build(BuildConfig(source=synth_corpus["dicom_dir"], out=out[name], labels=synth_corpus["labels"],
+                          windows=parse_windows(spec), preset=preset, workers=0, salt="s", shard_slices=8))
+    return out
+
+
+def test_hu_slice_matches_numpy_rounding_and_clips_never_wraps():
+    rng = np.random.default_rng(1)
+    raw = rng.integers(0, 4096, (64, 48)).astype(np.uint16)
+    for slope, intercept, fix12 in ((1.0, -1024.0, False), (1.0, -1000.0, True), (0.37, -1024.25, False),
+                                    (20.0, -1024.0, False)):
+        x = raw.astype(np.int64)
+        if fix12:
+            x = x + 1000
+            x[x >= 4096] -= 4096
+        ref = np.rint(x * np.float64(slope) + intercept)
+        out, lo, hi, clipped = hu_slice(raw, slope, intercept, fix12)
+        assert out.dtype == np.int16
+        assert np.array_equal(out, np.clip(ref, -32768, 32767)), (slope, intercept)
+        assert (lo, hi) == (ref.min(), ref.max())
+        assert clipped == int(((ref < -32768) | (ref > 32767)).sum())
+    assert clipped > 0  # the slope-20 case leaves int16: clipped to 32767, not wrapped negative
+
+
+def test_hu_store_holds_pydicoms_hu_exactly(stores, synth_corpus):
+    g, info = st.open_store(stores["hu"])
+    assert info.hu and st.images(g).dtype == np.int16 and info.channels == 1
+    from ichprep.verify import _find_sources
+
+    sops = list(st.column(g, "sop_uid"))
+    files = _find_sources(synth_corpus["dicom_dir"], sops)
+    assert len(files) == len(sops)
+    images = np.asarray(st.images(g)[:])
+    for i, sop in enumerate(sops):
+        ref = reference_hu(files[sop])
+        assert np.array_equal(images[i, :, :, 0], np.rint(ref)), sop
+    wc = st.column(g, "window_center")
+    assert np.isfinite(wc).all()  # every synthetic file has WindowCenter: 'default' works at read time
+    assert info.fixed.get("hu_clipped", 0) == 0
+
+
+def test_hu_store_is_smaller_than_the_cnn_store(stores):
+    assert st.size_on_disk(os.path.join(stores["hu"], "images")) < st.size_on_disk(os.path.join(stores["cnn"], "images"))
+
+
+@pytest.mark.parametrize("windows, other, neighbours", [("cnn", "cnn", 0), ("rnn", "rnn", 0), (THREE, "three", 0),
+                                                        (THREE, "three", 1)])
+def test_windows_in_the_stream_equal_a_windowed_store(stores, windows, other, neighbours):
+    from ichtrain.data import StoreStream
+
+    a = StoreStream(stores["hu"], windows=windows)
+    b = StoreStream(stores[other])
+    assert a.window_names == b.window_names and a.channels == b.channels
+    assert np.array_equal(a.splits["train"], b.splits["train"])
+    kw = dict(batch_size=8, weighted=False, dtype="float16", neighbours=neighbours, sequence=False)
+    seen = 0
+    for (xa, ya), (xb, yb) in zip(a.dataset("train", **kw), b.dataset("train", **kw)):
+        assert xa.shape == xb.shape
+        assert np.array_equal(xa.numpy(), xb.numpy())  # the build's kernel on stored HU: bit-identical
+        assert np.array_equal(ya.numpy(), yb.numpy())
+        seen += len(xa)
+    assert seen == a.splits["train"].size
+
+
+def test_window_spec_on_a_windowed_store_is_refused_naming_its_windows(stores):
+    from ichtrain.data import StoreStream
+
+    with pytest.raises(UsageError, match="holds windows brain:40/80"):
+        StoreStream(stores["three"], windows="cnn")
+    with pytest.raises(UsageError, match="hu"):
+        StoreStream(stores["hu"], windows="hu")
+
+
+def test_old_schema_hu_store_gets_a_clear_message(stores, tmp_path):
+    import shutil
+
+    import zarr
+
+    copy = str(tmp_path / "old.zarr")
+    shutil.copytree(stores["hu"], copy)
+    g = zarr.open_group(copy, mode="r+")
+    attrs = dict(g.attrs["ichprep"], schema_version=1)
+    g.attrs["ichprep"] = attrs
+    with pytest.raises(SchemaError, match="rebuild it with 'ichprep build --preset hu'"):
+        st.open_store(copy)
+
+
+def test_cli_hu_info_verify_preview_and_fit_refusals(stores, tmp_path, capsys, synth_corpus):
+    assert ichprep_main(["info", stores["hu"], "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["preset"] == "hu" and d["dtype"].startswith("int16") and d["schema_version"] == st.SCHEMA_VERSION
+    assert ichprep_main(["verify", stores["hu"], "--source", synth_corpus["dicom_dir"]]) == 0
+    assert ichprep_main(["preview", stores["hu"], "--windows", THREE, "--out", str(tmp_path / "p.png")]) == 0
+    assert "3 panels" in capsys.readouterr().out
+    assert ichprep_main(["preview", stores["cnn"], "--windows", "rnn", "--out", str(tmp_path / "q.png")]) == 2
+    assert "holds windows full:full" in capsys.readouterr().err
+
+    from ichtrain.cli import main as ichtrain_main
+
+    rc = ichtrain_main(["fit", stores["cnn"], "--out", str(tmp_path / "r1"), "--windows", "rnn", "--epochs", "1"])
+    assert rc == 2 and "holds windows full:full" in capsys.readouterr().err
+    rc = ichtrain_main(["fit", stores["hu"], "--out", str(tmp_path / "r2"), "--model", "rnn", "--windows", "cnn",
+                        "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--windows rnn" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("store, windows", [("three", None), ("hu", THREE)])
+def test_baseline_takes_three_windows_as_channels_and_predicts(stores, tmp_path, capsys, store, windows):
+    """The issue's crash: a three-window store and --model baseline. Now C windows are C channels, from a
+    windowed store or an hu store read with those windows; evaluate reads the run's windows back."""
+    from ichtrain.cli import main as ichtrain_main
+
+    run = str(tmp_path / "run")
+    args = ["fit", stores[store], "--out", run, "--model", "baseline", "--image-size", "64", "--epochs", "1",
+            "--batch-size", "8", "--epoch-size", "16", "--split", "0.6,0.2,0.2",
+            "--seed", str(nonempty_split_seed(stores[store]))] + (["--windows", windows] if windows else [])
+    assert ichtrain_main(args) == 0, capsys.readouterr().err
+    cfg = json.loads(open(os.path.join(run, "config.json")).read())
+    assert cfg["channels"] == 3 and cfg["window_names"] == ["brain", "subdural", "bone"]
+    assert cfg["store_layout"] == ("hu" if store == "hu" else "windows")
+    assert ichtrain_main(["evaluate", run, "--split", "test"]) == 0, capsys.readouterr().err
+
+
+def test_hu_build_of_defective_files_keeps_every_usable_slice_and_verifies(tmp_path, synth_corpus, capsys):
+    """The robustness folder (truncated, not DICOM, undecodable, duplicate, non-512 slices ...) as an hu
+    store: a slice without window tags is usable here (no window is applied at build time), the resized
+    one is counted, and verify's fresh decode agrees."""
+    from test_robustness import _make_defects
+
+    src = tmp_path / "src"
+    src.mkdir()
+    expected = _make_defects(src, synth_corpus)
+    out = str(tmp_path / "hu.zarr")
+    assert ichprep_main(["build", str(src), "--out", out, "--preset", "hu", "--workers", "0", "--quiet"]) == 0
+    g, info = st.open_store(out)
+    status = st.column(g, "status")
+    assert info.fixed["resized"] == 1 and info.counts["written"] == int((status == 0).sum())
+    assert info.counts["written"] >= 7 and info.counts["rejected"] <= len(expected)
+    assert not np.asarray(st.images(g)[:])[status != 0].any()  # a rejected row is zeros
+    capsys.readouterr()
+    assert ichprep_main(["verify", out, "--source", str(src), "--sample", "64"]) == 0, capsys.readouterr()
