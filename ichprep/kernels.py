@@ -117,25 +117,13 @@ def _pixel_hu(value, fix12, slope, intercept):
     return r * slope + intercept
 
 
-@njit(cache=True, nogil=True)
-def _window_slice_kernel(raw, slope, intercept, fix12, params, is_full, out_bits, v_row, stats):
-    """Rescale + 12-bit fix + windowing + [0, 1] scaling + float16, for one 2-D slice.
-
-    raw: (H, W) integer or float array. params: (2, C) float32, rows lo and scale (= 1 / width);
-    the kernel overwrites the columns of full-range channels with the slice's own HU min and
-    1 / (max - min). is_full: (C,) uint8. out_bits: (H, W * C) uint16 (float16 bits, channel-last).
-    v_row: (W * C,) float32 scratch. stats: (2,) float32 receives HU min and max.
-    Each channel: v = clip((hu - lo) * scale, 0, 1).
-
-    float16 by bits, for v in [0, 1] only (no sign, inf or NaN), branch-light so LLVM vectorises it:
-    normal range, add 0xFFF plus the kept LSB (round half to even), drop 13 bits and rebias; subnormal
-    range (k * 2**-24), v * 2**24 + 2**23 rounds k to nearest even in float32 arithmetic.
-    """
+@njit(cache=True, nogil=True, inline="always")
+def _hu_range(raw, fix12, slope, intercept):
+    """(min, max) HU of a slice in float32: the range of the (fixed) raw values, mapped to HU. In the raw
+    dtype, so LLVM vectorises the min/max reduction (a float64 conversion per pixel here cost as much as
+    the window kernel's pass 2 for one channel)."""
     H = raw.shape[0]
     W = raw.shape[1]
-    C = params.shape[1]
-    # Pass 1: range of the (fixed) raw values, mapped to HU. In the raw dtype, so LLVM vectorises
-    # the min/max reduction (a float64 conversion per pixel here cost as much as pass 2 for one channel).
     if fix12:  # 12-bit values: the fixed range lies in [0, 4095]
         rmin = np.int64(RSNA_FIX_MODULUS - 1)
         rmax = np.int64(0)
@@ -155,8 +143,27 @@ def _window_slice_kernel(raw, slope, intercept, fix12, params, is_full, out_bits
                 rmax = max(rmax, raw[y, x])
     a = np.float32(rmin) * slope + intercept
     b = np.float32(rmax) * slope + intercept
-    hu_min = min(a, b)
-    hu_max = max(a, b)
+    return min(a, b), max(a, b)
+
+
+@njit(cache=True, nogil=True)
+def _window_slice_kernel(raw, slope, intercept, fix12, params, is_full, out_bits, v_row, stats):
+    """Rescale + 12-bit fix + windowing + [0, 1] scaling + float16, for one 2-D slice.
+
+    raw: (H, W) integer or float array. params: (2, C) float32, rows lo and scale (= 1 / width);
+    the kernel overwrites the columns of full-range channels with the slice's own HU min and
+    1 / (max - min). is_full: (C,) uint8. out_bits: (H, W * C) uint16 (float16 bits, channel-last).
+    v_row: (W * C,) float32 scratch. stats: (2,) float32 receives HU min and max.
+    Each channel: v = clip((hu - lo) * scale, 0, 1).
+
+    float16 by bits, for v in [0, 1] only (no sign, inf or NaN), branch-light so LLVM vectorises it:
+    normal range, add 0xFFF plus the kept LSB (round half to even), drop 13 bits and rebias; subnormal
+    range (k * 2**-24), v * 2**24 + 2**23 rounds k to nearest even in float32 arithmetic.
+    """
+    H = raw.shape[0]
+    W = raw.shape[1]
+    C = params.shape[1]
+    hu_min, hu_max = _hu_range(raw, fix12, slope, intercept)  # pass 1
     stats[0] = hu_min
     stats[1] = hu_max
     full_scale = _ZERO
@@ -204,33 +211,14 @@ def _hu_slice_kernel(raw, slope, intercept, fix12, integer, out, stats):
     the number of pixels clipped. ``integer``: slope and intercept are integers, and the HU are computed
     in int64 (exact); otherwise in float32, then rounded.
 
-    Pass 1 is the range in the raw dtype (a vectorised reduction, as in the window kernel); pass 2 clips
-    only when that range leaves int16, so the common loop is a multiply-add LLVM vectorises."""
+    Pass 1 is the window kernel's range pass (rounding is monotonic, so the rounded range is the range's
+    rounding); pass 2 clips only when that range leaves int16, so the common loop is a multiply-add LLVM
+    vectorises."""
     H = raw.shape[0]
     W = raw.shape[1]
-    rmin = raw[0, 0]
-    rmax = raw[0, 0]
-    for y in range(H):
-        for x in range(W):
-            rmin = min(rmin, raw[y, x])
-            rmax = max(rmax, raw[y, x])
-    if fix12:  # the fix wraps values: its range is not the raw range's image
-        lo12 = np.int64(RSNA_FIX_MODULUS - 1)
-        hi12 = np.int64(0)
-        for y in range(H):
-            for x in range(W):
-                r = np.int64(raw[y, x]) + RSNA_FIX_OFFSET
-                if r >= RSNA_FIX_MODULUS:
-                    r -= RSNA_FIX_MODULUS
-                lo12 = min(lo12, r)
-                hi12 = max(hi12, r)
-        a = np.rint(np.float32(lo12) * slope + intercept)
-        b = np.rint(np.float32(hi12) * slope + intercept)
-    else:
-        a = np.rint(np.float32(rmin) * slope + intercept)
-        b = np.rint(np.float32(rmax) * slope + intercept)
-    hu_min = min(a, b)
-    hu_max = max(a, b)
+    lo, hi = _hu_range(raw, fix12, slope, intercept)
+    hu_min = np.rint(lo)
+    hu_max = np.rint(hi)
     stats[0] = hu_min
     stats[1] = hu_max
     inside = hu_min >= _INT16_LO and hu_max <= _INT16_HI

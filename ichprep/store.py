@@ -39,7 +39,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from ichprep.errors import IncompleteStoreError, SchemaError, StoreError, UsageError
 from ichprep.pixels import IMAGE_SIZE  # the schema's slice size, defined with the pixel code
-from ichprep.windows import Window, windows_from_list
+from ichprep.windows import Window, is_hu, windows_from_list
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -203,7 +203,7 @@ class StoreInfo:
     @property
     def hu(self) -> bool:
         """An ``hu`` store: int16 Hounsfield units, windowed when read."""
-        return len(self.windows) == 1 and self.windows[0].kind == "hu"
+        return is_hu(self.windows)
 
     @property
     def schema_version(self) -> int:

@@ -18,7 +18,7 @@ from ichprep import store as st
 from ichprep.errors import IchprepError
 from ichprep.labels import UNLABELLED, type_codes
 from ichprep.progress import ProgressBar
-from ichprep.windows import Window
+from ichprep.windows import Window, is_hu
 
 __all__ = ["verify", "VerifyReport", "reference_slice"]
 
@@ -55,7 +55,7 @@ def reference_slice(path: str, windows: tuple[Window, ...], on_size: str = "resi
             ds.RescaleIntercept = -RSNA_FIX_OFFSET
         hu = apply_modality_lut(arr, ds).astype(np.float64)
     hu = fit_size(hu.astype(np.float32), on_size, size).astype(np.float64) if hu.shape != (size, size) else hu
-    if len(windows) == 1 and windows[0].kind == "hu":  # an hu store: HU to the nearest unit, int16 range
+    if is_hu(windows):  # an hu store: HU to the nearest unit, int16 range
         return np.clip(np.rint(hu), -32768, 32767)[..., None]
     out = []
     for w in windows:

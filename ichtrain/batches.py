@@ -22,9 +22,18 @@ from collections import OrderedDict
 
 import numpy as np
 
-__all__ = ["delivery_order", "aligned_empty", "BatchAssembler"]
+__all__ = ["shard_groups", "delivery_order", "aligned_empty", "BatchAssembler"]
 
 ALIGN = 64  # TensorFlow takes a numpy array without copying it when its data is aligned to this
+
+
+def shard_groups(sorted_rows: np.ndarray, shard_slices: int) -> list[tuple[int, np.ndarray]]:
+    """Sorted rows grouped by the shard they lie in: (shard, its rows), in shard order."""
+    rows = np.asarray(sorted_rows, np.int64)
+    if rows.size == 0:
+        return []
+    cuts = np.flatnonzero(np.diff(rows // shard_slices)) + 1
+    return [(int(g[0]) // shard_slices, g) for g in np.split(rows, cuts)]
 
 
 def delivery_order(sorted_rows: np.ndarray, shard_slices: int, window_shards: int,
@@ -37,9 +46,7 @@ def delivery_order(sorted_rows: np.ndarray, shard_slices: int, window_shards: in
     rows = np.asarray(sorted_rows, np.int64)
     if rng is None or rows.size == 0:
         return rows
-    shard = rows // shard_slices
-    cuts = np.flatnonzero(np.diff(shard)) + 1
-    groups = np.split(rows, cuts)
+    groups = [g for _, g in shard_groups(rows, shard_slices)]
     order = rng.permutation(len(groups))
     step = max(1, int(window_shards))
     parts = [rng.permutation(np.concatenate([groups[k] for k in order[i:i + step]]))

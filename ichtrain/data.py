@@ -10,11 +10,11 @@ rare types often without repeating the 12 slices of type 1 thousands of times). 
 ``w_t / sum`` per slice; evaluation streams (``weighted=False``) read every slice once, in order.
 
 Reading. One Python call per batch, never per slice (:mod:`ichtrain.batches`): the epoch's draws are
-put in their delivery order up front (shards in random order, pooled into windows of ``shuffle_mb``
-of slices whose draws are permuted), each shard object is fetched whole and compressed, once, and each
-slice is decompressed straight into its place in the batch buffer that TensorFlow then takes without a
-copy; the cast to ``dtype`` (and any resize) runs per batch in TensorFlow. Memory: the shard objects of
-about one window (at most ``shuffle_mb`` MiB of them) plus ~16 batch buffers.
+put in their delivery order up front (shards in random order, pooled a few shards at a time, the draws
+of each pool permuted), each shard object is fetched whole and compressed, once, and each slice is
+decompressed straight into its place in the batch buffer that TensorFlow then takes without a copy; the
+cast to ``dtype`` (and any resize) runs per batch in TensorFlow. Memory: at most ``shuffle_mb`` MiB of
+shard objects (two pools' worth) plus ~16 batch buffers.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from ichprep.labels import UNLABELLED
 from ichprep.readwindows import ReadWindows
 from ichprep.shardio import shard_reader
 from ichprep.windows import Window, parse_read_windows
-from ichtrain.batches import BatchAssembler, delivery_order
+from ichtrain.batches import BatchAssembler, delivery_order, shard_groups
 from ichtrain.splits import SPLIT_NAMES, fold_rows, split_buckets, split_record, split_rows  # noqa: F401 (re-exported)
 
 __all__ = ["StoreStream", "split_rows", "split_buckets", "split_record", "fold_rows", "run_stream", "type_weights", "sample_epoch", "SPLIT_NAMES"]
@@ -233,16 +233,15 @@ class StoreStream:
         """One epoch's draws (see :meth:`draws`) as blocks: (shard, sorted rows in it), one per shard, in the
         random order the stream reads them when weighted."""
         drawn, rng = self.draws(split, weighted, alpha, epoch_size, epoch, shard)
-        shard_of = drawn // self.shard_slices
-        cuts = np.flatnonzero(np.diff(shard_of)) + 1
-        blocks = [(int(s[0]), r) for s, r in zip(np.split(shard_of, cuts), np.split(drawn, cuts)) if r.size]
+        blocks = shard_groups(drawn, self.shard_slices)
         if rng is not None:
             blocks = [blocks[i] for i in rng.permutation(len(blocks))]
         return blocks
 
     def _window(self, shuffle_mb: float) -> int:
-        """Shards pooled and permuted together (see :func:`ichtrain.batches.delivery_order`): as many as two
-        windows of fit in ``shuffle_mb`` (the shard cache's budget), at least two. A shard's size is its
+        """Shards pooled and permuted together (see :func:`ichtrain.batches.delivery_order`): as many as fit
+        twice in ``shuffle_mb`` (the shard cache's budget: a batch at a pool's edge needs two pools), at
+        least two. A shard's size is its
         mean size on disk for a local store (compressed, as the cache holds it), else its decoded size."""
         n_shards = -(-self.n // self.shard_slices)
         on_disk = st.size_on_disk(os.path.join(str(self.url), "images"))
@@ -314,8 +313,8 @@ class StoreStream:
         ``neighbours=k`` (2.5D): each sample also carries the slices z-k .. z+k of its own series as channels,
         (H, W, (2k + 1) C) with slice z-k first; at a series' ends the end slice repeats (one-slice models
         only: not with ``sequence``).
-        ``shuffle_mb``: weighted draws are permuted within windows of this many MiB of decoded slices (at
-        least four batches), and at most this many MiB of compressed shard objects are held.
+        ``shuffle_mb``: at most this many MiB of compressed shard objects are held; weighted draws are
+        permuted within pools of as many shards as half of it holds (at least two).
         ``parallel_reads``: batches assembled at once (decompression releases the GIL).
         """
         import tensorflow as tf
@@ -336,10 +335,10 @@ class StoreStream:
         if rows is not None:
             order = np.sort(np.asarray(rows, np.int64))
         else:
-            parts = []
+            parts, pool = [], self._window(shuffle_mb)
             for e in range(first_epoch, epochs):
                 drawn, rng = self.draws(split, weighted, alpha, epoch_size, epoch=e, shard=shard)
-                parts.append(delivery_order(drawn, self.shard_slices, self._window(shuffle_mb), rng))
+                parts.append(delivery_order(drawn, self.shard_slices, pool, rng))
             order = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         sources = self.neighbour_rows(order, neighbours) if neighbours else order[:, None]
         assembler = BatchAssembler(sources, self.labels[order], self.shard_slices, (full, full, self.channels),
