@@ -8,6 +8,7 @@ is marked complete only in the last step.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -332,10 +333,19 @@ def _fixes(cfg: BuildConfig, headers: list[SliceHeader], g) -> Counter:
 def build(cfg: BuildConfig, stream: TextIO | None = None) -> BuildResult:
     """Run a whole build. ``stream`` receives progress and messages (None: silent)."""
     t0 = time.monotonic()
-    result = BuildResult(out=cfg.out)
     labels = read_labels(cfg.labels) if cfg.labels else None  # a bad CSV fails before any work
     paths = list_source(cfg.source)
     salt = resolve_salt(cfg.salt)
+    try:
+        return _build(cfg, stream, t0, labels, paths, salt)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC and not isinstance(exc, IchprepError):
+            raise st.disk_full_error(cfg.out) from None
+        raise
+
+
+def _build(cfg: BuildConfig, stream, t0: float, labels, paths: list[str], salt) -> BuildResult:
+    result = BuildResult(out=cfg.out)
     with output_lock(cfg.out):
         mode, g = _prepare_output(cfg)
         if mode == "complete":

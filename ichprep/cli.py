@@ -85,14 +85,18 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("store")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
     v = sub.add_parser("verify", help="check a store (schema, completeness, values, labels; optionally vs its source)",
-                       description="Check the schema, completeness, that every value is finite and in [0, 1], that "
-                                   "labels and types agree; with --source, re-decode a random sample of slices "
-                                   "by pydicom + numpy (not the build's fast path) and compare. Exit 1 on any "
-                                   "problem, listing what and where.")
+                       description="Check the schema, completeness, every chunk's crc32c checksum, that every value "
+                                   "is finite and in [0, 1] (hu: in its slice's range), that labels and types agree; "
+                                   "with --source, re-decode a random sample of slices by pydicom + numpy (not the "
+                                   "build's fast path) and compare. Exit 1 on any problem, listing what and where. "
+                                   "--repair --source DICOM_DIR rebuilds the damaged shards (and only those), then "
+                                   "checks again.")
     v.add_argument("store")
     v.add_argument("--source", help="the DICOM folder the store was built from")
     v.add_argument("--sample", type=int, default=16, help="slices to re-decode with --source (default 16)")
     v.add_argument("--seed", type=int, default=0, help="seed for choosing the sample")
+    v.add_argument("--repair", action="store_true",
+                   help="rebuild damaged shards from --source (the files are found by SOPInstanceUID)")
     v.add_argument("--quiet", action="store_true")
     t = sub.add_parser("stats", help="Table 3.1 for this store, rejects, fixed defects, slices per series",
                        description="The report's Table 3.1 (type, count, the six flags) for this store, rejects by "
@@ -235,10 +239,24 @@ def _cmd_verify(args) -> int:
 
     if args.sample < 1:
         raise UsageError(f"Expected --sample >= 1. Received: sample={args.sample}")
-    rep = verify(args.store, source=args.source, sample=args.sample, seed=args.seed,
-                 stream=None if args.quiet else sys.stderr)
+    if args.repair and not args.source:
+        raise UsageError("--repair rebuilds damaged shards from their DICOM files: pass --source DICOM_DIR")
+    stream = None if args.quiet else sys.stderr
+    rep = verify(args.store, source=args.source, sample=args.sample, seed=args.seed, stream=stream)
     for p in rep.problems:
         print(f"PROBLEM {p}")
+    if args.repair:
+        from ichprep.repair import pending_repair, repair_shards, shard_rows
+
+        todo = rep.damaged_shards | set(pending_repair(args.store))
+        if todo:
+            done = repair_shards(args.store, args.source, todo, stream)
+            print(f"repaired {len(done)} shard(s): {shard_rows(args.store, done)}")
+            rep = verify(args.store, source=args.source, sample=args.sample, seed=args.seed, stream=stream)
+            for p in rep.problems:
+                print(f"PROBLEM {p}")
+        elif rep.problems:
+            print("nothing to repair from the DICOMs: the problems above are not in shards")
     checked = ", ".join(f"{k}={v}" for k, v in rep.checked.items())
     print(f"{args.store}: {'OK' if rep.ok else f'{len(rep.problems)} problem(s)'}" + (f" ({checked})" if checked else ""))
     return EXIT_OK if rep.ok else EXIT_PROBLEM

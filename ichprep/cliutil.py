@@ -59,6 +59,13 @@ def _one_line(exc: BaseException) -> str:
     return text[:400] + ("..." if len(text) > 400 else "")
 
 
+# botocore's / aiohttp's / Python's names for a connection that could not be made or was lost (matched by
+# name: neither library is imported here).
+_CONNECTION_ERRORS = frozenset({"EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError",
+                                "ReadTimeoutError", "ClientConnectionError", "ServerDisconnectedError",
+                                "ConnectionError"})
+
+
 def _describe(exc: BaseException) -> tuple[str, int]:
     """(message, exit code) for an exception that reached the command line."""
     if isinstance(exc, UsageError):
@@ -71,6 +78,9 @@ def _describe(exc: BaseException) -> tuple[str, int]:
                "the same command; finished work is kept", EXIT_PROBLEM
     if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{exc.strerror or exc}: {exc.filename!r} is not writable or readable as needed", EXIT_PROBLEM
+    if _CONNECTION_ERRORS & {c.__name__ for c in type(exc).__mro__}:
+        return f"lost the connection to the storage service ({_one_line(exc)}): check the endpoint and the network, " \
+               "then rerun the same command; finished work is kept", EXIT_PROBLEM
     if isinstance(exc, MemoryError):
         return "out of memory: use a smaller --batch-size or --image-size, or fewer workers", EXIT_PROBLEM
     return f"{type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the traceback)", EXIT_PROBLEM

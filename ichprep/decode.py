@@ -71,8 +71,11 @@ def read_raw(header: SliceHeader, buffer: ReadBuffer | None = None) -> np.ndarra
     """
     rows, cols = header.rows, header.columns
     if header.transfer_syntax in UNCOMPRESSED_LE and header.bits_allocated == 16:
-        with open(header.path, "rb") as fh:
-            data = (buffer or ReadBuffer()).read(fh)  # writable: the 12-bit fix below works in place
+        with _open_unchanged(header) as fh:
+            try:
+                data = (buffer or ReadBuffer()).read(fh)  # writable: the 12-bit fix below works in place
+            except OSError as exc:  # an I/O error of the disk or the network file system
+                raise RejectError("unreadable", f"cannot read the file in the pixel pass: {exc.strerror or exc}") from None
         nbytes = rows * cols * 2
         start = _fast_offset(data, header, nbytes)
         if start is not None:
@@ -91,12 +94,31 @@ def read_raw(header: SliceHeader, buffer: ReadBuffer | None = None) -> np.ndarra
     return _read_with_pydicom(header)
 
 
+def _open_unchanged(header: SliceHeader):
+    """The file opened for reading, if it is still the file the header pass read: a file that cannot be
+    opened now is ``unreadable``; one whose size or modification time differ is ``changed`` (its pixels
+    may no longer belong to the header the store's row holds)."""
+    try:
+        fh = open(header.path, "rb")
+        now = os.fstat(fh.fileno())
+    except OSError as exc:
+        raise RejectError("unreadable", f"cannot read the file in the pixel pass: {exc.strerror or exc}") from None
+    if header.file_size >= 0 and (now.st_size, now.st_mtime_ns) != (header.file_size, header.mtime_ns):
+        fh.close()
+        what = f"size {header.file_size} -> {now.st_size} bytes" if now.st_size != header.file_size else \
+            "modification time"
+        raise RejectError("changed", f"the file changed between the header and pixel passes ({what})")
+    return fh
+
+
 def _read_with_pydicom(header: SliceHeader) -> np.ndarray:
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _open_unchanged(header) as fh:
             warnings.simplefilter("ignore")  # the header pass already counted them
-            ds = pydicom.dcmread(header.path)
+            ds = pydicom.dcmread(fh)
             arr = ds.pixel_array
+    except RejectError:
+        raise
     except (EOFError, struct.error) as exc:
         raise RejectError("truncated", f"pixel data ends early ({type(exc).__name__}: {exc})") from None
     except Exception as exc:  # decoders raise many types; the reason is recorded, the build goes on

@@ -17,6 +17,7 @@ __all__ = [
     "StoreError",
     "StoreExistsError",
     "IncompleteStoreError",
+    "DamagedShardError",
     "SchemaError",
     "RejectError",
     "REJECT_REASONS",
@@ -63,6 +64,15 @@ class IncompleteStoreError(StoreError):
     """The store's build never finished: its data may be partial."""
 
 
+class DamagedShardError(StoreError):
+    """A shard object of a store is missing, truncated or fails a checksum. ``shard``: its number;
+    ``row``: the first damaged row found, when known. ``ichprep verify --repair`` rebuilds such shards."""
+
+    def __init__(self, message: str, shard: int, row: int | None = None) -> None:
+        super().__init__(message)
+        self.shard, self.row = shard, row
+
+
 class SchemaError(StoreError, ValueError):
     """The store does not follow the schema this version of ichprep reads."""
 
@@ -84,6 +94,7 @@ REJECT_REASONS: dict[str, int] = {
     "unreadable": 11,
     "no_window": 12,
     "duplicate": 13,
+    "changed": 14,  # the file changed (size or modification time) between the header and pixel passes
 }
 REASON_NAMES: dict[int, str] = {v: k for k, v in REJECT_REASONS.items()}
 

@@ -1,10 +1,17 @@
-"""One build at a time into a local output: ``<out>.lock`` holds the writer's pid; a dead writer's lock is
-taken over."""
+"""One build at a time into an output: ``<out>.lock`` holds the writer's host and pid; a dead writer's lock
+(same host, process gone) is taken over.
+
+Local outputs: the lock file is created with O_EXCL. ``s3://`` outputs: the lock object is created with a
+conditional put (``If-None-Match: *``), which S3 has honoured since 2024 (and moto's server does); an
+S3-compatible store that ignores the header cannot stop two builds, and other object stores (gcs://, az://)
+are not locked at all (docs/cluster.md says so)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import socket
 from typing import Iterator
 
 from ichprep.errors import StoreError, UsageError
@@ -16,6 +23,10 @@ __all__ = ["output_lock"]
 def output_lock(out: str) -> Iterator[None]:
     """Refuse a second build into the same local output while one runs (``<out>.lock``, with the pid).
     A lock left by a dead process is taken over."""
+    if out.startswith("s3://"):
+        with _s3_lock(out):
+            yield
+        return
     if "://" in out:
         yield
         return
@@ -43,6 +54,43 @@ def output_lock(out: str) -> Iterator[None]:
     finally:
         with contextlib.suppress(OSError):
             os.unlink(lock)
+
+
+def _holder() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+@contextlib.contextmanager
+def _s3_lock(out: str) -> Iterator[None]:
+    import fsspec
+
+    fs = fsspec.filesystem("s3")
+    bucket, _, key = out.removeprefix("s3://").rstrip("/").partition("/")
+    key += ".lock"
+    where = f"s3://{bucket}/{key}"
+    for attempt in range(2):
+        try:
+            fs.call_s3("put_object", Bucket=bucket, Key=key, Body=json.dumps(_holder()).encode(), IfNoneMatch="*")
+            break
+        except FileExistsError:  # 412 Precondition Failed: another build holds it
+            try:
+                held = json.loads(fs.cat(where))
+            except (OSError, ValueError):
+                held = {}
+            if attempt == 0 and held.get("host") == socket.gethostname() and held.get("pid") and \
+                    not _alive(int(held["pid"])):
+                fs.rm(where)
+                continue
+            raise StoreError(f"Another build (pid {held.get('pid', '?')} on {held.get('host', 'another host')}) is "
+                             f"writing {out!r}; wait for it, or remove {where!r} if that build is gone.") from None
+        except OSError as exc:
+            raise StoreError(f"Cannot create the lock {where!r} for the output ({exc}). Check the bucket and "
+                             "credentials, or choose another --out.") from None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # the connection may be what failed: keep the build's own error
+            fs.rm(where)
 
 
 def _alive(pid: int) -> bool:

@@ -25,7 +25,9 @@ RescaleIntercept/Slope       (0028,1052/1053)  required (PS3.3 C.11.1.1.2 modali
 from __future__ import annotations
 
 import hashlib
+import dataclasses
 import os
+import stat
 import struct
 import warnings
 from collections import Counter
@@ -72,6 +74,9 @@ class SliceHeader:
     pixel_offset: int  # file offset of the PixelData element (uncompressed fast path)
     fix12: bool  # RSNA 12-bit defect: two's-complement values declared unsigned
     window_multi: bool = False  # WindowCenter/WindowWidth had several values (first one used)
+    # The file as the header pass saw it: the pixel pass rejects it as ``changed`` if it differs.
+    file_size: int = -1
+    mtime_ns: int = 0
 
     @property
     def effective_intercept(self) -> float:
@@ -233,6 +238,17 @@ def _warning_key(message: str) -> str:
 
 
 def _read_header(path: str, salt: str, problems: list[str]) -> SliceHeader:
+    try:
+        seen = os.stat(path)
+    except OSError as exc:
+        raise RejectError("unreadable", f"cannot read file: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(seen.st_mode):  # opening a FIFO would wait for a writer forever
+        raise RejectError("unreadable", "not a regular file (a FIFO, socket or device)")
+    header = _header_of(path, salt, problems)
+    return dataclasses.replace(header, file_size=seen.st_size, mtime_ns=seen.st_mtime_ns)
+
+
+def _header_of(path: str, salt: str, problems: list[str]) -> SliceHeader:
     walked = _walk_header(path)
     if walked is not None:
         raw, tsyntax, pixel_offset, size = walked

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import zarr
 
-from ichprep.errors import StoreError
+from ichprep.errors import DamagedShardError, StoreError
 from ichprep.store import fast_codec_pipeline
 
 __all__ = ["shard_encoder", "shard_reader", "ShardReader", "Shard", "chunk_encoder", "write_shard"]
@@ -25,34 +25,56 @@ _BLOSC_SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 _RAW = "raw"  # a chain of the bytes codec alone: chunks are the little-endian values themselves
 
 
-def _numcodec(codecs):
-    """The numcodecs codec behind a chain [bytes (little-endian), at most one of blosc/zstd] -- zarr's
-    BloscCodec and ZstdCodec are numcodecs' Blosc and Zstd built from the same configuration -- ``_RAW``
-    for the bytes codec alone, None for any other chain."""
+_CRC32C = {"name": "crc32c"}
+
+
+def _chain(codecs):
+    """(numcodecs codec, checksummed) behind a chain [bytes (little-endian), at most one of blosc/zstd,
+    optionally crc32c last] -- zarr's BloscCodec and ZstdCodec are numcodecs' Blosc and Zstd built from
+    the same configuration -- with ``_RAW`` for no compressor; None for any other chain."""
     import numcodecs
 
     chain = [c.to_dict() for c in codecs]
+    checksummed = bool(chain) and chain[-1] == _CRC32C
+    if checksummed:
+        chain = chain[:-1]
     if not chain or chain[0]["name"] != "bytes" or chain[0].get("configuration", {}).get("endian", "little") != "little":
         return None
     if len(chain) == 1:
-        return _RAW
+        return _RAW, checksummed
     if len(chain) != 2:
         return None
     name, cfg = chain[1]["name"], chain[1].get("configuration", {})
     if name == "blosc":
         return numcodecs.Blosc(cname=cfg["cname"], clevel=cfg["clevel"], shuffle=_BLOSC_SHUFFLE[cfg["shuffle"]],
-                               blocksize=cfg.get("blocksize", 0), typesize=cfg.get("typesize"))
+                               blocksize=cfg.get("blocksize", 0), typesize=cfg.get("typesize")), checksummed
     if name == "zstd":
-        return numcodecs.Zstd(level=cfg["level"], checksum=cfg.get("checksum", False))
+        return numcodecs.Zstd(level=cfg["level"], checksum=cfg.get("checksum", False)), checksummed
     return None
+
+
+def _crc32c_tail(data) -> bytes:
+    """The 4 bytes Zarr's crc32c codec appends: the CRC-32C of ``data``, little-endian."""
+    import google_crc32c
+
+    return int(google_crc32c.value(data)).to_bytes(4, "little")
 
 
 def _compressor(codecs):
     """``compress(array) -> bytes`` as zarr encodes a chunk with ``codecs``; None for chains not known."""
-    codec = _numcodec(codecs)
-    if codec is None:
+    known = _chain(codecs)
+    if known is None:
         return None
-    return bytes if codec is _RAW else codec.encode
+    codec, checksummed = known
+    compress = bytes if codec is _RAW else codec.encode
+    if not checksummed:
+        return compress
+
+    def compress_and_sum(values) -> bytes:
+        chunk = compress(values)
+        return chunk + _crc32c_tail(chunk)
+
+    return compress_and_sum
 
 
 def _image_layout(image_array: zarr.Array):
@@ -86,9 +108,11 @@ def shard_encoder(image_array: zarr.Array):
     if layout is None:
         return None
     rows_per_shard, codecs = layout
-    compress = _compressor(codecs)
-    if compress is None:
+    known = _chain(codecs)
+    if known is None:
         return None
+    compress = bytes if known[0] is _RAW else known[0].encode
+    checksummed = known[1]
     little = np.dtype(image_array.dtype).newbyteorder("<")
 
     def encode(images: np.ndarray) -> bytes:
@@ -97,11 +121,13 @@ def shard_encoder(image_array: zarr.Array):
         parts, offset = [], 0
         for i in range(images.shape[0]):
             chunk = compress(images[i])
-            index[i] = offset, len(chunk)
-            offset += len(chunk)
             parts.append(chunk)
+            if checksummed:  # the checksum as its own part: no copy of the chunk to append 4 bytes
+                parts.append(_crc32c_tail(chunk))
+            index[i] = offset, len(chunk) + 4 * checksummed
+            offset += len(chunk) + 4 * checksummed
         index_bytes = index.tobytes()
-        parts += [index_bytes, int(google_crc32c.value(index_bytes)).to_bytes(4, "little")]
+        parts += [index_bytes, _crc32c_tail(index_bytes)]
         return b"".join(parts)
 
     return encode
@@ -110,8 +136,10 @@ def shard_encoder(image_array: zarr.Array):
 class Shard:
     """One shard object as read: its bytes and its index; :meth:`decode_into` fills a caller's buffer."""
 
-    def __init__(self, number: int, data: np.ndarray, index: np.ndarray, codec, where: str):
+    def __init__(self, number: int, data: np.ndarray, index: np.ndarray, codec, where: str, first_row: int = 0,
+                 checksummed: bool = False):
         self.number, self.data, self.index, self._codec, self._where = number, data, index, codec, where
+        self.first_row, self._checksummed = first_row, checksummed
 
     @property
     def nbytes(self) -> int:
@@ -119,24 +147,37 @@ class Shard:
 
     def decode_into(self, i: int, out: np.ndarray) -> None:
         """Slice ``i`` of this shard (0-based inside it) into ``out``, a C-contiguous array of one slice's
-        shape and the array's dtype: decompressed straight into it, no intermediate array."""
+        shape and the array's dtype: decompressed straight into it, no intermediate array. A chunk that
+        fails its crc32c raises StoreError naming the row and the shard, before any byte is decoded."""
         offset, length = (int(v) for v in self.index[i])
         if offset == int(_NO_INDEX) and length == int(_NO_INDEX):
             out[...] = 0  # a chunk never written reads as the fill value, as zarr reads it
             return
+        row = self.first_row + i
         try:
             if offset + length > self.data.size:
                 raise ValueError(f"chunk bytes {offset}..{offset + length} lie past the object's end ({self.data.size})")
             raw = self.data[offset:offset + length]
+            if self._checksummed:
+                if length < 4 or _crc32c_tail(raw[:-4]) != raw[-4:].tobytes():
+                    raise _ChecksumMismatch()
+                raw, length = raw[:-4], length - 4
             if self._codec is _RAW:
                 if length != out.nbytes:
                     raise ValueError(f"chunk of {length} bytes where a slice has {out.nbytes}")
                 out.reshape(-1).view(np.uint8)[:] = raw
             else:
                 self._codec.decode(raw, out=out)
+        except _ChecksumMismatch:
+            raise DamagedShardError(f"{self._where}: row {row} (slice {i} of shard {self.number}) fails its "
+                                    "crc32c checksum: the shard is damaged", self.number, row) from None
         except Exception as exc:
-            raise StoreError(f"{self._where}: slice {i} of shard {self.number} cannot be decoded ({exc}); "
-                             "the shard is damaged") from None
+            raise DamagedShardError(f"{self._where}: row {row} (slice {i} of shard {self.number}) cannot be "
+                                    f"decoded ({exc}); the shard is damaged", self.number, row) from None
+
+
+class _ChecksumMismatch(Exception):
+    pass
 
 
 class ShardReader:
@@ -145,8 +186,9 @@ class ShardReader:
     from them straight into its batch buffers; zarr decodes a span into a new array, which the stream
     then had to copy again."""
 
-    def __init__(self, image_array: zarr.Array, rows_per_shard: int, codec):
+    def __init__(self, image_array: zarr.Array, rows_per_shard: int, codec, checksummed: bool = False):
         self.array, self.rows_per_shard, self._codec = image_array, int(rows_per_shard), codec
+        self.checksummed = checksummed
         self.slice_shape = tuple(image_array.shape[1:])
         self._where = str(image_array.store_path)
 
@@ -162,16 +204,17 @@ class ShardReader:
         key = self.array.metadata.encode_chunk_key((shard,) + (0,) * (self.array.ndim - 1))
         buf = sync((self.array.store_path / key).get(prototype=default_buffer_prototype()))
         if buf is None:
-            raise StoreError(f"{self._where}: shard {shard} ({rows}) is missing")
+            raise DamagedShardError(f"{self._where}: shard {shard} ({rows}) is missing", shard)
         data = buf.as_numpy_array().view(np.uint8).reshape(-1)
         tail = 16 * S + 4
         if data.size < tail:
-            raise StoreError(f"{self._where}: shard {shard} ({rows}) is truncated ({data.size} bytes)")
+            raise DamagedShardError(f"{self._where}: shard {shard} ({rows}) is truncated ({data.size} bytes)", shard)
         index_bytes = data[-tail:-4].tobytes()
         if int(google_crc32c.value(index_bytes)) != int.from_bytes(data[-4:].tobytes(), "little"):
-            raise StoreError(f"{self._where}: shard {shard} ({rows}): its index fails its checksum; the shard is damaged")
+            raise DamagedShardError(f"{self._where}: shard {shard} ({rows}): its index fails its crc32c checksum; "
+                                    "the shard is damaged", shard)
         index = np.frombuffer(index_bytes, dtype="<u8").reshape(S, 2)
-        return Shard(shard, data[:-tail], index, self._codec, self._where)
+        return Shard(shard, data[:-tail], index, self._codec, self._where, shard * S, self.checksummed)
 
 
 def shard_reader(image_array: zarr.Array) -> ShardReader | None:
@@ -182,10 +225,10 @@ def shard_reader(image_array: zarr.Array) -> ShardReader | None:
     except ImportError:
         return None
     layout = _image_layout(image_array)
-    codec = _numcodec(layout[1]) if layout else None
-    if codec is None:
+    known = _chain(layout[1]) if layout else None
+    if known is None:
         return None
-    return ShardReader(image_array, layout[0], codec)
+    return ShardReader(image_array, layout[0], *known)
 
 
 def chunk_encoder(array: zarr.Array):

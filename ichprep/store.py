@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from ichprep.errors import IncompleteStoreError, SchemaError, StoreError, UsageError
 from ichprep.pixels import IMAGE_SIZE  # the schema's slice size, defined with the pixel code
@@ -56,12 +56,15 @@ __all__ = [
     "write_metadata",
     "done_shards",
     "set_attrs",
+    "disk_full_error",
 ]
 
-# 2: the window_center / window_width columns and the int16 ``hu`` layout. Version 1 stores (windowed,
-# without those columns) are still read.
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# 2: the window_center / window_width columns and the int16 ``hu`` layout. 3: every chunk of every array
+# ends in its crc32c (Zarr v3's crc32c codec last in each chain), so a flipped byte is an error, never a
+# silently wrong value. Versions 1 and 2 (without checksums) are still read.
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+CHECKSUMMED_VERSION = 3
 ATTRS_KEY = "ichprep"
 META_ARRAYS_V1 = ("sop_uid", "study_uid", "series_uid", "patient", "position_z", "labels", "type")
 META_ARRAYS = META_ARRAYS_V1 + ("window_center", "window_width")
@@ -69,7 +72,12 @@ SHARD_ARRAYS = ("hu_min", "hu_max", "status")
 CODECS = ("auto", "blosc-lz4", "blosc-lz4-bitshuffle", "blosc-zstd", "zstd", "none")
 
 
-def _compressors(codec: str, channels: int, hu: bool = False):
+def _compressors(codec: str, channels: int, hu: bool = False) -> tuple:
+    """Image codec, followed by the chunk checksum (see :func:`_image_codec`)."""
+    return (*_image_codec(codec, channels, hu), Crc32cCodec())
+
+
+def _image_codec(codec: str, channels: int, hu: bool = False) -> tuple:
     """Image codec. ``auto``: blosc-lz4 + byte shuffle for one float16 channel (fast on full-range float16),
     zstd level 1 for several windows (clipped windows are mostly 0 or 1), blosc-lz4 + bit shuffle for int16
     HU (the smallest of the fast codecs on the real slices); measurements in docs/performance.md."""
@@ -84,7 +92,7 @@ def _compressors(codec: str, channels: int, hu: bool = False):
     if codec == "zstd":
         return (ZstdCodec(level=1),)
     if codec == "none":
-        return None
+        return ()
     raise UsageError(f"Expected --codec one of {', '.join(CODECS)}. Received: codec={codec!r}")
 
 
@@ -101,7 +109,7 @@ def fast_codec_pipeline():
 
 
 def _meta_compressors():
-    return (ZstdCodec(level=3),)
+    return (ZstdCodec(level=3), Crc32cCodec())
 
 
 def create_store(url: str, n: int, channels: int, shard_slices: int, codec: str, attrs: dict,
@@ -133,7 +141,8 @@ def create_store(url: str, n: int, channels: int, shard_slices: int, codec: str,
                               ("status", "uint8", 0)):
         g.create_array(name, shape=(n,), chunks=(S,), dtype=dtype, fill_value=fill, compressors=_meta_compressors())
     n_shards = -(-n // S)
-    g.create_array("shard_done", shape=(n_shards,), chunks=(1,), dtype="uint8", fill_value=0, compressors=None)
+    g.create_array("shard_done", shape=(n_shards,), chunks=(1,), dtype="uint8", fill_value=0,
+                   compressors=(Crc32cCodec(),))
     return g
 
 
@@ -240,7 +249,12 @@ def column(g: zarr.Group, name: str, rows=None) -> np.ndarray:
     if name not in g and name not in META_ARRAYS_V1 + SHARD_ARRAYS:
         n = g["sop_uid"].shape[0]
         return np.full(n if rows is None else np.asarray(rows).shape, np.nan, np.float32)
-    values = g[name][:] if rows is None else g[name][rows]
+    try:
+        values = g[name][:] if rows is None else g[name][rows]
+    except Exception as exc:  # zarr raises ValueError (zarrs RuntimeError) for a chunk failing its checksum
+        why = "fails its crc32c checksum" if "checksum" in str(exc).lower() else f"cannot be read ({exc})"
+        raise StoreError(f"{g.store_path}: the {name} column {why}: the store is damaged; run 'ichprep verify "
+                         f"{g.store_path}'") from None
     return np.asarray(values, dtype=object) if name in _TEXT_COLUMNS else np.asarray(values)
 
 
@@ -305,3 +319,28 @@ def size_on_disk(url: str) -> int | None:
             except OSError:
                 pass
     return total
+
+
+def disk_full_error(url: str) -> StoreError:
+    """The one line for a full disk under the store at ``url``: the space free now and about how much more
+    the build needs (from the shards written so far; before any, the uncompressed size as an upper bound)."""
+    import shutil
+
+    root = str(url).removeprefix("file://")
+    try:
+        free = f"{shutil.disk_usage(os.path.dirname(os.path.abspath(root)) or '.').free / 2**20:,.0f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    need = "more space"
+    try:
+        g, info = read_info(url)
+        done = done_shards(g)
+        written = size_on_disk(os.path.join(root, "images"))
+        if done.any() and written:
+            need = f"about {written / done.sum() * (~done).sum() / 2**20:,.0f} MiB more"
+        else:
+            need = f"at most {info.n * info.image_size ** 2 * info.channels * 2 / 2**20:,.0f} MiB"
+    except Exception:  # the store itself may not have been created yet: say what is known
+        pass
+    return StoreError(f"no space left on the device of {url!r} ({free}); the build needs {need} to finish. "
+                      "Free space (or choose another --out) and rerun the same command: finished shards are kept")

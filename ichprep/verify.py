@@ -15,7 +15,7 @@ from typing import TextIO
 import numpy as np
 
 from ichprep import store as st
-from ichprep.errors import IchprepError
+from ichprep.errors import DamagedShardError, IchprepError
 from ichprep.labels import UNLABELLED, type_codes
 from ichprep.progress import ProgressBar
 from ichprep.windows import Window, is_hu
@@ -31,6 +31,17 @@ TOLERANCE = 2.0**-11 + 1e-6
 class VerifyReport:
     problems: list[str] = field(default_factory=list)
     checked: dict = field(default_factory=dict)
+    # Shards whose objects or per-shard chunks are missing, fail a checksum, hold values out of range or
+    # differ from the source: what ``ichprep verify --repair`` rebuilds.
+    damaged_shards: set = field(default_factory=set)
+    # Whole-store columns that cannot be read (a chunk failing its checksum): not repairable from DICOMs.
+    damaged_columns: list = field(default_factory=list)
+    # Rows some of whose data could not be read at all (reported once; not checked further).
+    unreadable_rows: set = field(default_factory=set)
+
+    def unreadable(self, shard: int, lo: int, hi: int, rows=None) -> None:
+        self.damaged_shards.add(shard)
+        self.unreadable_rows.update(range(lo, hi) if rows is None else rows)
 
     @property
     def ok(self) -> bool:
@@ -120,9 +131,14 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
             rep.problems.append(f"{name}: {g[name].shape[0]} rows, expected {n}")
     if rep.problems and not info.complete:
         return rep
-    # Labels and type.
-    labels = st.column(g, "labels")
-    types = st.column(g, "type")
+    S = img.shards[0] if img.shards else img.chunks[0]
+    n_shards = -(-n // S)
+    done = _done_shards(g, n_shards, rep)
+    # Every whole-store column read in full (each chunk checked against its crc32c), then labels and type.
+    columns = {name: _column(g, name, rep) for name in (st.META_ARRAYS if info.schema_version >= 2 else st.META_ARRAYS_V1)}
+    labels, types = columns["labels"], columns["type"]
+    if labels is None or types is None:
+        labels, types = np.zeros((n, 6), np.uint8), np.full(n, 32, np.uint8)  # checked as unreadable above
     bad = ~np.isin(labels, (0, 1, UNLABELLED))
     if bad.any():
         rows = np.flatnonzero(bad.any(axis=1))
@@ -134,29 +150,27 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
     if mismatch.size:
         rep.problems.append(f"type: {mismatch.size} rows disagree with their labels (Table 3.1), e.g. rows "
                             f"{mismatch[:10].tolist()}")
-    status = st.column(g, "status")
-    hu_min, hu_max = st.column(g, "hu_min"), st.column(g, "hu_max")
+    status = _shard_column(g, "status", S, n, rep, missing=255)
+    hu_min, hu_max = _shard_column(g, "hu_min", S, n, rep), _shard_column(g, "hu_max", S, n, rep)
     ok = status == 0
-    if info.complete and (np.isnan(hu_min[ok]).any() or np.isnan(hu_max[ok]).any()):
-        rep.problems.append(f"hu_min/hu_max: NaN in {int((np.isnan(hu_min) & ok).sum())} rows marked ok")
-    if info.complete and (hu_min[ok] > hu_max[ok]).any():
+    trusted = ok & ~np.isin(np.arange(n), sorted(rep.unreadable_rows))  # unreadable rows: reported already
+    if info.complete and (np.isnan(hu_min[trusted]).any() or np.isnan(hu_max[trusted]).any()):
+        rep.problems.append(f"hu_min/hu_max: NaN in {int((np.isnan(hu_min) & trusted).sum())} rows marked ok")
+    if info.complete and (hu_min[trusted] > hu_max[trusted]).any():
         rep.problems.append("hu_min/hu_max: min above max")
     counts = info.counts
     if info.complete and counts.get("written") != int(ok.sum()):
         rep.problems.append(f"counts: attrs say {counts.get('written')} written, status says {int(ok.sum())}")
-    # Every value finite and in [0, 1], one shard at a time.
-    S = img.shards[0] if img.shards else img.chunks[0]
-    done = st.done_shards(g)
+    # Every slice's checksum, and every value finite and in [0, 1] (hu: in its slice's range), shard by shard.
     bar = ProgressBar(stream, "check", n)
     bad_rows: list[int] = []
-    for s in range(-(-n // S)):
+    read_shard = _shard_blocks(img, S, n, rep)
+    for s in range(n_shards):
         if not done[s]:
             continue
         lo, hi = s * S, min(n, (s + 1) * S)
-        try:
-            block = np.asarray(img[lo:hi])
-        except Exception as exc:  # a damaged shard: say which, and go on with the others
-            rep.problems.append(f"images: shard {s} (rows {lo}..{hi - 1}) cannot be read: {type(exc).__name__}: {exc}")
+        block, readable = read_shard(s)
+        if block is None:
             continue
         if info.hu:  # stored HU lie in each slice's recorded (clipped) range
             flat = block.reshape(block.shape[0], -1).astype(np.float32)
@@ -167,19 +181,23 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
         else:
             finite = np.isfinite(block).all(axis=(1, 2, 3))
             inside = ((block >= 0) & (block <= 1)).all(axis=(1, 2, 3))
-        bad_rows.extend((lo + np.flatnonzero(~(finite & inside))).tolist())
+        wrong = lo + np.flatnonzero(~(finite & inside) & readable)
+        if wrong.size:
+            rep.damaged_shards.add(s)
+        bad_rows.extend(wrong.tolist())
         bar.update(hi)
     bar.close()
+    rep.checked["checksums"] = info.schema_version >= st.CHECKSUMMED_VERSION
     if bad_rows:
         what = "HU outside the slice's hu_min..hu_max" if info.hu else "non-finite or out-of-[0, 1] values"
         rep.problems.append(f"images: {what} in {len(bad_rows)} slices, e.g. rows {bad_rows[:10]}")
     rep.checked.update(slices=n, shards_done=int(done.sum()), shards=int(done.size))
     # Re-decode a sample from the source and compare.
-    if source is not None:
+    if source is not None and "sop_uid" not in rep.damaged_columns:
         rng = np.random.default_rng(seed)
-        candidates = np.flatnonzero(ok & np.repeat(done, S)[:n])
+        candidates = np.flatnonzero(ok & np.repeat(done, S)[:n] & ~np.isin(np.arange(n), sorted(rep.unreadable_rows)))
         rows = np.sort(rng.choice(candidates, size=min(sample, candidates.size), replace=False))
-        sops = [str(x) for x in st.column(g, "sop_uid")]
+        sops = [str(x) for x in columns["sop_uid"]]
         where = _find_sources(source, [sops[i] for i in rows])
         compared = 0
         for i in rows:
@@ -193,8 +211,103 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
             # hu: whole units, exact -- a store with resized slices allows 1 HU (resampling in float32 may round apart)
             tolerance = (1.0 if info.fixed.get("resized") else 0.0) if info.hu else TOLERANCE
             if diff.max() > tolerance:
+                rep.damaged_shards.add(int(i) // S)
                 c = int(np.unravel_index(diff.argmax(), diff.shape)[-1])
                 rep.problems.append(f"source: row {i} ({os.path.basename(path)}) differs from a fresh decode by "
                                     f"{diff.max():.4g} in channel {c} ({info.windows[c].name})")
         rep.checked["compared_with_source"] = compared
     return rep
+
+
+def _why(exc: BaseException) -> str:
+    """Why a chunk could not be read, in words: zarr says a checksum failed in several ways."""
+    text = str(exc)
+    if "checksum" in text.lower():
+        return "fails its crc32c checksum"
+    return f"cannot be read ({type(exc).__name__}: {text})"
+
+
+def _column(g, name: str, rep: VerifyReport):
+    """A whole-store column, or None (reported) when a chunk of it cannot be read."""
+    try:
+        return st.column(g, name)
+    except Exception as exc:  # zarr: ValueError / RuntimeError for a failed checksum, codec errors
+        rep.damaged_columns.append(name)
+        rep.problems.append(f"{name}: {_why(exc)}; the column is damaged and "
+                            "cannot be rebuilt from the DICOMs: rebuild the store with --overwrite")
+        return None
+
+
+def _shard_column(g, name: str, S: int, n: int, rep: VerifyReport, missing=np.nan) -> np.ndarray:
+    """A per-shard column (one chunk per shard): a chunk that cannot be read reads as ``missing`` and marks
+    its shard damaged."""
+    try:
+        return st.column(g, name)
+    except Exception:
+        pass
+    arr = g[name]
+    values = np.full(n, missing, dtype=arr.dtype)
+    for s in range(-(-n // S)):
+        lo, hi = s * S, min(n, (s + 1) * S)
+        try:
+            values[lo:hi] = arr[lo:hi]
+        except Exception as exc:
+            rep.unreadable(s, lo, hi)
+            rep.problems.append(f"{name}: shard {s} (rows {lo}..{hi - 1}) {_why(exc)}")
+    return values
+
+
+def _done_shards(g, n_shards: int, rep: VerifyReport) -> np.ndarray:
+    """Which shards the build marked written; a mark that cannot be read counts as written and damaged."""
+    try:
+        return st.done_shards(g)
+    except Exception:
+        pass
+    done = np.ones(n_shards, bool)
+    for s in range(n_shards):
+        try:
+            done[s] = bool(g["shard_done"][s])
+        except Exception as exc:
+            rep.damaged_shards.add(s)  # the slices themselves are checked as usual
+            rep.problems.append(f"shard_done: shard {s}'s mark {_why(exc)}")
+    return done
+
+
+def _shard_blocks(img, S: int, n: int, rep: VerifyReport):
+    """``read(shard) -> (block, readable rows)``: the shard's slices and which of them decoded (a slice
+    failing its checksum is reported by row, the others still checked); (None, None) when the shard object
+    itself is missing or damaged. Every problem found marks the shard damaged."""
+    from ichprep.shardio import shard_reader
+
+    reader = shard_reader(img)
+
+    def read(s: int):
+        lo, hi = s * S, min(n, (s + 1) * S)
+        if reader is None:  # a layout ichprep does not write: zarr reads (and checks) the whole shard
+            try:
+                return np.asarray(img[lo:hi]), np.ones(hi - lo, bool)
+            except Exception as exc:
+                rep.unreadable(s, lo, hi)
+                rep.problems.append(f"images: shard {s} (rows {lo}..{hi - 1}) {_why(exc)}")
+                return None, None
+        try:
+            shard = reader.fetch(s)
+        except DamagedShardError as exc:
+            rep.unreadable(s, lo, hi)
+            rep.problems.append(f"images: {exc}")
+            return None, None
+        block = np.zeros((hi - lo, *img.shape[1:]), img.dtype)
+        readable = np.ones(hi - lo, bool)
+        for i in range(hi - lo):
+            try:
+                shard.decode_into(i, block[i])
+            except DamagedShardError:
+                readable[i] = False
+        if not readable.all():
+            rows = (lo + np.flatnonzero(~readable)).tolist()
+            rep.unreadable(s, lo, hi, rows)
+            rep.problems.append(f"images: shard {s} (rows {lo}..{hi - 1}): {len(rows)} slices fail their checksum "
+                                f"or cannot be decoded, rows {rows[:10]}")
+        return block, readable
+
+    return read

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ichprep import store as st
-from ichprep.errors import StoreError, UsageError
+from ichprep.errors import DamagedShardError, StoreError, UsageError
 from ichprep.labels import UNLABELLED
 from ichprep.readwindows import ReadWindows
 from ichprep.shardio import shard_reader
@@ -268,9 +268,14 @@ class StoreStream:
         except Exception as exc:
             if self.read_failure is None:
                 src = assembler.sources[assembler.positions(j)]
-                self.read_failure = StoreError(
-                    f"could not read slices {int(src.min())}..{int(src.max())} of {self.url}: "
-                    f"{type(exc).__name__}: {exc}; the store may be damaged: run 'ichprep verify {self.url}'")
+                if isinstance(exc, DamagedShardError):  # names its shard and row already
+                    self.read_failure = DamagedShardError(
+                        f"could not read slices {int(src.min())}..{int(src.max())}: {exc}; run 'ichprep verify "
+                        f"{self.url} --repair --source DICOM_DIR' to rebuild it", exc.shard, exc.row)
+                else:
+                    self.read_failure = StoreError(
+                        f"could not read slices {int(src.min())}..{int(src.max())} of {self.url}: "
+                        f"{type(exc).__name__}: {exc}; the store may be damaged: run 'ichprep verify {self.url}'")
             raise
         finally:
             with self._reading_lock:
@@ -305,7 +310,7 @@ class StoreStream:
         images: (H, W, C) for one-channel stores; (C, H, W, 1) -- the window sequence, Table 2.1 order --
         for multi-window stores (``sequence`` overrides). ``image_size`` downscales on the fly (area).
         ``weighted`` defaults to True for train and False otherwise (evaluation reads each slice once).
-        ``rows`` streams exactly those rows, in order (prediction on unlabelled stores).
+        ``rows`` streams exactly those rows, in ascending row order (prediction on unlabelled stores).
         ``first_epoch``: plans epochs ``first_epoch .. epochs - 1`` (resuming a run).
         ``shard=(i, n)``: this pipeline's part of every epoch (see :meth:`plan`); one per training worker.
         ``repeat``: cycle forever (validation under a multi-worker strategy, where every worker must run the

@@ -141,3 +141,35 @@ def nonempty_split_seed(url, fractions=SPLIT_FRACTIONS, by="patient") -> int:
 @pytest.fixture(scope="session")
 def brain_seed(brain_store) -> int:
     return nonempty_split_seed(brain_store)
+
+
+@pytest.fixture
+def moto(monkeypatch):
+    """A real S3 API on localhost (moto's server) with one bucket, ``state["url"]``; credentials and endpoint
+    reach botocore (and every process started from here) the way a user's would: AWS_* variables.
+    ``state["stop"]()`` / ``state["start"]()`` take the server down and bring it back on the same port
+    (its buckets live in this process, so they survive)."""
+    import contextlib
+
+    import boto3
+    import s3fs
+    from moto import server as moto_server  # the test extra: moto[server], s3fs
+
+    state = {"server": moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)}
+    state["server"].start()
+    host, port = state["server"].get_host_and_port()
+    for k, v in dict(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                     AWS_ENDPOINT_URL=f"http://{host}:{port}").items():
+        monkeypatch.setenv(k, v)
+    boto3.client("s3").create_bucket(Bucket="ichprep-test")
+    s3fs.S3FileSystem.clear_instance_cache()  # instances cached by earlier tests point at their servers
+
+    def start():
+        state["server"] = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        state["server"].start()
+
+    state.update(url="s3://ichprep-test", stop=lambda: state["server"].stop(), start=start)
+    yield state
+    with contextlib.suppress(Exception):
+        state["server"].stop()
+    s3fs.S3FileSystem.clear_instance_cache()  # nothing later may reach this server through a cached instance

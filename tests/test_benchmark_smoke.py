@@ -69,3 +69,18 @@ def test_replicated_real_series_keeps_pixels_and_makes_new_series(real_series, t
             assert d.PixelData == o.PixelData and d.file_meta.TransferSyntaxUID == o.file_meta.TransferSyntaxUID
             assert (d.BitsStored, d.PixelRepresentation, d.RescaleIntercept) == (o.BitsStored, o.PixelRepresentation,
                                                                                  o.RescaleIntercept)
+
+
+def test_checksum_benchmark_runs_on_a_store(tmp_path, synth_corpus):
+    from ichprep.cli import main
+
+    store = tmp_path / "s.zarr"
+    assert main(["build", synth_corpus["dicom_dir"], "--out", str(store), "--workers", "0", "--quiet"]) == 0
+    out = tmp_path / "checksum.json"
+    res = subprocess.run([sys.executable, str(BENCH.parent / "checksum.py"), str(store), "--shards", "1", "--repeat", "1",
+                          "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["checksummed"] and r["codec"] == "Blosc" and r["slices"] == 48
+    assert r["encode_ms"] > 0 and r["decode_ms"] > 0 and r["crc32c_ms"] > 0
+    assert 0 < r["crc_share_of_encode"] < 1 and 0 < r["crc_share_of_decode"] < 1

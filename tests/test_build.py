@@ -48,7 +48,7 @@ def test_store_opens_with_plain_zarr_and_follows_schema(rnn_store, synth_corpus)
     for name in ("sop_uid", "study_uid", "series_uid", "patient"):
         assert g[name].shape == (n,) and isinstance(str(g[name][0]), str) and g[name][:].dtype.kind == "T"
     a = g.attrs["ichprep"]
-    assert a["complete"] is True and a["schema_version"] == 2 and a["window_names"][0] == "default"
+    assert a["complete"] is True and a["schema_version"] == 3 and a["window_names"][0] == "default"
     assert a["fixed"]["rsna_12bit_pixel_representation"] == 10  # one defect series of 10 slices
 
 

@@ -359,6 +359,8 @@ def test_disk_full_is_one_line_then_resumes_to_the_same_store(tmp_path, resume_c
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert res.returncode == 1, res.stderr
         assert res.stderr.strip().count("\n") == 0 and "no space left" in res.stderr, res.stderr
+        assert f"device of {str(out)!r}" in res.stderr and "MiB free" in res.stderr, res.stderr
+        assert "the build needs about" in res.stderr and "MiB more to finish" in res.stderr, res.stderr
         assert "Traceback" not in res.stderr and not os.path.exists(str(out) + ".lock")
         subprocess.run(["mount", "-o", f"remount,size={size_kib * 4}k", str(mnt)], check=True)
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -11,27 +11,15 @@ from ichprep.windows import parse_windows
 from ichtrain.cli import main as ichtrain_main
 from ichtrain.data import StoreStream
 
-from moto import server as moto_server  # the test extra: moto[server], s3fs
 from conftest import SPLIT_FRACTIONS, nonempty_split_seed
 
 ARRAYS = ("images", *META_ARRAYS, *SHARD_ARRAYS)
 
 
 @pytest.fixture
-def s3(monkeypatch):
-    """An S3 endpoint on 127.0.0.1 with one bucket; credentials and endpoint reach botocore (and the Dask
-    workers the build starts, which inherit the environment) the way a user's would: AWS_* variables."""
-    import boto3
-
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    for k, v in dict(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-                     AWS_ENDPOINT_URL=f"http://{host}:{port}").items():
-        monkeypatch.setenv(k, v)
-    boto3.client("s3").create_bucket(Bucket="ichprep-test")
-    yield "s3://ichprep-test"
-    server.stop()
+def s3(moto):
+    """conftest's moto server: its one bucket."""
+    return moto["url"]
 
 
 def test_build_on_s3_equals_local_and_trains(s3, synth_corpus, tmp_path, capsys):

@@ -98,3 +98,25 @@ def test_store_info_is_typed_and_columns_read_back(tmp_path, synth_corpus):
     np.testing.assert_array_equal(st.column(g, "labels", slice(3, 5)), zarr.open_group(url, mode="r")["labels"][3:5])
     with pytest.raises(SchemaError, match="Expected a store column"):
         st.column(g, "images")
+
+
+@pytest.mark.parametrize("compressors", [None, (zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)])
+def test_stores_without_chunk_checksums_still_write_and_read(tmp_path, compressors):
+    """Stores of schema 1-2 have no crc32c in their chunk chains: the shard writer and reader still take
+    them, byte for byte what zarr writes and reads."""
+    g = zarr.open_group(str(tmp_path / "old.zarr"), mode="w", zarr_format=3)
+    kw = dict(shape=(3, 512, 512, 1), chunks=(1, 512, 512, 1), shards=(3, 512, 512, 1), dtype="float16",
+              compressors=compressors, fill_value=0)
+    ours, theirs = g.create_array("ours", **kw), g.create_array("theirs", **kw)
+    images = _images(3, 1, seed=4)
+    encode = shardio.shard_encoder(ours)
+    assert encode is not None
+    theirs[:] = images
+    with open(tmp_path / "old.zarr" / "theirs" / "c" / "0" / "0" / "0" / "0", "rb") as fh:
+        assert encode(images) == fh.read()
+    reader = shardio.shard_reader(theirs)
+    assert reader is not None and not reader.checksummed
+    shard, out = reader.fetch(0), np.empty((512, 512, 1), np.float16)
+    for i in range(3):
+        shard.decode_into(i, out)
+        np.testing.assert_array_equal(out.view(np.uint16), images[i].view(np.uint16))
