@@ -310,6 +310,9 @@ def _finalise(cfg: BuildConfig, g, rows: _Rows, header_rejects: list, reject_mes
         timings={k: round(v, 3) for k, v in timings.items()},  # this run's (a resumed build: the last run's)
         complete=True,
     ))
+    attrs = st.get_attrs(g)
+    if attrs.pop("repairing", None) is not None:  # a resumed build finished an interrupted repair's shards too
+        g.attrs[st.ATTRS_KEY] = attrs
     return all_rejects
 
 

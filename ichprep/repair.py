@@ -28,8 +28,10 @@ _PENDING = "repairing"  # attribute: the shards a repair has started and not fin
 def pending_repair(url: str) -> list[int]:
     """Shards an interrupted repair of ``url`` left to rebuild (empty when none)."""
     try:
-        g, _ = st.read_info(url)
+        g, info = st.read_info(url)
     except IchprepError:
+        return []
+    if info.complete:  # finished since (a rerun of the build resumes those shards too)
         return []
     return [int(s) for s in st.get_attrs(g).get(_PENDING, [])]
 

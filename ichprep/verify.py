@@ -117,8 +117,12 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
     n = info.n
     if not info.complete:
         done = st.done_shards(g)
-        rep.problems.append(f"incomplete: the build has not finished ({int(done.sum())}/{done.size} shards written); "
-                            "rerun the same 'ichprep build' command to resume")
+        if info.attrs.get("repairing"):
+            rep.problems.append(f"incomplete: a repair of shards {info.attrs['repairing']} was interrupted; rerun "
+                                "'ichprep verify STORE --repair --source DICOM_DIR' to finish it")
+        else:
+            rep.problems.append(f"incomplete: the build has not finished ({int(done.sum())}/{done.size} shards "
+                                "written); rerun the same 'ichprep build' command to resume")
     # Schema details.
     img = st.images(g)
     expected = (n, info.image_size, info.image_size, info.channels)

@@ -444,3 +444,33 @@ def test_a_signal_in_each_phase_exits_at_once_releases_everything_and_resumes(co
     got, want = zarr.open_group(str(out), mode="r"), zarr.open_group(str(ref), mode="r")
     for name in ARRAYS:
         np.testing.assert_array_equal(got[name][:], want[name][:], err_msg=name)
+
+
+def test_an_interrupted_repair_says_so_and_a_rerun_finishes_it(corpus, tmp_path, capsys, monkeypatch):
+    import ichprep.repair as repair_module
+
+    s, ref = corpus
+    store = _copy(ref, tmp_path)
+    for shard in (1, 4):
+        _flip(_object(store, "images", shard), _offset(_object(store, "images", shard), "chunk data"))
+    real, calls = repair_module.process_shards, []
+
+    def dies_on_the_second(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(repair_module, "process_shards", dies_on_the_second)
+    assert main(["verify", str(store), "--repair", "--source", s["dicom_dir"], "--quiet"]) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["verify", str(store), "--quiet"]) == 1
+    assert "a repair of shards [1, 4] was interrupted" in capsys.readouterr().out
+    with pytest.raises(Exception, match="incomplete"):  # readers refuse it meanwhile
+        from ichtrain.data import StoreStream
+
+        StoreStream(str(store))
+    assert main(["verify", str(store), "--repair", "--source", s["dicom_dir"], "--quiet"]) == 0
+    assert "repaired 2 shard(s): rows 4..7, 16..19" in capsys.readouterr().out
+    _same_files(store, ref)
