@@ -13,7 +13,8 @@ to one core unless ``--unpinned``: the figures are per core):
   ichtrain_f16  the same, float16 batches (what an accelerator is handed; it casts on the device)
   ichtrain_k1, ichtrain_k2  float32 with neighbours=1 / 2 (2.5D: slices z-k .. z+k as channels; cnn only)
 Stores: ``cnn`` (default codec), ``cnn-none`` (``--codec none``: the .npy loop's uncompressed peer), ``rnn``.
-Each reports slices/s and RSS at the start, middle and end of the epoch (memory must stay flat).
+Each reports slices/s and RSS at the start, middle and end of the epoch (memory must stay flat). The clock
+starts after each contender's first ``WARMUP_BATCHES`` batches (pipeline start-up, paid once per run).
 
 Usage: python benchmarks/stream.py [--slices 1024] [--preset cnn|rnn|hu|both] [--batch-size 32]
        [--data DIR [--replicate K]] [--unpinned] [--json out.json]
@@ -41,8 +42,24 @@ def _rss_mib():
     return psutil.Process().memory_info().rss / 2**20
 
 
-def _consume(batches, n_target):
-    """Touch each batch; return slices seen and RSS samples at start / middle / end."""
+# Batches consumed before the clock starts, by every contender alike: a stream's first batch waits for its
+# pipeline to start (~90 ms for ichtrain's, 15% of a 2,048-slice run at one core), which is start-up, not
+# throughput; a training run pays it once.
+WARMUP_BATCHES = 4
+
+
+def _warmup_slices(batch):
+    return WARMUP_BATCHES * batch
+
+
+def _consume(batches, n_target, warmup=0):
+    """Touch each batch; return slices seen after the first ``warmup`` slices, the seconds they took, and
+    RSS samples at start / middle / end."""
+    batches = iter(batches)
+    skipped = 0
+    while skipped < warmup:
+        x, _ = next(batches)
+        skipped += int(x.shape[0])
     seen, rss, t0 = 0, [_rss_mib()], time.perf_counter()
     for x, _ in batches:
         seen += int(x.shape[0])
@@ -84,7 +101,7 @@ def run_naive_tfdata(store, dicom, preset, batch, n):
 
     ds = tf.data.Dataset.from_generator(gen, output_signature=(
         tf.TensorSpec((512, 512, C), tf.float32), tf.TensorSpec((6,), tf.float32))).batch(batch).prefetch(2)
-    return _consume(ds, n)
+    return _consume(ds, n, _warmup_slices(batch))
 
 
 def run_zarr_loop(store, dicom, preset, batch, n):
@@ -102,7 +119,7 @@ def run_zarr_loop(store, dicom, preset, batch, n):
             yield np.stack([a[j] for j in idx]).astype(np.float32), lab[idx]
             i += batch
 
-    return _consume(batches(), n)
+    return _consume(batches(), n, _warmup_slices(batch))
 
 
 def run_floor(store, dicom, preset, batch, n):
@@ -124,7 +141,7 @@ def run_floor(store, dicom, preset, batch, n):
             yield np.asarray(a[lo:lo + S]), None
             i += 1
 
-    return _consume(batches(), n)
+    return _consume(batches(), n, _warmup_slices(batch))
 
 
 def run_npy_loop(store, dicom, preset, batch, n):
@@ -138,7 +155,7 @@ def run_npy_loop(store, dicom, preset, batch, n):
         while True:
             yield np.stack([np.load(files[i]) for i in rng.integers(0, len(files), batch)]), None
 
-    return _consume(batches(), n)
+    return _consume(batches(), n, _warmup_slices(batch))
 
 
 def export_npy(store):
@@ -157,9 +174,10 @@ def run_ichtrain(store, dicom, preset, batch, n, neighbours=0, dtype="float32", 
     from ichtrain.data import StoreStream
 
     s = StoreStream(store, fractions=(1.0, 0.0, 0.0), windows=windows)  # windows: an hu store's, read-time
-    ds = s.dataset("train", batch_size=batch, epoch_size=n, alpha=0.5, neighbours=neighbours, dtype=dtype,
+    warmup = _warmup_slices(batch)
+    ds = s.dataset("train", batch_size=batch, epoch_size=n + warmup, alpha=0.5, neighbours=neighbours, dtype=dtype,
                    sequence=False if neighbours else None)
-    return _consume(ds, n)
+    return _consume(ds, n, warmup)
 
 
 RUNNERS = {"floor": run_floor, "npy_loop": run_npy_loop, "naive_tfdata": run_naive_tfdata,
