@@ -57,6 +57,7 @@ __all__ = [
     "done_shards",
     "set_attrs",
     "disk_full_error",
+    "why_unreadable",
 ]
 
 # 2: the window_center / window_width columns and the int16 ``hu`` layout. 3: every chunk of every array
@@ -251,11 +252,18 @@ def column(g: zarr.Group, name: str, rows=None) -> np.ndarray:
         return np.full(n if rows is None else np.asarray(rows).shape, np.nan, np.float32)
     try:
         values = g[name][:] if rows is None else g[name][rows]
-    except Exception as exc:  # zarr raises ValueError (zarrs RuntimeError) for a chunk failing its checksum
-        why = "fails its crc32c checksum" if "checksum" in str(exc).lower() else f"cannot be read ({exc})"
-        raise StoreError(f"{g.store_path}: the {name} column {why}: the store is damaged; run 'ichprep verify "
-                         f"{g.store_path}'") from None
+    except Exception as exc:
+        raise StoreError(f"{g.store_path}: the {name} column {why_unreadable(exc)}: the store is damaged; run "
+                         f"'ichprep verify {g.store_path}'") from None
     return np.asarray(values, dtype=object) if name in _TEXT_COLUMNS else np.asarray(values)
+
+
+def why_unreadable(exc: BaseException) -> str:
+    """Why zarr could not read a chunk, in words: a failed checksum is said in several ways (zarr-python
+    raises ValueError, zarrs RuntimeError)."""
+    if "checksum" in str(exc).lower():
+        return "fails its crc32c checksum"
+    return f"cannot be read ({type(exc).__name__}: {exc})"
 
 
 def images(g: zarr.Group) -> zarr.Array:

@@ -223,21 +223,13 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
     return rep
 
 
-def _why(exc: BaseException) -> str:
-    """Why a chunk could not be read, in words: zarr says a checksum failed in several ways."""
-    text = str(exc)
-    if "checksum" in text.lower():
-        return "fails its crc32c checksum"
-    return f"cannot be read ({type(exc).__name__}: {text})"
-
-
 def _column(g, name: str, rep: VerifyReport):
     """A whole-store column, or None (reported) when a chunk of it cannot be read."""
     try:
         return st.column(g, name)
     except Exception as exc:  # zarr: ValueError / RuntimeError for a failed checksum, codec errors
         rep.damaged_columns.append(name)
-        rep.problems.append(f"{name}: {_why(exc)}; the column is damaged and "
+        rep.problems.append(f"{name}: {st.why_unreadable(exc)}; the column is damaged and "
                             "cannot be rebuilt from the DICOMs: rebuild the store with --overwrite")
         return None
 
@@ -257,7 +249,7 @@ def _shard_column(g, name: str, S: int, n: int, rep: VerifyReport, missing=np.na
             values[lo:hi] = arr[lo:hi]
         except Exception as exc:
             rep.unreadable(s, lo, hi)
-            rep.problems.append(f"{name}: shard {s} (rows {lo}..{hi - 1}) {_why(exc)}")
+            rep.problems.append(f"{name}: shard {s} (rows {lo}..{hi - 1}) {st.why_unreadable(exc)}")
     return values
 
 
@@ -273,7 +265,7 @@ def _done_shards(g, n_shards: int, rep: VerifyReport) -> np.ndarray:
             done[s] = bool(g["shard_done"][s])
         except Exception as exc:
             rep.damaged_shards.add(s)  # the slices themselves are checked as usual
-            rep.problems.append(f"shard_done: shard {s}'s mark {_why(exc)}")
+            rep.problems.append(f"shard_done: shard {s}'s mark {st.why_unreadable(exc)}")
     return done
 
 
@@ -292,7 +284,7 @@ def _shard_blocks(img, S: int, n: int, rep: VerifyReport):
                 return np.asarray(img[lo:hi]), np.ones(hi - lo, bool)
             except Exception as exc:
                 rep.unreadable(s, lo, hi)
-                rep.problems.append(f"images: shard {s} (rows {lo}..{hi - 1}) {_why(exc)}")
+                rep.problems.append(f"images: shard {s} (rows {lo}..{hi - 1}) {st.why_unreadable(exc)}")
                 return None, None
         try:
             shard = reader.fetch(s)
