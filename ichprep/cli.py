@@ -246,11 +246,10 @@ def _cmd_verify(args) -> int:
     for p in rep.problems:
         print(f"PROBLEM {p}")
     if args.repair:
-        from ichprep.repair import pending_repair, repair_shards, shard_rows
+        from ichprep.repair import repair_shards, shard_rows
 
-        todo = rep.damaged_shards | set(pending_repair(args.store))
-        if todo:
-            done = repair_shards(args.store, args.source, todo, stream)
+        done = repair_shards(args.store, args.source, rep.damaged_shards, stream)  # and any interrupted repair's
+        if done:
             print(f"repaired {len(done)} shard(s): {shard_rows(args.store, done)}")
             rep = verify(args.store, source=args.source, sample=args.sample, seed=args.seed, stream=stream)
             for p in rep.problems:

@@ -1,7 +1,7 @@
-"""One build at a time into an output: ``<out>.lock`` holds the writer's host and pid; a dead writer's lock
-(same host, process gone) is taken over.
+"""One build at a time into an output: ``<out>.lock``; a dead writer's lock is taken over.
 
-Local outputs: the lock file is created with O_EXCL. ``s3://`` outputs: the lock object is created with a
+Local outputs: the lock file, created with O_EXCL, holds the writer's pid. ``s3://`` outputs: the lock
+object, holding the writer's host and pid (taken over only from a dead process on the same host), is created with a
 conditional put (``If-None-Match: *``), which S3 has honoured since 2024 (and moto's server does); an
 S3-compatible store that ignores the header cannot stop two builds, and other object stores (gcs://, az://)
 are not locked at all (docs/cluster.md says so)."""
@@ -21,8 +21,8 @@ __all__ = ["output_lock"]
 
 @contextlib.contextmanager
 def output_lock(out: str) -> Iterator[None]:
-    """Refuse a second build into the same local output while one runs (``<out>.lock``, with the pid).
-    A lock left by a dead process is taken over."""
+    """Refuse a second build into the same output while one runs (``<out>.lock``; see the module
+    docstring for which outputs are locked). A lock left by a dead process is taken over."""
     if out.startswith("s3://"):
         with _s3_lock(out):
             yield

@@ -40,7 +40,7 @@ def repair_shards(url: str, source: str, shards, stream: TextIO | None = None) -
     """Rebuild ``shards`` of the store at ``url`` from the DICOM files in ``source``; returns the shards
     rebuilt. Every file must be found (by SOPInstanceUID) and still read as the slice it was: otherwise
     StoreError, before anything is written."""
-    from ichprep.verify import _find_sources
+    from ichprep.verify import find_sources
 
     shards = sorted({int(s) for s in shards} | set(pending_repair(url)))
     if not shards:
@@ -49,7 +49,7 @@ def repair_shards(url: str, source: str, shards, stream: TextIO | None = None) -
     if not (info.complete or st.get_attrs(g).get(_PENDING)):
         raise UsageError(f"{url!r} is incomplete: its build has not finished; rerun the same 'ichprep build' "
                          "command to resume it instead of repairing it")
-    S, n = info.shard_slices or st.images(g).shards[0], info.n
+    S, n = st.images(g).shards[0], info.n
     try:
         sops = [str(x) for x in st.column(g, "sop_uid")]
     except Exception as exc:
@@ -57,7 +57,7 @@ def repair_shards(url: str, source: str, shards, stream: TextIO | None = None) -
                          "shards cannot be found: rebuild the store with --overwrite") from None
     rows = {s: range(s * S, min(n, (s + 1) * S)) for s in shards}
     wanted = [sops[i] for s in shards for i in rows[s]]
-    where = _find_sources(source, wanted)
+    where = find_sources(source, wanted)
     missing = [sop for sop in wanted if sop not in where]
     if missing:
         raise StoreError(f"Cannot repair {url!r}: {len(missing)} slices of the damaged shards have no file in "

@@ -20,7 +20,7 @@ from ichprep.labels import UNLABELLED, type_codes
 from ichprep.progress import ProgressBar
 from ichprep.windows import Window, is_hu
 
-__all__ = ["verify", "VerifyReport", "reference_slice"]
+__all__ = ["verify", "VerifyReport", "reference_slice", "find_sources"]
 
 # The build computes in float32 and rounds to float16; the float64 reference may land on the
 # neighbouring float16 value (2**-11 apart just below 1.0), never further.
@@ -81,7 +81,7 @@ def reference_slice(path: str, windows: tuple[Window, ...], on_size: str = "resi
     return np.stack(out, axis=-1)
 
 
-def _find_sources(source: str, sops: list[str]) -> dict[str, str]:
+def find_sources(source: str, sops: list[str]) -> dict[str, str]:
     """SOP -> file. RSNA names files ``<sop>.dcm``; other files are found by a header scan."""
     from collections import Counter
 
@@ -202,7 +202,7 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
         candidates = np.flatnonzero(ok & np.repeat(done, S)[:n] & ~np.isin(np.arange(n), sorted(rep.unreadable_rows)))
         rows = np.sort(rng.choice(candidates, size=min(sample, candidates.size), replace=False))
         sops = [str(x) for x in columns["sop_uid"]]
-        where = _find_sources(source, [sops[i] for i in rows])
+        where = find_sources(source, [sops[i] for i in rows])
         compared = 0
         for i in rows:
             path = where.get(sops[i])

@@ -54,10 +54,10 @@ def test_hu_slice_matches_numpy_rounding_and_clips_never_wraps():
 def test_hu_store_holds_pydicoms_hu_exactly(stores, synth_corpus):
     g, info = st.open_store(stores["hu"])
     assert info.hu and st.images(g).dtype == np.int16 and info.channels == 1
-    from ichprep.verify import _find_sources
+    from ichprep.verify import find_sources
 
     sops = list(st.column(g, "sop_uid"))
-    files = _find_sources(synth_corpus["dicom_dir"], sops)
+    files = find_sources(synth_corpus["dicom_dir"], sops)
     assert len(files) == len(sops)
     images = np.asarray(st.images(g)[:])
     for i, sop in enumerate(sops):
