@@ -11,17 +11,57 @@ windowing).
 Why the kernel and not tf.data ops: windowing in TensorFlow on the host computes float32 tensors of all C
 windows and then casts them, several passes over C x 1 MiB per slice; the kernel writes float16 straight
 into the batch buffer in one pass, in reader threads (it releases the GIL).
+
+Planar output (:meth:`ReadWindows.planar`): the rnn reads a slice's windows as a sequence, (C, H, W), and a
+channel-last batch had to be transposed by TensorFlow afterwards (a pass over 10 MiB per slice as float16,
+and another for the float32 cast). The planar kernel writes each window as its own plane, in float16 or
+straight in float32 (the float16-rounded value, so both dtypes read the same numbers a windowed store holds),
+and one window at a time, which LLVM vectorises as it does the build's one-channel loop.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from ichprep.errors import UsageError
-from ichprep.kernels import channel_params, window_slice
+from ichprep.kernels import _hu_range, _unit_f16_bits, channel_params, window_slice
 from ichprep.windows import Window
 
 __all__ = ["ReadWindows"]
+
+
+_ZERO, _ONE = np.float32(0.0), np.float32(1.0)
+# float16 bits -> float32 for every value in [0, 1] (bits 0 .. 0x3C00): exact, and 60 KiB, so it stays in cache
+_UNIT_F16_TO_F32 = np.arange(0x3C01, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+
+@njit(cache=True, nogil=True)
+def _planar_windows_kernel(hu, lo, scale, is_full, out16, out32, lut, v_row):
+    """Windows of one (H, W) int16 HU slice as planes: out16 (C, H, W) uint16 (float16 bits), or, when it is
+    empty, out32 (C, H, W) float32 holding the same float16-rounded values. lo/scale/is_full: (C,) as for
+    the build's kernel (full-range channels take the slice's own HU min and max). v_row: (W,) float32."""
+    H = hu.shape[0]
+    W = hu.shape[1]
+    C = lo.shape[0]
+    hu_min, hu_max = _hu_range(hu, False, _ONE, _ZERO)
+    full_scale = _ONE / (hu_max - hu_min) if hu_max > hu_min else _ZERO
+    v_bits = v_row.view(np.uint32)
+    wide = out16.shape[0] == 0
+    for c in range(C):
+        lo_c = hu_min if is_full[c] else lo[c]
+        scale_c = full_scale if is_full[c] else scale[c]
+        for y in range(H):
+            for x in range(W):  # the build kernel's arithmetic: (hu * 1 + 0 - lo) * scale, clipped
+                v_row[x] = min(max((np.float32(hu[y, x]) - lo_c) * scale_c, _ZERO), _ONE)
+            if wide:
+                row32 = out32[c, y]
+                for x in range(W):
+                    row32[x] = lut[_unit_f16_bits(v_row[x], np.int64(v_bits[x]))]
+            else:
+                row16 = out16[c, y]
+                for x in range(W):
+                    row16[x] = _unit_f16_bits(v_row[x], np.int64(v_bits[x]))
 
 
 class ReadWindows:
@@ -56,4 +96,23 @@ class ReadWindows:
     def __call__(self, row: int, hu: np.ndarray, out: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
         """Windows of stored slice ``row`` (``hu``: its (H, W) int16 HU) into ``out``, (H, W, C) float16."""
         window_slice(hu, 1.0, 0.0, False, *self.params(row), out=out, row_scratch=scratch)
+        return out
+
+    def planar(self, row: int, hu: np.ndarray, out: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
+        """Windows of stored slice ``row`` into ``out``, (C, H, W) float16 or float32: window c is plane c, the
+        values those of :meth:`__call__` (float32 ones are its float16 values, widened)."""
+        H, W = hu.shape
+        if hu.dtype != np.int16 or not hu.flags.c_contiguous:
+            raise ValueError(f"Expected a C-contiguous int16 HU slice. Received: {hu.dtype} {hu.shape}")
+        if out.shape != (self.channels, H, W) or out.dtype not in (np.float16, np.float32) or not out.flags.c_contiguous:
+            raise ValueError(f"Expected a C-contiguous float16 or float32 out of shape {(self.channels, H, W)}. "
+                             f"Received: {out.dtype} {out.shape}")
+        if scratch is None or scratch.shape != (W,) or scratch.dtype != np.float32:
+            scratch = np.empty(W, np.float32)
+        lo, scale, is_full = self.params(row)
+        none16, none32 = np.empty((0, H, W), np.uint16), np.empty((0, H, W), np.float32)
+        if out.dtype == np.float16:
+            _planar_windows_kernel(hu, lo, scale, is_full, out.view(np.uint16), none32, _UNIT_F16_TO_F32, scratch)
+        else:
+            _planar_windows_kernel(hu, lo, scale, is_full, none16, out, _UNIT_F16_TO_F32, scratch)
         return out

@@ -153,12 +153,14 @@ class BatchAssembler:
     :class:`ichprep.shardio.Shard`). ``slice_shape``: (H, W, C) of one delivered slice. ``window``: None
     (slices are delivered as stored, float16), or ``window(row, hu, out)`` writing the C float16 windows
     of a stored int16 HU slice (an hu store; :class:`ichprep.readwindows.ReadWindows`). ``repeat``: batch
-    indices run on forever and every batch is full (the order is cycled).
+    indices run on forever and every batch is full (the order is cycled). ``planar`` (with ``window``, one
+    slice per sample): images are (b, C, H, W) in ``dtype`` (float16 or float32), each window its own plane,
+    written by ``window.planar`` -- the rnn's sequence layout, and for C = 1 the same bytes as channel-last.
     """
 
     def __init__(self, sources: np.ndarray, labels: np.ndarray, shard_slices: int, slice_shape: tuple[int, ...],
                  batch_size: int, fetch, budget_bytes: int, drop_remainder: bool = False, repeat: bool = False,
-                 window=None):
+                 window=None, planar: bool = False, dtype=np.float16):
         self.sources = np.asarray(sources, np.int64).reshape(len(sources), -1)
         self.labels = np.asarray(labels, np.float32)
         self.S, self.B = int(shard_slices), int(batch_size)
@@ -169,7 +171,12 @@ class BatchAssembler:
         self.n_batches = (n // self.B) if (drop_remainder or repeat) else -(-n // self.B)
         M = self.sources.shape[1]
         h, w, c = self.slice_shape
-        self._pool = _BufferPool((self.B, h, w, M * c), np.float16)
+        self.planar = bool(planar)
+        if self.planar and (window is None or M != 1):
+            raise ValueError("planar batches are windows of an hu store, one slice per sample")
+        if np.dtype(dtype) not in (np.float16, np.float32) or (np.dtype(dtype) != np.float16 and not self.planar):
+            raise ValueError(f"Expected dtype float16 (or float32 for planar batches). Received: {dtype}")
+        self._pool = _BufferPool((self.B, c, h, w) if self.planar else (self.B, h, w, M * c), dtype)
         shards, counts = np.unique(self._batch_shards_all(), return_counts=True)
         self._cache = _ShardCache(fetch, dict(zip(shards.tolist(), counts.tolist())), budget_bytes)
 
@@ -203,6 +210,12 @@ class BatchAssembler:
             if self.window is not None:
                 hu = np.empty((h, w, 1), np.int16)
                 row_scratch = np.empty(w * c, np.float32)
+            if self.planar:
+                for i in range(b):
+                    row = int(src[i, 0])
+                    held[row // self.S].decode_into(row % self.S, hu)
+                    self.window.planar(row, hu[:, :, 0], out[i], row_scratch[:w])
+                return out, self.labels[pos]
             for i in range(b):
                 for m in range(M):
                     row = int(src[i, m])

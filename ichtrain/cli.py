@@ -112,6 +112,9 @@ def _add_fit_arguments(f: argparse.ArgumentParser) -> None:
                                                   "report's CNNs, 128 for baseline, 64 for rnn, 224 for backbone")
     f.add_argument("--l2", type=float, default=1e-4, help="L2 on kernels and biases (report: 0.01; default 1e-4)")
     f.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    f.add_argument("--lr-schedule", default="cosine", choices=("cosine", "constant"),
+                   help="cosine (default): --lr at the first epoch, annealed to 5%% of it at the last, so the "
+                        "model a run keeps (its last epoch) has settled; constant: --lr throughout")
     f.add_argument("--bn-momentum", type=float, default=0.99,
                    help="BatchNorm momentum of the report's CNNs (Keras default 0.99, as in the listing); 0.9 "
                         "suits short runs (baseline and rnn always use 0.9)")
@@ -127,8 +130,9 @@ def _add_fit_arguments(f: argparse.ArgumentParser) -> None:
                         "such as 'brain:40/80,subdural:80/200,bone:600/2800'. Slice models take C windows as C "
                         "channels, rnn as a sequence. Default: rnn for --model rnn, else cnn")
     f.add_argument("--neighbours", type=int, default=0, metavar="K",
-                   help="2.5D context for the slice models: also feed slices z-K .. z+K of the series as channels "
-                        "(the series' end slice repeats at its ends; default 0)")
+                   help="2.5D context for the slice models: also feed slices z-K .. z+K of the series (the series' "
+                        "end slice repeats at its ends; default 0). baseline reads each slice with one shared "
+                        "encoder and its head sees them side by side; the other slice models take them as channels")
     f.add_argument("--strategy", default="default", choices=("default", "mirrored", "multi-worker"),
                    help="tf.distribute strategy. default: one device. mirrored: every local GPU (synchronous). "
                         "multi-worker: one process per machine, each started with the same arguments and its own "
@@ -183,7 +187,7 @@ def _fit_series(args) -> int:
     cfg = SeriesFitConfig(store=args.store, embeddings=args.embeddings, out=args.out, epochs=args.epochs or 30,
                           batch_size=min(args.batch_size, 8), learning_rate=args.lr)
     res = fit_series(cfg, verbose=0 if args.quiet else 2)
-    print(f"{args.out}: {_trained(res)}; series model {os.path.join(args.out, 'model.keras')} on the split of "
+    print(f"{args.out}: {_trained(res)} ({res['epochs_done']} done{', resumed' if res['resumed'] else ''}); series model {os.path.join(args.out, 'model.keras')} on the split of "
           f"the slice run that made {args.embeddings}")
     return 0
 
@@ -224,7 +228,7 @@ def _fit_config(args, **overrides):
         raise UsageError("--embeddings is read by --model series only.")
     return FitConfig(store=args.store, out=args.out, model=args.model, epochs=args.epochs or 10,
                      batch_size=args.batch_size, image_size=args.image_size, l2=args.l2, learning_rate=args.lr,
-                     alpha=args.alpha, epoch_size=args.epoch_size, split_by=args.split_by,
+                     lr_schedule=args.lr_schedule, alpha=args.alpha, epoch_size=args.epoch_size, split_by=args.split_by,
                      fractions=_fractions(args.split), seed=args.seed, bn_momentum=args.bn_momentum,
                      strategy=args.strategy, neighbours=args.neighbours, backbone=args.backbone, windows=args.windows,
                      weights=None if args.weights.lower() == "none" else args.weights, **overrides)

@@ -346,20 +346,32 @@ class StoreStream:
                 parts.append(delivery_order(drawn, self.shard_slices, pool, rng))
             order = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         sources = self.neighbour_rows(order, neighbours) if neighbours else order[:, None]
+        # Windows read from an hu store as a sequence, or one window, are written as planes in the asked dtype
+        # (see ichprep.readwindows): no transpose and no cast left for TensorFlow.
+        planar = self.read_windows is not None and not neighbours and (sequence or self.channels == 1)
+        read_dtype = dtype if planar else "float16"
         assembler = BatchAssembler(sources, self.labels[order], self.shard_slices, (full, full, self.channels),
                                    batch_size, self._fetcher(), int(shuffle_mb * 2**20),
-                                   drop_remainder=drop_remainder, repeat=repeat, window=self.read_windows)
+                                   drop_remainder=drop_remainder, repeat=repeat, window=self.read_windows,
+                                   planar=planar, dtype=read_dtype)
         C = self.channels * (2 * neighbours + 1)
         whole = drop_remainder or repeat
+        b = batch_size if whole else None
 
         def load(j):
             img, lab = tf.numpy_function(lambda j: self._tracked_batch(assembler, int(j)), [j],
-                                         (tf.float16, tf.float32), stateful=False)
-            img.set_shape((batch_size if whole else None, full, full, C))
-            lab.set_shape((batch_size if whole else None, 6))
+                                         (tf.as_dtype(read_dtype), tf.float32), stateful=False)
+            img.set_shape((b, C, full, full) if planar else (b, full, full, C))
+            lab.set_shape((b, 6))
             return img, lab
 
         def shape(img, lab):  # on whole batches, in TensorFlow (its cast is ~4x numpy's)
+            if planar:  # (b, C, H, W): resize each plane, then the layout the model takes
+                if size != full:
+                    img = tf.image.resize(tf.reshape(tf.cast(img, tf.float32), (-1, full, full, 1)), (size, size),
+                                          method="area")
+                img = tf.reshape(tf.cast(img, dtype), (-1, C, size, size, 1) if sequence else (-1, size, size, 1))
+                return img, lab
             if size != full:
                 img = tf.image.resize(tf.cast(img, tf.float32), (size, size), method="area")
             img = tf.cast(img, dtype)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -16,6 +17,8 @@ from ichtrain.calibration import Calibration, fit_calibration
 __all__ = ["FitConfig", "fit", "load_run", "load_keras", "worker_role", "STRATEGIES"]
 
 CONFIG = "config.json"
+LR_SCHEDULES = ("cosine", "constant")
+LR_FLOOR = 0.05  # the cosine schedule's last epoch runs at this fraction of --lr
 STATE = "state.json"
 STRATEGIES = ("default", "mirrored", "multi-worker")
 
@@ -63,6 +66,7 @@ class FitConfig:
     image_size: int | None = None  # default: the model's natural size
     l2: float = 1e-4
     learning_rate: float = 1e-3
+    lr_schedule: str = "cosine"  # cosine: from learning_rate down to LR_FLOOR of it at the last epoch; constant
     alpha: float = 0.5
     epoch_size: int | None = None
     split_by: str = "patient"
@@ -94,6 +98,8 @@ class FitConfig:
             raise UsageError(f"Expected --bn-momentum in [0, 1). Received: bn_momentum={self.bn_momentum}")
         if not self.learning_rate > 0 or self.l2 < 0:
             raise UsageError(f"Expected --lr > 0 and --l2 >= 0. Received: lr={self.learning_rate}, l2={self.l2}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UsageError(f"Expected --lr-schedule one of {', '.join(LR_SCHEDULES)}. Received: {self.lr_schedule!r}")
         if not isinstance(self.neighbours, int) or not 0 <= self.neighbours <= 4:
             raise UsageError(f"Expected --neighbours an integer in [0, 4]. Received: neighbours={self.neighbours!r}")
         if self.neighbours and self.model == "rnn":
@@ -122,8 +128,20 @@ class FitConfig:
 
 
 def _same_run(old: dict, new: dict) -> bool:
+    old = dict({"lr_schedule": "constant"}, **old)  # runs from before the schedule trained at a constant rate
     keys = set(old) | set(new)
     return all(old.get(k) == new.get(k) for k in keys if k not in ("epochs", "out", "strategy", "replicas", "workers"))
+
+
+def learning_rate_at(cfg: FitConfig, epoch: int) -> float:
+    """The learning rate of ``epoch`` (0-based). Cosine: a constant rate left the last epoch's weights where
+    the last steps threw them (a 2.5D run's val loss went 0.16, 0.84 over its last two epochs) and the run
+    keeps the last epoch; annealing settles them. A function of the epoch alone, so a resumed run continues
+    it (raising --epochs stretches it: the rate rises again for the added epochs)."""
+    if cfg.lr_schedule == "constant" or cfg.epochs == 1:
+        return cfg.learning_rate
+    t = min(epoch, cfg.epochs - 1) / (cfg.epochs - 1)
+    return cfg.learning_rate * (LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 def load_keras(path: str):
@@ -323,6 +341,10 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
         raise UsageError(f"Expected --batch-size (the global batch) divisible by the {replicas} replicas in sync. "
                          f"Received: batch_size={cfg.batch_size}")
     stream = open_stream(cfg)
+    epoch_size = cfg.epoch_size or int(stream.splits["train"].size)
+    if epoch_size < cfg.batch_size:  # batches are whole: not one would be drawn (refused before the run is made)
+        raise UsageError(f"The train split holds {epoch_size} slices, fewer than --batch-size {cfg.batch_size}: "
+                         "lower --batch-size, or pass --epoch-size (slices drawn per epoch) >= it")
     store_size = stream.info.image_size
     size = cfg.resolved_image_size(store_size)
     record = dict(cfg.to_dict(), image_size=size, channels=stream.channels, window_names=stream.window_names,
@@ -346,12 +368,12 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
             in_channels = 1 if cfg.model == "rnn" else stream.channels * (2 * cfg.neighbours + 1)
             model = compile_model(build_model(cfg.model, size, in_channels,
                                               cfg.l2, windows=stream.channels, bn_momentum=cfg.bn_momentum,
-                                              sync_bn=distributed, backbone=cfg.backbone, weights=cfg.weights),
+                                              sync_bn=distributed, backbone=cfg.backbone, weights=cfg.weights,
+                                              neighbours=cfg.neighbours),
                                   cfg.learning_rate)
     if cfg.strategy == "multi-worker":
         _fix_keras_multi_worker(model, strategy)
-    epoch_size = cfg.epoch_size or int(stream.splits["train"].size)
-    steps = max(1, epoch_size // cfg.batch_size)
+    steps = epoch_size // cfg.batch_size
     train, val, val_steps = _pipelines(cfg, stream, strategy, record, epoch_size, first_epoch)
     if verbose:
         print(f"fit: {cfg.model} at {size}x{size}, {steps} steps/epoch of {cfg.batch_size} slices, strategy "
@@ -370,6 +392,9 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
         keras.callbacks.TensorBoard(os.path.join(cfg.out, "tensorboard"), write_graph=False),
         _State(),
     ] if role.chief else []
+    # every worker anneals alike (its optimizer steps must stay in sync), so the schedule is not chief-only;
+    # first, so the rate it sets is in the logs the CSV logger writes
+    callbacks.insert(0, keras.callbacks.LearningRateScheduler(lambda epoch, lr: learning_rate_at(cfg, epoch)))
     with stream.guard():  # an error mid-epoch stops the readers first, and names a damaged shard
         history = model.fit(train, epochs=cfg.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
                             validation_data=val, validation_steps=val_steps, callbacks=callbacks, verbose=verbose,

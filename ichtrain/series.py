@@ -3,8 +3,8 @@
 What lifted every top RSNA 2019 solution: a radiologist reads a series, not a slice. ``embed`` writes each
 usable slice's features (the layer before a slice model's head) to a Zarr array keyed to the store's rows;
 the series model reads each series' embeddings in z order (the store's row order) and gives six outputs
-per slice. It trains on whole series, padded and masked, with the challenge's weighted log loss, on the
-slice run's own split, so its val and test patients are unseen by both models.
+per slice. It trains on whole series (batched by length, so nothing is padded), with the challenge's
+weighted log loss, on the slice run's own split, so its val and test patients are unseen by both models.
 """
 
 from __future__ import annotations
@@ -12,19 +12,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from ichprep.errors import UsageError
-from ichtrain.calibration import fit_calibration
+from ichtrain.calibration import Calibration, fit_calibration
 from ichtrain.metrics import weighted_log_loss
-from ichtrain.fit import CONFIG, input_options, load_keras, load_run
+from ichtrain.fit import CONFIG, STATE, input_options, load_keras, load_run
 
 __all__ = ["embed", "open_embeddings", "build_series_model", "fit_series", "SeriesFitConfig", "series_rows",
            "predict_series", "features_of"]
 
 EMBED_BLOCK = 512  # rows per embedding chunk: the unit of resume
+CHECKPOINT_SECONDS = 10.0  # the series model checkpoints at most this often (an epoch takes a fraction of a second)
 CHALLENGE_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 2.0)
 
 
@@ -229,8 +231,11 @@ def fit_series(cfg: SeriesFitConfig, verbose: int = 0) -> dict:
             old = json.load(fh)
         if {k: v for k, v in old.items() if k != "epochs"} != {k: v for k, v in record.items() if k != "epochs"}:
             raise UsageError(f"{cfg.out!r} holds a run with another configuration; choose another --out.")
-        if os.path.isfile(os.path.join(cfg.out, "model.keras")) and old["epochs"] >= cfg.epochs:
-            return dict(epochs_done=old["epochs"], trained=0, resumed=True)
+    first_epoch = _series_epochs_done(cfg.out)
+    if first_epoch >= cfg.epochs and os.path.isfile(os.path.join(cfg.out, "model.keras")) \
+            and Calibration.load(cfg.out) is not None:
+        return dict(epochs_done=first_epoch, trained=0, resumed=True)
+    # (stopped after its last checkpoint but before model.keras and calibration.json: those are made below)
     with open(path, "w") as fh:
         json.dump(record, fh, indent=2)
     train_groups = series_rows(stream, stream.splits["train"])
@@ -238,15 +243,22 @@ def fit_series(cfg: SeriesFitConfig, verbose: int = 0) -> dict:
         raise UsageError(stream.empty_split_reason("train"))
     labels = stream.labels.astype(np.float32)
     val_groups = series_rows(stream, stream.splits["val"])
-    keras.utils.set_random_seed(int(slice_cfg["seed"]))
-    model = build_series_model(emb.shape[1], cfg.units)
-    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=_challenge_loss())
+    seed = int(slice_cfg["seed"])
+    keras.utils.set_random_seed(seed + first_epoch)
+    last = os.path.join(cfg.out, "checkpoints", "last.keras")
+    loss = _challenge_loss()  # registered before a checkpoint that names it is loaded
+    if first_epoch:
+        model = keras.models.load_model(last)  # optimizer state included: training goes on where it stopped
+    else:
+        model = build_series_model(emb.shape[1], cfg.units)
+        model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss)
     batches = _by_length(train_groups, cfg.batch_size)
-    rng = np.random.default_rng(int(slice_cfg["seed"]))
-    log = ["epoch,loss,val_loss"]
-    for epoch in range(cfg.epochs):
+    log_path = os.path.join(cfg.out, "log.csv")
+    log = _log_lines(log_path, first_epoch)
+    saved = time.monotonic()
+    for epoch in range(first_epoch, cfg.epochs):
         losses = []
-        for b in rng.permutation(len(batches)):
+        for b in np.random.default_rng([seed, epoch]).permutation(len(batches)):  # one order per epoch: resumable
             idx = batches[b]
             x = np.stack([emb[train_groups[i]] for i in idx])
             y = np.stack([labels[train_groups[i]] for i in idx])
@@ -258,8 +270,9 @@ def fit_series(cfg: SeriesFitConfig, verbose: int = 0) -> dict:
         if verbose:
             print(f"series epoch {epoch + 1}/{cfg.epochs}: loss {np.mean(losses):.4f}"
                   + (f", val weighted log loss {val_loss}" if val_loss else ""), flush=True)
-    with open(os.path.join(cfg.out, "log.csv"), "w") as fh:
-        fh.write("\n".join(log) + "\n")
+        if epoch + 1 == cfg.epochs or time.monotonic() - saved >= CHECKPOINT_SECONDS:
+            _series_checkpoint(cfg.out, model, log, epoch + 1)
+            saved = time.monotonic()
     model.save(os.path.join(cfg.out, "model.keras"))
     val_y = val_p = None
     if val_groups:
@@ -268,5 +281,37 @@ def fit_series(cfg: SeriesFitConfig, verbose: int = 0) -> dict:
     train = stream.splits["train"]  # the series model saw natural frequencies: no prior shift
     fit_calibration(stream.labels[train], np.ones(train.size), val_y, val_p,
                     val_groups=stream.groups[stream.splits["val"]]).save(cfg.out)
-    return dict(epochs_done=cfg.epochs, trained=cfg.epochs, resumed=False)
+    return dict(epochs_done=max(cfg.epochs, first_epoch), trained=max(0, cfg.epochs - first_epoch),
+                resumed=first_epoch > 0)
+
+
+def _series_epochs_done(out: str) -> int:
+    """Epochs a series run has checkpointed (0: none, or a run from before checkpoints: it is trained again)."""
+    state = os.path.join(out, STATE)
+    if os.path.isfile(state) and os.path.isfile(os.path.join(out, "checkpoints", "last.keras")):
+        with open(state) as fh:
+            return int(json.load(fh)["epochs_done"])
+    return 0
+
+
+def _log_lines(path: str, epochs_done: int) -> list[str]:
+    """log.csv's header and its first ``epochs_done`` epochs (lines of later, unsaved epochs are dropped)."""
+    lines = ["epoch,loss,val_loss"]
+    if epochs_done and os.path.isfile(path):
+        with open(path) as fh:
+            lines += fh.read().splitlines()[1:epochs_done + 1]
+    return lines
+
+
+def _series_checkpoint(out: str, model, log: list[str], epochs_done: int) -> None:
+    """The model (with its optimizer), the log and the epoch count, each replaced whole: a run stopped at any
+    moment resumes from the last checkpoint."""
+    os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
+    tmp = os.path.join(out, "checkpoints", "last.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, os.path.join(out, "checkpoints", "last.keras"))
+    for name, text in (("log.csv", "\n".join(log) + "\n"), (STATE, json.dumps({"epochs_done": epochs_done}))):
+        with open(os.path.join(out, name + ".tmp"), "w") as fh:
+            fh.write(text)
+        os.replace(os.path.join(out, name + ".tmp"), os.path.join(out, name))
 

@@ -84,3 +84,20 @@ def test_checksum_benchmark_runs_on_a_store(tmp_path, synth_corpus):
     assert r["checksummed"] and r["codec"] == "Blosc" and r["slices"] == 48
     assert r["encode_ms"] > 0 and r["decode_ms"] > 0 and r["crc32c_ms"] > 0
     assert 0 < r["crc_share_of_encode"] < 1 and 0 < r["crc_share_of_decode"] < 1
+
+
+def test_context_benchmark_runs_and_reports(tmp_path):
+    out = tmp_path / "context.json"
+    bench = BENCH.parent / "context.py"
+    res = subprocess.run([sys.executable, str(bench), "--studies", "10", "--slices", "4", "--seeds", "3",
+                          "--epochs", "1", "--series-epochs", "2", "--image-size", "32", "--split", "0.5,0.25,0.25", "--batch-size", "4",
+                          "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(out.read_text())
+    (seed,) = report["seeds"]
+    assert seed["seed"] == 3 and seed["patients"] > 0 and 0 < seed["prior"] < 1
+    for name in ("slice", "k1", "series"):
+        assert seed[name]["weighted_log_loss"]["value"] > 0, name
+    s = report["summary"]
+    assert s["series_over_slice_wll"] == s["series_wll"] / s["slice_wll"]
+    assert "series / slice wll" in res.stdout

@@ -72,19 +72,24 @@ def test_hu_store_is_smaller_than_the_cnn_store(stores):
     assert st.size_on_disk(os.path.join(stores["hu"], "images")) < st.size_on_disk(os.path.join(stores["cnn"], "images"))
 
 
-@pytest.mark.parametrize("windows, other, neighbours", [("cnn", "cnn", 0), ("rnn", "rnn", 0), (THREE, "three", 0),
-                                                        (THREE, "three", 1)])
-def test_windows_in_the_stream_equal_a_windowed_store(stores, windows, other, neighbours):
+@pytest.mark.parametrize("windows, other, neighbours, sequence, dtype, size", [
+    ("cnn", "cnn", 0, False, "float16", None), ("rnn", "rnn", 0, False, "float16", None),
+    (THREE, "three", 0, False, "float16", None), (THREE, "three", 1, False, "float16", None),
+    # planes written straight in the asked dtype (the rnn's sequence, one window): no transpose, no cast
+    ("rnn", "rnn", 0, True, "float16", None), ("rnn", "rnn", 0, True, "float32", None),
+    ("cnn", "cnn", 0, False, "float32", None), ("rnn", "rnn", 0, True, "float32", 64),
+    (THREE, "three", 0, True, "float32", None)])
+def test_windows_in_the_stream_equal_a_windowed_store(stores, windows, other, neighbours, sequence, dtype, size):
     from ichtrain.data import StoreStream
 
     a = StoreStream(stores["hu"], windows=windows)
     b = StoreStream(stores[other])
     assert a.window_names == b.window_names and a.channels == b.channels
     assert np.array_equal(a.splits["train"], b.splits["train"])
-    kw = dict(batch_size=8, weighted=False, dtype="float16", neighbours=neighbours, sequence=False)
+    kw = dict(batch_size=8, weighted=False, dtype=dtype, neighbours=neighbours, sequence=sequence, image_size=size)
     seen = 0
     for (xa, ya), (xb, yb) in zip(a.dataset("train", **kw), b.dataset("train", **kw)):
-        assert xa.shape == xb.shape
+        assert xa.shape == xb.shape and xa.dtype == xb.dtype
         assert np.array_equal(xa.numpy(), xb.numpy())  # the build's kernel on stored HU: bit-identical
         assert np.array_equal(ya.numpy(), yb.numpy())
         seen += len(xa)

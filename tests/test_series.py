@@ -63,6 +63,27 @@ def test_series_model_fits_evaluates_and_predicts_from_dicoms(slice_run, brain_s
     assert len(rows) == 60 * 6 and all(0 <= float(r["Label"]) <= 1 for r in rows)
 
 
+def test_series_fit_resumes_from_its_checkpoint(slice_run, brain_store, tmp_path, capsys):
+    emb = str(tmp_path / "emb.zarr")
+    assert main(["embed", slice_run, "--out", emb, "--quiet"]) == 0
+    run = str(tmp_path / "series")
+    fit = ["fit", brain_store, "--out", run, "--model", "series", "--embeddings", emb, "--quiet", "--epochs"]
+    assert main(fit + ["2"]) == 0
+    first_log = open(os.path.join(run, "log.csv")).read().splitlines()
+    assert len(first_log) == 3 and json.load(open(os.path.join(run, "state.json"))) == {"epochs_done": 2}
+    capsys.readouterr()
+    assert main(fit + ["2"]) == 0
+    assert "already trained" in capsys.readouterr().out
+    os.remove(os.path.join(run, "calibration.json"))  # stopped after its last checkpoint: finishes, trains nothing
+    assert main(fit + ["2"]) == 0
+    assert os.path.isfile(os.path.join(run, "calibration.json")) and "(2 done, resumed)" in capsys.readouterr().out
+    assert main(fit + ["4"]) == 0
+    assert "trained 2 epochs (4 done, resumed)" in capsys.readouterr().out
+    log = open(os.path.join(run, "log.csv")).read().splitlines()
+    assert log[:3] == first_log and [r.split(",")[0] for r in log[1:]] == ["0", "1", "2", "3"]
+    assert json.load(open(os.path.join(run, "state.json"))) == {"epochs_done": 4}
+
+
 def test_a_series_of_one_slice_and_mismatched_embeddings(slice_run, brain_store, synth_corpus, tmp_path, capsys):
     from ichprep.build import BuildConfig, build
     from ichprep.windows import parse_windows

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from ichprep.errors import UsageError
 from ichtrain.cli import main
 from ichtrain.metrics import confusion_rates, roc_auc, weighted_log_loss
 
@@ -20,6 +21,35 @@ def test_report_parameter_counts_at_512():
     assert build_model("cnn-described", 512, l2=0.01).count_params() == 264_330
     with pytest.raises(ValueError, match="image_size >= 512"):
         build_model("cnn-described", 256)
+
+
+def test_the_2_5d_baseline_shares_one_encoder_over_its_slices_in_z_order(tmp_path):
+    import keras
+
+    from ichtrain.models import build_model
+
+    m = build_model("baseline", 64, channels=6, l2=1e-4, neighbours=1)  # 3 slices of 2 windows each
+    assert build_model("baseline", 128, channels=3, l2=1e-4, neighbours=1).count_params() == 122_630
+    assert m.name == "Baseline25D"
+    x = np.random.default_rng(2).random((2, 64, 64, 6)).astype(np.float32)
+    encoder = m.get_layer("slice_features").layer
+    per_slice = keras.Model(m.input, m.get_layer("slice_features").output)(x)  # (2, 3 slices, features)
+    for s in range(3):  # slice s is channels 2s, 2s+1 (what the stream delivers), read by the shared encoder
+        np.testing.assert_allclose(per_slice[:, s], encoder(x[..., 2 * s:2 * s + 2], training=False),
+                                   rtol=1e-5, atol=1e-6)
+    other = x.copy()
+    other[..., [0, 1, 4, 5]] = np.random.default_rng(3).random((2, 64, 64, 4))
+    # untrained, the neighbours weigh nothing: the model starts as the one-slice baseline on the centre slice
+    np.testing.assert_allclose(m(other, training=False), m(x, training=False), rtol=1e-6, atol=1e-7)
+    context = m.get_layer("context_dense")
+    context.set_weights([np.random.default_rng(4).normal(0, 0.1, w.shape) for w in context.get_weights()])
+    swapped = x[..., [4, 5, 2, 3, 0, 1]]  # z-1 and z+1 exchanged: once trained, the head tells them apart
+    assert not np.allclose(m(x, training=False), m(swapped, training=False))
+    m.save(tmp_path / "m.keras")
+    np.testing.assert_allclose(keras.models.load_model(tmp_path / "m.keras", compile=False)(x, training=False),
+                               m(x, training=False), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="multiple of the 3 slices"):
+        build_model("baseline", 64, channels=4, neighbours=1)
 
 
 def test_models_reload_from_keras_file_with_same_outputs(tmp_path):
@@ -64,6 +94,17 @@ def test_confusion_rates_and_weighted_log_loss_hand_values():
     assert weighted_log_loss(y, p) == pytest.approx(expected)
 
 
+def test_cosine_learning_rate_hand_values():
+    from ichtrain.fit import FitConfig, learning_rate_at
+
+    cfg = FitConfig(store="s", out="o", epochs=3, learning_rate=0.01)
+    assert [learning_rate_at(cfg, e) for e in range(3)] == pytest.approx([0.01, 0.01 * (0.05 + 0.95 * 0.5), 0.0005])
+    flat = FitConfig(store="s", out="o", epochs=3, learning_rate=0.01, lr_schedule="constant")
+    assert [learning_rate_at(flat, e) for e in range(3)] == [0.01] * 3
+    with pytest.raises(UsageError, match="lr-schedule"):
+        FitConfig(store="s", out="o", lr_schedule="step")
+
+
 def test_fit_resume_evaluate_predict(brain_store, brain_seed, synth_corpus, tmp_path, capsys):
     run = str(tmp_path / "run")
     args = ["fit", brain_store, "--out", run, "--model", "baseline", "--image-size", "64", "--batch-size", "8",
@@ -76,9 +117,17 @@ def test_fit_resume_evaluate_predict(brain_store, brain_seed, synth_corpus, tmp_
     assert main(args + ["--epochs", "3"]) == 0  # resumes after epoch 2
     assert "trained 1 epochs (3 done, resumed)" in capsys.readouterr().out
     with open(os.path.join(run, "log.csv")) as fh:
-        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [0, 1, 2]
+        log = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in log] == [0, 1, 2]
+    # cosine from --lr 1e-3 to 5% of it at the last epoch of 2, then of 3 (hand values), as Adam ran them
+    np.testing.assert_allclose([float(r["learning_rate"]) for r in log], [1e-3, 5e-5, 5e-5], rtol=1e-5)
     assert main(args + ["--epochs", "3", "--lr", "0.5"]) == 2  # another configuration into the same run
     assert "another configuration" in capsys.readouterr().err
+    big = args[:args.index("--epoch-size")] + args[args.index("--epoch-size") + 2:]  # an epoch = the train split
+    big[big.index("--batch-size") + 1] = "4096"
+    assert main(big + ["--out", str(tmp_path / "big")]) == 2  # not one whole batch: refused, no run folder left
+    err = capsys.readouterr().err
+    assert "fewer than --batch-size 4096" in err and err.count("\n") == 1 and not (tmp_path / "big").exists()
 
     assert main(["evaluate", run, "--split", "val", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
