@@ -9,7 +9,7 @@ whether 2.5D lies between the two or better.
 
     python benchmarks/context.py [--studies 60] [--seeds 0,1,2] [--epochs 8] [--json out.json]
 
-About 4 minutes per seed on 2 CPU cores at the defaults.
+About 10 minutes per seed on 2 CPU cores at the defaults (the 2.5D fit is most of it).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import pytest
 
 from ichprep.errors import UsageError
 from ichtrain.cli import main as ichtrain_main
-from ichtrain.fit import worker_role
+from ichtrain.distribute import worker_role
 
 
 def _tf_config(ports, index):
