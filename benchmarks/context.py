@@ -34,6 +34,7 @@ def measure(work: str, studies: int, slices: int, corpus_seed: int, seeds: list[
             image_size: int, split: str, series_epochs: int, batch_size: int = 32, salt: str = "context") -> dict:
     from ichprep.cli import main as ichprep
     from ichtrain.cli import main as ichtrain
+    from ichtrain.compare import compare
 
     src, store = os.path.join(work, "dicom"), os.path.join(work, "store.zarr")
     if not os.path.isdir(store):
@@ -54,11 +55,9 @@ def measure(work: str, studies: int, slices: int, corpus_seed: int, seeds: list[
         _run(ichtrain, ["embed", runs["slice"], "--out", emb, "--quiet"])
         _run(ichtrain, ["fit", store, "--out", runs["series"], "--model", "series", "--embeddings", emb,
                         "--epochs", str(series_epochs), "--quiet"])
-        from ichtrain.compare import compare
-        from ichtrain.evaluate import evaluate
-
         res = compare([runs["slice"], runs["k1"], runs["series"]], "test")
-        prior = evaluate(runs["slice"], "test")["calibration"]["constant_prior_weighted_log_loss"]
+        with open(os.path.join(runs["slice"], "eval-test.json")) as fh:  # written by compare's evaluate
+            prior = json.load(fh)["calibration"]["constant_prior_weighted_log_loss"]
         row = dict(seed=seed, patients=res["patients"], slices=res["slices"], prior=prior,
                    seconds=round(time.perf_counter() - t0, 1))
         for name, r in zip(runs, res["runs"]):

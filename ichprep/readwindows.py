@@ -34,6 +34,8 @@ __all__ = ["ReadWindows"]
 _ZERO, _ONE = np.float32(0.0), np.float32(1.0)
 # float16 bits -> float32 for every value in [0, 1] (bits 0 .. 0x3C00): exact, and 60 KiB, so it stays in cache
 _UNIT_F16_TO_F32 = np.arange(0x3C01, dtype=np.uint16).view(np.float16).astype(np.float32)
+# the kernel's unused output: empty, so it writes the other (only its first dimension is read)
+_NO_OUT16, _NO_OUT32 = np.empty((0, 0, 0), np.uint16), np.empty((0, 0, 0), np.float32)
 
 
 @njit(cache=True, nogil=True)
@@ -110,9 +112,8 @@ class ReadWindows:
         if scratch is None or scratch.shape != (W,) or scratch.dtype != np.float32:
             scratch = np.empty(W, np.float32)
         lo, scale, is_full = self.params(row)
-        none16, none32 = np.empty((0, H, W), np.uint16), np.empty((0, H, W), np.float32)
         if out.dtype == np.float16:
-            _planar_windows_kernel(hu, lo, scale, is_full, out.view(np.uint16), none32, _UNIT_F16_TO_F32, scratch)
+            _planar_windows_kernel(hu, lo, scale, is_full, out.view(np.uint16), _NO_OUT32, _UNIT_F16_TO_F32, scratch)
         else:
-            _planar_windows_kernel(hu, lo, scale, is_full, none16, out, _UNIT_F16_TO_F32, scratch)
+            _planar_windows_kernel(hu, lo, scale, is_full, _NO_OUT16, out, _UNIT_F16_TO_F32, scratch)
         return out
