@@ -1,8 +1,9 @@
 """Does context along z pay? One slice, 2.5D neighbours and the series model on the same held-out patients.
 
 For each split seed: ``ichtrain fit`` the baseline on one slice (k = 0) and with neighbours (k = 1),
-``ichtrain embed`` the k = 0 run, ``ichtrain fit --model series`` on those embeddings, then
-``ichtrain compare`` the three on the test patients (calibrated outputs, 95% bootstrap intervals over
+``ichtrain embed`` the k = 0 run, ``ichtrain fit --model series`` on those embeddings (started as the
+slice model, the default, and with ``--series-init scratch``), then ``ichtrain compare`` the four on the
+test patients (calibrated outputs, 95% bootstrap intervals over
 patients), next to the constant predictor of the train split's label rates. Prints one table and the
 issue-18 ratios (mean over seeds): series / slice weighted log loss (target <= 0.8, AUC(any) no worse) and
 whether 2.5D lies between the two or better.
@@ -22,6 +23,11 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+# slice: one slice; k1: 2.5D; series: the BiGRU started as the slice model (the default); series_scratch:
+# the BiGRU with its head learnt afresh (--series-init scratch)
+RUNS = ("slice", "k1", "series", "series_scratch")
 
 
 def _run(main, argv: list[str]) -> None:
@@ -47,15 +53,16 @@ def measure(work: str, studies: int, slices: int, corpus_seed: int, seeds: list[
     per_seed = []
     for seed in seeds:
         t0 = time.perf_counter()
-        runs = {name: os.path.join(work, f"seed{seed}-{name}") for name in ("slice", "k1", "series")}
+        runs = {name: os.path.join(work, f"seed{seed}-{name}") for name in RUNS}
         _run(ichtrain, ["fit", store, "--out", runs["slice"], "--model", "baseline", "--seed", str(seed), *common])
         _run(ichtrain, ["fit", store, "--out", runs["k1"], "--model", "baseline", "--neighbours", "1",
                         "--seed", str(seed), *common])
         emb = os.path.join(work, f"seed{seed}-emb.zarr")
         _run(ichtrain, ["embed", runs["slice"], "--out", emb, "--quiet"])
-        _run(ichtrain, ["fit", store, "--out", runs["series"], "--model", "series", "--embeddings", emb,
-                        "--epochs", str(series_epochs), "--quiet"])
-        res = compare([runs["slice"], runs["k1"], runs["series"]], "test")
+        for name, init in (("series", "slice"), ("series_scratch", "scratch")):
+            _run(ichtrain, ["fit", store, "--out", runs[name], "--model", "series", "--embeddings", emb,
+                            "--epochs", str(series_epochs), "--series-init", init, "--quiet"])
+        res = compare(list(runs.values()), "test")
         with open(os.path.join(runs["slice"], "eval-test.json")) as fh:  # written by compare's evaluate
             prior = json.load(fh)["calibration"]["constant_prior_weighted_log_loss"]
         row = dict(seed=seed, patients=res["patients"], slices=res["slices"], prior=prior,
@@ -78,7 +85,7 @@ def _fmt(m: dict) -> str:
 def _line(row: dict) -> str:
     return (f"seed {row['seed']} ({row['patients']} test patients, {row['slices']} slices, {row['seconds']} s): "
             f"prior {row['prior']:.3f}; " + "; ".join(f"{n} wll {_fmt(row[n]['weighted_log_loss'])} AUC "
-                                                    f"{row[n]['auc_any']['value']:.3f}" for n in ("slice", "k1", "series")))
+                                                    f"{row[n]['auc_any']['value']:.3f}" for n in RUNS))
 
 
 def summarise(per_seed: list[dict]) -> dict:
@@ -89,13 +96,13 @@ def summarise(per_seed: list[dict]) -> dict:
         return float(np.mean([r[name][key]["value"] for r in per_seed]))
 
     out = {"prior_wll": float(np.mean([r["prior"] for r in per_seed]))}
-    for name in ("slice", "k1", "series"):
+    for name in RUNS:
         out[f"{name}_wll"], out[f"{name}_auc_any"] = mean(name, "weighted_log_loss"), mean(name, "auc_any")
     out["series_over_slice_wll"] = out["series_wll"] / out["slice_wll"]
     out["series_target_met"] = out["series_over_slice_wll"] <= 0.8 and out["series_auc_any"] >= out["slice_auc_any"]
     out["k1_between_or_better"] = out["k1_wll"] <= out["slice_wll"]
     out["every_run_beats_prior"] = all(r[n]["weighted_log_loss"]["value"] < r["prior"]
-                                       for r in per_seed for n in ("slice", "k1", "series"))
+                                       for r in per_seed for n in RUNS)
     return out
 
 
@@ -106,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus-seed", type=int, default=11)
     p.add_argument("--seeds", default="0,1,2", help="split seeds, comma-separated (default 0,1,2)")
     p.add_argument("--epochs", type=int, default=8, help="slice-model epochs (default 8)")
-    p.add_argument("--series-epochs", type=int, default=30)
+    p.add_argument("--series-epochs", type=int, default=60)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--salt", default="context", help="the store's patient-hash key: it places patients in splits, "
@@ -124,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     s = res["summary"]
     print(f"mean over seeds {seeds}: prior {s['prior_wll']:.3f}; slice {s['slice_wll']:.3f} (AUC {s['slice_auc_any']:.3f}); "
           f"2.5D k=1 {s['k1_wll']:.3f} (AUC {s['k1_auc_any']:.3f}); series {s['series_wll']:.3f} "
-          f"(AUC {s['series_auc_any']:.3f})")
+          f"(AUC {s['series_auc_any']:.3f}); series from scratch {s['series_scratch_wll']:.3f} "
+          f"(AUC {s['series_scratch_auc_any']:.3f})")
     print(f"series / slice wll {s['series_over_slice_wll']:.2f} (target <= 0.8, AUC no worse: "
           f"{'met' if s['series_target_met'] else 'NOT met'}); 2.5D between or better: "
           f"{'yes' if s['k1_between_or_better'] else 'NO'}; every run beats the prior: "

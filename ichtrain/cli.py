@@ -100,13 +100,17 @@ def _add_fit_arguments(f: argparse.ArgumentParser) -> None:
                         "fast (default); backbone: a Keras application (--backbone, --weights); series: a "
                         "bidirectional GRU over each series' slice embeddings (--embeddings, from 'ichtrain embed')")
     f.add_argument("--embeddings", metavar="EMB.zarr", help="--model series: the slice embeddings to read")
+    f.add_argument("--series-init", choices=("slice", "scratch"),
+                   help="--model series: slice (default) starts as the slice run's calibrated head plus a context "
+                        "term whose weights start at zero, so training adds only what the series tells; scratch "
+                        "learns its head from the embeddings afresh")
     f.add_argument("--backbone", default="efficientnetb0", choices=("efficientnetb0", "resnet50", "densenet121"),
                    help="the Keras application of --model backbone (default efficientnetb0); a one-window store "
                         "is repeated to three channels, other counts mixed to three by a learned 1x1 convolution")
     f.add_argument("--weights", default="imagenet", metavar="imagenet|none|PATH",
                    help="initial backbone weights: imagenet (downloaded by Keras once, then cached), none "
                         "(random), or a weights file such as Keras' *_notop.h5 (default imagenet)")
-    f.add_argument("--epochs", type=int, help="default 10 (series: 30; it trains in seconds)")
+    f.add_argument("--epochs", type=int, help="default 10 (series: 60; it trains in under a minute)")
     f.add_argument("--batch-size", type=int, default=32)
     f.add_argument("--image-size", type=int, help="input size (on-the-fly downscale); default 512 for the "
                                                   "report's CNNs, 128 for baseline, 64 for rnn, 224 for backbone")
@@ -179,13 +183,14 @@ def _trained(res: dict) -> str:
 
 
 def _fit_series(args) -> int:
-    from ichtrain.series import SeriesFitConfig, fit_series
+    from ichtrain.series import SERIES_EPOCHS, SeriesFitConfig, fit_series
 
     if not args.embeddings:
         raise UsageError("--model series reads slice embeddings: pass --embeddings EMB.zarr (made by "
                          "'ichtrain embed SLICE_RUN --out EMB.zarr').")
-    cfg = SeriesFitConfig(store=args.store, embeddings=args.embeddings, out=args.out, epochs=args.epochs or 30,
-                          batch_size=min(args.batch_size, 8), learning_rate=args.lr)
+    cfg = SeriesFitConfig(store=args.store, embeddings=args.embeddings, out=args.out, epochs=args.epochs or SERIES_EPOCHS,
+                          batch_size=min(args.batch_size, 8), learning_rate=args.lr, lr_schedule=args.lr_schedule,
+                          init=args.series_init or "slice")
     res = fit_series(cfg, verbose=0 if args.quiet else 2)
     print(f"{args.out}: {_trained(res)} ({res['epochs_done']} done{', resumed' if res['resumed'] else ''}); series model {os.path.join(args.out, 'model.keras')} on the split of "
           f"the slice run that made {args.embeddings}")
@@ -224,8 +229,8 @@ def _compare(args) -> int:
 def _fit_config(args, **overrides):
     from ichtrain.fit import FitConfig
 
-    if args.embeddings:
-        raise UsageError("--embeddings is read by --model series only.")
+    if args.embeddings or args.series_init:
+        raise UsageError(f"--{'embeddings' if args.embeddings else 'series-init'} is read by --model series only.")
     return FitConfig(store=args.store, out=args.out, model=args.model, epochs=args.epochs or 10,
                      batch_size=args.batch_size, image_size=args.image_size, l2=args.l2, learning_rate=args.lr,
                      lr_schedule=args.lr_schedule, alpha=args.alpha, epoch_size=args.epoch_size, split_by=args.split_by,

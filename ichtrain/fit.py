@@ -100,10 +100,10 @@ def _same_run(old: dict, new: dict) -> bool:
     return all(old.get(k) == new.get(k) for k in keys if k not in ("epochs", "out", "strategy", "replicas", "workers"))
 
 
-def learning_rate_at(cfg: FitConfig, epoch: int) -> float:
-    """The learning rate of ``epoch`` (0-based). Cosine: a constant rate left the last epoch's weights where
-    the last steps threw them (a 2.5D run's val loss went 0.16, 0.84 over its last two epochs) and the run
-    keeps the last epoch; annealing settles them. A function of the epoch alone, so a resumed run continues
+def learning_rate_at(cfg, epoch: int) -> float:
+    """The learning rate of ``epoch`` (0-based) for ``cfg`` (a FitConfig or a SeriesFitConfig). Cosine: a
+    constant rate left the last epoch's weights where the last steps threw them (a 2.5D run's val loss went
+    0.16, 0.84 over its last two epochs) and the run keeps the last epoch; annealing settles them. A function of the epoch alone, so a resumed run continues
     it (raising --epochs stretches it: the rate rises again for the added epochs)."""
     if cfg.lr_schedule == "constant" or cfg.epochs == 1:
         return cfg.learning_rate

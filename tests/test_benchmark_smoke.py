@@ -96,7 +96,7 @@ def test_context_benchmark_runs_and_reports(tmp_path):
     report = json.loads(out.read_text())
     (seed,) = report["seeds"]
     assert seed["seed"] == 3 and seed["patients"] > 0 and 0 < seed["prior"] < 1
-    for name in ("slice", "k1", "series"):
+    for name in ("slice", "k1", "series", "series_scratch"):
         assert seed[name]["weighted_log_loss"]["value"] > 0, name
     s = report["summary"]
     assert s["series_over_slice_wll"] == s["series_wll"] / s["slice_wll"]

@@ -161,3 +161,52 @@ def test_cv_pools_out_of_fold_predictions(brain_store, tmp_path, capsys):
     capsys.readouterr()
     assert main(["cv", brain_store, "--folds", "6", "--out", str(tmp_path / "cv6")]) == 2
     assert "at least 6 patients" in capsys.readouterr().err
+
+
+def test_series_model_starts_as_the_calibrated_slice_head(slice_run, brain_store, tmp_path):
+    """--series-init slice: untrained, each step's output is the calibrated slice model's (a numpy
+    reference: the slice head's weights, then Calibration.apply), whatever the rest of the series holds;
+    once its context weights move, the neighbours count."""
+    import keras
+
+    from ichtrain.calibration import Calibration
+    from ichtrain.series import build_series_model, calibrated_head
+
+    model = keras.models.load_model(os.path.join(slice_run, "model.keras"), compile=False)
+    w, b = model.get_layer("labels").get_weights()
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 1, (2, 5, w.shape[0])).astype(np.float32)
+    raw = 1 / (1 + np.exp(-(x.reshape(-1, w.shape[0]).astype(np.float64) @ w + b)))
+    want = Calibration.load(slice_run).apply(raw).reshape(2, 5, 6)
+    m = build_series_model(w.shape[0], 16, calibrated_head(slice_run))
+    np.testing.assert_allclose(np.asarray(m(x)), want, rtol=1e-4, atol=1e-5)
+    other = x.copy()
+    other[:, [0, 1, 3, 4]] = rng.normal(0, 1, (2, 4, w.shape[0]))
+    np.testing.assert_allclose(np.asarray(m(other))[:, 2], want[:, 2], rtol=1e-4, atol=1e-5)
+    ctx = m.get_layer("context_logits")
+    ctx.set_weights([rng.normal(0, 0.5, ctx.get_weights()[0].shape), ctx.get_weights()[1]])
+    assert np.abs(np.asarray(m(other))[:, 2] - np.asarray(m(x))[:, 2]).max() > 1e-3
+    with pytest.raises(ValueError, match="kernel"):
+        build_series_model(w.shape[0] + 1, 16, calibrated_head(slice_run))
+
+
+def test_series_init_and_schedule_are_recorded_and_checked(slice_run, brain_store, tmp_path, capsys):
+    emb = str(tmp_path / "emb.zarr")
+    assert main(["embed", slice_run, "--out", emb, "--quiet"]) == 0
+    run = str(tmp_path / "series")
+    fit = ["fit", brain_store, "--out", run, "--model", "series", "--embeddings", emb, "--quiet", "--epochs", "3"]
+    assert main(fit) == 0
+    cfg = json.load(open(os.path.join(run, "config.json")))
+    assert (cfg["init"], cfg["lr_schedule"]) == ("slice", "cosine")
+    log = [line.split(",") for line in open(os.path.join(run, "log.csv")).read().splitlines()[1:]]
+    assert [float(r[3]) for r in log] == pytest.approx([1e-3, 1e-3 * 0.525, 5e-5])  # cosine, floor 5% of --lr
+    capsys.readouterr()
+    assert main(fit + ["--series-init", "scratch"]) == 2  # another configuration in the same folder
+    assert "another configuration" in capsys.readouterr().err
+    for key in ("init", "lr_schedule"):  # a run from before these fields: it was scratch at a constant rate
+        cfg.pop(key)
+    json.dump(cfg, open(os.path.join(run, "config.json"), "w"))
+    assert main(fit + ["--series-init", "scratch", "--lr-schedule", "constant"]) == 0
+    assert "already trained" in capsys.readouterr().out
+    assert main(["fit", brain_store, "--out", str(tmp_path / "s"), "--series-init", "slice", "--quiet"]) == 2
+    assert "--series-init is read by --model series only" in capsys.readouterr().err
