@@ -12,6 +12,11 @@ to one core unless ``--unpinned``: the figures are per core):
                 shard reads, tf.data
   ichtrain_f16  the same, float16 batches (what an accelerator is handed; it casts on the device)
   ichtrain_k1, ichtrain_k2  float32 with neighbours=1 / 2 (2.5D: slices z-k .. z+k as channels; cnn only)
+  ichtrain_cnn, ichtrain_rnn (+ _f16)  an hu store read with windows applied in the reader (host)
+  hu_to_model   an hu store read for windows in the model (``windows_on="model"``): the stored int16 slices
+                and each row's window bounds, what crosses to the accelerator whatever the windows
+  hu_model_cpu  the same, with the model's windowing layer (cnn window) run on this CPU per batch: what
+                ``--windows-on model`` costs where no accelerator takes the layer (why ``auto`` picks reader)
 Stores: ``cnn`` (default codec), ``cnn-none`` (``--codec none``: the .npy loop's uncompressed peer), ``rnn``.
 Each reports slices/s and RSS at the start, middle and end of the epoch (memory must stay flat). The clock
 starts after each contender's first ``WARMUP_BATCHES`` batches (pipeline start-up, paid once per run).
@@ -59,10 +64,10 @@ def _consume(batches, n_target, warmup=0):
     skipped = 0
     while skipped < warmup:
         x, _ = next(batches)
-        skipped += int(x.shape[0])
+        skipped += int((x[0] if isinstance(x, tuple) else x).shape[0])
     seen, rss, t0 = 0, [_rss_mib()], time.perf_counter()
     for x, _ in batches:
-        seen += int(x.shape[0])
+        seen += int((x[0] if isinstance(x, tuple) else x).shape[0])
         if len(rss) == 1 and seen >= n_target // 2:
             rss.append(_rss_mib())
         if seen >= n_target:
@@ -170,13 +175,19 @@ def export_npy(store):
         np.save(os.path.join(out, f"{i:07d}.npy"), np.asarray(a[i]))
 
 
-def run_ichtrain(store, dicom, preset, batch, n, neighbours=0, dtype="float32", windows=None):
+def run_ichtrain(store, dicom, preset, batch, n, neighbours=0, dtype="float32", windows=None, windows_on="reader",
+                 layer=False):
     from ichtrain.data import StoreStream
 
     s = StoreStream(store, fractions=(1.0, 0.0, 0.0), windows=windows)  # windows: an hu store's, read-time
     warmup = _warmup_slices(batch)
     ds = s.dataset("train", batch_size=batch, epoch_size=n + warmup, alpha=0.5, neighbours=neighbours, dtype=dtype,
-                   sequence=False if neighbours else None)
+                   sequence=False if neighbours else None, windows_on=windows_on)
+    if layer:  # the windowing layer's work on this CPU, as a model's first layer would run it
+        from ichtrain.graphwindows import HUWindows
+
+        windows_layer = HUWindows(s.info.image_size, sequence=s.channels > 1)
+        ds = ds.map(lambda x, y: (windows_layer(x), y))
     return _consume(ds, n, warmup)
 
 
@@ -190,12 +201,16 @@ RUNNERS = {"floor": run_floor, "npy_loop": run_npy_loop, "naive_tfdata": run_nai
            "ichtrain_cnn": functools.partial(run_ichtrain, windows="cnn"),
            "ichtrain_cnn_f16": functools.partial(run_ichtrain, windows="cnn", dtype="float16"),
            "ichtrain_rnn": functools.partial(run_ichtrain, windows="rnn"),
-           "ichtrain_rnn_f16": functools.partial(run_ichtrain, windows="rnn", dtype="float16")}
+           "ichtrain_rnn_f16": functools.partial(run_ichtrain, windows="rnn", dtype="float16"),
+           # windows in the model's graph: the host hands over int16 HU (and, for the cpu one, runs the layer)
+           "hu_to_model": functools.partial(run_ichtrain, windows="cnn", windows_on="model"),
+           "hu_model_cpu": functools.partial(run_ichtrain, windows="cnn", windows_on="model", layer=True)}
 # Which contenders run on which store: the .npy files hold the uncompressed store's slices.
 PLAN = {"cnn": ("floor", "naive_tfdata", "zarr_loop", "ichtrain", "ichtrain_f16", "ichtrain_k1", "ichtrain_k2"),
         "cnn-none": ("floor", "npy_loop", "ichtrain", "ichtrain_f16"),
         "rnn": ("floor", "naive_tfdata", "zarr_loop", "ichtrain", "ichtrain_f16"),
-        "hu": ("floor", "ichtrain_cnn", "ichtrain_cnn_f16", "ichtrain_rnn", "ichtrain_rnn_f16")}
+        "hu": ("floor", "ichtrain_cnn", "ichtrain_cnn_f16", "ichtrain_rnn", "ichtrain_rnn_f16", "hu_to_model",
+               "hu_model_cpu")}
 
 
 def _labels_for(dicom, path):
@@ -341,6 +356,10 @@ def _ratios(results):
         "hu: ten windows f16 / rnn store's floor": r("hu/ichtrain_rnn_f16", "rnn/floor"),
         "hu: cnn windows / cnn store's stream (target >= 0.8)": r("hu/ichtrain_cnn", "cnn/ichtrain"),
         "hu: cnn windows f16 / cnn store's f16": r("hu/ichtrain_cnn_f16", "cnn/ichtrain_f16"),
+        # windows in the model: what the host delivers to an accelerator, against the cnn store's f16 stream
+        "hu: to the model (int16) / cnn store's f16 (target >= 0.8)": r("hu/hu_to_model", "cnn/ichtrain_f16"),
+        "hu: to the model / ten windows f16 from the rnn store": r("hu/hu_to_model", "rnn/ichtrain_f16"),
+        "hu: model's layer on this CPU / cnn windows f16 in the reader": r("hu/hu_model_cpu", "hu/ichtrain_cnn_f16"),
     }
     return {k: v for k, v in out.items() if v is not None}
 

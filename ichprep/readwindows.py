@@ -95,6 +95,18 @@ class ReadWindows:
             return self._fixed
         return channel_params(self.windows, float(self._center[row]), float(self._width[row]))
 
+    def params_batch(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), 3, C) float32: each row's (lo, scale, is_full) stacked, for windows applied in a model's
+        graph (:class:`ichtrain.graphwindows.HUWindows`), which takes full-range bounds from the slice itself."""
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        if self._fixed is not None:
+            one = np.stack([np.asarray(a, np.float32) for a in self._fixed])
+            return np.broadcast_to(one, (rows.size,) + one.shape).copy()
+        out = np.empty((rows.size, 3, self.channels), np.float32)
+        for i, row in enumerate(rows.tolist()):
+            out[i] = np.stack([np.asarray(a, np.float32) for a in self.params(row)])
+        return out
+
     def __call__(self, row: int, hu: np.ndarray, out: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
         """Windows of stored slice ``row`` (``hu``: its (H, W) int16 HU) into ``out``, (H, W, C) float16."""
         window_slice(hu, 1.0, 0.0, False, *self.params(row), out=out, row_scratch=scratch)

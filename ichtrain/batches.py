@@ -151,8 +151,9 @@ class BatchAssembler:
     ``sources``: (n, M) store rows per sample (M = 2k + 1 neighbour slices, channels of slice z-k first).
     ``fetch(shard)`` returns an object with ``decode_into(i, out)`` and ``nbytes`` (a
     :class:`ichprep.shardio.Shard`). ``slice_shape``: (H, W, C) of one delivered slice. ``window``: None
-    (slices are delivered as stored, float16), or ``window(row, hu, out)`` writing the C float16 windows
-    of a stored int16 HU slice (an hu store; :class:`ichprep.readwindows.ReadWindows`). ``repeat``: batch
+    (slices are delivered as stored: float16, or int16 for an hu store whose windows the model applies,
+    :mod:`ichtrain.graphwindows`), or ``window(row, hu, out)`` writing the C float16 windows of a stored
+    int16 HU slice (an hu store; :class:`ichprep.readwindows.ReadWindows`). ``repeat``: batch
     indices run on forever and every batch is full (the order is cycled). ``planar`` (with ``window``, one
     slice per sample): images are (b, C, H, W) in ``dtype`` (float16 or float32), each window its own plane,
     written by ``window.planar`` -- the rnn's sequence layout, and for C = 1 the same bytes as channel-last.
@@ -174,8 +175,11 @@ class BatchAssembler:
         self.planar = bool(planar)
         if self.planar and (window is None or M != 1):
             raise ValueError("planar batches are windows of an hu store, one slice per sample")
-        if np.dtype(dtype) not in (np.float16, np.float32) or (np.dtype(dtype) != np.float16 and not self.planar):
-            raise ValueError(f"Expected dtype float16 (or float32 for planar batches). Received: {dtype}")
+        dtype = np.dtype(dtype)
+        if not (dtype == np.float16 or (dtype == np.float32 and self.planar) or (dtype == np.int16 and window is None)):
+            raise ValueError("Expected dtype float16 (float32 for planar batches, int16 for an hu store's slices "
+                             f"as stored). Received: {dtype}")
+        self.dtype = dtype
         self._pool = _BufferPool((self.B, c, h, w) if self.planar else (self.B, h, w, M * c), dtype)
         shards, counts = np.unique(self._batch_shards_all(), return_counts=True)
         self._cache = _ShardCache(fetch, dict(zip(shards.tolist(), counts.tolist())), budget_bytes)
@@ -206,7 +210,7 @@ class BatchAssembler:
             for s in shards:
                 held[s] = self._cache.acquire(s)
             h, w, c = self.slice_shape
-            scratch = np.empty(self.slice_shape, np.float16) if M > 1 else None
+            scratch = np.empty(self.slice_shape, self.dtype) if M > 1 else None
             if self.window is not None:
                 hu = np.empty((h, w, 1), np.int16)
                 row_scratch = np.empty(w * c, np.float32)

@@ -133,6 +133,11 @@ def _add_fit_arguments(f: argparse.ArgumentParser) -> None:
                         "as ichprep build takes them: cnn (the full range), rnn (the ten Table 2.1 windows) or a list "
                         "such as 'brain:40/80,subdural:80/200,bone:600/2800'. Slice models take C windows as C "
                         "channels, rnn as a sequence. Default: rnn for --model rnn, else cnn")
+    f.add_argument("--windows-on", default="auto", choices=("auto", "reader", "model"),
+                   help="an hu store only: where its windows are computed. reader: on the host, in the stream's "
+                        "reader threads; model: the stored int16 HU go to the device (2 bytes a pixel, whatever the "
+                        "windows) and the model's first layer windows them, same values; auto (default): model "
+                        "when a GPU trains, else reader. Evaluation and prediction always pick auto")
     f.add_argument("--neighbours", type=int, default=0, metavar="K",
                    help="2.5D context for the slice models: also feed slices z-K .. z+K of the series (the series' "
                         "end slice repeats at its ends; default 0). baseline reads each slice with one shared "
@@ -236,7 +241,8 @@ def _fit_config(args, **overrides):
                      lr_schedule=args.lr_schedule, alpha=args.alpha, epoch_size=args.epoch_size, split_by=args.split_by,
                      fractions=_fractions(args.split), seed=args.seed, bn_momentum=args.bn_momentum,
                      strategy=args.strategy, neighbours=args.neighbours, backbone=args.backbone, windows=args.windows,
-                     weights=None if args.weights.lower() == "none" else args.weights, **overrides)
+                     windows_on=args.windows_on, weights=None if args.weights.lower() == "none" else args.weights,
+                     **overrides)
 
 
 def _cv(args) -> int:

@@ -34,6 +34,8 @@ from ichprep.readwindows import ReadWindows
 from ichprep.shardio import shard_reader
 from ichprep.windows import Window, parse_read_windows
 from ichtrain.batches import BatchAssembler, delivery_order, shard_groups
+from ichtrain.graphwindows import resolve_windows_on
+from ichtrain.sampling import sample_epoch, type_weights  # noqa: F401 (re-exported)
 from ichtrain.splits import SPLIT_NAMES, fold_rows, split_buckets, split_record, split_rows  # noqa: F401 (re-exported)
 
 __all__ = ["StoreStream", "split_rows", "split_buckets", "split_record", "fold_rows", "run_stream", "type_weights", "sample_epoch", "SPLIT_NAMES"]
@@ -50,24 +52,6 @@ def run_stream(run: dict, url: str | None = None) -> "StoreStream":
         windows = ",".join(Window.from_dict(d).spec() for d in run["windows"])
     return StoreStream(url, by=run["split_by"], fractions=tuple(run["fractions"]), seed=run["seed"],
                        fold=tuple(fold) if fold else None, windows=windows)
-
-
-def type_weights(types: np.ndarray, alpha: float) -> dict[int, float]:
-    """Per-type weight ``count_t ** -alpha``, normalised so per-slice probabilities sum to 1."""
-    if not 0.0 <= alpha <= 1.0:
-        raise UsageError(f"Expected alpha in [0, 1] (0 natural frequencies, 1 balanced). Received: alpha={alpha}")
-    t, counts = np.unique(types, return_counts=True)
-    w = counts.astype(np.float64) ** -alpha
-    z = float((w * counts).sum())
-    return {int(a): float(b / z) for a, b in zip(t, w)}
-
-
-def sample_epoch(rows: np.ndarray, types: np.ndarray, alpha: float, size: int, rng: np.random.Generator) -> np.ndarray:
-    """``size`` rows drawn with replacement, P(row) ∝ weight of its type."""
-    w = type_weights(types, alpha)
-    p = np.array([w[int(t)] for t in types], np.float64)
-    p /= p.sum()
-    return rows[rng.choice(len(rows), size=size, replace=True, p=p)]
 
 
 @dataclass
@@ -304,7 +288,7 @@ class StoreStream:
                 dtype: str = "float32", sequence: bool | None = None, shuffle_mb: float = 256.0,
                 parallel_reads: int = 2, drop_remainder: bool = False, first_epoch: int = 0,
                 rows: np.ndarray | None = None, shard: tuple[int, int] = (0, 1), repeat: bool = False,
-                neighbours: int = 0):
+                neighbours: int = 0, windows_on: str = "reader"):
         """A ``tf.data.Dataset`` of (images, labels float32 (6,)) batches with static shapes.
 
         images: (H, W, C) for one-channel stores; (C, H, W, 1) -- the window sequence, Table 2.1 order --
@@ -321,6 +305,10 @@ class StoreStream:
         ``shuffle_mb``: at most this many MiB of compressed shard objects are held; weighted draws are
         permuted within pools of as many shards as half of it holds (at least two).
         ``parallel_reads``: batches assembled at once (decompression releases the GIL).
+        ``windows_on`` (an hu store): ``reader`` applies the windows on the host; ``model`` delivers ((hu
+        (b, H, W, 2k + 1) int16 as stored, window params (b, 2k + 1, 3, C) float32), labels) for a model whose
+        first layer windows them (:mod:`ichtrain.graphwindows`; ``image_size`` and ``dtype`` are then that
+        layer's business); ``auto``: ``model`` where a GPU trains.
         """
         import tensorflow as tf
 
@@ -346,6 +334,15 @@ class StoreStream:
                 parts.append(delivery_order(drawn, self.shard_slices, pool, rng))
             order = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         sources = self.neighbour_rows(order, neighbours) if neighbours else order[:, None]
+        whole = drop_remainder or repeat
+        b = batch_size if whole else None
+        n_batches = len(order) // batch_size if drop_remainder else -(-len(order) // batch_size)
+        ds = tf.data.Dataset.range(2**62 if repeat else n_batches)  # repeat: batch indices cycle the order
+        if resolve_windows_on(windows_on, self) == "model":
+            assembler = BatchAssembler(sources, self.labels[order], self.shard_slices, (full, full, 1), batch_size,
+                                       self._fetcher(), int(shuffle_mb * 2**20), drop_remainder=drop_remainder,
+                                       repeat=repeat, dtype="int16")
+            return self._hu_dataset(ds, assembler, b, parallel_reads)
         # Windows read from an hu store as a sequence, or one window, are written as planes in the asked dtype
         # (see ichprep.readwindows): no transpose and no cast left for TensorFlow.
         planar = self.read_windows is not None and not neighbours and (sequence or self.channels == 1)
@@ -355,8 +352,6 @@ class StoreStream:
                                    drop_remainder=drop_remainder, repeat=repeat, window=self.read_windows,
                                    planar=planar, dtype=read_dtype)
         C = self.channels * (2 * neighbours + 1)
-        whole = drop_remainder or repeat
-        b = batch_size if whole else None
 
         def load(j):
             img, lab = tf.numpy_function(lambda j: self._tracked_batch(assembler, int(j)), [j],
@@ -379,9 +374,26 @@ class StoreStream:
                 img = tf.expand_dims(tf.transpose(img, (0, 3, 1, 2)), -1)
             return img, lab
 
-        ds = tf.data.Dataset.range(assembler.n_batches)
-        if repeat:
-            ds = tf.data.Dataset.range(2**62)  # batch indices cycle the order (see BatchAssembler)
         ds = ds.map(load, num_parallel_calls=max(1, parallel_reads), deterministic=True)
         ds = ds.map(shape, num_parallel_calls=2)  # two converted batches in flight: bounded memory
         return ds.prefetch(2)
+
+    def _hu_dataset(self, ds, assembler, b, parallel_reads):
+        """The ``windows_on='model'`` pipeline (see :meth:`dataset`): slices as stored, each row's window params."""
+        import tensorflow as tf
+
+        full, C, M = self.info.image_size, self.channels, assembler.sources.shape[1]
+
+        def batch(j):
+            hu, lab = self._tracked_batch(assembler, int(j))
+            src = assembler.sources[assembler.positions(int(j))]
+            return hu, self.read_windows.params_batch(src.reshape(-1)).reshape(len(src), M, 3, C), lab
+
+        def load(j):
+            hu, params, lab = tf.numpy_function(batch, [j], (tf.int16, tf.float32, tf.float32), stateful=False)
+            hu.set_shape((b, full, full, M))
+            params.set_shape((b, M, 3, C))
+            lab.set_shape((b, 6))
+            return (hu, params), lab
+
+        return ds.map(load, num_parallel_calls=max(1, parallel_reads), deterministic=True).prefetch(2)

@@ -10,6 +10,7 @@ import numpy as np
 from ichprep.errors import UsageError
 from ichprep.labels import SUBTYPES
 from ichtrain.fit import input_options, load_keras, load_run
+from ichtrain.graphwindows import reading_model
 from ichtrain.calibration import Calibration, constant_prior, expected_calibration_error, reliability
 from ichtrain.metrics import summarise, weighted_log_loss
 
@@ -27,6 +28,7 @@ def predict_rows(model, stream, batch_size: int = 32, split: str | None = None, 
     """(y_true (n, 6) float32, y_prob (n, 6) float32) for a split or explicit rows, in row order;
     ``inputs``: how the model reads the store (``ichtrain.fit.input_options``)."""
     ds = stream.dataset(split or "test", batch_size=batch_size, weighted=False, rows=rows, **inputs)
+    model = reading_model(model, stream, inputs)  # itself, unless the windows are applied in its graph
     ys, ps = [], []
     with stream.guard():
         for x, y in ds:

@@ -14,6 +14,7 @@ from ichprep.errors import UsageError
 from ichprep.windows import windows_to_list
 from ichtrain.calibration import Calibration, fit_calibration
 from ichtrain.distribute import STRATEGIES, WorkerRole, fix_keras_multi_worker, make_strategy, worker_role
+from ichtrain.graphwindows import WINDOWS_ON, reading_model, resolve_windows_on
 
 __all__ = ["FitConfig", "fit", "load_run", "load_keras", "worker_role", "STRATEGIES"]
 
@@ -46,6 +47,7 @@ class FitConfig:
     backbone: str = "efficientnetb0"  # --model backbone only
     weights: str | None = "imagenet"  # --model backbone only: "imagenet", a weights file, or None (random)
     windows: str | None = None  # an hu store only: windows applied when read (default: rnn for rnn, else cnn)
+    windows_on: str = "auto"  # an hu store only: reader (host), model (first layer), auto (model on a GPU)
 
     def __post_init__(self) -> None:
         from ichtrain.models import MODELS
@@ -65,6 +67,8 @@ class FitConfig:
             raise UsageError(f"Expected --bn-momentum in [0, 1). Received: bn_momentum={self.bn_momentum}")
         if not self.learning_rate > 0 or self.l2 < 0:
             raise UsageError(f"Expected --lr > 0 and --l2 >= 0. Received: lr={self.learning_rate}, l2={self.l2}")
+        if self.windows_on not in WINDOWS_ON:
+            raise UsageError(f"Expected --windows-on one of {', '.join(WINDOWS_ON)}. Received: {self.windows_on!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise UsageError(f"Expected --lr-schedule one of {', '.join(LR_SCHEDULES)}. Received: {self.lr_schedule!r}")
         if not isinstance(self.neighbours, int) or not 0 <= self.neighbours <= 4:
@@ -97,7 +101,8 @@ class FitConfig:
 def _same_run(old: dict, new: dict) -> bool:
     old = dict({"lr_schedule": "constant"}, **old)  # runs from before the schedule trained at a constant rate
     keys = set(old) | set(new)
-    return all(old.get(k) == new.get(k) for k in keys if k not in ("epochs", "out", "strategy", "replicas", "workers"))
+    free = ("epochs", "out", "strategy", "replicas", "workers", "windows_on")  # none changes what is learnt
+    return all(old.get(k) == new.get(k) for k in keys if k not in free)
 
 
 def learning_rate_at(cfg, epoch: int) -> float:
@@ -133,16 +138,19 @@ def load_run(run_dir: str) -> tuple[dict, str]:
     raise UsageError(f"Run {run_dir!r} has no model yet (no model.keras or checkpoint): rerun 'ichtrain fit'.")
 
 
-def input_options(run: dict) -> dict:
+def input_options(run: dict, training: bool = False) -> dict:
     """How a run's model reads a store (``StoreStream.dataset`` keywords), from its config. Where a GPU
     trains, batches travel as float16 (the store's own values) and the model casts them on the device:
     the host's float32 conversion was the stream's largest cost (issue 17); Keras casts a float16 batch to
-    a float32 Input inside the model's graph."""
+    a float32 Input inside the model's graph. Where an hu store's windows are applied changes no value, so
+    only training keeps the run's ``windows_on``; every other reader takes ``auto`` (the model's first layer
+    on a GPU, :mod:`ichtrain.graphwindows`)."""
     import tensorflow as tf
 
     dtype = "float16" if tf.config.list_physical_devices("GPU") else "float32"
     return dict(image_size=run["image_size"], neighbours=int(run.get("neighbours", 0)),
-                sequence=run["model"] == "rnn", dtype=dtype)
+                sequence=run["model"] == "rnn", dtype=dtype,
+                windows_on=run.get("windows_on", "auto") if training else "auto")
 
 
 def calibrate(run_dir: str, stream, model, inputs: dict, alpha: float, batch_size: int = 64) -> Calibration:
@@ -194,7 +202,7 @@ def _pipelines(cfg: FitConfig, stream, strategy, record: dict, epoch_size: int, 
     """(train, val or None, val_steps or None): one pipeline, or one per worker under a distribution
     strategy, each batched per replica and reading its own share of every epoch."""
     val_size = int(stream.splits["val"].size)
-    inputs = input_options(record)
+    inputs = input_options(record, training=True)
     common = dict(inputs, drop_remainder=True)
     if cfg.strategy == "default":
         train = stream.dataset("train", batch_size=cfg.batch_size, alpha=cfg.alpha, epoch_size=epoch_size,
@@ -259,6 +267,7 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
         raise UsageError(f"Expected --batch-size (the global batch) divisible by the {replicas} replicas in sync. "
                          f"Received: batch_size={cfg.batch_size}")
     stream = open_stream(cfg)
+    windows_in_model = resolve_windows_on(cfg.windows_on, stream) == "model"  # refused here on a windowed store
     epoch_size = cfg.epoch_size or int(stream.splits["train"].size)
     if epoch_size < cfg.batch_size:  # batches are whole: not one would be drawn (refused before the run is made)
         raise UsageError(f"The train split holds {epoch_size} slices, fewer than --batch-size {cfg.batch_size}: "
@@ -289,8 +298,12 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
                                               sync_bn=distributed, backbone=cfg.backbone, weights=cfg.weights,
                                               neighbours=cfg.neighbours),
                                   cfg.learning_rate)
+        train_model = model  # windows in the model: trained inside a wrapper whose first layer applies them
+        if windows_in_model:
+            train_model = compile_model(reading_model(model, stream, input_options(record, training=True)),
+                                        optimizer=model.optimizer)
     if cfg.strategy == "multi-worker":
-        fix_keras_multi_worker(model, strategy)
+        fix_keras_multi_worker(train_model, strategy)
     steps = epoch_size // cfg.batch_size
     train, val, val_steps = _pipelines(cfg, stream, strategy, record, epoch_size, first_epoch)
     if verbose:
@@ -298,25 +311,25 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
               f"{cfg.strategy} ({replicas} replica{'s' * (replicas > 1)}, {role.workers} worker"
               f"{'s' * (role.workers > 1)}; this is {role.task_type} {role.task_id})", flush=True)
 
-    class _State(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):  # after the checkpoints of this epoch are on disk
+    class _Checkpoint(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):  # the model itself (never a windowing wrapper), then the state
+            model.save(os.path.join(cfg.out, "checkpoints", f"epoch-{epoch + 1:03d}.keras"))
+            model.save(last)
             with open(os.path.join(cfg.out, STATE), "w") as fh:
                 json.dump({"epochs_done": epoch + 1}, fh)
 
     callbacks = [
-        keras.callbacks.ModelCheckpoint(os.path.join(cfg.out, "checkpoints", "epoch-{epoch:03d}.keras")),
-        keras.callbacks.ModelCheckpoint(last),
+        _Checkpoint(),
         keras.callbacks.CSVLogger(os.path.join(cfg.out, "log.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(cfg.out, "tensorboard"), write_graph=False),
-        _State(),
     ] if role.chief else []
     # every worker anneals alike (its optimizer steps must stay in sync), so the schedule is not chief-only;
     # first, so the rate it sets is in the logs the CSV logger writes
     callbacks.insert(0, keras.callbacks.LearningRateScheduler(lambda epoch, lr: learning_rate_at(cfg, epoch)))
     with stream.guard():  # an error mid-epoch stops the readers first, and names a damaged shard
-        history = model.fit(train, epochs=cfg.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
-                            validation_data=val, validation_steps=val_steps, callbacks=callbacks, verbose=verbose,
-                            shuffle=False)
+        history = train_model.fit(train, epochs=cfg.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
+                                  validation_data=val, validation_steps=val_steps, callbacks=callbacks,
+                                  verbose=verbose, shuffle=False)
     if role.chief:
         model.save(os.path.join(cfg.out, "model.keras"))
         calibrate(cfg.out, stream, model, input_options(record), cfg.alpha)

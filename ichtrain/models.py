@@ -204,7 +204,8 @@ def build_model(name: str, image_size: int = 512, channels: int = 1, l2: float =
     return keras.Model(inp, out, name="WindowRNN")
 
 
-def compile_model(model: keras.Model, learning_rate: float = 1e-3) -> keras.Model:
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=keras.losses.BinaryCrossentropy(),
+def compile_model(model: keras.Model, learning_rate: float = 1e-3, optimizer=None) -> keras.Model:
+    """``optimizer``: one already in use (a model trained through a wrapper keeps its own optimizer's state)."""
+    model.compile(optimizer=optimizer or keras.optimizers.Adam(learning_rate), loss=keras.losses.BinaryCrossentropy(),
                   metrics=[keras.metrics.AUC(multi_label=True, num_labels=6, name="auc")])
     return model

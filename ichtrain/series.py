@@ -21,6 +21,7 @@ from ichprep.errors import UsageError
 from ichtrain.calibration import Calibration, fit_calibration
 from ichtrain.metrics import weighted_log_loss
 from ichtrain.fit import CONFIG, STATE, input_options, learning_rate_at, load_keras, load_run
+from ichtrain.graphwindows import reading_model
 
 __all__ = ["embed", "open_embeddings", "build_series_model", "fit_series", "SeriesFitConfig", "series_rows",
            "predict_series", "features_of"]
@@ -53,6 +54,7 @@ def feature_model(model):
 def features_of(features, stream, rows, inputs: dict, batch_size: int = 64) -> np.ndarray:
     """(len(rows), D) float32 features of ``rows`` (sorted), in row order."""
     ds = stream.dataset("test", batch_size=batch_size, weighted=False, rows=rows, **inputs)
+    features = reading_model(features, stream, inputs)  # itself, unless the windows are applied in its graph
     out = []
     with stream.guard():
         for x, _ in ds:

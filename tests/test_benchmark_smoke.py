@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "ingest.py"
 
 
@@ -43,6 +45,17 @@ def test_stream_benchmark_runs_and_reports(tmp_path):
     for name, r in report["results"].items():
         assert r["slices"] >= 32 and r["slices_per_s"] > 0 and len(r["rss_mib"]) == 3, name
     assert all(v > 0 for v in report["ratios"].values())
+
+
+@pytest.mark.slow
+def test_stream_benchmark_hu_store_reports_both_places_of_the_windows(tmp_path):
+    out = tmp_path / "stream.json"
+    res = subprocess.run([sys.executable, str(BENCH.parent / "stream.py"), "--slices", "64", "--preset", "hu",
+                          "--batch-size", "8", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert {"hu/ichtrain_cnn_f16", "hu/hu_to_model", "hu/hu_model_cpu"} <= set(report["results"])
+    assert report["ratios"]["hu: model's layer on this CPU / cnn windows f16 in the reader"] > 0
 
 
 def test_replicated_real_series_keeps_pixels_and_makes_new_series(real_series, tmp_path):

@@ -124,6 +124,10 @@ def test_cli_hu_info_verify_preview_and_fit_refusals(stores, tmp_path, capsys, s
     d = json.loads(capsys.readouterr().out)
     assert d["preset"] == "hu" and d["dtype"].startswith("int16") and d["schema_version"] == st.SCHEMA_VERSION
     assert ichprep_main(["verify", stores["hu"], "--source", synth_corpus["dicom_dir"]]) == 0
+    capsys.readouterr()
+    assert ichprep_main(["stats", stores["hu"], "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["slices"] == st.open_store(stores["hu"])[1].n and {"hu_rounded", "hu_clipped"} <= set(d["fixed"])
     assert ichprep_main(["preview", stores["hu"], "--windows", THREE, "--out", str(tmp_path / "p.png")]) == 0
     assert "3 panels" in capsys.readouterr().out
     assert ichprep_main(["preview", stores["cnn"], "--windows", "rnn", "--out", str(tmp_path / "q.png")]) == 2
@@ -174,3 +178,84 @@ def test_hu_build_of_defective_files_keeps_every_usable_slice_and_verifies(tmp_p
     assert not np.asarray(st.images(g)[:])[status != 0].any()  # a rejected row is zeros
     capsys.readouterr()
     assert ichprep_main(["verify", out, "--source", str(src), "--sample", "64"]) == 0, capsys.readouterr()
+
+
+# -- windows in the model's graph (--windows-on model): the stored int16 HU go to the device --------------
+@pytest.mark.parametrize("windows, other, neighbours, sequence, size", [
+    ("cnn", "cnn", 0, False, None), ("rnn", "rnn", 0, True, None), (THREE, "three", 0, False, None),
+    (THREE, "three", 1, False, None), ("rnn", "rnn", 0, True, 32), ("cnn", "cnn", 1, False, 32)])
+def test_windows_in_the_model_equal_a_windowed_store(stores, windows, other, neighbours, sequence, size):
+    """HUWindows over the model-mode stream against the windowed store's own slices (the build's kernel), at
+    float32: bit-identical at full size; resized, the same area resize of the same float16 values."""
+    from ichtrain.data import StoreStream
+    from ichtrain.graphwindows import HUWindows
+
+    a = StoreStream(stores["hu"], windows=windows)
+    b = StoreStream(stores[other])
+    kw = dict(batch_size=8, weighted=False, neighbours=neighbours, sequence=sequence)
+    layer = HUWindows(size or a.info.image_size, sequence)
+    seen = 0
+    for ((hu, params), ya), (xb, yb) in zip(a.dataset("train", windows_on="model", **kw),
+                                           b.dataset("train", dtype="float32", image_size=size, **kw)):
+        assert hu.dtype == np.int16 and hu.shape[-1] == 2 * neighbours + 1
+        assert params.shape[1:] == (2 * neighbours + 1, 3, a.channels)
+        xa = layer([hu, params]).numpy()
+        assert xa.shape == tuple(xb.shape) and xa.dtype == np.float32
+        if size is None:
+            assert np.array_equal(xa, xb.numpy())
+        else:  # resize kernels may sum in another order: within a float32 rounding of values in [0, 1]
+            np.testing.assert_allclose(xa, xb.numpy(), rtol=0, atol=1e-6)
+        assert np.array_equal(ya.numpy(), yb.numpy())
+        seen += len(xa)
+    assert seen == a.splits["train"].size
+
+
+def test_windows_on_model_needs_an_hu_store_and_a_known_place(stores, tmp_path, capsys):
+    from ichtrain.cli import main as ichtrain_main
+    from ichtrain.data import StoreStream
+
+    with pytest.raises(UsageError, match="holds windows brain:40/80"):
+        StoreStream(stores["three"]).dataset("train", windows_on="model")
+    with pytest.raises(UsageError, match="Received: 'gpu'"):
+        StoreStream(stores["hu"]).dataset("train", windows_on="gpu")
+    rc = ichtrain_main(["fit", stores["three"], "--out", str(tmp_path / "r"), "--windows-on", "model"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "holds windows brain:40/80" in err and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "r")  # refused before a run folder is made
+    assert ichtrain_main(["fit", stores["hu"], "--out", str(tmp_path / "r"), "--windows-on", "gpu"]) == 2
+    assert "argument --windows-on: invalid choice: 'gpu'" in capsys.readouterr().err
+
+
+def test_fit_with_windows_in_the_model_trains_saves_the_model_and_reads_both_ways(stores, tmp_path, capsys,
+                                                                                  synth_corpus):
+    """A run trained with the windows in its graph saves the plain model (it reads a reader's windows), its
+    predictions through either path agree, and a resumed run continues it."""
+    from ichtrain.cli import main as ichtrain_main
+    from ichtrain.data import run_stream
+    from ichtrain.evaluate import predict_rows
+    from ichtrain.fit import input_options, load_keras, load_run
+
+    run = str(tmp_path / "run")
+    args = ["fit", stores["hu"], "--out", run, "--model", "baseline", "--image-size", "32", "--epochs", "1",
+            "--batch-size", "8", "--epoch-size", "16", "--split", "0.6,0.2,0.2", "--windows", THREE,
+            "--windows-on", "model", "--seed", str(nonempty_split_seed(stores["hu"]))]
+    assert ichtrain_main(args) == 0, capsys.readouterr().err
+    cfg, path = load_run(run)
+    assert cfg["windows_on"] == "model" and os.path.isfile(os.path.join(run, "checkpoints", "epoch-001.keras"))
+    model = load_keras(path)
+    assert model.input_shape == (None, 32, 32, 3)  # the saved model takes windows: no windowing layer in it
+    stream = run_stream(cfg)
+    inputs = input_options(cfg)
+    _, p_reader = predict_rows(model, stream, 8, split="test", **dict(inputs, windows_on="reader"))
+    _, p_model = predict_rows(model, stream, 8, split="test", **dict(inputs, windows_on="model"))
+    assert p_reader.shape == (stream.splits["test"].size, 6)
+    np.testing.assert_allclose(p_model, p_reader, rtol=0, atol=1e-5)
+    args[args.index("--epochs") + 1] = "2"
+    assert ichtrain_main(args) == 0, capsys.readouterr().err  # resumes epoch 2 through the wrapper
+    assert os.path.isfile(os.path.join(run, "checkpoints", "epoch-002.keras"))
+    assert len(open(os.path.join(run, "log.csv")).read().strip().splitlines()) == 3
+    assert ichtrain_main(["evaluate", run, "--split", "test"]) == 0, capsys.readouterr().err
+    out_csv = tmp_path / "submission.csv"  # raw DICOMs -> a store of the run's three windows -> the model
+    assert ichtrain_main(["predict", run, synth_corpus["dicom_dir"], "--out", str(out_csv)]) == 0
+    rows = open(out_csv).read().strip().splitlines()[1:]
+    assert len(rows) == 6 * len(os.listdir(synth_corpus["dicom_dir"]))

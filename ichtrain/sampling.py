@@ -1,0 +1,27 @@
+"""Per-type weighted sampling of a split (see :mod:`ichtrain.data`): weights ``count_t ** -alpha``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ichprep.errors import UsageError
+
+__all__ = ["type_weights", "sample_epoch"]
+
+
+def type_weights(types: np.ndarray, alpha: float) -> dict[int, float]:
+    """Per-type weight ``count_t ** -alpha``, normalised so per-slice probabilities sum to 1."""
+    if not 0.0 <= alpha <= 1.0:
+        raise UsageError(f"Expected alpha in [0, 1] (0 natural frequencies, 1 balanced). Received: alpha={alpha}")
+    t, counts = np.unique(types, return_counts=True)
+    w = counts.astype(np.float64) ** -alpha
+    z = float((w * counts).sum())
+    return {int(a): float(b / z) for a, b in zip(t, w)}
+
+
+def sample_epoch(rows: np.ndarray, types: np.ndarray, alpha: float, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``size`` rows drawn with replacement, P(row) ∝ weight of its type."""
+    w = type_weights(types, alpha)
+    p = np.array([w[int(t)] for t in types], np.float64)
+    p /= p.sum()
+    return rows[rng.choice(len(rows), size=size, replace=True, p=p)]
