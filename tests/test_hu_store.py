@@ -259,3 +259,22 @@ def test_fit_with_windows_in_the_model_trains_saves_the_model_and_reads_both_way
     assert ichtrain_main(["predict", run, synth_corpus["dicom_dir"], "--out", str(out_csv)]) == 0
     rows = open(out_csv).read().strip().splitlines()[1:]
     assert len(rows) == 6 * len(os.listdir(synth_corpus["dicom_dir"]))
+
+
+def test_windows_in_the_model_take_each_slices_own_default_window(stores, synth_corpus, tmp_path):
+    """``default`` windows are per row (each file's WindowCenter/Width): the bounds travel with each batch."""
+    from ichtrain.data import StoreStream
+    from ichtrain.graphwindows import HUWindows
+
+    spec = "default,brain:40/80"
+    ref = str(tmp_path / "default.zarr")
+    build(BuildConfig(source=synth_corpus["dicom_dir"], out=ref, labels=synth_corpus["labels"],
+                      windows=parse_windows(spec), preset=None, workers=0, salt="s", shard_slices=8))
+    a, b = StoreStream(stores["hu"], windows=spec), StoreStream(ref)
+    centers = st.column(a._g, "window_center")[a.splits["train"]]
+    assert np.unique(centers).size > 1  # the synthetic files carry several windows: per-row bounds matter
+    layer = HUWindows(a.info.image_size, sequence=False)
+    kw = dict(batch_size=8, weighted=False, sequence=False)
+    for ((hu, params), _), (xb, _) in zip(a.dataset("train", windows_on="model", **kw),
+                                         b.dataset("train", dtype="float32", **kw)):
+        assert np.array_equal(layer([hu, params]).numpy(), xb.numpy())
