@@ -309,7 +309,8 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
     if verbose:
         print(f"fit: {cfg.model} at {size}x{size}, {steps} steps/epoch of {cfg.batch_size} slices, strategy "
               f"{cfg.strategy} ({replicas} replica{'s' * (replicas > 1)}, {role.workers} worker"
-              f"{'s' * (role.workers > 1)}; this is {role.task_type} {role.task_id})", flush=True)
+              f"{'s' * (role.workers > 1)}; this is {role.task_type} {role.task_id})"
+              + ("; windows computed in the model's first layer" if windows_in_model else ""), flush=True)
 
     class _Checkpoint(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):  # the model itself (never a windowing wrapper), then the state

@@ -239,7 +239,8 @@ def test_fit_with_windows_in_the_model_trains_saves_the_model_and_reads_both_way
     args = ["fit", stores["hu"], "--out", run, "--model", "baseline", "--image-size", "32", "--epochs", "1",
             "--batch-size", "8", "--epoch-size", "16", "--split", "0.6,0.2,0.2", "--windows", THREE,
             "--windows-on", "model", "--seed", str(nonempty_split_seed(stores["hu"]))]
-    assert ichtrain_main(args) == 0, capsys.readouterr().err
+    assert ichtrain_main(args) == 0
+    assert "windows computed in the model's first layer" in capsys.readouterr().out
     cfg, path = load_run(run)
     assert cfg["windows_on"] == "model" and os.path.isfile(os.path.join(run, "checkpoints", "epoch-001.keras"))
     model = load_keras(path)
