@@ -336,13 +336,11 @@ class StoreStream:
         sources = self.neighbour_rows(order, neighbours) if neighbours else order[:, None]
         whole = drop_remainder or repeat
         b = batch_size if whole else None
-        n_batches = len(order) // batch_size if drop_remainder else -(-len(order) // batch_size)
-        ds = tf.data.Dataset.range(2**62 if repeat else n_batches)  # repeat: batch indices cycle the order
         if resolve_windows_on(windows_on, self) == "model":
             assembler = BatchAssembler(sources, self.labels[order], self.shard_slices, (full, full, 1), batch_size,
                                        self._fetcher(), int(shuffle_mb * 2**20), drop_remainder=drop_remainder,
                                        repeat=repeat, dtype="int16")
-            return self._hu_dataset(ds, assembler, b, parallel_reads)
+            return self._hu_dataset(assembler, b, parallel_reads)
         # Windows read from an hu store as a sequence, or one window, are written as planes in the asked dtype
         # (see ichprep.readwindows): no transpose and no cast left for TensorFlow.
         planar = self.read_windows is not None and not neighbours and (sequence or self.channels == 1)
@@ -374,11 +372,12 @@ class StoreStream:
                 img = tf.expand_dims(tf.transpose(img, (0, 3, 1, 2)), -1)
             return img, lab
 
+        ds = tf.data.Dataset.range(2**62 if repeat else assembler.n_batches)  # repeat: batch indices cycle the order
         ds = ds.map(load, num_parallel_calls=max(1, parallel_reads), deterministic=True)
         ds = ds.map(shape, num_parallel_calls=2)  # two converted batches in flight: bounded memory
         return ds.prefetch(2)
 
-    def _hu_dataset(self, ds, assembler, b, parallel_reads):
+    def _hu_dataset(self, assembler, b, parallel_reads):
         """The ``windows_on='model'`` pipeline (see :meth:`dataset`): slices as stored, each row's window params."""
         import tensorflow as tf
 
@@ -396,4 +395,5 @@ class StoreStream:
             lab.set_shape((b, 6))
             return (hu, params), lab
 
+        ds = tf.data.Dataset.range(2**62 if assembler.repeat else assembler.n_batches)
         return ds.map(load, num_parallel_calls=max(1, parallel_reads), deterministic=True).prefetch(2)
