@@ -81,6 +81,7 @@ class ReadWindows:
         self._center = np.asarray(center, np.float64)
         self._width = np.asarray(width, np.float64)
         self._fixed = channel_params(self.windows, 0.0, 1.0) if not any(w.kind == "default" for w in windows) else None
+        self._fixed_stacked = np.stack(self._fixed).astype(np.float32) if self._fixed is not None else None
         if self._fixed is None:
             need = np.ones(n, bool) if usable is None else np.asarray(usable, bool)
             bad = need & ~(np.isfinite(self._center) & np.isfinite(self._width) & (self._width > 0))
@@ -100,11 +101,10 @@ class ReadWindows:
         graph (:class:`ichtrain.graphwindows.HUWindows`), which takes full-range bounds from the slice itself."""
         rows = np.asarray(rows, np.int64).reshape(-1)
         if self._fixed is not None:
-            one = np.stack([np.asarray(a, np.float32) for a in self._fixed])
-            return np.broadcast_to(one, (rows.size,) + one.shape).copy()
+            return np.broadcast_to(self._fixed_stacked, (rows.size,) + self._fixed_stacked.shape).copy()
         out = np.empty((rows.size, 3, self.channels), np.float32)
         for i, row in enumerate(rows.tolist()):
-            out[i] = np.stack([np.asarray(a, np.float32) for a in self.params(row)])
+            out[i] = self.params(row)  # (lo, scale, is_full): three (C,) arrays stacked as rows
         return out
 
     def __call__(self, row: int, hu: np.ndarray, out: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
