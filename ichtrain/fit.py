@@ -14,7 +14,7 @@ from ichprep.errors import UsageError
 from ichprep.windows import windows_to_list
 from ichtrain.calibration import Calibration, fit_calibration
 from ichtrain.distribute import STRATEGIES, WorkerRole, fix_keras_multi_worker, make_strategy, worker_role
-from ichtrain.graphwindows import WINDOWS_ON, reading_model, resolve_windows_on
+from ichtrain.graphwindows import check_windows_on, reading_model, resolve_windows_on
 
 __all__ = ["FitConfig", "fit", "load_run", "load_keras", "worker_role", "STRATEGIES"]
 
@@ -67,8 +67,7 @@ class FitConfig:
             raise UsageError(f"Expected --bn-momentum in [0, 1). Received: bn_momentum={self.bn_momentum}")
         if not self.learning_rate > 0 or self.l2 < 0:
             raise UsageError(f"Expected --lr > 0 and --l2 >= 0. Received: lr={self.learning_rate}, l2={self.l2}")
-        if self.windows_on not in WINDOWS_ON:
-            raise UsageError(f"Expected --windows-on one of {', '.join(WINDOWS_ON)}. Received: {self.windows_on!r}")
+        check_windows_on(self.windows_on)
         if self.lr_schedule not in LR_SCHEDULES:
             raise UsageError(f"Expected --lr-schedule one of {', '.join(LR_SCHEDULES)}. Received: {self.lr_schedule!r}")
         if not isinstance(self.neighbours, int) or not 0 <= self.neighbours <= 4:

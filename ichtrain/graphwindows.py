@@ -23,17 +23,24 @@ of the two, and it overlaps the training step in reader threads).
 
 from __future__ import annotations
 
+import functools
+
 from ichprep.errors import UsageError
 
-__all__ = ["WINDOWS_ON", "resolve_windows_on", "HUWindows", "reading_model"]
+__all__ = ["WINDOWS_ON", "check_windows_on", "resolve_windows_on", "HUWindows", "reading_model"]
 
 WINDOWS_ON = ("auto", "reader", "model")
 
 
-def resolve_windows_on(windows_on: str, stream) -> str:
-    """``reader`` or ``model`` for ``stream`` (a :class:`ichtrain.data.StoreStream`)."""
+def check_windows_on(windows_on: str) -> None:
+    """Refuse (UsageError) a ``windows_on`` that is none of :data:`WINDOWS_ON`."""
     if windows_on not in WINDOWS_ON:
         raise UsageError(f"Expected --windows-on one of {', '.join(WINDOWS_ON)}. Received: {windows_on!r}")
+
+
+def resolve_windows_on(windows_on: str, stream) -> str:
+    """``reader`` or ``model`` for ``stream`` (a :class:`ichtrain.data.StoreStream`)."""
+    check_windows_on(windows_on)
     if stream.read_windows is None:  # a windowed store: its windows are stored, nothing to apply
         if windows_on == "model":
             raise UsageError(f"Windows are applied in the model only for an hu store (ichprep build --preset hu); "
@@ -47,6 +54,7 @@ def resolve_windows_on(windows_on: str, stream) -> str:
     return windows_on
 
 
+@functools.cache  # one class however many layers are made
 def _layer_class():
     import keras
     import tensorflow as tf
