@@ -78,14 +78,17 @@ def measure(work: str, studies: int, slices: int, corpus_seed: int, seeds: list[
 
 
 def _fmt(m: dict) -> str:
+    """A value with its interval; '-' where it is undefined (an AUC on a split without a positive)."""
     ci = m["ci"]
+    if m["value"] is None:
+        return "-"
     return f"{m['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
 def _line(row: dict) -> str:
     return (f"seed {row['seed']} ({row['patients']} test patients, {row['slices']} slices, {row['seconds']} s): "
             f"prior {row['prior']:.3f}; " + "; ".join(f"{n} wll {_fmt(row[n]['weighted_log_loss'])} AUC "
-                                                    f"{row[n]['auc_any']['value']:.3f}" for n in RUNS))
+                                                    f"{_fmt(dict(row[n]['auc_any'], ci=None))}" for n in RUNS))
 
 
 def summarise(per_seed: list[dict]) -> dict:
@@ -93,7 +96,9 @@ def summarise(per_seed: list[dict]) -> dict:
     import numpy as np
 
     def mean(name, key):
-        return float(np.mean([r[name][key]["value"] for r in per_seed]))
+        values = [r[name][key]["value"] for r in per_seed]
+        return float(np.mean([v for v in values if v is not None])) if any(v is not None for v in values) \
+            else float("nan")
 
     out = {"prior_wll": float(np.mean([r["prior"] for r in per_seed]))}
     for name in RUNS:

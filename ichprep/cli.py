@@ -73,12 +73,30 @@ def _parser() -> argparse.ArgumentParser:
     _add_build_args(b)
     s = sub.add_parser("synth", help="write a synthetic RSNA-like corpus (DICOM + labels.csv)",
                        description="Write OUT/dicom/*.dcm and OUT/labels.csv: whole series of synthetic head CT "
-                                   "with planted hemorrhages, in the encodings of the real data.")
-    s.add_argument("out", help="output folder")
+                                   "with hemorrhages, in the encodings of the real data. Version 2 (the default) "
+                                   "cuts a procedural 3-D head as a scanner does: series from below the skull base "
+                                   "(orbits, sinuses, petrous bones, mastoid air cells, posterior fossa) to the "
+                                   "vertex; cortex with gyri and sulci, grey and white matter, ventricles and "
+                                   "cisterns that widen with age; skull with diploe; heads of varied size, "
+                                   "position and tilt on a headrest; partial volume through 5-mm (or 3-mm) "
+                                   "slices and textured (not white) scanner noise; mimics of blood in negatives "
+                                   "as in positives (calcified pineal gland, choroid plexus, basal ganglia, falx "
+                                   "and carotids, dense venous sinuses, the Hounsfield bar); epidural lenses, "
+                                   "subdural crescents (acute, subacute, chronic), subarachnoid blood in sulci "
+                                   "and cisterns, parenchymal clots with oedema and mass effect, blood in the "
+                                   "ventricles, alone or together. Labels come from the blood drawn in each "
+                                   "slice. Version 1 is the earlier ellipse phantom, kept so that old corpora "
+                                   "stay reproducible. The same options give byte-identical files. OUT must be "
+                                   "new, empty or an earlier corpus (which is replaced).")
+    s.add_argument("out", help="output folder (new, empty, or an earlier corpus)")
     s.add_argument("--studies", type=int, default=20, help="number of studies (one series each; default 20)")
-    s.add_argument("--slices", type=int, default=32, help="slices per series (default 32)")
-    s.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
-    s.add_argument("--hemorrhage-fraction", type=float, default=0.5, help="fraction of studies with a bleed")
+    s.add_argument("--slices", type=int, default=32, help="slices per series, 4..1000 (default 32: 5-mm slices "
+                                                          "from the skull base to the vertex)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (>= 0); the same seed gives the same files")
+    s.add_argument("--hemorrhage-fraction", type=float, default=0.5, help="fraction of studies with a bleed "
+                                                                          "(default 0.5)")
+    s.add_argument("--version", type=int, default=2, choices=(1, 2), dest="synth_version",
+                   help="2: the anatomical phantom (default); 1: the earlier ellipse phantom")
     s.add_argument("--quiet", action="store_true")
     i = sub.add_parser("info", help="summarise a store", description="Slices, windows, per-type counts, "
                                                                      "size on disk and compression ratio.")
@@ -172,7 +190,7 @@ def _cmd_synth(args) -> int:
     from ichprep.synth import SynthConfig, write_corpus
 
     cfg = SynthConfig(studies=args.studies, slices=args.slices, seed=args.seed,
-                      hemorrhage_fraction=args.hemorrhage_fraction)
+                      hemorrhage_fraction=args.hemorrhage_fraction, version=args.synth_version)
     bar = ProgressBar(None if args.quiet else sys.stderr, "synth", cfg.studies * cfg.slices)
     summary = write_corpus(args.out, cfg, progress=bar)
     bar.close()

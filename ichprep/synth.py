@@ -1,279 +1,251 @@
-"""A deterministic synthetic RSNA-like head-CT corpus, written as real DICOM files.
+"""A deterministic synthetic RSNA-like head-CT corpus, written as real DICOM files with labels.
 
-Each study is one axial series through an ellipsoidal head: air, scalp, skull (bone), brain with
-grey/white contrast, lateral ventricles, and, in about half the studies, hemorrhages whose place and
-shape follow the subtype, at realistic contrast (blood 60-80 HU against 25-40 HU brain). A lesion spans a
-run of slices, growing and shrinking along z; some of its slices are faint (4-10 HU above the tissue
-around them: most slices near the run's ends, 12% inside it) while their neighbours are clear, so a
-slice alone does not always show it and context along z matters, as in real scans:
+Version 2 (the default) renders each study from a procedural 3-D head (``ichprep.anatomy``,
+``ichprep.phantom``) and cuts it as a scanner does:
 
-* epidural: a biconvex lens against the inner table of the skull;
-* subdural: a thin crescent along the inner table;
-* subarachnoid: thin streaks in the interhemispheric fissure and sulci;
-* intraparenchymal: a round clot inside the brain, away from the ventricles;
-* intraventricular: blood layering in the posterior part of a lateral ventricle.
+* **the series**: axial slices from below the skull base to the vertex, 5 mm thick (3 mm in some series),
+  so the lower third of a series shows orbits, sinuses, petrous bones, mastoid air cells and the posterior
+  fossa, and the top shows the vertex, cut tangentially through bone;
+* **the head in the scanner**: size (children included), position off the image centre, rotation in the
+  plane, pitch and roll of the cut, on a curved headrest with foam, side supports and sometimes the table;
+* **the reconstruction**: pixel spacing (field of view) per series, partial volume through the slice
+  thickness, ~1 mm in-plane resolution, and noise of 2.5-7 HU whose texture follows filtered
+  back-projection's noise power spectrum (not white), the reconstruction circle padded;
+* **anatomy, mimics and lesions**: see ``ichprep.anatomy``. Labels come from the blood actually drawn in
+  each slice (at least a few mm^2), so a lesion's first and last slices are faint, partial-volumed, as in
+  real scans.
 
-Encodings as in the real data (chosen per series): 16-bit signed with intercept -1024 and padding
-outside the scan circle; 12-bit unsigned with intercept -1024 and multi-valued WindowCenter/Width; and
-a few series with the RSNA 12-bit defect (two's-complement values declared unsigned, intercept > -100).
-A few slices are RLE Lossless or JPEG 2000 Lossless compressed. Labels are written in the challenge's
-long format. Identifiers look like RSNA's (``ID_`` + hex), which pydicom warns are not valid UIDs.
+Version 1 (``--version 1``, ``ichprep.synth_v1``) is the earlier ellipse phantom, kept so that old corpora
+stay reproducible. Encodings as in the real data (chosen per series): 16-bit signed with intercept -1024
+and padding outside the scan circle; 12-bit unsigned with intercept -1024 and multi-valued
+WindowCenter/Width; a few series with the RSNA 12-bit defect. A few slices are RLE Lossless or JPEG 2000
+Lossless compressed. The same configuration gives byte-identical files.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
-import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
+from pydicom.uid import JPEG2000Lossless, RLELossless
 
+from ichprep.anatomy import plan_study
 from ichprep.errors import UsageError
-from ichprep.labels import SUBTYPES
+from ichprep.phantom import finish_slice, make_field, noise_bank, render_plane
+from ichprep.synthio import CORPUS_MARKER, ENCODINGS, encode, hex_id, write_labels, write_slice
 
-__all__ = ["SynthConfig", "write_corpus", "ENCODINGS"]
+__all__ = ["SynthConfig", "write_corpus", "ENCODINGS", "VERSIONS", "SIZE"]
 
-ENCODINGS = ("signed16", "unsigned12", "rsna12defect")
+VERSIONS = (1, 2)
 SIZE = 512
-PIXEL_MM = 0.48828125  # 250 mm field of view / 512
-_HEMORRHAGE_HU = (60.0, 80.0)
-_FAINT_AT_ENDS, _FAINT_INSIDE = 0.6, 0.12  # chance that a lesion's slice is faint, near its run's ends / inside
-_FAINT_EXCESS_HU = (4.0, 10.0)  # a faint slice's blood above the tissue it lies in
+_RENDER = SIZE // 2  # the phantom is drawn at half resolution (~1 mm), then upsampled: CT's own resolution
+# Smallest blood area (mm^2) for a slice to carry the subtype's label, about what a reader sees at 5 mm: thin
+# blood in sulci and ventricles is counted by the share of its pixels it fills.
+_MIN_BLOOD_MM2 = np.array([25.0, 20.0, 15.0, 20.0, 30.0])
+# Per positive study: how many subtypes, and how likely each is (RSNA: subdural and subarachnoid the most
+# frequent, epidural rare, intraventricular mostly with intraparenchymal).
+_N_SUBTYPES = ((1, 0.55), (2, 0.3), (3, 0.12), (4, 0.03))
+_SUBTYPE_WEIGHT = {"epidural": 0.05, "intraparenchymal": 0.22, "intraventricular": 0.15, "subarachnoid": 0.28,
+                   "subdural": 0.30}
 
 
 @dataclass(frozen=True)
 class SynthConfig:
+    """What to generate. Validated on construction (``UsageError`` names the field and the value)."""
+
     studies: int = 20
     slices: int = 32
     seed: int = 0
     hemorrhage_fraction: float = 0.5
     compressed_fraction: float = 0.05
+    version: int = 2
 
     def __post_init__(self) -> None:
-        for name, lo, hi in (("studies", 1, 100_000), ("slices", 4, 1000)):
+        for name, lo, hi in (("studies", 1, 100_000), ("slices", 4, 1000), ("seed", 0, 2**63 - 1)):
             v = getattr(self, name)
-            if not isinstance(v, int) or not lo <= v <= hi:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
                 raise UsageError(f"Expected {name} an integer in [{lo}, {hi}]. Received: {name}={v!r}")
         for name in ("hemorrhage_fraction", "compressed_fraction"):
             v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise UsageError(f"Expected {name} in [0, 1]. Received: {name}={v!r}")
+            if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise UsageError(f"Expected {name} a number in [0, 1]. Received: {name}={v!r}")
+        if self.version not in VERSIONS:
+            raise UsageError(f"Expected version one of {list(VERSIONS)}. Received: version={self.version!r}")
+        if self.studies * self.slices > 10_000_000:
+            raise UsageError(f"Expected at most 10,000,000 slices in all. Received: studies={self.studies}, "
+                             f"slices={self.slices} ({self.studies * self.slices:,})")
 
 
-def _hex(rng: np.random.Generator, n: int) -> str:
-    return "".join("0123456789abcdef"[d] for d in rng.integers(0, 16, n))
-
-
-_Y, _X = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
-_X = (_X - SIZE / 2 + 0.5) * PIXEL_MM
-_Y = (_Y - SIZE / 2 + 0.5) * PIXEL_MM
-_R_FOV = SIZE / 2 * PIXEL_MM
-
-
-def _ellipse(cx, cy, ax, ay, angle=0.0):
-    """Normalised radius^2 of the ellipse (1 on its border) at every pixel."""
-    c, s = np.cos(angle), np.sin(angle)
-    dx, dy = _X - cx, _Y - cy
-    u = (dx * c + dy * s) / ax
-    v = (-dx * s + dy * c) / ay
-    return u * u + v * v
-
-
-def _study_plan(rng: np.random.Generator, cfg: SynthConfig) -> dict:
-    subtypes: list[str] = []
-    if rng.random() < cfg.hemorrhage_fraction:
-        k = 1 if rng.random() < 0.65 else 2
-        subtypes = [str(s) for s in rng.choice(SUBTYPES[:5], size=k, replace=False)]
-    lesions = []
-    for st in subtypes:
-        center = rng.uniform(0.35, 0.65)
-        half = rng.uniform(0.12, 0.25)
-        lesions.append(dict(
-            subtype=st, z0=center - half, z1=center + half,
-            angle=rng.uniform(0, 2 * np.pi), side=rng.choice([-1.0, 1.0]),
-            size=rng.uniform(0.8, 1.2), hu=rng.uniform(*_HEMORRHAGE_HU), seed=int(rng.integers(1 << 30)),
-        ))
-    return dict(
-        head_a=rng.uniform(68, 78), head_b=rng.uniform(88, 98), tilt=rng.uniform(-0.08, 0.08),
-        grey=rng.uniform(36, 42), white=rng.uniform(24, 30), lesions=lesions,
-    )
-
-
-def _slice_hu(plan: dict, t: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """HU image at relative height t in [0, 1], and the label 6-vector."""
-    hu = np.full((SIZE, SIZE), -1000.0, np.float32)
-    prof = max(0.0, 1.0 - ((t - 0.45) / 0.62) ** 2) ** 0.5
-    a, b = plan["head_a"] * prof, plan["head_b"] * prof
-    labels = np.zeros(6, np.uint8)
-    if a < 8:
-        hu += rng.normal(0, 4, hu.shape).astype(np.float32)
-        return hu, labels
-    tilt = plan["tilt"]
-    scalp = _ellipse(0, 0, a + 5, b + 5, tilt)
-    outer = _ellipse(0, 0, a, b, tilt)
-    inner = _ellipse(0, 0, a - 6, b - 6, tilt)
-    hu[scalp <= 1] = 30.0
-    hu[outer <= 1] = 1100.0
-    brain = inner <= 1
-    # grey matter rim, white matter core
-    core = _ellipse(0, 0, (a - 6) * 0.78, (b - 6) * 0.78, tilt) <= 1
-    hu[brain] = plan["grey"]
-    hu[brain & core] = plan["white"]
-    # interhemispheric fissure (CSF)
-    fissure = brain & (np.abs(_X * np.cos(tilt) + _Y * np.sin(tilt)) < 1.2) & (_ellipse(0, 0, a, b * 0.9, tilt) <= 1)
-    hu[fissure] = 8.0
-    vent = np.zeros_like(brain)
-    if 0.35 < t < 0.65:
-        vs = np.sin((t - 0.35) / 0.3 * np.pi)
-        for side in (-1.0, 1.0):
-            e = _ellipse(side * 7 * vs, -4, 5 * vs + 1, 22 * vs + 2, side * 0.25 + tilt)
-            vent |= (e <= 1) & brain
-        hu[vent] = 5.0
-    for les in plan["lesions"]:
-        if not les["z0"] <= t <= les["z1"]:
-            continue
-        lrng = np.random.default_rng(les["seed"])
-        k = np.sqrt(max(0.0, 1 - ((t - (les["z0"] + les["z1"]) / 2) / ((les["z1"] - les["z0"]) / 2)) ** 2))
-        if k < 0.2:
-            continue
-        st, ang, sz = les["subtype"], les["angle"], les["size"] * k
-        ux, uy = np.cos(ang), np.sin(ang)
-        if st == "epidural":  # lens against the inner table
-            rx, ry = (a - 6) * ux * 0.93, (b - 6) * uy * 0.93
-            mask = (_ellipse(rx, ry, 5 * sz + 1, 20 * sz + 2, ang) <= 1) & brain
-        elif st == "subdural":  # thin crescent along the inner table
-            ring = (inner <= 1) & (_ellipse(0, 0, a - 6 - 4 * sz - 1, b - 6 - 4 * sz - 1, tilt) > 1)
-            dirn = (_X * ux + _Y * uy) / np.maximum(np.hypot(_X, _Y), 1e-3)
-            mask = ring & (dirn > np.cos(0.6 + 0.4 * sz))
-        elif st == "subarachnoid":  # streaks: fissure plus a few sulcal lines near the cortex
-            mask = fissure & (np.abs(_Y - 20 * uy) < 25 * sz)
-            for _ in range(3):
-                th = ang + lrng.uniform(-0.8, 0.8)
-                r0 = lrng.uniform(0.75, 0.9)
-                cx, cy = (a - 6) * r0 * np.cos(th), (b - 6) * r0 * np.sin(th)
-                mask |= (_ellipse(cx, cy, 0.9, 9 * sz + 2, th) <= 1) & brain
-        elif st == "intraparenchymal":  # round clot in the white matter, off the ventricles
-            rx, ry = 28 * ux * les["side"], 30 * uy
-            mask = (_ellipse(rx, ry, 9 * sz + 2, 7 * sz + 2, ang) <= 1) & brain & ~vent
-        else:  # intraventricular: posterior part of a ventricle
-            mask = vent & (_Y > 2) & ((_X * les["side"]) > 0)
-        # Some slices of a lesion are faint: near-isodense, a few HU above the tissue around them (partial
-        # volume at the ends of its run, clot density varying inside it) while their neighbours are clear.
-        faint = rng.random() < (_FAINT_AT_ENDS if k < 0.45 else _FAINT_INSIDE)
-        if mask.sum() >= 15:
-            noise = lrng.normal(0, 3, int(mask.sum())).astype(np.float32)
-            hu[mask] = (hu[mask] + rng.uniform(*_FAINT_EXCESS_HU) if faint else les["hu"]) + noise
-            labels[SUBTYPES.index(st)] = 1
-    labels[5] = labels[:5].max()
-    hu += rng.normal(0, 4, hu.shape).astype(np.float32)
-    return hu, labels
-
-
-def _encode(hu: np.ndarray, encoding: str) -> tuple[np.ndarray, dict]:
-    """Stored values and the pixel-module tags for one slice."""
-    outside = (_X * _X + _Y * _Y) > _R_FOV * _R_FOV
-    h = np.rint(hu).astype(np.int32)
-    if encoding == "signed16":
-        raw = np.clip(h + 1024, -32768, 32767)
-        raw[outside] = -2000
-        return raw.astype(np.int16), dict(BitsStored=16, HighBit=15, PixelRepresentation=1,
-                                           RescaleIntercept="-1024", RescaleSlope="1",
-                                           WindowCenter="40", WindowWidth="80")
-    if encoding == "unsigned12":
-        raw = np.clip(h + 1024, 0, 4095)
-        raw[outside] = 0
-        return raw.astype(np.uint16), dict(BitsStored=12, HighBit=11, PixelRepresentation=0,
-                                            RescaleIntercept="-1024", RescaleSlope="1",
-                                            WindowCenter=["00040", "00040"], WindowWidth=["00080", "00080"])
-    # RSNA defect: 12-bit two's complement of HU, declared unsigned, intercept > -100.
-    h = np.clip(h, -1000, 3095)
-    h[outside] = -1000
-    raw = np.where(h < 0, h + 4096, h)
-    return raw.astype(np.uint16), dict(BitsStored=12, HighBit=11, PixelRepresentation=0,
-                                        RescaleIntercept="1", RescaleSlope="1",
-                                        WindowCenter=["00036", "00036"], WindowWidth=["00080", "00080"])
+def prepare_folder(out_dir: str) -> str:
+    """Make ``out_dir/dicom`` ready for a corpus; an earlier corpus there (it holds the marker file) is
+    replaced, any other non-empty folder is refused."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UsageError(f"Expected a folder for the corpus. Received: {out_dir!r}, which is a file")
+    dicom_dir = os.path.join(out_dir, "dicom")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        if not os.path.isfile(os.path.join(out_dir, CORPUS_MARKER)):
+            found = ", ".join(sorted(os.listdir(out_dir))[:4])
+            raise UsageError(f"{out_dir} is not empty and holds no earlier ichprep synth corpus (found: {found}); "
+                             "write the corpus into an empty or new folder")
+        if os.path.isdir(dicom_dir):
+            for name in os.listdir(dicom_dir):  # the earlier corpus's own files only
+                if name.startswith("ID_") and name.endswith(".dcm"):
+                    os.remove(os.path.join(dicom_dir, name))
+    os.makedirs(dicom_dir, exist_ok=True)
+    return dicom_dir
 
 
 def write_corpus(out_dir: str | os.PathLike, cfg: SynthConfig, progress=None) -> dict:
-    """Write ``out_dir/dicom/*.dcm`` and ``out_dir/labels.csv``; return a summary dict."""
+    """Write ``out_dir/dicom/*.dcm`` and ``out_dir/labels.csv``; return a summary dict.
+
+    Args:
+        out_dir: a new or empty folder, or one that holds an earlier corpus (replaced).
+        cfg: what to generate.
+        progress: an object with ``update(done, total)``, called after each slice.
+
+    Raises:
+        UsageError: ``out_dir`` is a file, or a non-empty folder that is not a corpus.
+    """
     out_dir = os.fspath(out_dir)
-    dicom_dir = os.path.join(out_dir, "dicom")
-    os.makedirs(dicom_dir, exist_ok=True)
-    rng = np.random.default_rng(cfg.seed)
+    dicom_dir = prepare_folder(out_dir)
+    with open(os.path.join(out_dir, CORPUS_MARKER), "w") as fh:
+        json.dump({"ichprep_synth": asdict(cfg)}, fh)
+    if cfg.version == 1:
+        from ichprep import synth_v1
+
+        summary = synth_v1.write_corpus(out_dir, cfg, progress)
+    else:
+        summary = _write_corpus_v2(out_dir, dicom_dir, cfg, progress)
+    summary["version"] = cfg.version
+    return summary
+
+
+def _subtypes(rng: np.random.Generator, fraction: float) -> list[str]:
+    if rng.random() >= fraction:
+        return []
+    k = int(rng.choice([n for n, _ in _N_SUBTYPES], p=[p for _, p in _N_SUBTYPES]))
+    names = list(_SUBTYPE_WEIGHT)
+    w = np.array([_SUBTYPE_WEIGHT[n] for n in names])
+    chosen = [str(n) for n in rng.choice(names, size=k, replace=False, p=w / w.sum())]
+    if chosen == ["intraventricular"] and rng.random() < 0.6:
+        chosen.append("intraparenchymal")
+    return chosen
+
+
+def _write_corpus_v2(out_dir: str, dicom_dir: str, cfg: SynthConfig, progress) -> dict:
+    root = np.random.SeedSequence([cfg.seed, 2])
+    corpus_rng = np.random.default_rng(root.spawn(1)[0])
+    banks = [noise_bank(corpus_rng, peak=p) for p in (0.07, 0.09, 0.12)]
     n_patients = max(1, int(round(cfg.studies * 0.8)))
-    patients = [(f"ID_{_hex(rng, 8)}", f"SYNTHETIC^PATIENT{i:04d}") for i in range(n_patients)]
+    patients = [(f"ID_{hex_id(corpus_rng, 8)}", f"SYNTHETIC^PATIENT{i:04d}") for i in range(n_patients)]
     rows: list[tuple[str, np.ndarray]] = []
     counts = {"slices": 0, "compressed": 0, "positive": 0}
     by_encoding = {e: 0 for e in ENCODINGS}
     total = cfg.studies * cfg.slices
-    for s in range(cfg.studies):
-        plan = _study_plan(rng, cfg)
+    for s, study_seed in enumerate(root.spawn(cfg.studies + 1)[1:]):
+        rng = np.random.default_rng(study_seed)
         pid, pname = patients[s % n_patients] if s < n_patients else patients[int(rng.integers(n_patients))]
-        study_uid, series_uid = f"ID_{_hex(rng, 10)}", f"ID_{_hex(rng, 10)}"
         encoding = ENCODINGS[0] if s % 2 == 0 else (ENCODINGS[2] if s % 10 == 5 else ENCODINGS[1])
         by_encoding[encoding] += cfg.slices
-        z_base = float(rng.uniform(-200, 100))
-        order = rng.permutation(cfg.slices)  # files are not written in z order
-        for k in order:
-            t = (k + 0.5) / cfg.slices
-            hu, lab = _slice_hu(plan, t, rng)
-            raw, tags = _encode(hu, encoding)
-            sop = f"ID_{_hex(rng, 9)}"
-            compress = None
-            if rng.random() < cfg.compressed_fraction:
-                compress = RLELossless if rng.random() < 0.5 else JPEG2000Lossless
-            _write_slice(os.path.join(dicom_dir, f"{sop}.dcm"), raw, tags, sop, study_uid, series_uid,
-                         pid, pname, z_base + 5.0 * k, compress)
+        for sop, lab, compressed in _write_series(rng, cfg, dicom_dir, encoding, pid, pname, banks):
             rows.append((sop, lab))
             counts["slices"] += 1
-            counts["compressed"] += compress is not None
+            counts["compressed"] += compressed
             counts["positive"] += int(lab[5])
             if progress is not None:
                 progress.update(counts["slices"], total)
-    with open(os.path.join(out_dir, "labels.csv"), "w", newline="") as fh:
-        fh.write("ID,Label\n")
-        for sop, lab in sorted(rows):
-            for name, v in zip(SUBTYPES, lab):
-                fh.write(f"{sop}_{name},{int(v)}\n")
+    write_labels(os.path.join(out_dir, "labels.csv"), rows)
     return dict(counts, studies=cfg.studies, patients=n_patients, encodings=by_encoding, dicom_dir=dicom_dir,
                 labels=os.path.join(out_dir, "labels.csv"))
 
 
-def _write_slice(path, raw, tags, sop, study, series, pid, pname, z, compress) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # our RSNA-style 'ID_' UIDs are deliberately not valid UIs
-        _write_slice_unchecked(path, raw, tags, sop, study, series, pid, pname, z, compress)
+@dataclass(frozen=True)
+class _Scanner:
+    """How one series was acquired and reconstructed."""
+
+    pixel_mm: float
+    half_thickness: float
+    noise_sd: float
+    bank: int
+    pose: tuple  # yaw, u0, v0, roll slope, pitch slope
+    window: tuple[str, str]
 
 
-def _write_slice_unchecked(path, raw, tags, sop, study, series, pid, pname, z, compress) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = sop
-    ds.Modality = "CT"
-    ds.PatientName = pname
-    ds.PatientID = pid
-    ds.PatientBirthDate = "19470101"
-    ds.StudyDate = "20190101"
-    ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = series
-    ds.StudyID = ""
-    ds.ImagePositionPatient = [-125.0, -125.0, round(z, 4)]
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = raw.shape
-    ds.PixelSpacing = [PIXEL_MM, PIXEL_MM]
-    ds.BitsAllocated = 16
-    for k, v in tags.items():
-        setattr(ds, k, v)
-    ds.PixelData = raw.tobytes()
-    if compress is not None:
-        ds.compress(compress, raw, generate_instance_uid=False)
-    ds.save_as(path, enforce_file_format=True)
+def _scanner(rng: np.random.Generator) -> _Scanner:
+    pixel = 0.48828125 if rng.random() < 0.55 else float(rng.uniform(0.40, 0.60))
+    half = 2.5 if rng.random() < 0.8 else 1.5
+    yaw = rng.normal(0, 0.09) if rng.random() < 0.8 else rng.uniform(-0.4, 0.4)
+    pose = (float(yaw), float(rng.normal(0, 7)), float(rng.normal(-4, 10)),
+            float(math.tan(rng.normal(0, 0.035))), float(math.tan(rng.normal(0.0, 0.07))))
+    window = (("40", "80"), ("35", "135"), ("40", "150"), ("30", "110"))[int(rng.integers(4))]
+    return _Scanner(pixel, half, float(rng.uniform(2.0, 5.5)), int(rng.integers(3)), pose, window)
+
+
+def _headrest(rng: np.random.Generator, scanner: _Scanner, head_half_width: float) -> np.ndarray:
+    """Air, and what lies outside the head: a curved headrest, its foam, side supports, sometimes the table
+    (the render grid, image coordinates)."""
+    n, px = _RENDER, scanner.pixel_mm * 2
+    c = (np.arange(n) + 0.5) * px - n * px / 2
+    v, u = np.meshgrid(c, c, indexing="ij")
+    img = np.full((n, n), -1000.0, np.float32)
+    yaw, u0, v0 = scanner.pose[:3]
+    r_cradle = head_half_width + rng.uniform(8.0, 30.0)
+    cu, cv = u0 + rng.normal(0, 4), v0 + rng.uniform(-25.0, 5.0)
+    r = np.hypot(u - cu, v - cv)
+    below = (v - cv) > -rng.uniform(0.0, 0.5) * r_cradle  # the lower part of the circle
+    if rng.random() < 0.75:
+        img[below & (r < r_cradle) & (r > r_cradle - rng.uniform(4.0, 12.0))] = rng.uniform(-920.0, -700.0)  # foam
+        for k in range(int(rng.integers(1, 3))):
+            rr = r_cradle + k * rng.uniform(3.0, 10.0)
+            img[below & (np.abs(r - rr) < rng.uniform(0.5, 1.2))] = rng.uniform(80.0, 400.0)
+    if rng.random() < 0.3:
+        for side in (-1.0, 1.0):
+            x = cu + side * rng.uniform(head_half_width + 15.0, head_half_width + 40.0)
+            img[(np.abs(u - x) < rng.uniform(0.5, 1.0)) & (v > cv - rng.uniform(20, 60)) & (v < cv + 60)] = \
+                rng.uniform(100.0, 350.0)
+    if rng.random() < 0.15:
+        top = cv + r_cradle + rng.uniform(10.0, 40.0)
+        img[(v > top) & (v < top + rng.uniform(4.0, 12.0))] = rng.uniform(100.0, 300.0)
+    return img
+
+
+def _write_series(rng: np.random.Generator, cfg: SynthConfig, dicom_dir: str, encoding: str, pid: str, pname: str,
+                  banks: list[np.ndarray]):
+    """Render and write one study's series; yields (sop, labels, compressed) per slice."""
+    anatomy = plan_study(rng, _subtypes(rng, cfg.hemorrhage_fraction))
+    field, grad = make_field(rng)
+    scanner = _scanner(rng)
+    study_uid, series_uid = f"ID_{hex_id(rng, 10)}", f"ID_{hex_id(rng, 10)}"
+    background = _headrest(rng, scanner, head_half_width=float(anatomy.prims[0, 3]))
+    yaw, u0, v0, gx, gy = scanner.pose
+    cos, sin = math.cos(yaw), math.sin(yaw)
+    z_start = anatomy.z_bottom + rng.uniform(-12.0, 12.0)
+    spacing = (anatomy.z_top + rng.uniform(-8.0, 3.0) - z_start) / cfg.slices
+    z_base = float(rng.uniform(-200, 100))
+    px_render = scanner.pixel_mm * 2
+    area_mm2 = px_render * px_render
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    c = (SIZE - 1) / 2
+    outside = (xx - c) ** 2 + (yy - c) ** 2 > (SIZE / 2) ** 2
+    for k in rng.permutation(cfg.slices):  # files are not written in z order
+        z = z_start + (k + 0.5) * spacing
+        pose = np.array([cos, sin, -sin, cos, -(cos * u0 + sin * v0), sin * u0 - cos * v0, z, gx, gy])
+        img, blood = render_plane(anatomy.prims, pose, scanner.half_thickness, px_render, field, grad, background)
+        hu = finish_slice(img, banks[scanner.bank], rng, scanner.noise_sd)
+        lab = np.zeros(6, np.uint8)
+        lab[:5] = blood * area_mm2 >= _MIN_BLOOD_MM2
+        lab[5] = lab[:5].max()
+        raw, tags = encode(hu, encoding, outside, scanner.window)
+        sop = f"ID_{hex_id(rng, 9)}"
+        compress = None
+        if rng.random() < cfg.compressed_fraction:
+            compress = RLELossless if rng.random() < 0.5 else JPEG2000Lossless
+        origin = -scanner.pixel_mm * SIZE / 2
+        write_slice(os.path.join(dicom_dir, f"{sop}.dcm"), raw, tags, sop, study_uid, series_uid, pid, pname,
+                    z_base + spacing * k, compress, round(scanner.pixel_mm, 8), origin=round(origin, 4),
+                    thickness=f"{2 * scanner.half_thickness:g}")
+        yield sop, lab, compress is not None
+

@@ -315,9 +315,9 @@ def _demo(args) -> int:
         ("ichprep", ["info", store]),
         ("ichprep", ["verify", store, "--source", os.path.join(data, "dicom"), "--sample", "8", "--quiet"]),
         ("ichprep", ["stats", store, "--plot", os.path.join(out, "stats.png")]),
-        ("ichprep", ["preview", store, "--type", "20", "--series", "--out", os.path.join(out, "preview.png")]),
+        ("ichprep", ["preview", store, "--type", "TYPE", "--series", "--out", os.path.join(out, "preview.png")]),
         ("ichtrain", ["fit", store, "--out", run, "--model", "baseline", "--image-size", "128",
-                      "--epochs", str(args.epochs), "--quiet"]),
+                      "--epochs", str(args.epochs), "--split", "0.6,0.2,0.2", "--quiet"]),
         ("ichtrain", ["evaluate", run, "--split", "test"]),
         ("ichtrain", ["predict", run, os.path.join(unseen, "dicom"), "--out", submission]),
     ]
@@ -325,6 +325,8 @@ def _demo(args) -> int:
         if argv[0] == "synth" and os.path.isdir(os.path.join(argv[1], "dicom")):
             print(f"demo: reusing {argv[1]} (synthetic corpora are deterministic)")
             continue
+        if "TYPE" in argv:  # the series of the corpus's most frequent bleed
+            argv = [str(_most_frequent_bleed_type(store)) if a == "TYPE" else a for a in argv]
         print(f"demo: {tool} {' '.join(argv)}", flush=True)
         rc = (ichprep_main if tool == "ichprep" else main)(argv)
         if rc != 0:
@@ -332,6 +334,17 @@ def _demo(args) -> int:
     print(f"demo: done. Store {store} (stats.png, preview.png beside it); run {run} (model.keras, log.csv, "
           f"eval-test.json, plots/*.png, report.html); submission {submission}")
     return 0
+
+
+def _most_frequent_bleed_type(url: str) -> int:
+    """The Table 3.1 type (1..31) with the most slices in the store; 32 (no hemorrhage) if it has none."""
+    import numpy as np
+
+    from ichprep import store as st
+
+    types = st.column(st.open_store(url)[0], "type")
+    counts = np.bincount(types, minlength=33)[1:32]
+    return int(np.argmax(counts)) + 1 if counts.any() else 32
 
 
 if __name__ == "__main__":

@@ -123,6 +123,16 @@ def private_salt_file(tmp_path_factory):
             os.environ[k] = v
 
 
+def default_signals() -> None:
+    """``preexec_fn`` for a child a test will signal: SIGINT back to its default disposition. A shell starts
+    background jobs (``cmd &``, nohup, cron-like runners) with SIGINT ignored, children inherit that, and a
+    process that starts with SIGINT ignored keeps ignoring it, as it should; the test's child must not
+    depend on how the suite was started."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 
 

@@ -416,7 +416,10 @@ def test_a_signal_in_each_phase_exits_at_once_releases_everything_and_resumes(co
     out = tmp_path / "s.zarr"
     cmd = [sys.executable, "-c", _SLOW_PHASES, "build", s["dicom_dir"], "--labels", s["labels"], "--out", str(out),
            "--workers", workers, "--shard-slices", str(S), "--salt", "fixed", "--quiet"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    from conftest import default_signals
+
+    proc = subprocess.Popen(cmd, start_new_session=True, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_signals)
     lock, deadline = str(out) + ".lock", time.monotonic() + 120
     if phase == "headers":  # the lock is taken before the header pass, the store created after it
         while not os.path.exists(lock) and time.monotonic() < deadline:
@@ -474,3 +477,21 @@ def test_an_interrupted_repair_says_so_and_a_rerun_finishes_it(corpus, tmp_path,
     assert main(["verify", str(store), "--repair", "--source", s["dicom_dir"], "--quiet"]) == 0
     assert "repaired 2 shard(s): rows 4..7, 16..19" in capsys.readouterr().out
     _same_files(store, ref)
+
+
+def test_the_signal_tests_pass_when_the_suite_starts_with_sigint_ignored(tmp_path):
+    """As from a background job (``pytest &``), nohup or a CI runner: a new session, SIGINT ignored, no stdin.
+    The SIGINT case above must still see its build exit 130."""
+    import signal
+    import subprocess
+    import sys
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    launcher = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                "os.execv(sys.executable, [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', "
+                "'-o', 'addopts=', '--rootdir', sys.argv[1], sys.argv[2], '-k', 'SIGINT-headers-0'])")
+    target = os.path.join(tests, "test_faults.py") + "::test_a_signal_in_each_phase_exits_at_once_releases_everything_and_resumes"
+    res = subprocess.run(["setsid", sys.executable, "-c", launcher, os.path.dirname(tests), target],
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600, cwd=str(tmp_path),
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert res.returncode == 0 and "1 passed" in res.stdout, res.stdout[-3000:] + res.stderr[-2000:]

@@ -1,0 +1,352 @@
+"""A procedural 3-D head phantom rendered slice by slice: the anatomy of ``ichprep synth`` version 2.
+
+A study is a table of primitives in head coordinates (mm; x to the patient's left, y posterior, z up, the
+origin near the floor of the middle cranial fossa): ellipsoids (or domes flatter along z) cut by two
+horizontal planes, each with a material. A slice is a plane through the head (tilted by the head's pitch and roll) and a slab of the
+series' slice thickness around it. Every primitive covers a pixel by the fraction of the slab its chord
+along z fills (so the ends of a structure along z and oblique surfaces are partial-volumed as in a 5-mm
+CT slice), softened by half a pixel in the plane; primitives are painted in order, each blending its
+value over what lies below.
+
+Materials give texture: the cerebrum's cortex folds along the zero set of a random-wave field (gyri and
+sulci, grey matter within ~2.7 mm of the CSF, white matter beneath), the cerebellum's folia are that
+field at 2.5x its frequency, diploe and air cells (mastoid, ethmoid) use it at other scales, and blood
+can replace the CSF of the sulci, cisterns and ventricles it lies in (subarachnoid, intraventricular) or
+line the inner table in a crescent (subdural).
+
+Kernels take arrays and scalars only (``_<op>_kernel``); the Python functions below plan and validate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+__all__ = ["N_COLUMNS", "Material", "FIELD_N", "FIELD_MM", "make_field", "render_plane", "finish_slice",
+           "noise_bank"]
+
+# Columns of the primitive table (float64, one row per primitive).
+CX, CY, CZ, AX, AY, AZ, COS, SIN, ZMIN, ZMAX, MAT, VAL, VAL2, LABEL, CLIP, P1, P2, P3, P4, P5, ZEXP = range(21)
+N_COLUMNS = 21
+
+
+class Material:
+    CONST = 0  # VAL, plus VAL2 x the field (a faint texture)
+    BRAIN = 1  # cortex from the field: VAL grey, VAL2 white; P1 sulcal depth, P2 surface CSF, P3 sulcus half-width
+    CEREBELLUM = 2  # folia: VAL grey, VAL2 white core
+    DIPLOE = 3  # VAL + VAL2 x the field at 1.7x frequency
+    AIR_CELLS = 4  # honeycomb: VAL air, VAL2 septa
+    FILL_CSF = 5  # blood VAL replaces what is darker than VAL2 (CSF); P1: only where local y > P1 (layering)
+    CRESCENT = 6  # VAL within P1 mm of the surface, within angle P2 of direction P5, z within P4 of P3
+    ADD = 7  # adds VAL
+
+
+CSF_HU = 8.0
+FIELD_N = 48  # the random-wave field: FIELD_N^3 samples, FIELD_MM apart, periodic
+FIELD_MM = 4.0
+
+
+def make_field(rng: np.random.Generator, waves: int = 12, wavelength_mm: float = 22.0) -> tuple[np.ndarray, np.ndarray]:
+    """A periodic random-wave field (the sum of ``waves`` plane waves with random directions and phases at about
+    one wavelength) and its gradient magnitude, both (FIELD_N,) * 3 float32. Its zero set is a labyrinth of
+    sheets about half a wavelength apart: the sulci."""
+    n = FIELD_N
+    box = n * FIELD_MM
+    k0 = box / wavelength_mm  # integer wave-vectors of about this length keep the field periodic
+    ks = []
+    while len(ks) < waves:
+        v = rng.normal(size=3)
+        v = np.rint(v / np.linalg.norm(v) * k0 * rng.uniform(0.8, 1.2))
+        if np.linalg.norm(v) > 0:
+            ks.append(v)
+    ks = np.array(ks)
+    phases = rng.uniform(0, 2 * np.pi, waves)
+    g = np.arange(n) / n
+    field = np.zeros((n, n, n), np.float64)
+    grad = np.zeros((3, n, n, n), np.float64)
+    for k, ph in zip(ks, phases):
+        arg = 2 * np.pi * (k[0] * g[:, None, None] + k[1] * g[None, :, None] + k[2] * g[None, None, :]) + ph
+        field += np.cos(arg)
+        s = np.sin(arg)
+        for d in range(3):
+            grad[d] -= s * (2 * np.pi * k[d] / box)
+    field /= np.sqrt(waves / 2)
+    grad /= np.sqrt(waves / 2)
+    return field.astype(np.float32), np.sqrt((grad ** 2).sum(0)).astype(np.float32)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _trilinear(f, x, y, z):
+    n = f.shape[0]
+    fx, fy, fz = x / FIELD_MM, y / FIELD_MM, z / FIELD_MM
+    ix, iy, iz = math.floor(fx), math.floor(fy), math.floor(fz)
+    tx, ty, tz = fx - ix, fy - iy, fz - iz
+    i0, j0, k0 = int(ix) % n, int(iy) % n, int(iz) % n
+    i1, j1, k1 = (i0 + 1) % n, (j0 + 1) % n, (k0 + 1) % n
+    c00 = f[i0, j0, k0] * (1 - tx) + f[i1, j0, k0] * tx
+    c10 = f[i0, j1, k0] * (1 - tx) + f[i1, j1, k0] * tx
+    c01 = f[i0, j0, k1] * (1 - tx) + f[i1, j0, k1] * tx
+    c11 = f[i0, j1, k1] * (1 - tx) + f[i1, j1, k1] * tx
+    return (c00 * (1 - ty) + c10 * ty) * (1 - tz) + (c01 * (1 - ty) + c11 * ty) * tz
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sulcus_mm(field, grad, x, y, z, scale):
+    """Distance (mm) to the field's zero set, the field sampled at ``scale`` x its frequency."""
+    g = _trilinear(field, x * scale, y * scale, z * scale)
+    d = _trilinear(grad, x * scale, y * scale, z * scale) * scale
+    return abs(g) / max(d, 1e-3)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _clamp01(v):
+    return 0.0 if v < 0.0 else (1.0 if v > 1.0 else v)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _coverage(p, k, x, y, z, half, px, need_depth):
+    """Fraction of the slab [z - half, z + half] at (x, y) inside primitive k, softened by half a pixel in the
+    plane; also returns the primitive's local coordinates (u, v: mm along its axes) and, when asked, the depth
+    (mm below its surface, the cut planes included)."""
+    dx, dy = x - p[k, CX], y - p[k, CY]
+    lu = dx * p[k, COS] + dy * p[k, SIN]
+    lv = -dx * p[k, SIN] + dy * p[k, COS]
+    ax, ay, az = p[k, AX], p[k, AY], p[k, AZ]
+    r2 = (lu / ax) ** 2 + (lv / ay) ** 2
+    amin = min(ax, ay)
+    if r2 >= 1.0 + 2.0 * px / amin:
+        return 0.0, lu, lv, 0.0
+    soft = 1.0
+    inner = 1.0 - 1.5 * px / amin
+    if r2 > inner * inner or inner <= 0.0:  # near the rim: soften by the in-plane distance to it
+        r = math.sqrt(r2)
+        radial = math.sqrt(dx * dx + dy * dy)
+        edge = radial * (1.0 / r - 1.0) if r > 1e-6 else amin
+        soft = _clamp01(edge / px + 0.5)
+        if soft <= 0.0:
+            return 0.0, lu, lv, 0.0
+    cz, zmin, zmax = p[k, CZ], p[k, ZMIN], p[k, ZMAX]
+    lo_s, hi_s = z - half, z + half
+    zexp = p[k, ZEXP]  # the shape along z: |w|^zexp + r2 <= 1 (2: an ellipsoid; more: a flatter dome)
+    if zexp == 2.0:
+        chord2 = az * az * max(1.0 - min(r2, 0.9999), 0.0)
+    else:
+        hc0 = az * max(1.0 - min(r2, 0.9999), 0.0) ** (1.0 / zexp)
+        chord2 = hc0 * hc0
+    if lo_s >= zmin and hi_s <= zmax and (lo_s - cz) ** 2 <= chord2 and (hi_s - cz) ** 2 <= chord2:
+        cov = soft  # the slab lies inside the primitive here (most of its pixels)
+    else:
+        hc = math.sqrt(chord2)
+        top = min(min(cz + hc, zmax), hi_s)
+        bot = max(max(cz - hc, zmin), lo_s)
+        if top <= bot:
+            return 0.0, lu, lv, 0.0
+        cov = (top - bot) / (2.0 * half) * soft
+    depth = 0.0
+    if need_depth:
+        w = (z - cz) / az
+        q = math.sqrt(r2 + w * w)
+        if q > 1e-6:
+            gx, gy, gz = lu / (ax * ax) / q, lv / (ay * ay) / q, w / az / q
+            depth = (1.0 - q) / max(math.sqrt(gx * gx + gy * gy + gz * gz), 1e-6)
+        else:
+            depth = min(amin, az)
+        depth = min(depth, min(z - zmin, zmax - z))
+    return cov, lu, lv, depth
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _material_value(p, k, cur, x, y, z, lu, lv, depth, field, grad):
+    """The value primitive k puts at this point (over ``cur``), and the weight of its own label there."""
+    m = int(p[k, MAT])
+    val, val2 = p[k, VAL], p[k, VAL2]
+    if m == 0:  # CONST
+        if val2 != 0.0:
+            return val + val2 * _trilinear(field, x * 1.3 + 50.0, y * 1.3, z * 1.3), 1.0
+        return val, 1.0
+    if m == 1 or m == 2:  # BRAIN, CEREBELLUM
+        csf_surface = p[k, P2]
+        half_width = p[k, P3]
+        if m == 1:
+            s = _sulcus_mm(field, grad, x, y, z, 1.0)
+            cortex = 2.7
+        else:
+            s = _sulcus_mm(field, grad, x, y, z, 2.5)
+            cortex = 1.6
+        if depth < csf_surface:
+            return CSF_HU, 1.0
+        d = depth - csf_surface
+        # sulci open and close along their length, and reach up to P1 mm deep: a slow field modulates both
+        m = _clamp01(_trilinear(field, x * 0.31 + 23.0, y * 0.31, z * 0.31) * 0.8 + 0.5)
+        in_folds = _clamp01((p[k, P1] * (0.5 + 0.6 * m) - d) / 2.0 + 0.5)
+        csf = _clamp01((half_width * (0.15 + 1.5 * m) - s) / 0.8 + 0.5) * in_folds
+        grey = max(_clamp01((cortex - d) / 1.2 + 0.5), _clamp01((half_width + cortex - s) / 1.2 + 0.5) * in_folds)
+        v = val2 + (val - val2) * grey
+        return v + (CSF_HU - v) * csf, 1.0
+    if m == 3:  # DIPLOE
+        return val + val2 * _trilinear(field, x * 1.7 + 11.0, y * 1.7, z * 1.7), 1.0
+    if m == 4:  # AIR_CELLS
+        s = _sulcus_mm(field, grad, x + 7.0, y, z, 2.8)
+        septa = _clamp01((0.45 - s) / 0.4 + 0.5)
+        return val + (val2 - val) * septa, 1.0
+    if m == 5:  # FILL_CSF: blood replaces what is as dark as CSF
+        if p[k, P1] > -1e8 and lv < p[k, P1]:
+            return cur, 0.0
+        w = _clamp01((val2 - cur) / 12.0) * _clamp01((cur + 40.0) / 20.0)  # CSF, not fat or air
+        return cur + (val - cur) * w, w
+    if m == 6:  # CRESCENT along the surface
+        ang = math.atan2(lv, lu)
+        dang = abs((ang - p[k, P5] + math.pi) % (2.0 * math.pi) - math.pi)
+        az_ = max(0.0, 1.0 - ((z - p[k, P3]) / p[k, P4]) ** 2)
+        thick = p[k, P1] * math.sqrt(max(0.0, 1.0 - (dang / p[k, P2]) ** 2) * az_)
+        w = _clamp01((thick - depth) / 0.8 + 0.5) if thick > 0.3 else 0.0
+        return cur + (val - cur) * w, w
+    # ADD
+    return cur + val, 0.0
+
+
+@njit(cache=True, nogil=True)
+def _render_kernel(p, pose, half, px, field, grad, out, label_area):
+    """Paint primitives p (rows in order) over ``out`` (the render grid, HU, float32). Pixel (i, j) lies at
+    image position (u, v) = ((j + 0.5) px - c, (i + 0.5) px - c) mm, c = half the field of view, and at head
+    coordinates x = pose[0] u + pose[1] v + pose[4], y = pose[2] u + pose[3] v + pose[5],
+    z = pose[6] + pose[7] x + pose[8] y. ``label_area[s]`` gains the area (pixels) of label s's blood."""
+    n_rows, n_cols = out.shape
+    c = n_cols * px / 2.0
+    r00, r01, r10, r11, bx, by, z0, gx, gy = pose[0], pose[1], pose[2], pose[3], pose[4], pose[5], pose[6], pose[7], pose[8]
+    det = r00 * r11 - r01 * r10
+    zlo, zhi = 1e30, -1e30
+    for cu in (-c, c):  # the plane's z range over the image (z is affine in u, v)
+        for cv in (-c, c):
+            hx = r00 * cu + r01 * cv + bx
+            hy = r10 * cu + r11 * cv + by
+            zc = z0 + gx * hx + gy * hy
+            zlo = min(zlo, zc)
+            zhi = max(zhi, zc)
+    for k in range(p.shape[0]):
+        # skip primitives the slab misses, then bound the rest by their in-plane extent
+        if p[k, CZ] - p[k, AZ] > zhi + half or p[k, CZ] + p[k, AZ] < zlo - half:
+            continue
+        if p[k, ZMIN] > zhi + half or p[k, ZMAX] < zlo - half:
+            continue
+        ext = max(p[k, AX], p[k, AY]) + 2.0 * px
+        i_lo, i_hi, j_lo, j_hi = n_rows, -1, n_cols, -1
+        for sx in (-1.0, 1.0):  # the head-coordinate box's corners, back to pixels
+            for sy in (-1.0, 1.0):
+                hx = p[k, CX] + sx * ext - bx
+                hy = p[k, CY] + sy * ext - by
+                u = (r11 * hx - r01 * hy) / det
+                v = (-r10 * hx + r00 * hy) / det
+                jf = (u + c) / px - 0.5
+                i_f = (v + c) / px - 0.5
+                j_lo = min(j_lo, int(math.floor(jf)))
+                j_hi = max(j_hi, int(math.ceil(jf)))
+                i_lo = min(i_lo, int(math.floor(i_f)))
+                i_hi = max(i_hi, int(math.ceil(i_f)))
+        i_lo, j_lo = max(i_lo, 0), max(j_lo, 0)
+        i_hi, j_hi = min(i_hi, n_rows - 1), min(j_hi, n_cols - 1)
+        clip = int(p[k, CLIP])
+        label = int(p[k, LABEL])
+        mat = int(p[k, MAT])
+        need_depth = mat == 1 or mat == 2 or mat == 6
+        # along a row, the primitive's local coordinates are affine in u: r2(u) = qa u^2 + qb u + qc
+        cs, sn = p[k, COS], p[k, SIN]
+        ia, ib = 1.0 / p[k, AX], 1.0 / p[k, AY]
+        du = (r00 * cs + r10 * sn) * ia  # d(lu/ax)/du
+        dv = (-r00 * sn + r10 * cs) * ib  # d(lv/ay)/du
+        reach = 1.0 + 2.0 * px / min(p[k, AX], p[k, AY])
+        for i in range(i_lo, i_hi + 1):
+            v = (i + 0.5) * px - c
+            x0 = r01 * v + bx - p[k, CX]  # head coordinates at u = 0, relative to the centre
+            y0 = r11 * v + by - p[k, CY]
+            e0 = (x0 * cs + y0 * sn) * ia
+            f0 = (-x0 * sn + y0 * cs) * ib
+            qa = du * du + dv * dv
+            qb = 2.0 * (du * e0 + dv * f0)
+            qc = e0 * e0 + f0 * f0 - reach
+            disc = qb * qb - 4.0 * qa * qc
+            if disc < 0.0 or qa <= 0.0:
+                continue
+            root = math.sqrt(disc)
+            u_lo, u_hi = (-qb - root) / (2.0 * qa), (-qb + root) / (2.0 * qa)
+            ja = max(j_lo, int(math.floor((u_lo + c) / px - 0.5)))
+            jb = min(j_hi, int(math.ceil((u_hi + c) / px - 0.5)))
+            for j in range(ja, jb + 1):
+                u = (j + 0.5) * px - c
+                x = r00 * u + r01 * v + bx
+                y = r10 * u + r11 * v + by
+                z = z0 + gx * x + gy * y
+                cov, lu, lv, depth = _coverage(p, k, x, y, z, half, px, need_depth)
+                if cov <= 0.0:
+                    continue
+                if clip >= 0:
+                    c2, a, b, d2 = _coverage(p, clip, x, y, z, half, px, False)
+                    cov *= c2
+                    if cov <= 0.0:
+                        continue
+                cur = out[i, j]
+                val, w = _material_value(p, k, cur, x, y, z, lu, lv, depth, field, grad)
+                out[i, j] = cur + (val - cur) * cov
+                if label >= 0:
+                    label_area[label] += cov * w
+
+
+def render_plane(prims: np.ndarray, pose: np.ndarray, half_mm: float, px_mm: float, field: np.ndarray,
+                 grad: np.ndarray, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Paint ``prims`` over a copy of ``background`` (float32 HU on the render grid, pixels of ``px_mm``)
+    seen through ``pose`` (9 numbers, see ``_render_kernel``); returns the image and the area (render pixels)
+    of each of the 5 subtypes' blood."""
+    if prims.ndim != 2 or prims.shape[1] != N_COLUMNS:
+        raise ValueError(f"Expected a primitive table (n, {N_COLUMNS}). Received: shape={prims.shape}")
+    pose = np.ascontiguousarray(pose, np.float64)
+    if pose.shape != (9,):
+        raise ValueError(f"Expected a pose of 9 numbers. Received: shape={pose.shape}")
+    out = np.array(background, dtype=np.float32, copy=True, order="C")
+    area = np.zeros(5, np.float64)
+    _render_kernel(np.ascontiguousarray(prims, np.float64), pose, float(half_mm), float(px_mm), field, grad, out, area)
+    return out, area
+
+
+@njit(cache=True, nogil=True)
+def _finish_kernel(render, noise, oy, ox, flip, sd, out):
+    """Upsample ``render`` 2x (bilinear, pixel centres aligned) into ``out`` and add ``sd`` x a window of the
+    noise bank at (oy, ox), flipped left-right when ``flip``."""
+    n = out.shape[0]
+    m = render.shape[0]
+    for i in range(n):
+        fy = (i + 0.5) / 2.0 - 0.5
+        iy = int(math.floor(fy))
+        ty = fy - iy
+        y0, y1 = max(iy, 0), min(iy + 1, m - 1)
+        for j in range(n):
+            fx = (j + 0.5) / 2.0 - 0.5
+            ix = int(math.floor(fx))
+            tx = fx - ix
+            x0, x1 = max(ix, 0), min(ix + 1, m - 1)
+            v = ((render[y0, x0] * (1 - tx) + render[y0, x1] * tx) * (1 - ty)
+                 + (render[y1, x0] * (1 - tx) + render[y1, x1] * tx) * ty)
+            jj = (n - 1 - j) if flip else j
+            out[i, j] = v + sd * noise[oy + i, ox + jj]
+
+
+def finish_slice(render: np.ndarray, noise: np.ndarray, rng: np.random.Generator, sd: float) -> np.ndarray:
+    """The 512x512 slice: ``render`` (256x256) upsampled, plus ``sd`` HU of the bank's textured noise."""
+    n = render.shape[0] * 2
+    out = np.empty((n, n), np.float32)
+    oy, ox = (int(v) for v in rng.integers(0, noise.shape[0] - n + 1, 2))
+    _finish_kernel(np.ascontiguousarray(render, np.float32), noise, oy, ox, bool(rng.random() < 0.5),
+                   np.float32(sd), out)
+    return out
+
+
+def noise_bank(rng: np.random.Generator, size: int = 768, peak: float = 0.14, width: float = 0.09) -> np.ndarray:
+    """Unit-variance CT-like noise (size x size float32): white noise shaped in frequency by a ramp times a
+    Gaussian roll-off (filtered back-projection's noise power spectrum), peaking near ``peak`` cycles/pixel."""
+    white = rng.standard_normal((size, size))
+    f = np.fft.fftfreq(size)
+    fr = np.hypot(f[:, None], f[None, :])
+    shape = fr * np.exp(-0.5 * ((fr - peak) / width) ** 2)
+    noise = np.fft.ifft2(np.fft.fft2(white) * np.sqrt(shape)).real
+    return (noise / noise.std()).astype(np.float32)

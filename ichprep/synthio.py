@@ -1,0 +1,109 @@
+"""Writing synthetic slices as DICOM files with the tags RSNA files carry, and the label CSV.
+
+Shared by every version of ``ichprep synth``: the encodings of the real data (16-bit signed with intercept
+-1024 and padding outside the scan circle; 12-bit unsigned with multi-valued window tags; the RSNA 12-bit
+defect), RSNA-like ``ID_`` identifiers, and the challenge's long label format.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+from ichprep.labels import SUBTYPES
+
+__all__ = ["ENCODINGS", "hex_id", "encode", "write_slice", "write_labels", "CORPUS_MARKER"]
+
+ENCODINGS = ("signed16", "unsigned12", "rsna12defect")
+# A corpus folder holds this file, so that a rerun into it may overwrite it and nothing else is.
+CORPUS_MARKER = "ichprep-synth.json"
+
+
+def hex_id(rng: np.random.Generator, n: int) -> str:
+    return "".join("0123456789abcdef"[d] for d in rng.integers(0, 16, n))
+
+
+def encode(hu: np.ndarray, encoding: str, outside: np.ndarray,
+           window: tuple[str, str] = ("40", "80")) -> tuple[np.ndarray, dict]:
+    """Stored values and the pixel-module tags for one slice of HU; ``outside`` marks the pixels beyond the
+    scanner's reconstruction circle (padding). ``window`` is the (center, width) the file declares."""
+    h = np.rint(hu).astype(np.int32)
+    c, w = window
+    if encoding == "signed16":
+        raw = np.clip(h + 1024, -32768, 32767)
+        raw[outside] = -2000
+        return raw.astype(np.int16), dict(BitsStored=16, HighBit=15, PixelRepresentation=1,
+                                           RescaleIntercept="-1024", RescaleSlope="1",
+                                           WindowCenter=c, WindowWidth=w)
+    if encoding == "unsigned12":
+        raw = np.clip(h + 1024, 0, 4095)
+        raw[outside] = 0
+        cc, ww = f"{int(c):05d}", f"{int(w):05d}"
+        return raw.astype(np.uint16), dict(BitsStored=12, HighBit=11, PixelRepresentation=0,
+                                            RescaleIntercept="-1024", RescaleSlope="1",
+                                            WindowCenter=[cc, cc], WindowWidth=[ww, ww])
+    # RSNA defect: 12-bit two's complement of HU, declared unsigned, intercept > -100.
+    h = np.clip(h, -1000, 3095)
+    h[outside] = -1000
+    raw = np.where(h < 0, h + 4096, h)
+    cc, ww = f"{int(c) - 4:05d}", f"{int(w):05d}"
+    return raw.astype(np.uint16), dict(BitsStored=12, HighBit=11, PixelRepresentation=0,
+                                        RescaleIntercept="1", RescaleSlope="1",
+                                        WindowCenter=[cc, cc], WindowWidth=[ww, ww])
+
+
+def write_slice(path, raw, tags, sop, study, series, pid, pname, z, compress, pixel_mm: float,
+                origin: float = -125.0, thickness: str | None = None) -> None:
+    """One slice as a DICOM file (Explicit VR Little Endian, or ``compress``'s transfer syntax)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # our RSNA-style 'ID_' UIDs are deliberately not valid UIs
+        _write_slice_unchecked(path, raw, tags, sop, study, series, pid, pname, z, compress, pixel_mm, origin,
+                               thickness)
+
+
+def _write_slice_unchecked(path, raw, tags, sop, study, series, pid, pname, z, compress, pixel_mm, origin,
+                           thickness) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop
+    ds.Modality = "CT"
+    ds.PatientName = pname
+    ds.PatientID = pid
+    ds.PatientBirthDate = "19470101"
+    ds.StudyDate = "20190101"
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = series
+    ds.StudyID = ""
+    ds.ImagePositionPatient = [origin, origin, round(z, 4)]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    if thickness is not None:
+        ds.SliceThickness = thickness
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = raw.shape
+    ds.PixelSpacing = [pixel_mm, pixel_mm]
+    ds.BitsAllocated = 16
+    for k, v in tags.items():
+        setattr(ds, k, v)
+    ds.PixelData = raw.tobytes()
+    if compress is not None:
+        ds.compress(compress, raw, generate_instance_uid=False)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def write_labels(path: str | os.PathLike, rows: list[tuple[str, np.ndarray]]) -> None:
+    """The challenge's long format: a header, then ``ID_<sop>_<subtype>,0|1`` for the six labels of each slice."""
+    with open(path, "w", newline="") as fh:
+        fh.write("ID,Label\n")
+        for sop, lab in sorted(rows, key=lambda r: r[0]):
+            for name, v in zip(SUBTYPES, lab):
+                fh.write(f"{sop}_{name},{int(v)}\n")

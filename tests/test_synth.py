@@ -1,0 +1,224 @@
+"""ichprep synth: the version-2 phantom (its kernel against plain numpy geometry), reproducibility of both
+versions, labels from the blood drawn, and what the command refuses."""
+
+import hashlib
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pydicom
+import pytest
+
+from ichprep.cli import main
+from ichprep.errors import UsageError
+from ichprep.phantom import N_COLUMNS, Material, make_field, render_plane
+from ichprep.synth import SynthConfig, write_corpus
+
+
+def _digest(corpus: str) -> str:
+    h = hashlib.sha256()
+    dicom = os.path.join(corpus, "dicom")
+    for name in sorted(os.listdir(dicom)):
+        h.update(name.encode())
+        with open(os.path.join(dicom, name), "rb") as fh:
+            h.update(fh.read())
+    with open(os.path.join(corpus, "labels.csv"), "rb") as fh:
+        h.update(fh.read())
+    return h.hexdigest()
+
+
+# Version 1 as ichprep wrote it before version 2 existed (commit d242bd9): old corpora stay reproducible.
+V1_DIGEST = "922e5dd2a4fa042d5b0c83aa4bdef7fec3e2e48c82a1b1d011c8e3ef72756c91"
+
+
+def test_version_1_writes_the_same_bytes_as_before(tmp_path):
+    write_corpus(tmp_path / "c", SynthConfig(studies=3, slices=5, seed=7, compressed_fraction=0.3, version=1))
+    assert _digest(str(tmp_path / "c")) == V1_DIGEST
+
+
+def test_version_2_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
+    cfg = SynthConfig(studies=2, slices=6, seed=4, compressed_fraction=0.3)
+    write_corpus(tmp_path / "a", cfg)
+    write_corpus(tmp_path / "b", cfg)
+    write_corpus(tmp_path / "c", SynthConfig(studies=2, slices=6, seed=5))
+    assert _digest(str(tmp_path / "a")) == _digest(str(tmp_path / "b")) != _digest(str(tmp_path / "c"))
+
+
+def _prim(c, a, mat=Material.CONST, val=100.0, label=-1, zmin=-1e9, zmax=1e9, clip=-1, p=(0, 0, 0, 0, 0)):
+    row = np.zeros(N_COLUMNS)
+    row[0:3], row[3:6] = c, a
+    row[6], row[7], row[8], row[9] = 1.0, 0.0, zmin, zmax
+    row[10], row[11], row[13], row[14] = mat, val, label, clip
+    row[15:20] = p
+    row[20] = 2.0
+    return row
+
+
+def _grid(n, px):
+    c = (np.arange(n) + 0.5) * px - n * px / 2
+    v, u = np.meshgrid(c, c, indexing="ij")
+    return u, v
+
+
+def test_a_sphere_covers_each_pixel_by_its_chord_through_the_slab():
+    """Plain numpy reference: a pixel's value is the fraction of the slab [z - h, z + h] inside the sphere's
+    chord at that pixel; away from the rim (where the kernel softens by half a pixel) they agree."""
+    n, px, r, h = 64, 1.0, 20.0, 2.5
+    field, grad = make_field(np.random.default_rng(0))
+    for z in (0.0, 12.0, 18.5, 21.0):
+        prims = np.stack([_prim((3.0, -2.0, 0.0), (r, r, r), val=1.0, label=1)])
+        pose = np.array([1, 0, 0, 1, 0, 0, z, 0, 0], float)
+        img, area = render_plane(prims, pose, h, px, field, grad, np.zeros((n, n), np.float32))
+        u, v = _grid(n, px)
+        rho2 = (u - 3.0) ** 2 + (v + 2.0) ** 2
+        chord = np.sqrt(np.clip(r * r - rho2, 0, None))
+        want = np.clip(np.minimum(chord, z + h) - np.maximum(-chord, z - h), 0, None) / (2 * h)
+        away = np.abs(np.sqrt(rho2) - r) > 1.5 * px
+        np.testing.assert_allclose(img[away], want[away], atol=2e-3)
+        assert area[1] == pytest.approx(want.sum(), rel=0.05, abs=2.0)  # the label's area is what was drawn
+        assert area[[0, 2, 3, 4]].sum() == 0
+
+
+def test_the_pose_moves_rotates_and_tilts_the_head():
+    """A long thin box-like ellipsoid seen through a pose: rotated 90 degrees it lies across the image; a pitch
+    moves the cut along z with y."""
+    n, px = 64, 1.0
+    field, grad = make_field(np.random.default_rng(0))
+    prims = np.stack([_prim((0, 0, 0), (3.0, 25.0, 30.0), val=1.0)])
+    bg = np.zeros((n, n), np.float32)
+    upright, _ = render_plane(prims, np.array([1, 0, 0, 1, 0, 0, 0, 0, 0.0]), 2.5, px, field, grad, bg)
+    turned, _ = render_plane(prims, np.array([0, 1, -1, 0, 0, 0, 0, 0, 0.0]), 2.5, px, field, grad, bg)
+    assert upright[:, 32].sum() > 40 and upright[32, :].sum() < 8  # the long axis runs down the image
+    assert turned[32, :].sum() > 40 and turned[:, 32].sum() < 8
+    shifted, _ = render_plane(prims, np.array([1, 0, 0, 1, 10.0, 0, 0, 0, 0.0]), 2.5, px, field, grad, bg)
+    assert np.argmax(shifted[32]) == np.argmax(upright[32]) - 10  # x = u + 10: the object appears 10 px left
+    tilted, _ = render_plane(prims, np.array([1, 0, 0, 1, 0, 0, 20.0, 0, 0.5]), 2.5, px, field, grad, bg)
+    ys = np.nonzero(tilted[:, 32] > 0.5)[0]
+    # z = 20 + y / 2 stays inside |z| < 30 only where y < 20 (rows above 52); upright it is inside all along
+    assert ys.max() < 52 + 2 and ys.min() < 20
+    assert upright[:, 32][ys].min() > 0.5
+
+
+def test_blood_fills_only_csf_and_its_label_counts_what_it_filled():
+    n, px = 48, 1.0
+    field, grad = make_field(np.random.default_rng(1))
+    csf = _prim((0, 0, 0), (8, 8, 20), val=8.0)
+    bleed = _prim((0, 0, 0), (20, 20, 20), mat=Material.FILL_CSF, val=70.0, label=3, p=(-1e9, 0, 0, 0, 0))
+    bleed[12] = 22.0  # fills what is darker than 22 HU
+    bg = np.full((n, n), 35.0, np.float32)  # brain
+    img, area = render_plane(np.stack([csf, bleed]), np.zeros(9) + np.array([1, 0, 0, 1, 0, 0, 0, 0, 0]), 2.5, px,
+                             field, grad, bg)
+    u, v = _grid(n, px)
+    inside = u * u + v * v < 7 * 7
+    outside = u * u + v * v > 9.5 * 9.5
+    assert np.allclose(img[inside], 70.0) and np.allclose(img[outside], 35.0)
+    assert area[3] == pytest.approx(np.pi * 64, rel=0.1)
+
+
+def test_kernels_run_as_plain_python(tmp_path):
+    """The phantom's kernels also run without Numba (NUMBA_DISABLE_JIT=1) and give the same image."""
+    code = ("import numpy as np, sys; from ichprep.anatomy import plan_study; from ichprep.phantom import "
+            "make_field, render_plane; rng = np.random.default_rng(3); a = plan_study(rng, ['subdural']); "
+            "f, g = make_field(rng); img, area = render_plane(a.prims, np.array([1, 0, 0, 1, 0, 0, 40.0, 0, 0]), "
+            "2.5, 8.0, f, g, np.full((32, 32), -1000, np.float32)); np.save(sys.argv[1], img)")
+    for jit in ("0", "1"):
+        env = dict(os.environ, NUMBA_DISABLE_JIT=jit)
+        res = subprocess.run([sys.executable, "-c", code, str(tmp_path / f"{jit}.npy")], env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "0.npy"), np.load(tmp_path / "1.npy"), atol=1e-3)
+
+
+def test_a_corpus_looks_like_a_series_from_skull_base_to_vertex(tmp_path):
+    s = write_corpus(tmp_path / "c", SynthConfig(studies=3, slices=16, seed=2, hemorrhage_fraction=1.0))
+    assert s["slices"] == 48 and s["version"] == 2 and s["positive"] > 0
+    by_series: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in os.listdir(s["dicom_dir"]):
+            ds = pydicom.dcmread(os.path.join(s["dicom_dir"], name))
+            assert float(ds.SliceThickness) in (3.0, 5.0) and 0.39 < float(ds.PixelSpacing[0]) < 0.61
+            by_series.setdefault(str(ds.SeriesInstanceUID), []).append(ds)
+    from ichprep.realism import measure_slice
+
+    for slices in by_series.values():
+        slices.sort(key=lambda d: float(d.ImagePositionPatient[2]))
+        first = [measure_slice(_hu(d), float(d.PixelSpacing[0])) for d in slices[:4]]
+        middle = measure_slice(_hu(slices[8]), float(slices[8].PixelSpacing[0]))
+        assert any(m.skull_base for m in first)  # the lower slices show the skull base
+        assert middle.brain_area_cm2 > 60 and not middle.skull_base
+
+
+def _hu(ds) -> np.ndarray:
+    from ichprep.pixels import fix_rsna_12bit, is_rsna_12bit_defect
+
+    raw, intercept = ds.pixel_array, float(ds.RescaleIntercept)
+    if is_rsna_12bit_defect(int(ds.BitsStored), int(ds.PixelRepresentation), intercept):
+        raw, intercept = fix_rsna_12bit(raw), -1000.0
+    return raw.astype(np.float32) + intercept
+
+
+@pytest.mark.parametrize("subtype", ["epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural"])
+def test_a_slice_is_labelled_where_its_blood_changed_the_pixels(subtype):
+    """The same head rendered with and without its lesion: the slices whose label area reaches the threshold
+    are those where the lesion changed the image over about that area, and no others."""
+    from ichprep.anatomy import plan_study
+    from ichprep.synth import _MIN_BLOOD_MM2
+
+    k = ["epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural"].index(subtype)
+    px = 1.0
+    labelled = 0
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        anatomy = plan_study(rng, [subtype])
+        field, grad = make_field(rng)
+        lesion = anatomy.prims[:, 13] >= 0
+        bg = np.full((256, 256), -1000.0, np.float32)
+        for z in np.arange(-40.0, 120.0, 5.0):
+            pose = np.array([1, 0, 0, 1, 0, 0, z, 0, 0.0])
+            with_blood, area = render_plane(anatomy.prims, pose, 2.5, px, field, grad, bg)
+            without, _ = render_plane(anatomy.prims[~lesion], pose, 2.5, px, field, grad, bg)
+            changed = float((np.abs(with_blood - without) > 3.0).sum()) * px * px
+            assert area[[i for i in range(5) if i != k]].sum() == 0
+            if area[k] * px * px >= _MIN_BLOOD_MM2[k]:
+                labelled += 1
+                assert changed >= 0.5 * _MIN_BLOOD_MM2[k], (seed, z, area[k], changed)
+            else:
+                assert changed <= 4 * _MIN_BLOOD_MM2[k], (seed, z, area[k], changed)
+    assert labelled >= 3  # each subtype shows up on several slices
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--studies", "0"], "studies an integer in [1, 100000]"),
+    (["--slices", "2"], "slices an integer in [4, 1000]"),
+    (["--slices", "100000"], "slices an integer in [4, 1000]"),
+    (["--seed", "-1"], "seed an integer"),
+    (["--hemorrhage-fraction", "nan"], "hemorrhage_fraction a number in [0, 1]"),
+    (["--hemorrhage-fraction", "1.5"], "hemorrhage_fraction a number in [0, 1]"),
+    (["--version", "3"], "invalid choice"),
+    (["--studies", "100000", "--slices", "1000"], "at most 10,000,000 slices"),
+])
+def test_impossible_sizes_and_counts_exit_2_with_one_line(tmp_path, capsys, argv, fragment):
+    assert main(["synth", str(tmp_path / "c"), "--quiet", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_folder_that_is_not_a_corpus_is_refused_and_an_earlier_corpus_is_replaced(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert main(["synth", str(mine), "--studies", "1", "--slices", "4", "--quiet"]) == 2
+    assert "holds no earlier ichprep synth corpus (found: notes.txt)" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "keep me" and not (mine / "dicom").exists()
+    corpus = tmp_path / "corpus"
+    assert main(["synth", str(corpus), "--studies", "2", "--slices", "4", "--seed", "1", "--quiet"]) == 0
+    first = set(os.listdir(corpus / "dicom"))
+    assert main(["synth", str(corpus), "--studies", "1", "--slices", "4", "--seed", "2", "--quiet"]) == 0
+    second = set(os.listdir(corpus / "dicom"))
+    assert len(second) == 4 and not first & second  # the earlier corpus's files are gone, not mixed in
+    with pytest.raises(UsageError, match="which is a file"):
+        write_corpus(mine / "notes.txt", SynthConfig(studies=1, slices=4))
