@@ -245,12 +245,12 @@ def _plan_lesions(rng, subtypes: list[str], ax, ay, az, cz, floor) -> list[dict]
     for st in subtypes:
         les: dict = {"subtype": st}
         if st == "subdural":
-            phase = rng.choice(["acute", "subacute", "chronic", "mixed"], p=[0.65, 0.15, 0.08, 0.12])
+            phase = rng.choice(["acute", "subacute", "chronic", "mixed"], p=[0.7, 0.12, 0.06, 0.12])
             les.update(hu={"acute": rng.uniform(52, 82), "subacute": rng.uniform(32, 48),
                            "chronic": rng.uniform(12, 26), "mixed": rng.uniform(40, 65)}[phase], phase=str(phase))
             side = rng.choice([-1.0, 1.0])
             les.update(side=side, direction=(0.0 if side > 0 else math.pi) + rng.uniform(-0.7, 0.7),
-                       thickness=float(rng.choice([rng.uniform(3.0, 6.0), rng.uniform(6.0, 18.0)], p=[0.35, 0.65])),
+                       thickness=float(rng.choice([rng.uniform(3.0, 7.0), rng.uniform(7.0, 20.0)], p=[0.25, 0.75])),
                        width=rng.uniform(0.5, 1.2), zc=rng.uniform(25, 70), zh=rng.uniform(20, 45))
             les["shift"] = -side * max(0.0, les["thickness"] - 6.0) * 0.5
         elif st == "epidural":
@@ -263,7 +263,7 @@ def _plan_lesions(rng, subtypes: list[str], ax, ay, az, cz, floor) -> list[dict]
         elif st == "intraparenchymal":
             where = rng.choice(["ganglia", "thalamus", "lobar", "cerebellum"], p=[0.35, 0.15, 0.4, 0.1])
             side = rng.choice([-1.0, 1.0])
-            r = float(rng.choice([rng.uniform(3, 8), rng.uniform(8, 20)], p=[0.45, 0.55]))
+            r = float(rng.choice([rng.uniform(3, 8), rng.uniform(8, 22)], p=[0.3, 0.7]))
             if where == "ganglia":
                 c = (side * 22, -5 + rng.uniform(-6, 6), 27 + rng.uniform(-4, 6))
             elif where == "thalamus":

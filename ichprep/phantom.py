@@ -145,14 +145,14 @@ def _coverage(p, k, x, y, z, half, px, need_depth):
             return 0.0, lu, lv, 0.0
         cov = (top - bot) / (2.0 * half) * soft
     depth = 0.0
-    if need_depth:
+    if need_depth:  # distance below the surface F = r2 + |w|^zexp = 1, to first order: (1 - F) / |grad F|
         w = (z - cz) / az
-        q = math.sqrt(r2 + w * w)
-        if q > 1e-6:
-            gx, gy, gz = lu / (ax * ax) / q, lv / (ay * ay) / q, w / az / q
-            depth = (1.0 - q) / max(math.sqrt(gx * gx + gy * gy + gz * gz), 1e-6)
-        else:
-            depth = min(amin, az)
+        aw = abs(w)
+        wz = aw * aw if zexp == 2.0 else aw ** zexp
+        dwz = 2.0 * aw if zexp == 2.0 else zexp * aw ** (zexp - 1.0)
+        gx, gy, gz = 2.0 * lu / (ax * ax), 2.0 * lv / (ay * ay), dwz / az
+        grad_len = math.sqrt(gx * gx + gy * gy + gz * gz)
+        depth = (1.0 - r2 - wz) / grad_len if grad_len > 1e-9 else min(amin, az)
         depth = min(depth, min(z - zmin, zmax - z))
     return cov, lu, lv, depth
 
