@@ -142,6 +142,15 @@ def _add_fit_arguments(f: argparse.ArgumentParser) -> None:
                    help="2.5D context for the slice models: also feed slices z-K .. z+K of the series (the series' "
                         "end slice repeats at its ends; default 0). baseline reads each slice with one shared "
                         "encoder and its head sees them side by side; the other slice models take them as channels")
+    f.add_argument("--augment", default="none", metavar="none|light|strong|SPEC",
+                   help="training-time augmentation of each batch (never of evaluation): light = flip=0.5, "
+                        "rotate=8, scale=0.08, shift=0.04, contrast=0.05, brightness=0.03; strong adds noise=0.02 and "
+                        "doubles the rest; or a list such as 'flip=0.5,rotate=10,noise=0.01' (parts: flip "
+                        "probability, rotate degrees, scale and shift fractions, contrast and brightness jitter of "
+                        "the window, noise sd). Seeded by --seed; recorded in the run (default none)")
+    f.add_argument("--tta", default="none", choices=("none", "flip"),
+                   help="test-time augmentation: flip also predicts each slice flipped left-right and averages the "
+                        "two in logit space; the run's calibration, evaluate and predict all use it (default none)")
     f.add_argument("--strategy", default="default", choices=("default", "mirrored", "multi-worker"),
                    help="tf.distribute strategy. default: one device. mirrored: every local GPU (synchronous). "
                         "multi-worker: one process per machine, each started with the same arguments and its own "
@@ -242,7 +251,7 @@ def _fit_config(args, **overrides):
                      fractions=_fractions(args.split), seed=args.seed, bn_momentum=args.bn_momentum,
                      strategy=args.strategy, neighbours=args.neighbours, backbone=args.backbone, windows=args.windows,
                      windows_on=args.windows_on, weights=None if args.weights.lower() == "none" else args.weights,
-                     **overrides)
+                     augment=args.augment, tta=args.tta, **overrides)
 
 
 def _cv(args) -> int:

@@ -33,6 +33,7 @@ from ichprep.labels import UNLABELLED
 from ichprep.readwindows import ReadWindows
 from ichprep.shardio import shard_reader
 from ichprep.windows import Window, parse_read_windows
+from ichtrain.augment import augment_images, parse_augment
 from ichtrain.batches import BatchAssembler, delivery_order, shard_groups
 from ichtrain.graphwindows import resolve_windows_on
 from ichtrain.sampling import sample_epoch, type_weights  # noqa: F401 (re-exported)
@@ -288,7 +289,7 @@ class StoreStream:
                 dtype: str = "float32", sequence: bool | None = None, shuffle_mb: float = 256.0,
                 parallel_reads: int = 2, drop_remainder: bool = False, first_epoch: int = 0,
                 rows: np.ndarray | None = None, shard: tuple[int, int] = (0, 1), repeat: bool = False,
-                neighbours: int = 0, windows_on: str = "reader"):
+                neighbours: int = 0, windows_on: str = "reader", augment: str | None = None, augment_seed: int = 0):
         """A ``tf.data.Dataset`` of (images, labels float32 (6,)) batches with static shapes.
 
         images: (H, W, C) for one-channel stores; (C, H, W, 1) -- the window sequence, Table 2.1 order --
@@ -309,6 +310,8 @@ class StoreStream:
         (b, H, W, 2k + 1) int16 as stored, window params (b, 2k + 1, 3, C) float32), labels) for a model whose
         first layer windows them (:mod:`ichtrain.graphwindows`; ``image_size`` and ``dtype`` are then that
         layer's business); ``auto``: ``model`` where a GPU trains.
+        ``augment``: an augmentation spec applied to every batch after the resize (:mod:`ichtrain.augment`;
+        training streams only), seeded by ``augment_seed`` and the batch's index; not with ``windows_on='model'``.
         """
         import tensorflow as tf
 
@@ -336,7 +339,11 @@ class StoreStream:
         sources = self.neighbour_rows(order, neighbours) if neighbours else order[:, None]
         whole = drop_remainder or repeat
         b = batch_size if whole else None
+        spec = parse_augment(augment)
         if resolve_windows_on(windows_on, self) == "model":
+            if spec.active:
+                raise UsageError("Augmentation runs in the reader; it cannot follow windows computed in the model. "
+                                 f"Received: augment={spec.to_string()!r} with windows_on={windows_on!r}")
             assembler = BatchAssembler(sources, self.labels[order], self.shard_slices, (full, full, 1), batch_size,
                                        self._fetcher(), int(shuffle_mb * 2**20), drop_remainder=drop_remainder,
                                        repeat=repeat, dtype="int16")
@@ -375,6 +382,9 @@ class StoreStream:
         ds = tf.data.Dataset.range(2**62 if repeat else assembler.n_batches)  # repeat: batch indices cycle the order
         ds = ds.map(load, num_parallel_calls=max(1, parallel_reads), deterministic=True)
         ds = ds.map(shape, num_parallel_calls=2)  # two converted batches in flight: bounded memory
+        if spec.active:
+            ds = ds.enumerate().map(lambda j, batch: (augment_images(batch[0], spec, augment_seed, j, sequence),
+                                                      batch[1]), num_parallel_calls=2, deterministic=True)
         return ds.prefetch(2)
 
     def _hu_dataset(self, assembler, b, parallel_reads):

@@ -9,7 +9,8 @@ import numpy as np
 
 from ichprep.errors import UsageError
 from ichprep.labels import SUBTYPES
-from ichtrain.fit import input_options, load_keras, load_run
+from ichtrain.augment import flip_width
+from ichtrain.fit import input_options, load_keras, load_run, tta_of
 from ichtrain.graphwindows import reading_model
 from ichtrain.calibration import Calibration, constant_prior, expected_calibration_error, reliability
 from ichtrain.metrics import summarise, weighted_log_loss
@@ -24,19 +25,32 @@ def _load(run_dir):
     return cfg, load_keras(model_path)
 
 
-def predict_rows(model, stream, batch_size: int = 32, split: str | None = None, rows=None, **inputs):
+def predict_rows(model, stream, batch_size: int = 32, split: str | None = None, rows=None, tta: str = "none",
+                 **inputs):
     """(y_true (n, 6) float32, y_prob (n, 6) float32) for a split or explicit rows, in row order;
-    ``inputs``: how the model reads the store (``ichtrain.fit.input_options``)."""
+    ``inputs``: how the model reads the store (``ichtrain.fit.input_options``); ``tta``: ``flip`` also predicts
+    each slice flipped left-right and averages the two in logit space (:mod:`ichtrain.augment`)."""
     ds = stream.dataset(split or "test", batch_size=batch_size, weighted=False, rows=rows, **inputs)
     model = reading_model(model, stream, inputs)  # itself, unless the windows are applied in its graph
     ys, ps = [], []
     with stream.guard():
         for x, y in ds:
-            ps.append(np.asarray(model(x, training=False), np.float32))
+            p = np.asarray(model(x, training=False), np.float32)
+            if tta == "flip":
+                q = np.asarray(model(flip_width(x), training=False), np.float32)
+                p = _mean_in_logits(p, q)
+            ps.append(p)
             ys.append(y.numpy())
     if not ys:
         return np.zeros((0, 6), np.float32), np.zeros((0, 6), np.float32)
     return np.concatenate(ys), np.concatenate(ps)
+
+
+def _mean_in_logits(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    eps = 1e-7
+    p, q = np.clip(p, eps, 1 - eps).astype(np.float64), np.clip(q, eps, 1 - eps).astype(np.float64)
+    z = 0.5 * (np.log(p / (1 - p)) + np.log(q / (1 - q)))
+    return (1 / (1 + np.exp(-z))).astype(np.float32)
 
 
 def evaluate(run_dir: str, split: str = "val", batch_size: int = 32) -> dict:
@@ -54,7 +68,7 @@ def evaluate(run_dir: str, split: str = "val", batch_size: int = 32) -> dict:
         p_raw = predict_series(model, open_embeddings(cfg["embeddings"], stream)[0], groups)
         y = stream.labels[np.concatenate(groups)].astype(np.float32)
     else:
-        y, p_raw = predict_rows(model, stream, batch_size, split=split, **input_options(cfg))
+        y, p_raw = predict_rows(model, stream, batch_size, split=split, tta=tta_of(cfg), **input_options(cfg))
     cal = Calibration.load(run_dir)
     p = cal.apply(p_raw) if cal is not None else p_raw
     result = summarise(y, p, THRESHOLDS)

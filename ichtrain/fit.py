@@ -12,11 +12,12 @@ import numpy as np
 
 from ichprep.errors import UsageError
 from ichprep.windows import windows_to_list
+from ichtrain.augment import check_tta, parse_augment
 from ichtrain.calibration import Calibration, fit_calibration
 from ichtrain.distribute import STRATEGIES, WorkerRole, fix_keras_multi_worker, make_strategy, worker_role
 from ichtrain.graphwindows import check_windows_on, reading_model, resolve_windows_on
 
-__all__ = ["FitConfig", "fit", "load_run", "load_keras", "worker_role", "STRATEGIES"]
+__all__ = ["FitConfig", "fit", "load_run", "load_keras", "worker_role", "STRATEGIES", "tta_of"]
 
 CONFIG = "config.json"
 LR_SCHEDULES = ("cosine", "constant")
@@ -48,6 +49,8 @@ class FitConfig:
     weights: str | None = "imagenet"  # --model backbone only: "imagenet", a weights file, or None (random)
     windows: str | None = None  # an hu store only: windows applied when read (default: rnn for rnn, else cnn)
     windows_on: str = "auto"  # an hu store only: reader (host), model (first layer), auto (model on a GPU)
+    augment: str = "none"  # training batches only (ichtrain.augment); recorded canonically
+    tta: str = "none"  # test-time augmentation of every prediction of the run, calibration included
 
     def __post_init__(self) -> None:
         from ichtrain.models import MODELS
@@ -68,6 +71,13 @@ class FitConfig:
         if not self.learning_rate > 0 or self.l2 < 0:
             raise UsageError(f"Expected --lr > 0 and --l2 >= 0. Received: lr={self.learning_rate}, l2={self.l2}")
         check_windows_on(self.windows_on)
+        object.__setattr__(self, "augment", parse_augment(self.augment).to_string())
+        check_tta(self.tta)
+        if self.augment != "none" and self.windows_on == "model":
+            raise UsageError("--augment runs in the stream's reader: use --windows-on reader (or auto) with it. "
+                             f"Received: augment={self.augment!r}, windows_on='model'")
+        if self.tta != "none" and self.model == "series":
+            raise UsageError("--tta flips slices: the series model reads embeddings. Received: tta with --model series")
         if self.lr_schedule not in LR_SCHEDULES:
             raise UsageError(f"Expected --lr-schedule one of {', '.join(LR_SCHEDULES)}. Received: {self.lr_schedule!r}")
         if not isinstance(self.neighbours, int) or not 0 <= self.neighbours <= 4:
@@ -98,7 +108,8 @@ class FitConfig:
 
 
 def _same_run(old: dict, new: dict) -> bool:
-    old = dict({"lr_schedule": "constant"}, **old)  # runs from before the schedule trained at a constant rate
+    # runs from before these options: a constant rate, no augmentation, no TTA
+    old = dict({"lr_schedule": "constant", "augment": "none", "tta": "none"}, **old)
     keys = set(old) | set(new)
     free = ("epochs", "out", "strategy", "replicas", "workers", "windows_on")  # none changes what is learnt
     return all(old.get(k) == new.get(k) for k in keys if k not in free)
@@ -147,14 +158,22 @@ def input_options(run: dict, training: bool = False) -> dict:
     import tensorflow as tf
 
     dtype = "float16" if tf.config.list_physical_devices("GPU") else "float32"
+    windows_on = run.get("windows_on", "auto") if training else "auto"
+    if training and run.get("augment", "none") != "none" and windows_on == "auto":
+        windows_on = "reader"  # augmentation runs in the reader's stream
     return dict(image_size=run["image_size"], neighbours=int(run.get("neighbours", 0)),
-                sequence=run["model"] == "rnn", dtype=dtype,
-                windows_on=run.get("windows_on", "auto") if training else "auto")
+                sequence=run["model"] == "rnn", dtype=dtype, windows_on=windows_on)
 
 
-def calibrate(run_dir: str, stream, model, inputs: dict, alpha: float, batch_size: int = 64) -> Calibration:
+def tta_of(run: dict) -> str:
+    """The run's test-time augmentation (runs from before it: none)."""
+    return run.get("tta", "none")
+
+
+def calibrate(run_dir: str, stream, model, inputs: dict, alpha: float, batch_size: int = 64,
+              tta: str = "none") -> Calibration:
     """Fit and save the run's calibration (:mod:`ichtrain.calibration`): the prior shift of the train
-    split's sampling weights, then Platt scaling per label on the model's val predictions."""
+    split's sampling weights, then Platt scaling per label on the model's val predictions (with the run's TTA)."""
     from ichtrain.data import type_weights
     from ichtrain.evaluate import predict_rows
 
@@ -163,7 +182,7 @@ def calibrate(run_dir: str, stream, model, inputs: dict, alpha: float, batch_siz
     sample_weights = np.array([weight[int(t)] for t in stream.types[train]])
     val_y = val_p = None
     if stream.splits["val"].size:
-        val_y, val_p = predict_rows(model, stream, batch_size, split="val", **inputs)
+        val_y, val_p = predict_rows(model, stream, batch_size, split="val", tta=tta, **inputs)
     else:
         print("ichtrain: warning: the val split is empty, so probabilities are corrected for the sampling "
               "weights only (no Platt scaling)", file=sys.stderr)
@@ -203,15 +222,17 @@ def _pipelines(cfg: FitConfig, stream, strategy, record: dict, epoch_size: int, 
     val_size = int(stream.splits["val"].size)
     inputs = input_options(record, training=True)
     common = dict(inputs, drop_remainder=True)
+    # the same maps for a run and its resume; other epochs draw others
+    augment = dict(augment=cfg.augment, augment_seed=cfg.seed * 1_000_003 + first_epoch)
     if cfg.strategy == "default":
         train = stream.dataset("train", batch_size=cfg.batch_size, alpha=cfg.alpha, epoch_size=epoch_size,
-                               epochs=cfg.epochs, first_epoch=first_epoch, **common)
+                               epochs=cfg.epochs, first_epoch=first_epoch, **common, **augment)
         return train, (stream.dataset("val", batch_size=cfg.batch_size, **inputs) if val_size else None), None
 
     def train_fn(ctx):  # one input pipeline per worker, batched per replica
         return stream.dataset("train", batch_size=ctx.get_per_replica_batch_size(cfg.batch_size), alpha=cfg.alpha,
                               epoch_size=epoch_size, epochs=cfg.epochs, first_epoch=first_epoch,
-                              shard=(ctx.input_pipeline_id, ctx.num_input_pipelines), **common)
+                              shard=(ctx.input_pipeline_id, ctx.num_input_pipelines), **common, **augment)
 
     def val_fn(ctx):  # cycled, so every worker can run the same number of validation steps
         return stream.dataset("val", batch_size=ctx.get_per_replica_batch_size(cfg.batch_size), repeat=True,
@@ -267,6 +288,7 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
                          f"Received: batch_size={cfg.batch_size}")
     stream = open_stream(cfg)
     windows_in_model = resolve_windows_on(cfg.windows_on, stream) == "model"  # refused here on a windowed store
+    windows_in_model = windows_in_model and cfg.augment == "none"  # augmentation runs in the reader
     epoch_size = cfg.epoch_size or int(stream.splits["train"].size)
     if epoch_size < cfg.batch_size:  # batches are whole: not one would be drawn (refused before the run is made)
         raise UsageError(f"The train split holds {epoch_size} slices, fewer than --batch-size {cfg.batch_size}: "
@@ -285,7 +307,7 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
     if first_epoch >= cfg.epochs:
         if role.chief and Calibration.load(cfg.out) is None:  # trained, but stopped before calibrating
             calibrate(cfg.out, stream, keras.models.load_model(load_run(cfg.out)[1]), input_options(record),
-                      cfg.alpha)
+                      cfg.alpha, tta=cfg.tta)
         return dict(epochs_done=first_epoch, resumed=True, trained=0)
     with strategy.scope():
         if first_epoch > 0:
@@ -332,7 +354,7 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
                                   verbose=verbose, shuffle=False)
     if role.chief:
         model.save(os.path.join(cfg.out, "model.keras"))
-        calibrate(cfg.out, stream, model, input_options(record), cfg.alpha)
+        calibrate(cfg.out, stream, model, input_options(record), cfg.alpha, tta=cfg.tta)
     else:  # the replica's weights: equal to the chief's after synchronous training (the test checks it)
         os.makedirs(os.path.join(cfg.out, f"worker-{role.task_id}"), exist_ok=True)
         model.save(os.path.join(cfg.out, f"worker-{role.task_id}", "model.keras"))

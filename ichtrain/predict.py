@@ -13,7 +13,7 @@ from ichprep.build import BuildConfig, build
 from ichprep.labels import SUBTYPES
 from ichprep.windows import windows_from_list
 from ichtrain.calibration import Calibration
-from ichtrain.fit import input_options, load_keras, load_run
+from ichtrain.fit import input_options, load_keras, load_run, tta_of
 
 __all__ = ["predict"]
 
@@ -42,7 +42,7 @@ def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_
         if cfg["model"] == "series":  # DICOMs -> store -> slice model -> embeddings -> series model
             probs = _series_probs(cfg, model, stream, ok, batch_size)
         else:
-            _, probs = predict_rows(model, stream, batch_size, rows=ok, **input_options(cfg))
+            _, probs = predict_rows(model, stream, batch_size, rows=ok, tta=tta_of(cfg), **input_options(cfg))
         if calibration is not None:
             probs = calibration.apply(probs)
         rejects = stream.info.rejects

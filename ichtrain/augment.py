@@ -1,0 +1,154 @@
+"""Training-time augmentation of whole batches, and test-time augmentation (TTA) of predictions.
+
+An augmentation is a spec: ``none``, ``light``, ``strong`` or a list ``flip=0.5,rotate=10,scale=0.1,shift=0.05,
+contrast=0.1,brightness=0.05,noise=0.02``:
+
+* ``flip``: probability of a left-right flip (heads are near-symmetric; bleeds occur on either side);
+* ``rotate`` (degrees), ``scale`` (relative), ``shift`` (fraction of the image): one random affine map per
+  slice, bilinear, the border filled with 0 (air in every window);
+* ``contrast``, ``brightness``: a random gain ``1 +- contrast`` about the window's middle and an offset
+  ``+- brightness``, clipped to [0, 1]: on windowed values this is a jitter of the window's width and centre;
+* ``noise``: Gaussian noise of this standard deviation (window units), clipped to [0, 1].
+
+Augmentations run per batch in the stream's TensorFlow map (compiled kernels on whole batches, no per-slice
+Python), after the resize, seeded by the run's seed, the epoch it starts from and the batch's index: a run
+and its resume draw the same maps. Evaluation streams are never augmented.
+
+TTA: ``none`` or ``flip``: the model also sees each slice flipped left-right and the two are averaged in
+logit space, before calibration (a run is calibrated with its own TTA).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+from ichprep.errors import UsageError
+
+__all__ = ["AugmentSpec", "parse_augment", "augment_batch", "augment_images", "TTA_MODES", "check_tta", "flip_width"]
+
+TTA_MODES = ("none", "flip")
+_LIMITS = {"flip": (0.0, 1.0), "rotate": (0.0, 45.0), "scale": (0.0, 0.5), "shift": (0.0, 0.3),
+           "contrast": (0.0, 0.5), "brightness": (0.0, 0.5), "noise": (0.0, 0.2)}
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    flip: float = 0.0
+    rotate: float = 0.0
+    scale: float = 0.0
+    shift: float = 0.0
+    contrast: float = 0.0
+    brightness: float = 0.0
+    noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            lo, hi = _LIMITS[f.name]
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+                raise UsageError(f"Expected augment part {f.name} a number in [{lo:g}, {hi:g}]. Received: {f.name}={v!r}")
+
+    @property
+    def active(self) -> bool:
+        return any(getattr(self, f.name) for f in fields(self))
+
+    def to_string(self) -> str:
+        """The canonical spec (what a run records): ``none`` or the non-zero parts in a fixed order."""
+        parts = [f"{k}={v:g}" for k, v in asdict(self).items() if v]
+        return ",".join(parts) if parts else "none"
+
+
+PRESETS = {
+    "none": AugmentSpec(),
+    "light": AugmentSpec(flip=0.5, rotate=8.0, scale=0.08, shift=0.04, contrast=0.05, brightness=0.03),
+    "strong": AugmentSpec(flip=0.5, rotate=15.0, scale=0.15, shift=0.08, contrast=0.1, brightness=0.05, noise=0.02),
+}
+
+
+def parse_augment(spec: str | None) -> AugmentSpec:
+    """``none`` / ``light`` / ``strong`` / ``name=value,...`` -> AugmentSpec; a bad part is a UsageError naming it."""
+    if spec is None:
+        return PRESETS["none"]
+    text = str(spec).strip()
+    if text in PRESETS:
+        return PRESETS[text]
+    values = {}
+    for part in text.split(","):
+        name, eq, value = part.strip().partition("=")
+        if not eq or name not in _LIMITS:
+            raise UsageError(f"Expected --augment none, light, strong or name=value parts ({', '.join(_LIMITS)}). "
+                             f"Received: part {part.strip()!r} of {text!r}")
+        if name in values:
+            raise UsageError(f"Expected each --augment part once. Received: {name} twice in {text!r}")
+        try:
+            values[name] = float(value)
+        except ValueError:
+            raise UsageError(f"Expected a number for --augment part {name}. Received: {name}={value!r}") from None
+    return AugmentSpec(**values)
+
+
+def check_tta(mode: str) -> str:
+    if mode not in TTA_MODES:
+        raise UsageError(f"Expected --tta one of {', '.join(TTA_MODES)}. Received: tta={mode!r}")
+    return mode
+
+
+def flip_width(x):
+    """A batch flipped left-right: (b, H, W, C) images, (b, C, H, W, 1) window sequences, or the model-mode pair
+    (hu (b, H, W, M), params)."""
+    import tensorflow as tf
+
+    if isinstance(x, (tuple, list)):
+        return (flip_width(x[0]),) + tuple(x[1:])
+    return tf.reverse(x, axis=[2] if x.shape.rank == 4 else [3])
+
+
+def augment_batch(images, spec: AugmentSpec, seed):
+    """``images`` (b, H, W, C) float in [0, 1], augmented per slice by ``spec``; ``seed``: a (2,) int tensor."""
+    import tensorflow as tf
+
+    dtype = images.dtype
+    x = tf.cast(images, tf.float32)
+    b = tf.shape(x)[0]
+    h, w = tf.cast(tf.shape(x)[1], tf.float32), tf.cast(tf.shape(x)[2], tf.float32)
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=8)
+
+    def uniform(k, lo, hi):
+        return tf.random.stateless_uniform((b,), seeds[k], lo, hi)
+
+    if spec.rotate or spec.scale or spec.shift or spec.flip:
+        angle = uniform(0, -spec.rotate, spec.rotate) * (math.pi / 180.0)
+        zoom = 1.0 + uniform(1, -spec.scale, spec.scale)
+        tx, ty = uniform(2, -spec.shift, spec.shift) * w, uniform(3, -spec.shift, spec.shift) * h
+        mirror = tf.where(uniform(4, 0.0, 1.0) < spec.flip, -1.0, 1.0)
+        # the inverse map (output pixel -> input pixel) about the image centre: x_in = A (x_out - c) + c - t
+        cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+        cx, cy = (w - 1) / 2, (h - 1) / 2
+        a0, a1 = cos * mirror, -sin
+        b0, b1 = sin * mirror, cos
+        a2 = cx - a0 * cx - a1 * cy - tx
+        b2 = cy - b0 * cx - b1 * cy - ty
+        zeros = tf.zeros_like(a0)
+        transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+        x = tf.raw_ops.ImageProjectiveTransformV3(images=x, transforms=transforms, output_shape=tf.shape(x)[1:3],
+                                                  fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
+    if spec.contrast or spec.brightness:
+        gain = 1.0 + uniform(5, -spec.contrast, spec.contrast)
+        offset = uniform(6, -spec.brightness, spec.brightness)
+        x = tf.clip_by_value((x - 0.5) * gain[:, None, None, None] + 0.5 + offset[:, None, None, None], 0.0, 1.0)
+    if spec.noise:
+        x = tf.clip_by_value(x + tf.random.stateless_normal(tf.shape(x), seeds[7], stddev=spec.noise), 0.0, 1.0)
+    return tf.cast(x, dtype)
+
+
+def augment_images(images, spec: AugmentSpec, seed: int, index, sequence: bool):
+    """Batch ``index`` of a stream augmented with seed (``seed``, ``index``); window sequences (b, C, H, W, 1)
+    get one map per slice, shared by its windows."""
+    import tensorflow as tf
+
+    s = tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
+    if sequence:
+        x = tf.transpose(tf.squeeze(images, -1), (0, 2, 3, 1))
+        return tf.expand_dims(tf.transpose(augment_batch(x, spec, s), (0, 3, 1, 2)), -1)
+    return augment_batch(images, spec, s)
