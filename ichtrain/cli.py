@@ -142,13 +142,17 @@ def _add_fit_arguments(f: argparse.ArgumentParser) -> None:
                    help="2.5D context for the slice models: also feed slices z-K .. z+K of the series (the series' "
                         "end slice repeats at its ends; default 0). baseline reads each slice with one shared "
                         "encoder and its head sees them side by side; the other slice models take them as channels")
-    f.add_argument("--augment", default="none", metavar="none|light|strong|SPEC",
+    f.add_argument("--recipe", choices=tuple(RECIPES),
+                   help="a preset of the options below, from what measurably helped on held-out patients "
+                        "(docs/training.md): winners = --augment light --tta flip, and on an hu store the windows "
+                        "brain:40/80,subdural:80/200,bone:600/2800 as channels. Options given explicitly win")
+    f.add_argument("--augment", default=None, metavar="none|light|strong|SPEC",
                    help="training-time augmentation of each batch (never of evaluation): light = flip=0.5, "
                         "rotate=8, scale=0.08, shift=0.04, contrast=0.05, brightness=0.03; strong adds noise=0.02 and "
                         "doubles the rest; or a list such as 'flip=0.5,rotate=10,noise=0.01' (parts: flip "
                         "probability, rotate degrees, scale and shift fractions, contrast and brightness jitter of "
                         "the window, noise sd). Seeded by --seed; recorded in the run (default none)")
-    f.add_argument("--tta", default="none", choices=("none", "flip"),
+    f.add_argument("--tta", default=None, choices=("none", "flip"),
                    help="test-time augmentation: flip also predicts each slice flipped left-right and averages the "
                         "two in logit space; the run's calibration, evaluate and predict all use it (default none)")
     f.add_argument("--strategy", default="default", choices=("default", "mirrored", "multi-worker"),
@@ -202,6 +206,10 @@ def _fit_series(args) -> int:
     if not args.embeddings:
         raise UsageError("--model series reads slice embeddings: pass --embeddings EMB.zarr (made by "
                          "'ichtrain embed SLICE_RUN --out EMB.zarr').")
+    for flag in ("augment", "tta", "recipe"):
+        if getattr(args, flag):
+            raise UsageError(f"--{flag} is for slice models; --model series reads slice embeddings. Received: "
+                             f"--{flag} {getattr(args, flag)}")
     cfg = SeriesFitConfig(store=args.store, embeddings=args.embeddings, out=args.out, epochs=args.epochs or SERIES_EPOCHS,
                           batch_size=min(args.batch_size, 8), learning_rate=args.lr, lr_schedule=args.lr_schedule,
                           init=args.series_init or "slice")
@@ -240,18 +248,38 @@ def _compare(args) -> int:
     return 0
 
 
+# Presets of fit options (``--recipe``): what each part adds is measured in docs/training.md.
+RECIPES = {"winners": dict(augment="light", tta="flip", hu_windows="brain:40/80,subdural:80/200,bone:600/2800")}
+
+
+def _recipe_options(args) -> dict:
+    """augment, tta and windows after ``--recipe``: explicit options win, then the recipe, then the defaults."""
+    recipe = RECIPES.get(args.recipe or "", {})
+    windows = args.windows
+    if windows is None and "hu_windows" in recipe and args.model != "rnn":
+        from ichtrain.fit import _is_hu_store
+
+        try:
+            windows = recipe["hu_windows"] if _is_hu_store(args.store) else None
+        except Exception:  # noqa: BLE001 -- an unreadable store is refused, with its reason, by fit itself
+            windows = None
+    return dict(augment=args.augment or recipe.get("augment", "none"), tta=args.tta or recipe.get("tta", "none"),
+                windows=windows, recipe=args.recipe)
+
+
 def _fit_config(args, **overrides):
     from ichtrain.fit import FitConfig
 
     if args.embeddings or args.series_init:
         raise UsageError(f"--{'embeddings' if args.embeddings else 'series-init'} is read by --model series only.")
+    overrides = dict(_recipe_options(args), **overrides)
     return FitConfig(store=args.store, out=args.out, model=args.model, epochs=args.epochs or 10,
                      batch_size=args.batch_size, image_size=args.image_size, l2=args.l2, learning_rate=args.lr,
                      lr_schedule=args.lr_schedule, alpha=args.alpha, epoch_size=args.epoch_size, split_by=args.split_by,
                      fractions=_fractions(args.split), seed=args.seed, bn_momentum=args.bn_momentum,
-                     strategy=args.strategy, neighbours=args.neighbours, backbone=args.backbone, windows=args.windows,
+                     strategy=args.strategy, neighbours=args.neighbours, backbone=args.backbone,
                      windows_on=args.windows_on, weights=None if args.weights.lower() == "none" else args.weights,
-                     augment=args.augment, tta=args.tta, **overrides)
+                     **overrides)
 
 
 def _cv(args) -> int:
@@ -273,17 +301,24 @@ def _cv(args) -> int:
 
 
 def _evaluate(args) -> int:
+    from ichtrain.cv import evaluate_cv, is_cv_folder
     from ichtrain.evaluate import evaluate
 
-    res = evaluate(args.run, args.split, args.batch_size)
+    cv = is_cv_folder(args.run)
+    res = evaluate_cv(args.run) if cv else evaluate(args.run, args.split, args.batch_size)
     if args.json:
         print(json.dumps({k: v for k, v in res.items() if k != "plots"}, indent=2))
         return 0
     c = res["calibration"]
-    kind = "calibrated" if res["calibrated"] else "uncalibrated: the run has no calibration.json"
-    print(f"{args.run} on {args.split} ({res['slices']} slices): weighted log loss {res['weighted_log_loss']:.4f} "
-          f"({kind}; constant prior {c['constant_prior_weighted_log_loss']:.4f}, raw model "
-          f"{c['raw_weighted_log_loss']:.4f})")
+    if cv:
+        print(f"{args.run}: pooled out-of-fold predictions of {res['folds']} folds ({res['slices']} slices, "
+              f"{res['patients']} patients), each calibrated on the other folds' out-of-fold predictions: weighted "
+              f"log loss {res['weighted_log_loss']:.4f} (constant prior {c['constant_prior_weighted_log_loss']:.4f})")
+    else:
+        kind = "calibrated" if res["calibrated"] else "uncalibrated: the run has no calibration.json"
+        print(f"{args.run} on {args.split} ({res['slices']} slices): weighted log loss {res['weighted_log_loss']:.4f} "
+              f"({kind}; constant prior {c['constant_prior_weighted_log_loss']:.4f}, raw model "
+              f"{c['raw_weighted_log_loss']:.4f})")
     print(f"  {'label':<17} {'AUC':>6} {'sens':>6} {'spec':>6} {'fall-out':>8} {'miss':>6}  {'ECE':>6} "
           f"{'mean p':>6} {'rate':>6}  (rates at 0.5)")
     for name, m in res["labels"].items():
@@ -292,7 +327,7 @@ def _evaluate(args) -> int:
         print(f"  {name:<17} {fmt(m['roc_auc'])} {fmt(a['sensitivity'])} {fmt(a['specificity'])} "
               f"  {fmt(a['fall_out'])} {fmt(a['miss_rate'])}  {fmt(cl['ece'])} {fmt(cl['mean_prob'])} "
               f"{fmt(cl['rate'])}")
-    print(f"  metrics {res['json']}; plots {', '.join(res['plots'])}; report {res['report']}")
+    print(f"  metrics {res['json']}" + ("" if cv else f"; plots {', '.join(res['plots'])}; report {res['report']}"))
     return 0
 
 

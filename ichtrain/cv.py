@@ -3,22 +3,33 @@
 Small cohorts (tens to hundreds of patients) make one 10% test split noise. Fold k's test split is fold
 k, its val split (calibration) fold k + 1, the rest train (:func:`ichtrain.data.fold_rows`); every
 labelled slice is out-of-fold exactly once, so the pooled out-of-fold predictions are scored as one set.
+
+A fold's own calibration sees a fifth of the patients. The pooled figures are therefore calibrated on the
+pooled out-of-fold predictions of the *other* folds (every patient once, none of the scored ones), and the
+folder's ensemble (``ensemble.json``: the fold models' mean prior-shifted logit, then one Platt map per label
+fitted on all out-of-fold predictions) is what ``evaluate`` and ``predict`` use on a cv folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import html
 import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
 from ichprep.errors import UsageError
 from ichprep.labels import SUBTYPES
+from ichtrain.calibration import (PLATT_RIDGE, Calibration, constant_prior, fit_platt, group_weights, logit,
+                                  sigmoid)
 from ichtrain.metrics import roc_auc, weighted_log_loss
 
-__all__ = ["cross_validate"]
+__all__ = ["cross_validate", "pooled_out_of_fold", "evaluate_cv", "FoldEnsemble", "is_cv_folder", "fold_dirs"]
+
+ENSEMBLE_FILE = "ensemble.json"
 
 
 def _scores(y: np.ndarray, p: np.ndarray) -> dict:
@@ -55,12 +66,144 @@ def cross_validate(base, folds: int = 5, verbose: int = 0) -> dict:
         v = np.array([f[key] for f in per_fold if f[key] is not None], np.float64)
         summary[key] = dict(mean=float(v.mean()) if v.size else None, sd=float(v.std(ddof=1)) if v.size > 1 else None)
     y, p = np.concatenate(ys), np.concatenate(ps)
+    pooled = pooled_out_of_fold(base.out, folds)
+    pooled["ensemble"].save(base.out)
     result = dict(folds=folds, model=base.model, slices=int(len(y)), per_fold=per_fold, summary=summary,
-                  pooled=_scores(y, p))
+                  pooled=dict(_scores(pooled["y"], pooled["p"]), constant_prior=pooled["constant_prior"]),
+                  pooled_fold_calibrated=_scores(y, p))
     result["json"] = os.path.join(base.out, "cv.json")
     with open(result["json"], "w") as fh:
         json.dump(result, fh, indent=2)
     result["html"] = _write_html(result, os.path.join(base.out, "cv.html"))
+    return result
+
+
+def fold_dirs(cv_dir: str, folds: int | None = None) -> list[str]:
+    """The fold runs of a cv folder, in order; a missing one is a UsageError naming it."""
+    if folds is None:
+        folds = 0
+        while os.path.isdir(os.path.join(cv_dir, f"fold-{folds}")):
+            folds += 1
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            with open(os.path.join(cv_dir, "cv.json")) as fh:
+                folds = max(folds, int(json.load(fh)["folds"]))
+    out = []
+    for k in range(folds):
+        d = os.path.join(cv_dir, f"fold-{k}")
+        if not os.path.isfile(os.path.join(d, "config.json")):
+            raise UsageError(f"{cv_dir!r} misses fold {k} ({d} holds no run): rerun 'ichtrain cv' with the same "
+                             "arguments to finish it")
+        out.append(d)
+    if len(out) < 2:
+        raise UsageError(f"{cv_dir!r} holds {len(out)} fold run(s): not a cv folder ('ichtrain cv' makes one)")
+    return out
+
+
+def is_cv_folder(path: str) -> bool:
+    return os.path.isdir(os.path.join(path, "fold-0")) and not os.path.isfile(os.path.join(path, "config.json"))
+
+
+@dataclass(frozen=True)
+class FoldEnsemble:
+    """A cv folder's fold models as one predictor: each fold's raw logits plus its prior-shift offset, averaged
+    over folds, then one Platt map per label fitted on the pooled out-of-fold predictions (every patient once)."""
+
+    folds: tuple[str, ...]  # the fold runs, relative to the cv folder
+    scale: tuple[float, ...]
+    shift: tuple[float, ...]
+    natural_prior: tuple[float, ...]
+    method: str = "fold-mean-logit+pooled-platt"
+
+    def save(self, cv_dir: str) -> str:
+        path = os.path.join(cv_dir, ENSEMBLE_FILE)
+        with open(path + ".tmp", "w") as fh:
+            json.dump(dataclasses.asdict(self), fh, indent=2)
+        os.replace(path + ".tmp", path)
+        return path
+
+    @classmethod
+    def load(cls, cv_dir: str) -> "FoldEnsemble":
+        path = os.path.join(cv_dir, ENSEMBLE_FILE)
+        if not os.path.isfile(path):
+            raise UsageError(f"{cv_dir!r} has no {ENSEMBLE_FILE}: rerun 'ichtrain cv' with the same arguments")
+        try:
+            with open(path) as fh:
+                d = json.load(fh)
+            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"{path} is damaged ({exc}); rerun 'ichtrain cv' with the same arguments") from None
+
+    def apply(self, fold_logits: list[np.ndarray]) -> np.ndarray:
+        """Calibrated probabilities from each fold's prior-shifted logits (n, 6)."""
+        z = np.mean(np.stack(fold_logits), axis=0)
+        return sigmoid(np.asarray(self.scale) * z + np.asarray(self.shift)).astype(np.float32)
+
+
+def _platt_per_label(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.ones(6), np.zeros(6)
+    for j in range(6):
+        a[j], b[j] = fit_platt(z[:, j], y[:, j], ridge=PLATT_RIDGE, weights=w)
+    return a, b
+
+
+def pooled_out_of_fold(cv_dir: str, folds: int | None = None) -> dict:
+    """Every labelled slice's out-of-fold prediction, calibrated on the *other* folds' out-of-fold predictions
+    (cross-fitted, so no slice's calibration saw it), with the ensemble's map fitted on all of them; and the
+    constant-prior predictor of each fold's train split. Keys: y, p, groups, constant_prior, ensemble."""
+    from ichtrain.data import run_stream
+
+    dirs = fold_dirs(cv_dir, folds)
+    zs, ys, gs, priors = [], [], [], []
+    for d in dirs:
+        with open(os.path.join(d, "config.json")) as fh:
+            cfg = json.load(fh)
+        path = os.path.join(d, "predictions-test.npz")
+        if not os.path.isfile(path):
+            raise UsageError(f"fold {d!r} has no out-of-fold predictions: rerun 'ichtrain cv' with the same arguments")
+        cal = Calibration.load(d)
+        with np.load(path) as f:
+            z = logit(f["y_prob_raw"]) + (np.asarray(cal.offset) if cal is not None else 0.0)
+            zs.append(z)
+            ys.append(f["y_true"].astype(np.float64))
+            gs.append(run_stream(cfg).groups[f["rows"]].astype(str))
+        prior = cal.natural_prior if cal is not None else ys[-1].mean(0)
+        priors.append(constant_prior(prior, len(ys[-1])))
+    w_all = group_weights(np.concatenate(gs))
+    cuts = np.cumsum([0] + [len(y) for y in ys])
+    p = []
+    for k in range(len(dirs)):
+        others = np.ones(cuts[-1], bool)
+        others[cuts[k]:cuts[k + 1]] = False
+        a, b = _platt_per_label(np.concatenate(zs)[others], np.concatenate(ys)[others], w_all[others])
+        p.append(sigmoid(a * zs[k] + b))
+    a, b = _platt_per_label(np.concatenate(zs), np.concatenate(ys), w_all)
+    y = np.concatenate(ys)
+    ensemble = FoldEnsemble(tuple(os.path.relpath(d, cv_dir) for d in dirs), tuple(a.tolist()), tuple(b.tolist()),
+                            tuple(np.concatenate(ys).mean(0).tolist()))
+    return dict(y=y, p=np.concatenate(p).astype(np.float32), groups=np.concatenate(gs), ensemble=ensemble,
+                constant_prior=weighted_log_loss(y, np.concatenate(priors)))
+
+
+def evaluate_cv(cv_dir: str) -> dict:
+    """The pooled out-of-fold evaluation of a cv folder (as ``evaluate`` reports a run's split), written to
+    CV_DIR/eval-oof.json."""
+    from ichtrain.calibration import expected_calibration_error
+    from ichtrain.evaluate import THRESHOLDS
+    from ichtrain.metrics import summarise
+
+    pooled = pooled_out_of_fold(cv_dir)
+    y, p = pooled["y"], pooled["p"]
+    result = summarise(y, p, THRESHOLDS)
+    labels = {name: dict(ece=expected_calibration_error(y[:, j], p[:, j]), mean_prob=float(p[:, j].mean()),
+                         rate=float(y[:, j].mean())) for j, name in enumerate(SUBTYPES)}
+    result.update(split="out-of-fold", folds=len(pooled["ensemble"].folds), calibrated=True,
+                  patients=int(np.unique(pooled["groups"]).size),
+                  calibration=dict(weighted_log_loss=result["weighted_log_loss"], labels=labels,
+                                   constant_prior_weighted_log_loss=pooled["constant_prior"],
+                                   method="pooled out-of-fold Platt, cross-fitted over folds"))
+    result["json"] = os.path.join(cv_dir, "eval-oof.json")
+    with open(result["json"], "w") as fh:
+        json.dump(result, fh, indent=2)
     return result
 
 

@@ -51,6 +51,7 @@ class FitConfig:
     windows_on: str = "auto"  # an hu store only: reader (host), model (first layer), auto (model on a GPU)
     augment: str = "none"  # training batches only (ichtrain.augment); recorded canonically
     tta: str = "none"  # test-time augmentation of every prediction of the run, calibration included
+    recipe: str | None = None  # the --recipe that chose augment, tta and windows (recorded; they are explicit)
 
     def __post_init__(self) -> None:
         from ichtrain.models import MODELS
@@ -109,7 +110,7 @@ class FitConfig:
 
 def _same_run(old: dict, new: dict) -> bool:
     # runs from before these options: a constant rate, no augmentation, no TTA
-    old = dict({"lr_schedule": "constant", "augment": "none", "tta": "none"}, **old)
+    old = dict({"lr_schedule": "constant", "augment": "none", "tta": "none", "recipe": None}, **old)
     keys = set(old) | set(new)
     free = ("epochs", "out", "strategy", "replicas", "workers", "windows_on")  # none changes what is learnt
     return all(old.get(k) == new.get(k) for k in keys if k not in free)

@@ -23,11 +23,19 @@ def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_
     from ichtrain.data import StoreStream
     from ichtrain.evaluate import predict_rows
 
+    from ichtrain.cv import FoldEnsemble, fold_dirs, is_cv_folder
+
     stream_err = sys.stderr if stream_err is None else stream_err  # bound now: tests replace sys.stderr
-    cfg, model_path = load_run(run_dir)
+    ensemble = None
+    if is_cv_folder(run_dir):  # a cv folder: its fold models, averaged (ichtrain.cv.FoldEnsemble)
+        ensemble = FoldEnsemble.load(run_dir)
+        members = fold_dirs(run_dir, len(ensemble.folds))
+        cfg, model_path = load_run(members[0])
+    else:
+        cfg, model_path = load_run(run_dir)
     model = load_keras(model_path)
     calibration = Calibration.load(run_dir)
-    if calibration is None:
+    if calibration is None and ensemble is None:
         print(f"ichtrain: warning: {run_dir} has no calibration.json; writing the model's raw probabilities "
               "(rerun 'ichtrain fit' with the same arguments to calibrate it)", file=stream_err)
     with tempfile.TemporaryDirectory(prefix="ichtrain-predict-") as tmp:
@@ -39,7 +47,9 @@ def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_
         stream = StoreStream(store, fractions=(1.0, 0.0, 0.0))
         ok = np.flatnonzero(stream.readable)
         sops = stream.sop_uids
-        if cfg["model"] == "series":  # DICOMs -> store -> slice model -> embeddings -> series model
+        if ensemble is not None:
+            probs = ensemble.apply([_fold_logits(d, stream, ok, batch_size) for d in members])
+        elif cfg["model"] == "series":  # DICOMs -> store -> slice model -> embeddings -> series model
             probs = _series_probs(cfg, model, stream, ok, batch_size)
         else:
             _, probs = predict_rows(model, stream, batch_size, rows=ok, tta=tta_of(cfg), **input_options(cfg))
@@ -55,6 +65,17 @@ def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_
     for r in rejects:
         print(f"ichtrain: could not read {r['file']}: {r['reason']} ({r['message']})", file=stream_err)
     return dict(slices=int(ok.size), rejected=len(rejects), out=out_csv, build=result.summary())
+
+
+def _fold_logits(fold_dir: str, stream, ok: np.ndarray, batch_size: int) -> np.ndarray:
+    """One fold model's raw logits on the rows ``ok`` plus its prior-shift offset (its own TTA)."""
+    from ichtrain.calibration import logit
+    from ichtrain.evaluate import predict_rows
+
+    cfg, path = load_run(fold_dir)
+    _, p = predict_rows(load_keras(path), stream, batch_size, rows=ok, tta=tta_of(cfg), **input_options(cfg))
+    cal = Calibration.load(fold_dir)
+    return logit(p) + (np.asarray(cal.offset) if cal is not None else 0.0)
 
 
 def _series_probs(cfg: dict, model, stream, ok: np.ndarray, batch_size: int) -> np.ndarray:

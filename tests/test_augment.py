@@ -132,3 +132,24 @@ def test_bad_augment_and_tta_exit_2_before_a_run_folder_is_made(brain_store, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0], err
     assert not out.exists()
+
+
+def test_the_winners_recipe_fills_what_was_not_given(brain_store, synth_corpus, tmp_path, capsys):
+    from ichprep.build import BuildConfig, build
+    from ichprep.windows import parse_windows
+
+    hu = str(tmp_path / "hu.zarr")
+    build(BuildConfig(source=synth_corpus["dicom_dir"], out=hu, labels=synth_corpus["labels"],
+                      windows=parse_windows("hu"), preset="hu", workers=0, salt="s", shard_slices=8))
+    common = ["--image-size", "32", "--batch-size", "8", "--epoch-size", "16", "--epochs", "1", "--split",
+              "0.6,0.2,0.2", "--quiet"]
+    assert main(["fit", hu, "--out", str(tmp_path / "a"), "--recipe", "winners", *common]) == 0
+    a = json.load(open(tmp_path / "a" / "config.json"))
+    assert (a["recipe"], a["augment"], a["tta"]) == ("winners", parse_augment("light").to_string(), "flip")
+    assert a["window_names"] == ["brain", "subdural", "bone"] and a["channels"] == 3
+    assert main(["fit", brain_store, "--out", str(tmp_path / "b"), "--recipe", "winners", "--tta", "none",
+                 "--augment", "flip=0.5", *common]) == 0
+    b = json.load(open(tmp_path / "b" / "config.json"))
+    assert (b["augment"], b["tta"], b["window_names"]) == ("flip=0.5", "none", ["brain"])  # explicit options win
+    assert main(["fit", brain_store, "--out", str(tmp_path / "c"), "--recipe", "best", *common]) == 2
+    assert "invalid choice" in capsys.readouterr().err

@@ -142,27 +142,6 @@ def test_compare_runs_on_the_same_patients_with_patient_bootstrap(slice_run, bra
     assert "other test slices" in capsys.readouterr().err
 
 
-def test_cv_pools_out_of_fold_predictions(brain_store, tmp_path, capsys):
-    from ichtrain.metrics import weighted_log_loss
-
-    out = tmp_path / "cv"
-    assert main(["cv", brain_store, "--folds", "3", "--out", str(out), "--image-size", "32", "--epochs", "1",
-                 "--epoch-size", "16", "--batch-size", "8", "--quiet"]) == 0
-    res = json.loads((out / "cv.json").read_text())
-    ys, ps, rows = [], [], []
-    for k in range(3):
-        with np.load(out / f"fold-{k}" / "predictions-test.npz") as d:
-            ys.append(d["y_true"]), ps.append(d["y_prob"]), rows.append(d["rows"])
-    assert sorted(np.concatenate(rows).tolist()) == list(range(60))  # every labelled slice out of fold once
-    assert res["pooled"]["weighted_log_loss"] == pytest.approx(weighted_log_loss(np.concatenate(ys), np.concatenate(ps)))
-    per = [f["weighted_log_loss"] for f in res["per_fold"]]
-    assert res["summary"]["weighted_log_loss"]["mean"] == pytest.approx(np.mean(per))
-    assert (out / "cv.html").is_file()
-    capsys.readouterr()
-    assert main(["cv", brain_store, "--folds", "6", "--out", str(tmp_path / "cv6")]) == 2
-    assert "at least 6 patients" in capsys.readouterr().err
-
-
 def test_series_model_starts_as_the_calibrated_slice_head(slice_run, brain_store, tmp_path):
     """--series-init slice: untrained, each step's output is the calibrated slice model's (a numpy
     reference: the slice head's weights, then Calibration.apply), whatever the rest of the series holds;
