@@ -35,7 +35,8 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 from ichprep.anatomy import plan_study
 from ichprep.errors import UsageError
 from ichprep.phantom import finish_slice, make_field, noise_bank, render_plane
-from ichprep.synthio import CORPUS_MARKER, ENCODINGS, encode, hex_id, write_labels, write_slice
+from ichprep.synthio import (CORPUS_MARKER, ENCODINGS, CorpusTally, encode, hex_id, patient_of, series_encoding,
+                             synthetic_patients, write_slice)
 
 __all__ = ["SynthConfig", "write_corpus", "ENCODINGS", "VERSIONS", "SIZE"]
 
@@ -139,27 +140,17 @@ def _write_corpus_v2(out_dir: str, dicom_dir: str, cfg: SynthConfig, progress) -
     root = np.random.SeedSequence([cfg.seed, 2])
     corpus_rng = np.random.default_rng(root.spawn(1)[0])
     banks = [noise_bank(corpus_rng, peak=p) for p in (0.07, 0.09, 0.12)]
-    n_patients = max(1, int(round(cfg.studies * 0.8)))
-    patients = [(f"ID_{hex_id(corpus_rng, 8)}", f"SYNTHETIC^PATIENT{i:04d}") for i in range(n_patients)]
-    rows: list[tuple[str, np.ndarray]] = []
-    counts = {"slices": 0, "compressed": 0, "positive": 0}
-    by_encoding = {e: 0 for e in ENCODINGS}
-    total = cfg.studies * cfg.slices
+    patients = synthetic_patients(corpus_rng, cfg.studies)
+    n_patients = len(patients)
+    tally = CorpusTally(cfg, progress)
     for s, study_seed in enumerate(root.spawn(cfg.studies + 1)[1:]):
         rng = np.random.default_rng(study_seed)
-        pid, pname = patients[s % n_patients] if s < n_patients else patients[int(rng.integers(n_patients))]
-        encoding = ENCODINGS[0] if s % 2 == 0 else (ENCODINGS[2] if s % 10 == 5 else ENCODINGS[1])
-        by_encoding[encoding] += cfg.slices
+        pid, pname = patient_of(s, patients, rng)
+        encoding = series_encoding(s)
+        tally.series(encoding)
         for sop, lab, compressed in _write_series(rng, cfg, dicom_dir, encoding, pid, pname, banks):
-            rows.append((sop, lab))
-            counts["slices"] += 1
-            counts["compressed"] += compressed
-            counts["positive"] += int(lab[5])
-            if progress is not None:
-                progress.update(counts["slices"], total)
-    write_labels(os.path.join(out_dir, "labels.csv"), rows)
-    return dict(counts, studies=cfg.studies, patients=n_patients, encodings=by_encoding, dicom_dir=dicom_dir,
-                labels=os.path.join(out_dir, "labels.csv"))
+            tally.slice(sop, lab, compressed)
+    return tally.finish(out_dir, dicom_dir, n_patients)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,8 @@ import numpy as np
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from ichprep.labels import SUBTYPES
-from ichprep.synthio import ENCODINGS, encode, hex_id, write_labels, write_slice
+from ichprep.synthio import (CorpusTally, encode, hex_id, patient_of, series_encoding, synthetic_patients,
+                             write_slice)
 
 __all__ = ["write_corpus"]
 
@@ -156,18 +157,15 @@ def write_corpus(out_dir: str | os.PathLike, cfg, progress=None) -> dict:
     dicom_dir = os.path.join(out_dir, "dicom")
     os.makedirs(dicom_dir, exist_ok=True)
     rng = np.random.default_rng(cfg.seed)
-    n_patients = max(1, int(round(cfg.studies * 0.8)))
-    patients = [(f"ID_{hex_id(rng, 8)}", f"SYNTHETIC^PATIENT{i:04d}") for i in range(n_patients)]
-    rows: list[tuple[str, np.ndarray]] = []
-    counts = {"slices": 0, "compressed": 0, "positive": 0}
-    by_encoding = {e: 0 for e in ENCODINGS}
-    total = cfg.studies * cfg.slices
+    patients = synthetic_patients(rng, cfg.studies)
+    n_patients = len(patients)
+    tally = CorpusTally(cfg, progress)
     for s in range(cfg.studies):
         plan = _study_plan(rng, cfg)
-        pid, pname = patients[s % n_patients] if s < n_patients else patients[int(rng.integers(n_patients))]
+        pid, pname = patient_of(s, patients, rng)
         study_uid, series_uid = f"ID_{hex_id(rng, 10)}", f"ID_{hex_id(rng, 10)}"
-        encoding = ENCODINGS[0] if s % 2 == 0 else (ENCODINGS[2] if s % 10 == 5 else ENCODINGS[1])
-        by_encoding[encoding] += cfg.slices
+        encoding = series_encoding(s)
+        tally.series(encoding)
         z_base = float(rng.uniform(-200, 100))
         order = rng.permutation(cfg.slices)  # files are not written in z order
         for k in order:
@@ -180,12 +178,5 @@ def write_corpus(out_dir: str | os.PathLike, cfg, progress=None) -> dict:
                 compress = RLELossless if rng.random() < 0.5 else JPEG2000Lossless
             write_slice(os.path.join(dicom_dir, f"{sop}.dcm"), raw, tags, sop, study_uid, series_uid,
                         pid, pname, z_base + 5.0 * k, compress, PIXEL_MM)
-            rows.append((sop, lab))
-            counts["slices"] += 1
-            counts["compressed"] += compress is not None
-            counts["positive"] += int(lab[5])
-            if progress is not None:
-                progress.update(counts["slices"], total)
-    write_labels(os.path.join(out_dir, "labels.csv"), rows)
-    return dict(counts, studies=cfg.studies, patients=n_patients, encodings=by_encoding, dicom_dir=dicom_dir,
-                labels=os.path.join(out_dir, "labels.csv"))
+            tally.slice(sop, lab, compress is not None)
+    return tally.finish(out_dir, dicom_dir, n_patients)

@@ -16,7 +16,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from ichprep.labels import SUBTYPES
 
-__all__ = ["ENCODINGS", "hex_id", "encode", "write_slice", "write_labels", "CORPUS_MARKER"]
+__all__ = ["ENCODINGS", "hex_id", "synthetic_patients", "patient_of", "series_encoding", "encode", "write_slice",
+           "write_labels", "CORPUS_MARKER", "CorpusTally"]
 
 ENCODINGS = ("signed16", "unsigned12", "rsna12defect")
 # A corpus folder holds this file, so that a rerun into it may overwrite it and nothing else is.
@@ -25,6 +26,23 @@ CORPUS_MARKER = "ichprep-synth.json"
 
 def hex_id(rng: np.random.Generator, n: int) -> str:
     return "".join("0123456789abcdef"[d] for d in rng.integers(0, 16, n))
+
+
+def synthetic_patients(rng: np.random.Generator, studies: int) -> list[tuple[str, str]]:
+    """(PatientID, PatientName) of a corpus: 0.8 patients a study, so some patients have two studies."""
+    n = max(1, int(round(studies * 0.8)))
+    return [(f"ID_{hex_id(rng, 8)}", f"SYNTHETIC^PATIENT{i:04d}") for i in range(n)]
+
+
+def patient_of(study: int, patients: list, rng: np.random.Generator) -> tuple[str, str]:
+    """The first studies take one patient each, the rest a random one again."""
+    n = len(patients)
+    return patients[study % n] if study < n else patients[int(rng.integers(n))]
+
+
+def series_encoding(study: int) -> str:
+    """As in the real data: half the series 16-bit signed, most others 12-bit unsigned, a tenth the RSNA defect."""
+    return ENCODINGS[0] if study % 2 == 0 else (ENCODINGS[2] if study % 10 == 5 else ENCODINGS[1])
 
 
 def encode(hu: np.ndarray, encoding: str, outside: np.ndarray,
@@ -98,6 +116,34 @@ def _write_slice_unchecked(path, raw, tags, sop, study, series, pid, pname, z, c
     if compress is not None:
         ds.compress(compress, raw, generate_instance_uid=False)
     ds.save_as(path, enforce_file_format=True)
+
+
+class CorpusTally:
+    """What a corpus writer has written: rows for the label CSV, counts, slices per encoding, progress."""
+
+    def __init__(self, cfg, progress=None):
+        self.cfg, self.progress = cfg, progress
+        self.rows: list[tuple[str, np.ndarray]] = []
+        self.counts = {"slices": 0, "compressed": 0, "positive": 0}
+        self.by_encoding = {e: 0 for e in ENCODINGS}
+
+    def series(self, encoding: str) -> None:
+        self.by_encoding[encoding] += self.cfg.slices
+
+    def slice(self, sop: str, labels: np.ndarray, compressed: bool) -> None:
+        self.rows.append((sop, labels))
+        self.counts["slices"] += 1
+        self.counts["compressed"] += bool(compressed)
+        self.counts["positive"] += int(labels[5])
+        if self.progress is not None:
+            self.progress.update(self.counts["slices"], self.cfg.studies * self.cfg.slices)
+
+    def finish(self, out_dir: str, dicom_dir: str, patients: int) -> dict:
+        """Write the label CSV; the corpus's summary."""
+        labels = os.path.join(out_dir, "labels.csv")
+        write_labels(labels, self.rows)
+        return dict(self.counts, studies=self.cfg.studies, patients=patients, encodings=self.by_encoding,
+                    dicom_dir=dicom_dir, labels=labels)
 
 
 def write_labels(path: str | os.PathLike, rows: list[tuple[str, np.ndarray]]) -> None:

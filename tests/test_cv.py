@@ -1,7 +1,6 @@
 """ichtrain cv: pooled out-of-fold predictions, their cross-fitted calibration, and the folds as one ensemble."""
 
 import json
-import os
 import shutil
 
 import numpy as np
@@ -73,7 +72,6 @@ def test_cv_pools_out_of_fold_predictions_calibrated_on_the_other_folds(cv_dir, 
 
 
 def test_predict_with_a_cv_folder_averages_its_folds_in_logit_space(cv_dir, synth_corpus, tmp_path, capsys):
-    import csv
 
     from ichtrain.calibration import sigmoid
 
