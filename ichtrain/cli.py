@@ -152,6 +152,10 @@ def _add_fit_arguments(f: argparse.ArgumentParser) -> None:
                         "doubles the rest; or a list such as 'flip=0.5,rotate=10,noise=0.01' (parts: flip "
                         "probability, rotate degrees, scale and shift fractions, contrast and brightness jitter of "
                         "the window, noise sd). Seeded by --seed; recorded in the run (default none)")
+    f.add_argument("--crop", default=None, choices=("none", "head"),
+                   help="head: every reader of the run (training, calibration, evaluate, predict) crops each slice to a "
+                        "square around its head (the largest tissue region, 8%% margin) before the resize, so the "
+                        "pixels hold brain, not air and headrest (default none)")
     f.add_argument("--tta", default=None, choices=("none", "flip"),
                    help="test-time augmentation: flip also predicts each slice flipped left-right and averages the "
                         "two in logit space; the run's calibration, evaluate and predict all use it (default none)")
@@ -206,7 +210,7 @@ def _fit_series(args) -> int:
     if not args.embeddings:
         raise UsageError("--model series reads slice embeddings: pass --embeddings EMB.zarr (made by "
                          "'ichtrain embed SLICE_RUN --out EMB.zarr').")
-    for flag in ("augment", "tta", "recipe"):
+    for flag in ("augment", "tta", "recipe", "crop"):
         if getattr(args, flag):
             raise UsageError(f"--{flag} is for slice models; --model series reads slice embeddings. Received: "
                              f"--{flag} {getattr(args, flag)}")
@@ -264,7 +268,7 @@ def _recipe_options(args) -> dict:
         except Exception:  # noqa: BLE001 -- an unreadable store is refused, with its reason, by fit itself
             windows = None
     return dict(augment=args.augment or recipe.get("augment", "none"), tta=args.tta or recipe.get("tta", "none"),
-                windows=windows, recipe=args.recipe)
+                crop=args.crop or recipe.get("crop", "none"), windows=windows, recipe=args.recipe)
 
 
 def _fit_config(args, **overrides):

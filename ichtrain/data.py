@@ -34,6 +34,7 @@ from ichprep.readwindows import ReadWindows
 from ichprep.shardio import shard_reader
 from ichprep.windows import Window, parse_read_windows
 from ichtrain.augment import augment_images, parse_augment
+from ichtrain.crop import check_crop, crop_to_boxes
 from ichtrain.batches import BatchAssembler, delivery_order, shard_groups
 from ichtrain.graphwindows import resolve_windows_on
 from ichtrain.sampling import sample_epoch, type_weights  # noqa: F401 (re-exported)
@@ -108,6 +109,7 @@ class StoreStream:
         self.window_names = [w.name for w in self.windows]
         self._closed = threading.Event()
         self._reading = 0  # reads in flight (tf.data reader threads)
+        self._boxes: dict[int, np.ndarray] = {}  # head boxes per row (crop="head"), kept across epochs
         self._reading_lock = threading.Lock()
         self.read_failure: StoreError | None = None  # the first failed read, said plainly (see guard)
 
@@ -266,6 +268,22 @@ class StoreStream:
             with self._reading_lock:
                 self._reading -= 1
 
+    def _head_boxes(self, assembler, j: int, img: np.ndarray, planar: bool, neighbours: int) -> np.ndarray:
+        """(b, 4) normalised head boxes of batch ``j``'s samples, from each centre slice's first channel; kept
+        per row, so an epoch computes each once."""
+        from ichprep.headbox import head_box, square_box
+
+        centre = assembler.sources[assembler.positions(j)][:, neighbours]
+        out = np.empty((len(centre), 4), np.float32)
+        for i, row in enumerate(centre):
+            box = self._boxes.get(int(row))
+            if box is None:
+                plane = img[i, 0] if planar else img[i, :, :, neighbours * self.channels]
+                box = square_box(head_box(np.asarray(plane, np.float32), 0.1), plane.shape)
+                self._boxes[int(row)] = box
+            out[i] = box
+        return out
+
     def _fetcher(self):
         """``fetch(shard)`` -> a shard object to decode slices from: ichprep's shard reader for stores of
         ichprep's layout, else zarr's read of the shard's rows."""
@@ -289,7 +307,8 @@ class StoreStream:
                 dtype: str = "float32", sequence: bool | None = None, shuffle_mb: float = 256.0,
                 parallel_reads: int = 2, drop_remainder: bool = False, first_epoch: int = 0,
                 rows: np.ndarray | None = None, shard: tuple[int, int] = (0, 1), repeat: bool = False,
-                neighbours: int = 0, windows_on: str = "reader", augment: str | None = None, augment_seed: int = 0):
+                neighbours: int = 0, windows_on: str = "reader", augment: str | None = None, augment_seed: int = 0,
+                crop: str = "none"):
         """A ``tf.data.Dataset`` of (images, labels float32 (6,)) batches with static shapes.
 
         images: (H, W, C) for one-channel stores; (C, H, W, 1) -- the window sequence, Table 2.1 order --
@@ -312,6 +331,8 @@ class StoreStream:
         layer's business); ``auto``: ``model`` where a GPU trains.
         ``augment``: an augmentation spec applied to every batch after the resize (:mod:`ichtrain.augment`;
         training streams only), seeded by ``augment_seed`` and the batch's index; not with ``windows_on='model'``.
+        ``crop``: ``head`` crops each sample to a square around its head (:mod:`ichprep.headbox`, found on the
+        centre slice and kept per row) before the resize; not with ``windows_on='model'``.
         """
         import tensorflow as tf
 
@@ -340,10 +361,12 @@ class StoreStream:
         whole = drop_remainder or repeat
         b = batch_size if whole else None
         spec = parse_augment(augment)
+        crop_head = check_crop(crop) == "head"
         if resolve_windows_on(windows_on, self) == "model":
-            if spec.active:
-                raise UsageError("Augmentation runs in the reader; it cannot follow windows computed in the model. "
-                                 f"Received: augment={spec.to_string()!r} with windows_on={windows_on!r}")
+            if spec.active or crop_head:
+                raise UsageError("Augmentation and head crops run in the reader; they cannot follow windows computed "
+                                 f"in the model. Received: augment={spec.to_string()!r}, crop={crop!r} with "
+                                 f"windows_on={windows_on!r}")
             assembler = BatchAssembler(sources, self.labels[order], self.shard_slices, (full, full, 1), batch_size,
                                        self._fetcher(), int(shuffle_mb * 2**20), drop_remainder=drop_remainder,
                                        repeat=repeat, dtype="int16")
@@ -358,21 +381,28 @@ class StoreStream:
                                    planar=planar, dtype=read_dtype)
         C = self.channels * (2 * neighbours + 1)
 
+        def read(j):
+            img, lab = self._tracked_batch(assembler, int(j))
+            boxes = self._head_boxes(assembler, int(j), img, planar, neighbours) if crop_head else np.zeros((0, 4))
+            return img, lab, boxes.astype(np.float32)
+
         def load(j):
-            img, lab = tf.numpy_function(lambda j: self._tracked_batch(assembler, int(j)), [j],
-                                         (tf.as_dtype(read_dtype), tf.float32), stateful=False)
+            img, lab, boxes = tf.numpy_function(read, [j], (tf.as_dtype(read_dtype), tf.float32, tf.float32),
+                                                stateful=False)
             img.set_shape((b, C, full, full) if planar else (b, full, full, C))
             lab.set_shape((b, 6))
-            return img, lab
+            return img, lab, boxes
 
-        def shape(img, lab):  # on whole batches, in TensorFlow (its cast is ~4x numpy's)
+        def shape(img, lab, boxes):  # on whole batches, in TensorFlow (its cast is ~4x numpy's)
+            if crop_head:
+                img = crop_to_boxes(img, boxes, size, planar)
             if planar:  # (b, C, H, W): resize each plane, then the layout the model takes
-                if size != full:
+                if size != full and not crop_head:
                     img = tf.image.resize(tf.reshape(tf.cast(img, tf.float32), (-1, full, full, 1)), (size, size),
                                           method="area")
                 img = tf.reshape(tf.cast(img, dtype), (-1, C, size, size, 1) if sequence else (-1, size, size, 1))
                 return img, lab
-            if size != full:
+            if size != full and not crop_head:
                 img = tf.image.resize(tf.cast(img, tf.float32), (size, size), method="area")
             img = tf.cast(img, dtype)
             if sequence:

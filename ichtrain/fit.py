@@ -14,6 +14,7 @@ from ichprep.errors import UsageError
 from ichprep.windows import windows_to_list
 from ichtrain.augment import check_tta, parse_augment
 from ichtrain.calibration import Calibration, fit_calibration
+from ichtrain.crop import check_crop
 from ichtrain.distribute import STRATEGIES, WorkerRole, fix_keras_multi_worker, make_strategy, worker_role
 from ichtrain.graphwindows import check_windows_on, reading_model, resolve_windows_on
 
@@ -52,6 +53,7 @@ class FitConfig:
     augment: str = "none"  # training batches only (ichtrain.augment); recorded canonically
     tta: str = "none"  # test-time augmentation of every prediction of the run, calibration included
     recipe: str | None = None  # the --recipe that chose augment, tta and windows (recorded; they are explicit)
+    crop: str = "none"  # head: every reader of the run crops each sample to its head before the resize
 
     def __post_init__(self) -> None:
         from ichtrain.models import MODELS
@@ -74,9 +76,10 @@ class FitConfig:
         check_windows_on(self.windows_on)
         object.__setattr__(self, "augment", parse_augment(self.augment).to_string())
         check_tta(self.tta)
-        if self.augment != "none" and self.windows_on == "model":
-            raise UsageError("--augment runs in the stream's reader: use --windows-on reader (or auto) with it. "
-                             f"Received: augment={self.augment!r}, windows_on='model'")
+        check_crop(self.crop)
+        if (self.augment != "none" or self.crop != "none") and self.windows_on == "model":
+            raise UsageError("--augment and --crop run in the stream's reader: use --windows-on reader (or auto) with "
+                             f"them. Received: augment={self.augment!r}, crop={self.crop!r}, windows_on='model'")
         if self.tta != "none" and self.model == "series":
             raise UsageError("--tta flips slices: the series model reads embeddings. Received: tta with --model series")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -110,7 +113,7 @@ class FitConfig:
 
 def _same_run(old: dict, new: dict) -> bool:
     # runs from before these options: a constant rate, no augmentation, no TTA
-    old = dict({"lr_schedule": "constant", "augment": "none", "tta": "none", "recipe": None}, **old)
+    old = dict({"lr_schedule": "constant", "augment": "none", "tta": "none", "recipe": None, "crop": "none"}, **old)
     keys = set(old) | set(new)
     free = ("epochs", "out", "strategy", "replicas", "workers", "windows_on")  # none changes what is learnt
     return all(old.get(k) == new.get(k) for k in keys if k not in free)
@@ -160,10 +163,11 @@ def input_options(run: dict, training: bool = False) -> dict:
 
     dtype = "float16" if tf.config.list_physical_devices("GPU") else "float32"
     windows_on = run.get("windows_on", "auto") if training else "auto"
-    if training and run.get("augment", "none") != "none" and windows_on == "auto":
-        windows_on = "reader"  # augmentation runs in the reader's stream
+    crop = run.get("crop", "none")
+    if (crop != "none" or (training and run.get("augment", "none") != "none")) and windows_on == "auto":
+        windows_on = "reader"  # augmentation and crops run in the reader's stream
     return dict(image_size=run["image_size"], neighbours=int(run.get("neighbours", 0)),
-                sequence=run["model"] == "rnn", dtype=dtype, windows_on=windows_on)
+                sequence=run["model"] == "rnn", dtype=dtype, windows_on=windows_on, crop=crop)
 
 
 def tta_of(run: dict) -> str:
@@ -289,7 +293,7 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
                          f"Received: batch_size={cfg.batch_size}")
     stream = open_stream(cfg)
     windows_in_model = resolve_windows_on(cfg.windows_on, stream) == "model"  # refused here on a windowed store
-    windows_in_model = windows_in_model and cfg.augment == "none"  # augmentation runs in the reader
+    windows_in_model = windows_in_model and cfg.augment == "none" and cfg.crop == "none"  # both run in the reader
     epoch_size = cfg.epoch_size or int(stream.splits["train"].size)
     if epoch_size < cfg.batch_size:  # batches are whole: not one would be drawn (refused before the run is made)
         raise UsageError(f"The train split holds {epoch_size} slices, fewer than --batch-size {cfg.batch_size}: "

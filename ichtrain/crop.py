@@ -1,0 +1,41 @@
+"""Head crops in the stream: each sample cut to a square around its head before the resize.
+
+Boxes come from :mod:`ichprep.headbox` (the largest tissue region of the centre slice, a margin, the aspect
+kept). The crop is read with TensorFlow's ``crop_and_resize`` to twice the target size (bilinear: at most
+~2x decimation, so little aliasing), then an area resize halves it, as the uncropped stream's area resize
+does. Every reader of a run crops alike (training, calibration, evaluation, prediction).
+"""
+
+from __future__ import annotations
+
+from ichprep.errors import UsageError
+
+__all__ = ["CROPS", "check_crop", "crop_to_boxes"]
+
+CROPS = ("none", "head")
+
+
+def check_crop(crop: str) -> str:
+    if crop not in CROPS:
+        raise UsageError(f"Expected --crop one of {', '.join(CROPS)}. Received: crop={crop!r}")
+    return crop
+
+
+def crop_to_boxes(img, boxes, size: int, planar: bool):
+    """(b, H, W, C) -> (b, size, size, C), or planar (b, C, H, W) -> (b, C, size, size): each sample's box."""
+    import tensorflow as tf
+
+    x = tf.cast(img, tf.float32)
+    b = tf.shape(x)[0]
+    if planar:  # every plane of a sample takes its box
+        c = tf.shape(x)[1]
+        x = tf.reshape(x, (-1, tf.shape(x)[2], tf.shape(x)[3], 1))
+        index = tf.repeat(tf.range(b), c)
+        boxes = tf.repeat(boxes, c, axis=0)
+    else:
+        index = tf.range(b)
+    x = tf.image.crop_and_resize(x, boxes, index, (2 * size, 2 * size), method="bilinear", extrapolation_value=0.0)
+    x = tf.image.resize(x, (size, size), method="area")
+    if planar:
+        x = tf.reshape(x, (b, -1, size, size))
+    return x
