@@ -152,6 +152,13 @@ def _add_fit_arguments(f: argparse.ArgumentParser) -> None:
                         "doubles the rest; or a list such as 'flip=0.5,rotate=10,noise=0.01' (parts: flip "
                         "probability, rotate degrees, scale and shift fractions, contrast and brightness jitter of "
                         "the window, noise sd). Seeded by --seed; recorded in the run (default none)")
+    f.add_argument("--init", metavar="RUN|MODEL.keras",
+                   help="fine-tune: start from another run's weights (its model.keras, or its last checkpoint) or a "
+                        ".keras file, e.g. a model trained on synthetic data or at another site; the model must be the "
+                        "same (--model, --image-size, windows, --neighbours), or fit refuses before training")
+    f.add_argument("--freeze-epochs", type=int, default=0, metavar="N",
+                   help="with --init: train only the head (the last layer) for the first N epochs, then everything "
+                        "(with a fresh optimizer; default 0)")
     f.add_argument("--crop", default=None, choices=("none", "head"),
                    help="head: every reader of the run (training, calibration, evaluate, predict) crops each slice to a "
                         "square around its head (the largest tissue region, 8%% margin) before the resize, so the "
@@ -210,10 +217,11 @@ def _fit_series(args) -> int:
     if not args.embeddings:
         raise UsageError("--model series reads slice embeddings: pass --embeddings EMB.zarr (made by "
                          "'ichtrain embed SLICE_RUN --out EMB.zarr').")
-    for flag in ("augment", "tta", "recipe", "crop"):
+    for flag in ("augment", "tta", "recipe", "crop", "init", "freeze_epochs"):
         if getattr(args, flag):
-            raise UsageError(f"--{flag} is for slice models; --model series reads slice embeddings. Received: "
-                             f"--{flag} {getattr(args, flag)}")
+            name = flag.replace("_", "-")
+            raise UsageError(f"--{name} is for slice models; --model series reads slice embeddings. Received: "
+                             f"--{name} {getattr(args, flag)}")
     cfg = SeriesFitConfig(store=args.store, embeddings=args.embeddings, out=args.out, epochs=args.epochs or SERIES_EPOCHS,
                           batch_size=min(args.batch_size, 8), learning_rate=args.lr, lr_schedule=args.lr_schedule,
                           init=args.series_init or "slice")
@@ -268,7 +276,8 @@ def _recipe_options(args) -> dict:
         except Exception:  # noqa: BLE001 -- an unreadable store is refused, with its reason, by fit itself
             windows = None
     return dict(augment=args.augment or recipe.get("augment", "none"), tta=args.tta or recipe.get("tta", "none"),
-                crop=args.crop or recipe.get("crop", "none"), windows=windows, recipe=args.recipe)
+                crop=args.crop or recipe.get("crop", "none"), windows=windows, recipe=args.recipe, init=args.init,
+                freeze_epochs=args.freeze_epochs)
 
 
 def _fit_config(args, **overrides):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -54,6 +55,8 @@ class FitConfig:
     tta: str = "none"  # test-time augmentation of every prediction of the run, calibration included
     recipe: str | None = None  # the --recipe that chose augment, tta and windows (recorded; they are explicit)
     crop: str = "none"  # head: every reader of the run crops each sample to its head before the resize
+    init: str | None = None  # start from another run's (or a .keras file's) weights: fine-tuning
+    freeze_epochs: int = 0  # with init: train only the last layer for this many epochs first
 
     def __post_init__(self) -> None:
         from ichtrain.models import MODELS
@@ -77,6 +80,15 @@ class FitConfig:
         object.__setattr__(self, "augment", parse_augment(self.augment).to_string())
         check_tta(self.tta)
         check_crop(self.crop)
+        if not isinstance(self.freeze_epochs, int) or not 0 <= self.freeze_epochs < self.epochs:
+            raise UsageError(f"Expected --freeze-epochs an integer in [0, --epochs). Received: "
+                             f"freeze_epochs={self.freeze_epochs!r}, epochs={self.epochs}")
+        if self.freeze_epochs and not self.init:
+            raise UsageError("--freeze-epochs keeps pretrained layers still: pass --init RUN with it")
+        if self.freeze_epochs and self.strategy != "default":
+            raise UsageError(f"--freeze-epochs trains in two stages on one device. Received: strategy={self.strategy!r}")
+        if self.init is not None:
+            object.__setattr__(self, "init", os.path.abspath(self.init))
         if (self.augment != "none" or self.crop != "none") and self.windows_on == "model":
             raise UsageError("--augment and --crop run in the stream's reader: use --windows-on reader (or auto) with "
                              f"them. Received: augment={self.augment!r}, crop={self.crop!r}, windows_on='model'")
@@ -113,7 +125,8 @@ class FitConfig:
 
 def _same_run(old: dict, new: dict) -> bool:
     # runs from before these options: a constant rate, no augmentation, no TTA
-    old = dict({"lr_schedule": "constant", "augment": "none", "tta": "none", "recipe": None, "crop": "none"}, **old)
+    old = dict({"lr_schedule": "constant", "augment": "none", "tta": "none", "recipe": None, "crop": "none",
+                "init": None, "freeze_epochs": 0}, **old)
     keys = set(old) | set(new)
     free = ("epochs", "out", "strategy", "replicas", "workers", "windows_on")  # none changes what is learnt
     return all(old.get(k) == new.get(k) for k in keys if k not in free)
@@ -249,6 +262,49 @@ def _pipelines(cfg: FitConfig, stream, strategy, record: dict, epoch_size: int, 
     return train, val, (val_steps or None)
 
 
+def _init_path(init: str) -> str:
+    """The model file of ``--init``: a run folder's model (or its last checkpoint), or a .keras file."""
+    if os.path.isdir(init):
+        return load_run(init)[1]
+    if os.path.isfile(init) and init.endswith(".keras"):
+        return init
+    raise UsageError(f"Expected --init a run folder or a .keras file. Received: {init!r}, which is "
+                     f"{'not a .keras file' if os.path.exists(init) else 'missing'}")
+
+
+def _initial_weights(cfg: FitConfig, size: int, in_channels: int, windows: int) -> list:
+    """The weights of ``--init``, checked against the model this run builds: the same input, the same layers
+    and weight shapes, six outputs; any difference is refused (one line naming both) before training."""
+    from ichtrain.models import build_model
+
+    source = load_keras(_init_path(cfg.init))
+    target = build_model(cfg.model, size, in_channels, cfg.l2, windows=windows, bn_momentum=cfg.bn_momentum,
+                         backbone=cfg.backbone, weights=None, neighbours=cfg.neighbours)
+    got = [tuple(w.shape) for w in source.weights]
+    want = [tuple(w.shape) for w in target.weights]
+    src_in, dst_in = tuple(source.inputs[0].shape[1:]), tuple(target.inputs[0].shape[1:])
+    if src_in != dst_in or got != want or tuple(source.outputs[0].shape[1:]) != (6,):
+        raise UsageError(f"--init {cfg.init!r} is a model of input {src_in} and {len(got)} weights "
+                         f"({source.name}); this run builds {cfg.model} of input {dst_in} and {len(want)} weights: "
+                         "fine-tune with the same --model, --image-size, windows and --neighbours")
+    return source.get_weights()
+
+
+def _leaf_layers(model) -> list:
+    out = []
+    for layer in model.layers:
+        out.extend(_leaf_layers(layer) if getattr(layer, "layers", None) else [layer])
+    return out
+
+
+def _freeze(model, frozen: bool) -> None:
+    """Every layer but the last one with weights (the head) still while ``frozen`` (a still BatchNorm also keeps
+    its statistics: Keras runs it in inference mode)."""
+    with_weights = [layer for layer in _leaf_layers(model) if layer.weights]
+    for layer in with_weights[:-1]:
+        layer.trainable = not frozen
+
+
 def open_stream(cfg: FitConfig):
     """The store's stream for ``cfg``, refusing before any training a model that cannot read its windows."""
     from ichtrain.data import StoreStream
@@ -304,6 +360,10 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
                   windows=windows_to_list(stream.windows), store_layout="hu" if stream.info.hu else "windows",
                   size_policy=stream.info.size_policy,
                   replicas=replicas, workers=role.workers, split=stream.split_record())
+    in_channels = 1 if cfg.model == "rnn" else stream.channels * (2 * cfg.neighbours + 1)
+    initial = _initial_weights(cfg, size, in_channels, stream.channels) if cfg.init else None  # before the folder
+    if cfg.freeze_epochs and windows_in_model:
+        raise UsageError("--freeze-epochs trains the model itself: pass --windows-on reader with it")
     first_epoch = _open_run(cfg, record, stream, role)
     last = os.path.join(cfg.out, "checkpoints", "last.keras")
     verbose = verbose if role.chief else 0
@@ -317,13 +377,18 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
     with strategy.scope():
         if first_epoch > 0:
             model = keras.models.load_model(last)
+            if cfg.freeze_epochs:  # the stage this epoch belongs to (a checkpoint keeps the flags it was saved with)
+                _freeze(model, first_epoch < cfg.freeze_epochs)
+                compile_model(model, cfg.learning_rate)
         else:
-            in_channels = 1 if cfg.model == "rnn" else stream.channels * (2 * cfg.neighbours + 1)
-            model = compile_model(build_model(cfg.model, size, in_channels,
-                                              cfg.l2, windows=stream.channels, bn_momentum=cfg.bn_momentum,
-                                              sync_bn=distributed, backbone=cfg.backbone, weights=cfg.weights,
-                                              neighbours=cfg.neighbours),
-                                  cfg.learning_rate)
+            model = build_model(cfg.model, size, in_channels, cfg.l2, windows=stream.channels,
+                                bn_momentum=cfg.bn_momentum, sync_bn=distributed, backbone=cfg.backbone,
+                                weights=cfg.weights, neighbours=cfg.neighbours)
+            if initial is not None:
+                model.set_weights(initial)
+            if cfg.freeze_epochs:
+                _freeze(model, True)
+            model = compile_model(model, cfg.learning_rate)
         train_model = model  # windows in the model: trained inside a wrapper whose first layer applies them
         if windows_in_model:
             train_model = compile_model(reading_model(model, stream, input_options(record, training=True)),
@@ -354,6 +419,17 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
     # first, so the rate it sets is in the logs the CSV logger writes
     callbacks.insert(0, keras.callbacks.LearningRateScheduler(lambda epoch, lr: learning_rate_at(cfg, epoch)))
     with stream.guard():  # an error mid-epoch stops the readers first, and names a damaged shard
+        if cfg.freeze_epochs and first_epoch < cfg.freeze_epochs:  # stage 1: the last layer alone, then all
+            frozen, _, _ = _pipelines(dataclasses.replace(cfg, epochs=cfg.freeze_epochs, freeze_epochs=0), stream,
+                                      strategy, record,
+                                      epoch_size, first_epoch)
+            train_model.fit(frozen, epochs=cfg.freeze_epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
+                            validation_data=val, validation_steps=val_steps, callbacks=callbacks, verbose=verbose,
+                            shuffle=False)
+            _freeze(model, False)
+            compile_model(model, cfg.learning_rate)  # a new optimizer for the layers that join
+            first_epoch = cfg.freeze_epochs
+            train, _, _ = _pipelines(cfg, stream, strategy, record, epoch_size, first_epoch)
         history = train_model.fit(train, epochs=cfg.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
                                   validation_data=val, validation_steps=val_steps, callbacks=callbacks,
                                   verbose=verbose, shuffle=False)
