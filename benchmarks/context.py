@@ -37,7 +37,8 @@ def _run(main, argv: list[str]) -> None:
 
 
 def measure(work: str, studies: int, slices: int, corpus_seed: int, seeds: list[int], epochs: int,
-            image_size: int, split: str, series_epochs: int, batch_size: int = 32, salt: str = "context") -> dict:
+            image_size: int, split: str, series_epochs: int, batch_size: int = 32, salt: str = "context",
+            synth_version: int = 2) -> dict:
     from ichprep.cli import main as ichprep
     from ichtrain.cli import main as ichtrain
     from ichtrain.compare import compare
@@ -45,7 +46,7 @@ def measure(work: str, studies: int, slices: int, corpus_seed: int, seeds: list[
     src, store = os.path.join(work, "dicom"), os.path.join(work, "store.zarr")
     if not os.path.isdir(store):
         _run(ichprep, ["synth", src, "--studies", str(studies), "--slices", str(slices), "--seed", str(corpus_seed),
-                       "--hemorrhage-fraction", "0.5"])
+                       "--hemorrhage-fraction", "0.5", "--version", str(synth_version)])
         _run(ichprep, ["build", os.path.join(src, "dicom"), "--out", store, "--labels", os.path.join(src, "labels.csv"),
                        "--windows", "brain:40/80", "--salt", salt, "--quiet"])
     common = ["--epochs", str(epochs), "--image-size", str(image_size), "--split", split, "--batch-size",
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--salt", default="context", help="the store's patient-hash key: it places patients in splits, "
                                                        "so the same salt gives the same test patients anywhere")
     p.add_argument("--split", default="0.7,0.15,0.15")
+    p.add_argument("--synth-version", type=int, default=2, choices=(1, 2),
+                   help="the synthetic corpus's version (1: the ellipse phantom of the measurements before 2026-12-06)")
     p.add_argument("--work", help="keep the corpus, store and runs here (default: a temporary folder)")
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args(argv)
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         work = a.work or tmp
         os.makedirs(work, exist_ok=True)
         res = measure(work, a.studies, a.slices, a.corpus_seed, seeds, a.epochs, a.image_size, a.split,
-                      a.series_epochs, a.batch_size, a.salt)
+                      a.series_epochs, a.batch_size, a.salt, a.synth_version)
     s = res["summary"]
     print(f"mean over seeds {seeds}: prior {s['prior_wll']:.3f}; slice {s['slice_wll']:.3f} (AUC {s['slice_auc_any']:.3f}); "
           f"2.5D k=1 {s['k1_wll']:.3f} (AUC {s['k1_auc_any']:.3f}); series {s['series_wll']:.3f} "

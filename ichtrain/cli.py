@@ -86,6 +86,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="submission CSV path")
     r.add_argument("--workers", type=int, default=1)
     r.add_argument("--batch-size", type=int, default=32)
+    x = sub.add_parser("export", help="a standalone TensorFlow SavedModel: int16 HU in, calibrated probabilities out",
+                       description="Write RUN as a SavedModel whose function 'serve' takes a batch of int16 Hounsfield-"
+                                   "unit slices (b, 512, 512) -- as an hu store holds them -- and returns (b, 6) "
+                                   "calibrated probabilities: the run's windows, resize, model, test-time flip and "
+                                   "calibration inside; loadable with TensorFlow alone (tf.saved_model.load(DIR)"
+                                   ".serve(hu)). Runs with default windows, neighbours, head crops or the series "
+                                   "model are refused.")
+    x.add_argument("run")
+    x.add_argument("--out", required=True, help="export folder (must not exist, unless --overwrite)")
+    x.add_argument("--overwrite", action="store_true", help="replace an earlier export at --out (nothing else)")
     return p
 
 
@@ -187,7 +197,7 @@ def _dispatch(argv: list[str]) -> int:
 
         import_tensorflow()
     commands = {"fit": _fit, "cv": _cv, "embed": _embed, "evaluate": _evaluate, "compare": _compare, "predict": _predict,
-                "demo": _demo}
+                "export": _export, "demo": _demo}
     return commands[args.command](args)
 
 
@@ -350,6 +360,16 @@ def _predict(args) -> int:
     res = predict(args.run, args.dicom_dir, args.out, workers=args.workers, batch_size=args.batch_size)
     print(f"{res['out']}: {res['slices']} slices predicted ({res['slices'] * 6} rows), {res['rejected']} files "
           "could not be read")
+    return 0
+
+
+def _export(args) -> int:
+    from ichtrain.export import export
+
+    res = export(args.run, args.out, overwrite=args.overwrite)
+    print(f"{res['out']}: SavedModel of {res['model']} ({res['input']} -> {len(res['output'])} calibrated "
+          f"probabilities; windows {', '.join(w['name'] for w in res['windows'])}, {res['image_size']} px, TTA "
+          f"{res['tta']}); load with tf.saved_model.load('{res['out']}').serve(hu)")
     return 0
 
 
