@@ -86,6 +86,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="submission CSV path")
     r.add_argument("--workers", type=int, default=1)
     r.add_argument("--batch-size", type=int, default=32)
+    g = sub.add_parser("explain", help="Grad-CAM of one slice: where the model looks for a label (PNG)",
+                       description="Draw one slice of RUN's store as the model sees it, beside the Grad-CAM heat map "
+                                   "of --label (the last convolutional feature map's channels weighted by the "
+                                   "label's gradient), with the run's calibrated probabilities in the title. "
+                                   "One-slice convolutional models only (baseline, cnn, backbone).")
+    g.add_argument("run")
+    g.add_argument("--sop", required=True, help="SOPInstanceUID of a slice in the run's store, e.g. ID_000000e27")
+    g.add_argument("--label", default="any", help="epidural, intraparenchymal, intraventricular, subarachnoid, "
+                                                  "subdural or any (default)")
+    g.add_argument("--out", required=True, help="PNG path")
     x = sub.add_parser("export", help="a standalone TensorFlow SavedModel: int16 HU in, calibrated probabilities out",
                        description="Write RUN as a SavedModel whose function 'serve' takes a batch of int16 Hounsfield-"
                                    "unit slices (b, 512, 512) -- as an hu store holds them -- and returns (b, 6) "
@@ -197,7 +207,7 @@ def _dispatch(argv: list[str]) -> int:
 
         import_tensorflow()
     commands = {"fit": _fit, "cv": _cv, "embed": _embed, "evaluate": _evaluate, "compare": _compare, "predict": _predict,
-                "export": _export, "demo": _demo}
+                "export": _export, "explain": _explain, "demo": _demo}
     return commands[args.command](args)
 
 
@@ -360,6 +370,14 @@ def _predict(args) -> int:
     res = predict(args.run, args.dicom_dir, args.out, workers=args.workers, batch_size=args.batch_size)
     print(f"{res['out']}: {res['slices']} slices predicted ({res['slices'] * 6} rows), {res['rejected']} files "
           "could not be read")
+    return 0
+
+
+def _explain(args) -> int:
+    from ichtrain.saliency import explain_slice
+
+    res = explain_slice(args.run, args.sop, args.label, args.out)
+    print(f"{res['out']}: row {res['row']} ({res['sop']}), {res['label']} {res['probability']:.3f} (calibrated)")
     return 0
 
 

@@ -86,8 +86,35 @@ def evaluate(run_dir: str, split: str = "val", batch_size: int = 32) -> dict:
 
     names = stream.window_names
     channel = names.index("brain") if "brain" in names else 0  # thumbnails in the most readable window
-    result["report"] = write_report(run_dir, result, stream.images, rows, y, p, channel)
+    explain = None if cfg["model"] == "series" else _explainer(model, stream, input_options(cfg))
+    result["report"] = write_report(run_dir, result, stream.images, rows, y, p, channel, explain=explain)
     return result
+
+
+def _explainer(model, stream, inputs: dict):
+    """``explain(rows, label) -> (images (n, H, W), heat maps (n, H, W))``: what the model saw of each row
+    (its first channel) and the label's Grad-CAM over it; None for models without one 4-D feature map."""
+    from ichprep.errors import UsageError
+    from ichtrain.saliency import feature_layer, grad_cam
+
+    if inputs.get("sequence") or int(inputs.get("neighbours") or 0):
+        return None
+    try:
+        feature_layer(model)
+    except UsageError:
+        return None
+    inputs = dict(inputs, windows_on="reader")
+
+    def explain(rows, label: int):
+        rows = np.asarray(rows, np.int64)
+        order = np.argsort(rows, kind="stable")
+        x = np.concatenate([b.numpy() for b, _ in stream.dataset("test", batch_size=8, rows=rows[order], **inputs)])
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        x = x[back]
+        return x[..., 0], grad_cam(model, x, label)
+
+    return explain
 
 
 def calibration_summary(y, p, p_raw, cal, stream) -> dict:

@@ -62,9 +62,24 @@ def _curves(run_dir: str) -> str | None:
     return out
 
 
+def _overlay(img2d: np.ndarray, heat: np.ndarray) -> str:
+    """The model's view of a slice with its Grad-CAM heat map over it (jet, 40%), as an embedded PNG."""
+    import matplotlib
+
+    rgb = np.repeat(np.clip(img2d, 0, 1)[..., None], 3, axis=-1)
+    jet = matplotlib.colormaps["jet"](np.clip(heat, 0, 1))[..., :3]
+    out = np.clip(0.6 * rgb + 0.4 * jet, 0.0, 1.0)
+    buf = io.BytesIO()
+    import matplotlib.pyplot as plt
+
+    plt.imsave(buf, out, format="png")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
 def write_report(run_dir: str, result: dict, images, rows: np.ndarray, y_true: np.ndarray, y_prob: np.ndarray,
-                 channel: int = 0) -> str:
-    """Write ``run_dir/report.html`` and return its path. ``images`` is the store's images array."""
+                 channel: int = 0, explain=None) -> str:
+    """Write ``run_dir/report.html`` and return its path. ``images`` is the store's images array; ``explain``
+    (rows, label) -> (model views, Grad-CAM maps) adds each gallery slice's heat map beside it."""
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ichtrain report: {esc(result['model'])} on "
              f"{esc(result['split'])}</title><style>body{{font-family:sans-serif;margin:24px;max-width:1100px}}"
@@ -97,19 +112,25 @@ def write_report(run_dir: str, result: dict, images, rows: np.ndarray, y_true: n
     parts.append("<h2>Training curves</h2>")
     parts.append(f"<p><img alt='training curves' src='data:image/png;base64,{curves}'></p>" if curves
                  else "<p>No training log.</p>")
-    parts.append(f"<h2>Most confident true and false positives (up to {GALLERY} each; green frame = true, red = false)</h2>")
+    parts.append(f"<h2>Most confident true and false positives (up to {GALLERY} each; green frame = true, red = false"
+                 + ("; each followed by the model's view with its Grad-CAM heat map" if explain is not None else "")
+                 + ")</h2>")
     for j, name in enumerate(SUBTYPES):
         p, y = y_prob[:, j], y_true[:, j] > 0.5
         order = np.argsort(-p, kind="stable")
         tp = [k for k in order if y[k]][:GALLERY]
         fp = [k for k in order if not y[k]][:GALLERY]
         cells = []
-        for kind, ks in (("tp", tp), ("fp", fp)):
-            for k in ks:
-                r = int(rows[k])
-                img = np.asarray(images[r][..., channel], np.float32)
-                cells.append(f"<img class='{kind}' title='row {r} p={p[k]:.3f}' alt='{kind} row {r}' "
-                             f"src='data:image/png;base64,{_thumb(img)}'>")
+        chosen = [(kind, k) for kind, ks in (("tp", tp), ("fp", fp)) for k in ks]
+        views = explain([int(rows[k]) for _, k in chosen], j) if explain is not None and chosen else None
+        for n, (kind, k) in enumerate(chosen):
+            r = int(rows[k])
+            img = np.asarray(images[r][..., channel], np.float32)
+            cells.append(f"<img class='{kind}' title='row {r} p={p[k]:.3f}' alt='{kind} row {r}' "
+                         f"src='data:image/png;base64,{_thumb(img)}'>")
+            if views is not None:
+                cells.append(f"<img class='{kind}' title='Grad-CAM of {name}, row {r}' alt='Grad-CAM row {r}' "
+                             f"src='data:image/png;base64,{_overlay(views[0][n], views[1][n])}'>")
         parts.append(f"<h3>{name}</h3><div class='g'>" + ("".join(cells) or "<p>none</p>") + "</div>")
     parts.append("</body></html>")
     out = os.path.join(run_dir, "report.html")
