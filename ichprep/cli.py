@@ -167,11 +167,11 @@ def _cmd_build(args) -> int:
     from ichprep.executor import warm_up_kernels
     from ichprep.windows import parse_windows
 
-    spec = args.windows or args.preset or "cnn"
+    spec = args.windows if args.windows is not None else (args.preset or "cnn")  # '' is a bad spec, not "none"
     windows = parse_windows(spec)
     cfg = BuildConfig(
         source=args.source, out=args.out, labels=args.labels, windows=windows,
-        preset=None if args.windows else (args.preset or "cnn"), on_size=args.on_size,
+        preset=None if args.windows is not None else (args.preset or "cnn"), on_size=args.on_size,
         shard_slices=args.shard_slices, codec=args.codec, workers=args.workers, scheduler=args.scheduler,
         dashboard=args.dashboard,
         salt=args.salt,

@@ -242,7 +242,8 @@ def _fit_series(args) -> int:
             name = flag.replace("_", "-")
             raise UsageError(f"--{name} is for slice models; --model series reads slice embeddings. Received: "
                              f"--{name} {getattr(args, flag)}")
-    cfg = SeriesFitConfig(store=args.store, embeddings=args.embeddings, out=args.out, epochs=args.epochs or SERIES_EPOCHS,
+    cfg = SeriesFitConfig(store=args.store, embeddings=args.embeddings, out=args.out,
+                          epochs=SERIES_EPOCHS if args.epochs is None else args.epochs,
                           batch_size=min(args.batch_size, 8), learning_rate=args.lr, lr_schedule=args.lr_schedule,
                           init=args.series_init or "slice")
     res = fit_series(cfg, verbose=0 if args.quiet else 2)
@@ -306,7 +307,7 @@ def _fit_config(args, **overrides):
     if args.embeddings or args.series_init:
         raise UsageError(f"--{'embeddings' if args.embeddings else 'series-init'} is read by --model series only.")
     overrides = dict(_recipe_options(args), **overrides)
-    return FitConfig(store=args.store, out=args.out, model=args.model, epochs=args.epochs or 10,
+    return FitConfig(store=args.store, out=args.out, model=args.model, epochs=10 if args.epochs is None else args.epochs,
                      batch_size=args.batch_size, image_size=args.image_size, l2=args.l2, learning_rate=args.lr,
                      lr_schedule=args.lr_schedule, alpha=args.alpha, epoch_size=args.epoch_size, split_by=args.split_by,
                      fractions=_fractions(args.split), seed=args.seed, bn_momentum=args.bn_momentum,

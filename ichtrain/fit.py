@@ -24,6 +24,7 @@ __all__ = ["FitConfig", "fit", "load_run", "load_keras", "worker_role", "STRATEG
 CONFIG = "config.json"
 LR_SCHEDULES = ("cosine", "constant")
 LR_FLOOR = 0.05  # the cosine schedule's last epoch runs at this fraction of --lr
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 1024  # a model's input side: below 16 no encoder pools, above 1024 no store
 STATE = "state.json"
 
 
@@ -74,8 +75,21 @@ class FitConfig:
             raise UsageError(f"Expected --epoch-size >= --batch-size. Received: epoch_size={self.epoch_size}")
         if not 0.0 <= self.bn_momentum < 1.0:
             raise UsageError(f"Expected --bn-momentum in [0, 1). Received: bn_momentum={self.bn_momentum}")
-        if not self.learning_rate > 0 or self.l2 < 0:
-            raise UsageError(f"Expected --lr > 0 and --l2 >= 0. Received: lr={self.learning_rate}, l2={self.l2}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0) or not (math.isfinite(self.l2) and self.l2 >= 0):
+            raise UsageError(f"Expected --lr > 0 and --l2 >= 0, finite. Received: lr={self.learning_rate}, l2={self.l2}")
+        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and 0.0 <= self.alpha <= 2.0):
+            raise UsageError(f"Expected --alpha a number in [0, 2] (0 natural frequencies, 1 balanced types). "
+                             f"Received: alpha={self.alpha!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise UsageError(f"Expected --seed an integer in [0, 2**32). Received: seed={self.seed!r}")
+        if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
+                                            or not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE):
+            raise UsageError(f"Expected --image-size an integer in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}]. "
+                             f"Received: image_size={self.image_size!r}")
+        if self.weights not in ("imagenet", None) and not os.path.isfile(self.weights):
+            raise UsageError(f"Expected --weights imagenet, none or a weights file. Received: {self.weights!r}, "
+                             "which is not a file")
+
         check_windows_on(self.windows_on)
         object.__setattr__(self, "augment", parse_augment(self.augment).to_string())
         check_tta(self.tta)
@@ -106,6 +120,8 @@ class FitConfig:
         if self.backbone not in BACKBONES:
             raise UsageError(f"Expected --backbone one of {', '.join(BACKBONES)}. Received: backbone={self.backbone!r}")
         object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
+        if not all(math.isfinite(f) for f in self.fractions):
+            raise UsageError(f"Expected finite --split fractions. Received: {self.fractions!r}")
         if self.fold is not None:
             object.__setattr__(self, "fold", tuple(int(v) for v in self.fold))
 

@@ -145,3 +145,11 @@ def test_ichprep_runs_without_tensorflow_or_matplotlib(tmp_path, synth_corpus):
     assert p.returncode == 1 and p.stderr.strip().count("\n") == 0 and "ichprep[plots]" in p.stderr
     p = run("ichtrain.cli", "fit", store, "--out", str(tmp_path / "run"))
     assert p.returncode == 1 and "ichprep[train]" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_an_empty_window_spec_is_refused_not_read_as_the_default(synth_corpus, tmp_path, capsys):
+    """Issue 32, item 5: --windows '' used to build a cnn store."""
+    out = tmp_path / "s.zarr"
+    assert main(["build", synth_corpus["dicom_dir"], "--out", str(out), "--windows", "", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Received: ''" in err[0] and not out.exists()

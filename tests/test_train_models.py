@@ -280,3 +280,24 @@ def test_backbone_fit_cli_and_its_errors(brain_store, brain_seed, tmp_path, caps
     capsys.readouterr()
     assert main(base[:3] + [str(tmp_path / "r2")] + base[4:] + ["--weights", str(tmp_path / "missing.h5")]) == 2
     assert "is not a file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, fragment", [
+    (["--epochs", "0"], "--epochs an integer >= 1"),
+    (["--l2", "nan"], "--l2 >= 0, finite"),
+    (["--lr", "inf"], "--lr > 0"),
+    (["--alpha", "nan"], "--alpha a number in [0, 2]"),
+    (["--seed", "-1"], "--seed an integer in [0, 2**32)"),
+    (["--image-size", "0"], "--image-size an integer in [16, 1024]"),
+    (["--image-size", "-1"], "--image-size an integer in [16, 1024]"),
+    (["--image-size", "100000"], "--image-size an integer in [16, 1024]"),
+    (["--weights", "/no/such/file.h5"], "not a file"),
+    (["--split", "nan,0.1,0.1"], "finite --split"),
+])
+def test_bad_values_exit_2_before_the_run_folder_is_made(brain_store, tmp_path, capsys, flag, fragment):
+    """Issue 32, items 4 and 5: every value checked before the disk is touched; none silently replaced."""
+    out = tmp_path / "run"
+    assert main(["fit", brain_store, "--out", str(out), "--quiet", *flag]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
+    assert not out.exists()
