@@ -19,7 +19,7 @@ import pydicom
 from ichprep.errors import RejectError
 from ichprep.scan import UNCOMPRESSED_LE, SliceHeader
 
-__all__ = ["ReadBuffer", "read_raw"]
+__all__ = ["ReadBuffer", "read_raw", "codestream_size"]
 
 _PIXEL_TAG = b"\xe0\x7f\x10\x00"
 
@@ -111,11 +111,53 @@ def _open_unchanged(header: SliceHeader):
     return fh
 
 
+_SOF = frozenset([0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7])
+_SCAN = 1 << 16  # how far into the pixel data a frame header is looked for
+
+
+def codestream_size(pixel_data: bytes) -> tuple[int, int] | None:
+    """(rows, columns) that an encapsulated first frame's own header declares: the JPEG 2000 SIZ marker (ISO
+    15444-1 A.5.1: Xsiz, Ysiz less the image offsets) or a JPEG / JPEG-LS start-of-frame (ISO 10918-1 B.2.2,
+    14495-1: Y, X). None where neither is found (RLE has no such header)."""
+    head = bytes(pixel_data[:_SCAN])
+    at = head.find(b"\xff\x4f\xff\x51")
+    if at >= 0 and at + 24 <= len(head):
+        xsiz, ysiz, xo, yo = struct.unpack_from(">IIII", head, at + 8)
+        return ysiz - yo, xsiz - xo
+    i = head.find(b"\xff\xd8")
+    if i < 0:
+        return None
+    i += 2
+    while i + 9 <= len(head) and head[i] == 0xFF:  # marker segments, by their lengths, up to the frame header
+        marker = head[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _SOF:
+            y, x = struct.unpack_from(">HH", head, i + 5)
+            return y, x
+        (length,) = struct.unpack_from(">H", head, i + 2)
+        i += 2 + length
+    return None
+
+
+def _check_codestream(ds, header: SliceHeader) -> None:
+    """A compressed frame that declares more pixels than Rows x Columns is refused before any decoder
+    allocates for it (a 140 KB file can declare 16384 x 16384)."""
+    if not ds.file_meta.TransferSyntaxUID.is_compressed or "PixelData" not in ds:
+        return
+    size = codestream_size(ds.PixelData)
+    if size is not None and size != (header.rows, header.columns):
+        raise RejectError("bad_dimensions", f"the compressed frame declares {size[0]} x {size[1]} pixels under Rows "
+                          f"x Columns (0028,0010/0011) {header.rows} x {header.columns}")
+
+
 def _read_with_pydicom(header: SliceHeader) -> np.ndarray:
     try:
         with warnings.catch_warnings(), _open_unchanged(header) as fh:
             warnings.simplefilter("ignore")  # the header pass already counted them
             ds = pydicom.dcmread(fh)
+            _check_codestream(ds, header)
             arr = ds.pixel_array
     except RejectError:
         raise

@@ -368,3 +368,56 @@ def test_disk_full_is_one_line_then_resumes_to_the_same_store(tmp_path, resume_c
         _assert_same_store(out, ref)
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_a_jpeg_2000_frame_declaring_more_pixels_than_rows_x_columns_is_refused_before_decoding(synth_corpus, tmp_path):
+    """Issue 32, item 3: a J2K codestream whose SIZ declares 16384 x 16384 under a 512 x 512 header is rejected
+    (bad_dimensions) before a decoder allocates for it: the build's peak RSS stays that of a clean build."""
+    import shutil
+    import struct
+    import subprocess
+    import sys
+
+    import pydicom
+
+    from ichprep.decode import codestream_size
+
+    bomb = None
+    for name in sorted(os.listdir(synth_corpus["dicom_dir"])):
+        path = os.path.join(synth_corpus["dicom_dir"], name)
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        if ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEG2000Lossless:
+            bomb = path
+            break
+    assert bomb is not None, "the test corpus holds JPEG 2000 slices"
+    clean, bombed = tmp_path / "clean", tmp_path / "bombed"
+    for d in (clean, bombed):
+        d.mkdir()
+    plain = [n for n in sorted(os.listdir(synth_corpus["dicom_dir"])) if os.path.join(synth_corpus["dicom_dir"], n) != bomb][:6]
+    for n in plain:
+        for d in (clean, bombed):
+            shutil.copy(os.path.join(synth_corpus["dicom_dir"], n), d / n)
+    data = bytearray(open(bomb, "rb").read())
+    at = data.find(b"\xff\x4f\xff\x51")
+    struct.pack_into(">II", data, at + 8, 16384, 16384)  # Xsiz, Ysiz
+    (bombed / "ID_bomb.dcm").write_bytes(bytes(data))
+    assert codestream_size(pydicom.dcmread(bombed / "ID_bomb.dcm").PixelData) == (16384, 16384)
+
+    def peak_rss_kib(src, out):
+        proc = subprocess.Popen([sys.executable, "-m", "ichprep.cli", "build", str(src), "--out", str(out),
+                                 "--workers", "0", "--quiet", "--salt", "s"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        out_text = proc.stdout.read().decode()
+        return os.waitstatus_to_exitcode(status), usage.ru_maxrss, out_text
+
+    rc0, rss0, _ = peak_rss_kib(clean, tmp_path / "c.zarr")
+    rc1, rss1, text = peak_rss_kib(bombed, tmp_path / "b.zarr")
+    assert rc0 == 0 and rc1 == 0, text
+    assert "1 rejected" in text and "bad_dimensions" in text, text
+    assert rss1 <= 1.2 * rss0, (rss0, rss1)
+    import zarr
+
+    g = zarr.open_group(str(tmp_path / "b.zarr"), mode="r")
+    rejects = g.attrs["ichprep"]["rejects"]
+    assert any(r["reason"] == "bad_dimensions" and "16384 x 16384" in r["message"] for r in rejects), rejects
