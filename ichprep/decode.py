@@ -147,7 +147,8 @@ def _check_codestream(ds, header: SliceHeader) -> None:
     if not ds.file_meta.TransferSyntaxUID.is_compressed or "PixelData" not in ds:
         return
     size = codestream_size(ds.PixelData)
-    if size is not None and size != (header.rows, header.columns):
+    # more pixels than the header's is the danger; fewer (or 0: JPEG's "defined later") is the decoder's to judge
+    if size is not None and size[0] * size[1] > header.rows * header.columns:
         raise RejectError("bad_dimensions", f"the compressed frame declares {size[0]} x {size[1]} pixels under Rows "
                           f"x Columns (0028,0010/0011) {header.rows} x {header.columns}")
 

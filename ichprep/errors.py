@@ -95,6 +95,7 @@ REJECT_REASONS: dict[str, int] = {
     "no_window": 12,
     "duplicate": 13,
     "changed": 14,  # the file changed (size or modification time) between the header and pixel passes
+    "bad_uid": 15,  # a UID with characters that could forge output rows (separators, quotes, controls)
 }
 REASON_NAMES: dict[int, str] = {v: k for k, v in REJECT_REASONS.items()}
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import dataclasses
 import os
+import re
 import stat
 import struct
 import warnings
@@ -282,6 +283,21 @@ def _read_with_pydicom(path: str):
     return ds, pixel_offset, size
 
 
+# A UID is written into stores, manifests, reports and submission rows. DICOM's are digits and dots (PS3.5 9.1),
+# RSNA's "ID_" and hex, and real files carry others (pydicom's own test data: 64 hex digits); what must never
+# pass is what could forge a CSV row or a spreadsheet formula: separators, quotes, spaces, control characters,
+# a leading '=', '+', '-' or '@'.
+_SAFE_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.-]{0,127}")
+
+
+def _checked_uid(value: str, keyword: str, tag: str) -> str:
+    uid = value.rstrip("\x00 ")
+    if uid and not _SAFE_ID.fullmatch(uid):
+        raise RejectError("bad_uid", f"{keyword} {tag} is {uid[:80]!r}: a UID may hold letters, digits, '.', '_' and "
+                                     "'-' (starting with a letter or digit), at most 128 of them")
+    return uid
+
+
 def _slice_header(path: str, salt: str, v: dict, tsyntax: UID, pixel_offset: int, size: int) -> SliceHeader:
     modality = str(v["Modality"] or "CT").upper()
     if modality != "CT":
@@ -338,14 +354,23 @@ def _slice_header(path: str, salt: str, v: dict, tsyntax: UID, pixel_offset: int
                 "unsupported_transfer_syntax",
                 f"transfer syntax {tsyntax.name}: no decoding plugin installed (install pylibjpeg plugins)",
             )
+    if v["SOPInstanceUID"]:
+        sop = _checked_uid(str(v["SOPInstanceUID"]), "SOPInstanceUID", "(0008,0018)")
+    else:  # no UID: the file's name stands for it, if it is a plain name
+        sop = os.path.splitext(os.path.basename(path))[0]
+        if not _SAFE_ID.fullmatch(sop):
+            raise RejectError("bad_uid", f"SOPInstanceUID (0008,0018) is missing and the file name {sop[:80]!r} cannot "
+                                         "stand for it (letters, digits, '_', '.', '-' only)")
+    study = _checked_uid(str(v["StudyInstanceUID"] or ""), "StudyInstanceUID", "(0020,000D)")
+    series = _checked_uid(str(v["SeriesInstanceUID"] or ""), "SeriesInstanceUID", "(0020,000E)")
     ipp = v["ImagePositionPatient"]
     ipp = [ipp] if isinstance(ipp, (str, int, float)) else list(ipp or ())
     z = _first(ipp[2]) if len(ipp) >= 3 else None
     return SliceHeader(
         path=path,
-        sop_uid=str(v["SOPInstanceUID"] or os.path.splitext(os.path.basename(path))[0]),
-        study_uid=str(v["StudyInstanceUID"] or ""),
-        series_uid=str(v["SeriesInstanceUID"] or ""),
+        sop_uid=sop,
+        study_uid=study,
+        series_uid=series,
         patient=hash_patient(str(v["PatientID"] or ""), salt),
         position_z=float("nan") if z is None else z,
         rows=rows,

@@ -421,3 +421,36 @@ def test_a_jpeg_2000_frame_declaring_more_pixels_than_rows_x_columns_is_refused_
     g = zarr.open_group(str(tmp_path / "b.zarr"), mode="r")
     rejects = g.attrs["ichprep"]["rejects"]
     assert any(r["reason"] == "bad_dimensions" and "16384 x 16384" in r["message"] for r in rejects), rejects
+
+
+def test_a_forged_uid_is_rejected_with_its_reason_so_predict_never_writes_it(synth_corpus, tmp_path):
+    """Issue 32, item 1: a SOPInstanceUID 'ID_a,1\\n=cmd|x' would add forged rows and a formula to the CSV;
+    predict builds its store with this same build, so a rejected file never reaches a submission."""
+    import shutil
+    import warnings
+
+    import pydicom
+    import zarr
+
+    from ichprep.cli import main as ichprep_main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    names = sorted(os.listdir(synth_corpus["dicom_dir"]))[:4]
+    for n in names:
+        shutil.copy(os.path.join(synth_corpus["dicom_dir"], n), src / n)
+    for n, uid, kw in ((names[0], "ID_a,1\n=cmd|x", "SOPInstanceUID"), (names[1], "=1+2", "SeriesInstanceUID"),
+                       (names[2], "1." * 70 + "1", "StudyInstanceUID")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(src / n)
+            setattr(ds, kw, uid)
+            ds.save_as(src / n)
+    assert ichprep_main(["build", str(src), "--out", str(tmp_path / "s.zarr"), "--workers", "0", "--quiet",
+                         "--salt", "s"]) == 0
+    g = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+    rejects = g.attrs["ichprep"]["rejects"]
+    assert sorted(r["reason"] for r in rejects) == ["bad_uid"] * 3
+    messages = " ".join(r["message"] for r in rejects)
+    assert "SOPInstanceUID (0008,0018) is 'ID_a,1\\n=cmd|x'" in messages and "\n" not in messages
+    assert g["sop_uid"].shape[0] == 1
