@@ -20,9 +20,10 @@ __all__ = ["output_lock"]
 
 
 @contextlib.contextmanager
-def output_lock(out: str) -> Iterator[None]:
-    """Refuse a second build into the same output while one runs (``<out>.lock``; see the module
-    docstring for which outputs are locked). A lock left by a dead process is taken over."""
+def output_lock(out: str, what: str = "build") -> Iterator[None]:
+    """Refuse a second writer into the same output while one runs (``<out>.lock``; see the module docstring
+    for which outputs are locked); ``what`` names the writer in the message. A lock left by a dead process is
+    taken over."""
     if out.startswith("s3://"):
         with _s3_lock(out):
             yield
@@ -44,7 +45,7 @@ def output_lock(out: str) -> Iterator[None]:
             except (OSError, ValueError):
                 pid = 0
             if pid and _alive(pid):
-                raise StoreError(f"Another build (pid {pid}) is writing {out!r}; wait for it, or remove "
+                raise StoreError(f"Another {what} (pid {pid}) is writing {out!r}; wait for it, or remove "
                                  f"{lock!r} if that process is gone.") from None
             os.unlink(lock)
         except OSError as exc:

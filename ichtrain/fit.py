@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -12,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ichprep.errors import UsageError
+from ichprep.outlock import output_lock
 from ichprep.windows import windows_to_list
 from ichtrain.augment import check_tta, parse_augment
 from ichtrain.calibration import Calibration, fit_calibration
@@ -349,9 +351,19 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
 
     Under ``--strategy mirrored|multi-worker`` ``batch_size`` is the global batch (split over replicas) and
     each worker's input pipeline reads its own disjoint share of every epoch's draws (``StoreStream.plan``).
-    Only the chief writes the run folder; another worker saves its final replica to ``worker-<i>/``.
+    Only the chief writes the run folder (and holds its lock, ``RUN.lock``: a second fit into it is refused);
+    another worker saves its final replica to ``worker-<i>/``.
+
+    Raises:
+        UsageError: a bad configuration, or a run folder holding another configuration.
+        StoreError: another fit is writing the run folder.
     """
     role = worker_role(cfg.strategy)  # before TensorFlow: a bad TF_CONFIG is a usage error
+    with output_lock(cfg.out, "ichtrain fit") if role.chief else contextlib.nullcontext():
+        return _fit(cfg, verbose, role)
+
+
+def _fit(cfg: FitConfig, verbose: int, role: WorkerRole) -> dict:
     import keras
     import tensorflow as tf
 

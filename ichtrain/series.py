@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ichprep.errors import UsageError
+from ichprep.outlock import output_lock
 from ichtrain.calibration import Calibration, fit_calibration
 from ichtrain.metrics import weighted_log_loss
 from ichtrain.fit import CONFIG, STATE, input_options, learning_rate_at, load_keras, load_run
@@ -64,7 +65,13 @@ def features_of(features, stream, rows, inputs: dict, batch_size: int = 64) -> n
 
 def embed(run_dir: str, out: str, store: str | None = None, batch_size: int = 64, progress=None) -> dict:
     """Write ``out`` (a Zarr group): ``embeddings`` (N, D) float16 for every row of the store whose pixels
-    are usable (zeros elsewhere), resumable by blocks of EMBED_BLOCK rows. The store is never modified."""
+    are usable (zeros elsewhere), resumable by blocks of EMBED_BLOCK rows. The store is never modified; a second
+    embed into ``out`` while one runs is refused (``OUT.lock``)."""
+    with output_lock(out, "ichtrain embed"):
+        return _embed(run_dir, out, store, batch_size, progress)
+
+
+def _embed(run_dir: str, out: str, store: str | None, batch_size: int, progress) -> dict:
     import zarr
 
     from ichtrain.data import run_stream
@@ -250,7 +257,13 @@ class SeriesFitConfig:
 
 def fit_series(cfg: SeriesFitConfig, verbose: int = 0) -> dict:
     """Train the series model on the train split of the slice run that made the embeddings (its split,
-    recorded and checked), calibrate it on val, and save the run like ``fit`` does."""
+    recorded and checked), calibrate it on val, and save the run like ``fit`` does (a second fit into the same
+    run folder is refused while one runs)."""
+    with output_lock(cfg.out, "ichtrain fit"):
+        return _fit_series(cfg, verbose)
+
+
+def _fit_series(cfg: SeriesFitConfig, verbose: int) -> dict:
     import keras
 
     from ichtrain.data import run_stream

@@ -301,3 +301,33 @@ def test_bad_values_exit_2_before_the_run_folder_is_made(brain_store, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0], err
     assert not out.exists()
+
+
+def test_a_second_fit_into_a_run_folder_in_use_is_refused(brain_store, brain_seed, tmp_path, capsys):
+    """Issue 32, item 2: two fits into one --out both ran, interleaving log.csv. The run folder has a lock as
+    builds do (RUN.lock with the pid; a dead holder's lock is taken over)."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import default_signals
+
+    run = str(tmp_path / "run")
+    args = ["fit", brain_store, "--out", run, "--image-size", "32", "--batch-size", "8", "--epoch-size", "16",
+            "--split", "0.6,0.2,0.2", "--seed", str(brain_seed), "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-c", "from ichtrain.cli import console_main; console_main()",
+                             *args, "--epochs", "400"], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_signals)
+    deadline = time.monotonic() + 120
+    while not os.path.exists(os.path.join(run, "state.json")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # the first fit has trained an epoch: it holds the lock
+    assert proc.poll() is None and os.path.exists(run + ".lock")
+    assert main(args + ["--epochs", "400"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"Another ichtrain fit (pid {proc.pid}) is writing" in err[0], err
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    assert not os.path.exists(run + ".lock")
+    with open(run + ".lock", "w") as fh:  # a lock left by a process that is gone is taken over
+        fh.write("999999999")
+    assert main(args + ["--epochs", "2"]) == 0
