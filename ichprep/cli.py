@@ -319,7 +319,17 @@ def _cmd_preview(args) -> int:
     return EXIT_OK
 
 
+def _writable_file(path: str, flag: str) -> None:
+    """Refuse, before any work, an output file whose folder is missing or that is a folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder):
+        raise UsageError(f"Expected {flag} a file in an existing folder. Received: {path!r} "
+                         + ("(a folder)" if os.path.isdir(path) else f"({folder} does not exist)"))
+
+
 def _cmd_stats(args) -> int:
+    if args.plot:
+        _writable_file(args.plot, "--plot")
     d, per_series = _store_stats(args.store)
     if args.plot:
         from ichprep.plots import stats_plot

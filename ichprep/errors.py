@@ -17,6 +17,7 @@ __all__ = [
     "StoreError",
     "StoreExistsError",
     "IncompleteStoreError",
+    "MissingStoreError",
     "DamagedShardError",
     "SchemaError",
     "RejectError",
@@ -58,6 +59,10 @@ class StoreError(IchprepError, OSError):
 
 class StoreExistsError(StoreError, UsageError):
     """The output already holds a store built with other parameters (use ``--overwrite``)."""
+
+
+class MissingStoreError(StoreError, UsageError):
+    """No store at the path or URL given: the user's input, so exit 2."""
 
 
 class IncompleteStoreError(StoreError):

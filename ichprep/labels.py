@@ -119,6 +119,14 @@ def read_labels(path: str | os.PathLike) -> LabelTable:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise LabelsError(f"Label CSV not found: {path!r}. Pass --labels PATH to an existing CSV, or omit it.")
+    try:
+        return _read_labels(path)
+    except UnicodeDecodeError as exc:
+        raise LabelsError(f"Label CSV {path!r} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8 "
+                          "(the challenge's CSV is plain ASCII)") from None
+
+
+def _read_labels(path: str) -> LabelTable:
     sub_index = {s: i for i, s in enumerate(SUBTYPES)}
     by_sop: dict[str, np.ndarray] = {}
     seen: dict[str, np.ndarray] = {}  # sop -> bitmask of subtypes seen

@@ -37,7 +37,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-from ichprep.errors import IncompleteStoreError, SchemaError, StoreError, UsageError
+from ichprep.errors import IncompleteStoreError, MissingStoreError, SchemaError, StoreError, UsageError
 from ichprep.pixels import IMAGE_SIZE  # the schema's slice size, defined with the pixel code
 from ichprep.windows import Window, is_hu, windows_from_list
 
@@ -276,7 +276,7 @@ def open_store(url: str, require_complete: bool = True) -> tuple[zarr.Group, Sto
     """Open a store read-only and check its schema. An unfinished store raises
     :class:`IncompleteStoreError` unless ``require_complete`` is false."""
     if "://" not in str(url) and not os.path.exists(url):
-        raise StoreError(f"No store at {url!r}: build one with 'ichprep build'.")
+        raise MissingStoreError(f"No store at {url!r}: build one with 'ichprep build'.")
     try:
         g = zarr.open_group(url, mode="r", zarr_format=3)
     except Exception as exc:  # zarr raises several types for "not a group"

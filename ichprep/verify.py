@@ -15,7 +15,7 @@ from typing import TextIO
 import numpy as np
 
 from ichprep import store as st
-from ichprep.errors import DamagedShardError, IchprepError
+from ichprep.errors import DamagedShardError, IchprepError, MissingStoreError
 from ichprep.labels import UNLABELLED, type_codes
 from ichprep.progress import ProgressBar
 from ichprep.windows import Window, is_hu
@@ -111,6 +111,8 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
     rep = VerifyReport()
     try:
         g, info = st.read_info(url)
+    except MissingStoreError:
+        raise  # nothing to verify: the user's input, one line on stderr
     except IchprepError as exc:
         rep.problems.append(f"schema: {exc}")
         return rep

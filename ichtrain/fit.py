@@ -166,7 +166,11 @@ def load_keras(path: str):
     not be registered to read it."""
     import keras
 
-    return keras.models.load_model(path, compile=False)
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # noqa: BLE001 -- Keras raises many types for a file it cannot read
+        raise UsageError(f"{path} is not a readable Keras model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                         "a damaged checkpoint is remade by rerunning 'ichtrain fit' with the same arguments") from None
 
 
 def load_run(run_dir: str) -> tuple[dict, str]:
@@ -174,8 +178,16 @@ def load_run(run_dir: str) -> tuple[dict, str]:
     cfg_path = os.path.join(run_dir, CONFIG)
     if not os.path.isfile(cfg_path):
         raise UsageError(f"No run at {run_dir!r} (no {CONFIG}): train one with 'ichtrain fit'.")
-    with open(cfg_path) as fh:
-        cfg = json.load(fh)
+    try:
+        with open(cfg_path) as fh:
+            cfg = json.load(fh)
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), str):
+            raise ValueError("not a run record")
+        if not isinstance(cfg.get("image_size", 0), int):
+            raise ValueError(f"image_size is {cfg.get('image_size')!r}")
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{cfg_path} is damaged ({exc}); it is the run's record: restore it, or train a new run "
+                         "into another --out") from None
     for name in ("model.keras", os.path.join("checkpoints", "last.keras")):
         p = os.path.join(run_dir, name)
         if os.path.isfile(p):

@@ -10,6 +10,7 @@ import tempfile
 import numpy as np
 
 from ichprep.build import BuildConfig, build
+from ichprep.errors import UsageError
 from ichprep.labels import SUBTYPES
 from ichprep.windows import windows_from_list
 from ichtrain.calibration import Calibration
@@ -26,6 +27,8 @@ def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_
     from ichtrain.cv import FoldEnsemble, fold_dirs, is_cv_folder
 
     stream_err = sys.stderr if stream_err is None else stream_err  # bound now: tests replace sys.stderr
+    if os.path.isdir(out_csv):  # refused before any work, not after it
+        raise UsageError(f"Expected --out a CSV file path. Received: {out_csv!r}, which is a folder")
     ensemble = None
     if is_cv_folder(run_dir):  # a cv folder: its fold models, averaged (ichtrain.cv.FoldEnsemble)
         ensemble = FoldEnsemble.load(run_dir)

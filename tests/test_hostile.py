@@ -1,0 +1,76 @@
+"""Hostile input, table-driven (issue 32): each case is an input, the exit code, a fragment of the one line on
+stderr, and what must (not) exist afterwards. No traceback, ever."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from ichprep.cli import main as ichprep
+from ichtrain.cli import main as ichtrain
+
+
+@pytest.fixture(scope="module")
+def trained(brain_store, brain_seed, tmp_path_factory):
+    run = str(tmp_path_factory.mktemp("hostile") / "run")
+    assert ichtrain(["fit", brain_store, "--out", run, "--image-size", "32", "--batch-size", "8", "--epoch-size", "16",
+                     "--epochs", "1", "--split", "0.6,0.2,0.2", "--seed", str(brain_seed), "--quiet"]) == 0
+    return run
+
+
+def _copy_run(run, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(run, dst)
+    return dst
+
+
+def _labels(tmp_path, encoding):
+    path = tmp_path / f"labels-{encoding}.csv"
+    path.write_bytes("ID,Label\nID_café_any,1\n".encode(encoding))
+    return str(path)
+
+
+CASES = [
+    # (name, tool, argv builder(ctx) -> argv, exit, fragment, must not exist (relative to tmp_path))
+    ("info of a missing store", ichprep, lambda c: ["info", "/no/such.zarr"], 2, "No store at '/no/such.zarr'", None),
+    ("verify of a missing store", ichprep, lambda c: ["verify", "/no/such.zarr"], 2, "No store at", None),
+    ("fit on a missing store", ichtrain, lambda c: ["fit", "/no/such.zarr", "--out", str(c["tmp"] / "r")], 2,
+     "No store at", "r"),
+    ("stats plot into a missing folder", ichprep, lambda c: ["stats", c["store"], "--plot", "/missing/x.png"], 2,
+     "/missing does not exist", None),
+    ("labels in Latin-1", ichprep, lambda c: ["build", c["src"], "--out", str(c["tmp"] / "s.zarr"), "--labels",
+                                              _labels(c["tmp"], "latin-1"), "--quiet"], 2, "is not UTF-8 text", "s.zarr"),
+    ("labels in UTF-16", ichprep, lambda c: ["build", c["src"], "--out", str(c["tmp"] / "s.zarr"), "--labels",
+                                             _labels(c["tmp"], "utf-16"), "--quiet"], 2, "is not UTF-8 text", "s.zarr"),
+    ("a damaged config.json", ichtrain, lambda c: ["evaluate", c["damaged_config"]], 2, "config.json is damaged", None),
+    ("image_size 'abc' in config.json", ichtrain, lambda c: ["evaluate", c["abc_config"]], 2, "image_size is 'abc'",
+     None),
+    ("a truncated model.keras", ichtrain, lambda c: ["evaluate", c["truncated_model"]], 2,
+     "is not a readable Keras model", None),
+    ("predict into a folder", ichtrain, lambda c: ["predict", c["run"], c["src"], "--out", str(c["tmp"])], 2,
+     "which is a folder", None),
+]
+
+
+@pytest.mark.parametrize("name, tool, argv, code, fragment, absent", CASES, ids=[c[0] for c in CASES])
+def test_hostile_input_is_one_line_and_the_right_exit(name, tool, argv, code, fragment, absent, trained, brain_store,
+                                                      synth_corpus, tmp_path, capsys):
+    damaged = _copy_run(trained, tmp_path / "d")
+    (damaged / "config.json").write_text("{not json")
+    abc = _copy_run(trained, tmp_path / "a")
+    cfg = json.loads((abc / "config.json").read_text())
+    (abc / "config.json").write_text(json.dumps(dict(cfg, image_size="abc")))
+    cut = _copy_run(trained, tmp_path / "t")
+    data = (cut / "model.keras").read_bytes()
+    (cut / "model.keras").write_bytes(data[: len(data) // 3])
+    ctx = dict(tmp=tmp_path, store=brain_store, src=synth_corpus["dicom_dir"], run=trained,
+               damaged_config=str(damaged), abc_config=str(abc), truncated_model=str(cut))
+    capsys.readouterr()
+    assert tool(argv(ctx)) == code, name
+    out, err = capsys.readouterr()
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in err, (name, err)
+    assert "PROBLEM" not in out, (name, out)
+    if absent:
+        assert not (tmp_path / absent).exists(), name
