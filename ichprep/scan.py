@@ -25,6 +25,7 @@ RescaleIntercept/Slope       (0028,1052/1053)  required (PS3.3 C.11.1.1.2 modali
 from __future__ import annotations
 
 import hashlib
+import math
 import dataclasses
 import os
 import re
@@ -43,6 +44,7 @@ from pydicom.valuerep import VALIDATORS
 
 from ichprep.errors import RejectError, SourceError
 from ichprep.pixels import IMAGE_SIZE, RSNA_FIX_OFFSET, first_value as _first, is_rsna_12bit_defect
+from ichprep.windows import usable_window
 
 __all__ = ["SliceHeader", "read_header", "hash_patient", "list_source", "scan_batch", "MAX_DIMENSION", "UNCOMPRESSED_LE",
            "is_rsna_12bit_defect"]
@@ -287,6 +289,7 @@ def _read_with_pydicom(path: str):
 # RSNA's "ID_" and hex, and real files carry others (pydicom's own test data: 64 hex digits); what must never
 # pass is what could forge a CSV row or a spreadsheet formula: separators, quotes, spaces, control characters,
 # a leading '=', '+', '-' or '@'.
+MAX_SLOPE, MAX_INTERCEPT = 1_000.0, 100_000.0  # RescaleSlope / RescaleIntercept a slice may have
 _SAFE_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.-]{0,127}")
 
 
@@ -327,7 +330,9 @@ def _slice_header(path: str, salt: str, v: dict, tsyntax: UID, pixel_offset: int
             f"BitsAllocated/BitsStored (0028,0100/0101) = {bits_allocated}/{bits_stored}, expected 8 or 16 allocated",
         )
     slope, intercept = _first(v["RescaleSlope"]), _first(v["RescaleIntercept"])
-    if slope is None or intercept is None or slope == 0:
+    # beyond these no stored value maps to a float32 HU in int16's range: a blank or infinite slice
+    if slope is None or intercept is None or slope == 0 or not (math.isfinite(slope) and math.isfinite(intercept)) \
+            or abs(slope) > MAX_SLOPE or abs(intercept) > MAX_INTERCEPT:
         raise RejectError(
             "missing_tag",
             f"RescaleSlope/RescaleIntercept (0028,1053/1052) unusable: {v['RescaleSlope']!r}/{v['RescaleIntercept']!r}",
@@ -413,8 +418,10 @@ def scan_batch(paths: list[str], salt: str, needs_default: bool, on_size: str):
     for p in paths:
         try:
             h = read_header(p, salt, warns)
-            if needs_default and (h.window_center is None or not (h.window_width or 0) > 0):
-                raise RejectError("no_window", "WindowCenter/WindowWidth (0028,1050/1051) missing or invalid, "
+            if needs_default and (h.window_center is None or h.window_width is None
+                                  or not usable_window(h.window_center, h.window_width)):
+                raise RejectError("no_window", "WindowCenter/WindowWidth (0028,1050/1051) missing or outside "
+                                               f"what a window can be ({h.window_center!r}/{h.window_width!r}), "
                                                "and the windows include 'default'")
             if on_size == "reject" and (h.rows, h.columns) != (IMAGE_SIZE, IMAGE_SIZE):
                 raise RejectError("bad_size", f"{h.rows} x {h.columns} is not {IMAGE_SIZE} x {IMAGE_SIZE} "

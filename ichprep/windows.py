@@ -53,10 +53,11 @@ class Window:
                     f"width={self.width!r} for window {self.name!r}"
                 )
             c, w = float(self.center), float(self.width)
-            if not (math.isfinite(c) and math.isfinite(w)) or w <= 0:
+            if not (math.isfinite(c) and math.isfinite(w)) or not usable_window(c, w):
                 raise WindowSpecError(
-                    f"Expected a finite center and a width > 0. Received: center={self.center!r}, "
-                    f"width={self.width!r} for window {self.name!r}"
+                    f"Expected a center within +-{MAX_CENTER:g} HU and a width in [{MIN_WIDTH:g}, {MAX_WIDTH:g}] HU "
+                    f"(the kernels' float32 arithmetic). Received: center={self.center!r}, width={self.width!r} for "
+                    f"window {self.name!r}"
                 )
             object.__setattr__(self, "center", c)
             object.__setattr__(self, "width", w)
@@ -87,6 +88,17 @@ class Window:
         if self.kind == "fixed":
             return f"{self.name}:{self.center:g}/{self.width:g}"
         return f"{self.name}:{self.kind}"
+
+
+# Windows the float32 kernels represent: a width below MIN_WIDTH or beyond MAX_WIDTH (or a centre far outside
+# any HU) would overflow 1/width or the bounds and give blank or binary images a verify then rejects.
+MAX_CENTER, MIN_WIDTH, MAX_WIDTH = 100_000.0, 0.01, 200_000.0
+
+
+def usable_window(center: float, width: float) -> bool:
+    """A finite centre within +-MAX_CENTER HU and a width in [MIN_WIDTH, MAX_WIDTH] HU."""
+    return (math.isfinite(center) and math.isfinite(width) and abs(center) <= MAX_CENTER
+            and MIN_WIDTH <= width <= MAX_WIDTH)
 
 
 def window_bounds(center: float, width: float) -> tuple[float, float]:

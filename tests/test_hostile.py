@@ -74,3 +74,41 @@ def test_hostile_input_is_one_line_and_the_right_exit(name, tool, argv, code, fr
     assert "PROBLEM" not in out, (name, out)
     if absent:
         assert not (tmp_path / absent).exists(), name
+
+
+@pytest.mark.parametrize("spec", ["x:0/" + "1" + "0" * 50, "x:0/0." + "0" * 45 + "1", "x:1" + "0" * 30 + "/80"])
+def test_windows_the_float32_kernels_cannot_represent_exit_2(synth_corpus, tmp_path, capsys, spec):
+    out = tmp_path / "s.zarr"
+    assert ichprep(["build", synth_corpus["dicom_dir"], "--out", str(out), "--windows", spec, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "width in [0.01, 200000] HU" in err[0] and not out.exists(), err
+
+
+def test_slices_with_values_no_store_can_hold_are_rejected_and_the_store_verifies(synth_corpus, tmp_path, capsys):
+    """Issue 32, item 6: RescaleSlope 1e37 (infinite HU) and WindowWidth 1e-30 (a 'default' window of nothing)
+    were built into stores marked complete that their own verify rejected."""
+    import warnings
+
+    import pydicom
+    import zarr
+
+    src = tmp_path / "src"
+    src.mkdir()
+    names = sorted(os.listdir(synth_corpus["dicom_dir"]))[:5]
+    for n in names:
+        shutil.copy(os.path.join(synth_corpus["dicom_dir"], n), src / n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(src / names[0])
+        ds.RescaleSlope = "1e37"
+        ds.save_as(src / names[0])
+        ds = pydicom.dcmread(src / names[1])
+        ds.WindowWidth = "1e-30"
+        ds.save_as(src / names[1])
+    out = str(tmp_path / "s.zarr")
+    assert ichprep(["build", str(src), "--out", out, "--preset", "rnn", "--workers", "0", "--quiet", "--salt", "s"]) == 0
+    rejects = {r["file"].split(os.sep)[-1]: r for r in zarr.open_group(out, mode="r").attrs["ichprep"]["rejects"]}
+    assert rejects[names[0]]["reason"] == "missing_tag" and "1e37" in rejects[names[0]]["message"]
+    assert rejects[names[1]]["reason"] == "no_window" and "1e-30" in rejects[names[1]]["message"]
+    capsys.readouterr()
+    assert ichprep(["verify", out, "--source", str(src), "--sample", "3", "--quiet"]) == 0, capsys.readouterr().out

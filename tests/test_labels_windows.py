@@ -87,7 +87,7 @@ def test_parse_window_specs():
 
 @pytest.mark.parametrize("spec,match", [
     ("brain:40", "Malformed window"),
-    ("brain:40/0", "width > 0"),
+    ("brain:40/0", r"width in \[0.01"),
     ("nosuch", "Unknown window or preset"),
     ("a:1/2,a:3/4", "unique"),
     ("", "Expected a preset"),
