@@ -78,7 +78,7 @@ def plan_study(rng: np.random.Generator, subtypes: list[str]) -> StudyAnatomy:
     white = grey - rng.uniform(7.0, 12.0)
     ax, ay, az = 66.0, 84.0, 92.0  # the cerebral vault's inner table (head coordinates, before scale)
     cz = 18.0
-    tx, ty, tz = rng.uniform(3.0, 6.0), rng.uniform(4.5, 8.0), rng.uniform(4.0, 6.5)  # skull thickness
+    tx, ty, tz = rng.uniform(3.0, 5.5), rng.uniform(4.0, 7.0), rng.uniform(3.5, 6.0)  # skull thickness
     scalp = rng.uniform(4.0, 7.0)
     lat = rng.uniform(-0.02, 0.02) * ax  # slight asymmetry
     dome = rng.uniform(2.2, 2.8)  # the vault is flatter on top than an ellipsoid

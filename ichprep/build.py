@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import hashlib
 import os
 import time
 from collections import Counter
@@ -87,10 +88,12 @@ class BuildConfig:
                              "serves its own. Received both.")
 
     def params(self) -> dict:
-        """Parameters that define the store's content (not how it is computed)."""
+        """Parameters that define the store's content (not how it is computed). The source folder and label
+        file are recorded as digests of their absolute paths, never the paths: folders named after patients
+        would carry names into the store."""
         return dict(
-            source=os.path.abspath(self.source),
-            labels=os.path.abspath(self.labels) if self.labels else None,
+            source=path_digest(self.source),
+            labels=path_digest(self.labels) if self.labels else None,
             windows=windows_to_list(self.windows),
             on_size=self.on_size,
             shard_slices=self.shard_slices,
@@ -143,6 +146,20 @@ class BuildResult:
 # The build
 
 
+def path_digest(path: str) -> str:
+    """A digest of an absolute path (``path:`` + 16 hex digits): equal paths match, the path is not kept."""
+    return "path:" + hashlib.blake2b(os.path.abspath(path).encode("utf-8"), digest_size=8).hexdigest()
+
+
+def _same_params(recorded: dict, cfg: "BuildConfig") -> bool:
+    """A resume's check; stores of earlier versions recorded the paths themselves."""
+    old = dict(recorded)
+    for key in ("source", "labels"):
+        if isinstance(old.get(key), str) and not old[key].startswith("path:"):
+            old[key] = path_digest(old[key])
+    return old == cfg.params()
+
+
 def _relpath(path: str, root: str) -> str:
     try:
         return os.path.relpath(path, root)
@@ -172,7 +189,7 @@ def _prepare_output(cfg: BuildConfig) -> tuple[str, object]:
         return "create", None
     if cfg.overwrite:
         return "create", None
-    if info.params != cfg.params():
+    if not _same_params(info.params, cfg):
         raise StoreExistsError(f"Output {out!r} holds a store built with other parameters; pass --overwrite "
                                "to replace it, or choose another --out.")
     return ("complete" if info.complete else "resume"), g
@@ -337,7 +354,8 @@ def build(cfg: BuildConfig, stream: TextIO | None = None) -> BuildResult:
     """Run a whole build. ``stream`` receives progress and messages (None: silent)."""
     t0 = time.monotonic()
     labels = read_labels(cfg.labels) if cfg.labels else None  # a bad CSV fails before any work
-    paths = list_source(cfg.source)
+    own = () if "://" in cfg.out else (cfg.out, cfg.out.rstrip(os.sep) + ".lock")  # a store inside its source
+    paths = list_source(cfg.source, skip=own)
     salt = resolve_salt(cfg.salt)
     try:
         return _build(cfg, stream, t0, labels, paths, salt)

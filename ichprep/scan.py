@@ -90,8 +90,15 @@ def hash_patient(patient_id: str, salt: str) -> str:
     """Salted BLAKE2b of PatientID (0010,0020), 16 hex digits. Empty ID -> ``''``."""
     if not patient_id:
         return ""
-    h = hashlib.blake2b(patient_id.encode("utf-8"), digest_size=8, key=salt.encode("utf-8")[:64])
-    return h.hexdigest()
+    return hashlib.blake2b(patient_id.encode("utf-8"), digest_size=8, key=salt_key(salt)).hexdigest()
+
+
+def salt_key(salt: str) -> bytes:
+    """BLAKE2b's key (at most 64 bytes) from the whole salt: itself when it fits, else its 64-byte digest, so
+    two salts that share their first 64 bytes give different patient keys (as they give different
+    fingerprints)."""
+    raw = salt.encode("utf-8")
+    return raw if len(raw) <= 64 else hashlib.blake2b(raw, digest_size=64).digest()
 
 
 def read_header(path: str, salt: str, warning_counts: Counter | None = None) -> SliceHeader:
@@ -398,14 +405,18 @@ def _is_multi(value) -> bool:
     return value is not None and not isinstance(value, (str, bytes, int, float)) and hasattr(value, "__len__") and len(value) > 1
 
 
-def list_source(source: str) -> list[str]:
-    """Every regular, non-hidden file under ``source`` (recursively), sorted."""
+def list_source(source: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """Every regular, non-hidden file under ``source`` (recursively), sorted; the folders ``skip`` (a store
+    being written inside its own source, and its lock) are left out."""
     if not os.path.isdir(source):
         raise SourceError(f"DICOM folder not found: {source!r}. Pass an existing folder of .dcm files.")
+    skipped = {os.path.abspath(s) for s in skip}
     paths = []
     for dirpath, dirnames, files in os.walk(source):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        paths.extend(os.path.join(dirpath, f) for f in files if not f.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and os.path.abspath(os.path.join(dirpath, d)) not in skipped)
+        paths.extend(os.path.join(dirpath, f) for f in files if not f.startswith(".")
+                     and os.path.abspath(os.path.join(dirpath, f)) not in skipped)
     if not paths:
         raise SourceError(f"DICOM folder {source!r} is empty: nothing to build.")
     return sorted(paths)

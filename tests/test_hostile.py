@@ -112,3 +112,37 @@ def test_slices_with_values_no_store_can_hold_are_rejected_and_the_store_verifie
     assert rejects[names[1]]["reason"] == "no_window" and "1e-30" in rejects[names[1]]["message"]
     capsys.readouterr()
     assert ichprep(["verify", out, "--source", str(src), "--sample", "3", "--quiet"]) == 0, capsys.readouterr().out
+
+
+def test_a_store_inside_its_own_source_folder_does_not_scan_itself(synth_corpus, tmp_path, capsys):
+    """Issue 32, item 10: a rebuild into SRC/store.zarr scanned the store's own files (27 not_dicom)."""
+    src = tmp_path / "src"
+    shutil.copytree(synth_corpus["dicom_dir"], src)
+    out = str(src / "store.zarr")
+    for _ in range(2):  # the second run resumes, with the first's store inside the source
+        assert ichprep(["build", str(src), "--out", out, "--workers", "0", "--quiet", "--salt", "s"]) == 0
+    assert " 0 rejected" in capsys.readouterr().out
+
+
+def test_salts_that_share_their_first_64_bytes_key_patients_differently():
+    from ichprep.salt import salt_fingerprint
+    from ichprep.scan import hash_patient
+
+    a, b = "x" * 64 + "a", "x" * 64 + "b"
+    assert hash_patient("ID_1", a) != hash_patient("ID_1", b)
+    assert salt_fingerprint(a) != salt_fingerprint(b)
+    short = "a short salt"  # salts of up to 64 bytes key as they always did: existing stores keep their keys
+    import hashlib
+
+    assert hash_patient("ID_1", short) == hashlib.blake2b(b"ID_1", digest_size=8, key=short.encode()).hexdigest()
+
+
+def test_a_store_keeps_no_path_of_the_source_or_labels(synth_corpus, tmp_path):
+    import zarr
+
+    out = str(tmp_path / "s.zarr")
+    assert ichprep(["build", synth_corpus["dicom_dir"], "--labels", synth_corpus["labels"], "--out", out,
+                    "--workers", "0", "--quiet", "--salt", "s"]) == 0
+    attrs = json.dumps(dict(zarr.open_group(out, mode="r").attrs))
+    for path in (synth_corpus["dicom_dir"], synth_corpus["labels"], str(tmp_path)):
+        assert path not in attrs
