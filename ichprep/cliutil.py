@@ -94,6 +94,8 @@ def run_main(prog: str, argv: list[str] | None, dispatch: Callable[[list[str]], 
     """Run ``dispatch(argv)`` and map whatever it raises to one line on stderr and an exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     debug, argv = debug_requested(argv)
+    if debug:  # what this process starts (Dask workers, their logs) sees it too
+        os.environ["ICHPREP_DEBUG"] = "1"
     previous = None
     try:
         import threading

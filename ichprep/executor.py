@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import functools
 import logging
+import os
 import sys
 from typing import Callable, Iterator, TextIO
 
@@ -91,6 +92,11 @@ def warm_up_kernels(skip_blas_probe: bool = False) -> None:
             hu_slice(np.zeros((2, 2), dtype), 1.0, 0.0, False)
 
 
+def debug_logging() -> bool:
+    """Whether --debug (or ICHPREP_DEBUG) asked for libraries' own logs and tracebacks."""
+    return os.environ.get("ICHPREP_DEBUG", "") not in ("", "0")
+
+
 @contextlib.contextmanager
 def executor(workers: int, scheduler: str | None, stream: TextIO | None,
               dashboard: str | None = None) -> Iterator[Callable]:
@@ -125,8 +131,13 @@ def executor(workers: int, scheduler: str | None, stream: TextIO | None,
         with dask.config.set({"distributed.worker.multiprocessing-method": start_method}):
             if start_method == "fork":
                 warm_up_kernels()  # loaded once here, inherited by every forked worker
+            # No --dashboard: no dashboard, and the scheduler's HTTP server on a free port (by default it takes
+            # :8787 and warns when another Dask holds it). Dask's own logging of a task's failure (a full
+            # traceback per worker) stays quiet: the failure reaches the user as one line; --debug shows it.
             cluster = LocalCluster(n_workers=max(workers, 1), threads_per_worker=1, processes=True,
-                                   dashboard_address=dashboard, silence_logs=logging.ERROR)
+                                   dashboard_address=dashboard,
+                                   scheduler_kwargs=None if dashboard is not None else {"dashboard_address": ":0"},
+                                   silence_logs=logging.ERROR if debug_logging() else logging.CRITICAL)
         client = Client(cluster)
     if stream is not None and (scheduler or dashboard is not None):
         where = f"scheduler {scheduler}" if scheduler else f"a local cluster of {max(workers, 1)} workers"

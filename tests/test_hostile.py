@@ -146,3 +146,25 @@ def test_a_store_keeps_no_path_of_the_source_or_labels(synth_corpus, tmp_path):
     attrs = json.dumps(dict(zarr.open_group(out, mode="r").attrs))
     for path in (synth_corpus["dicom_dir"], synth_corpus["labels"], str(tmp_path)):
         assert path not in attrs
+
+
+def test_a_local_cluster_without_dashboard_starts_none_and_says_nothing_about_port_8787(synth_corpus, tmp_path):
+    """Issue 32, item 9: with another process on :8787, a build without --dashboard printed Dask's three-line
+    'Port 8787 is already in use' warning."""
+    import socket
+    import subprocess
+    import sys
+
+    sock = socket.socket()
+    try:
+        sock.bind(("0.0.0.0", 8787))
+        sock.listen()
+    except OSError:
+        pass  # someone else holds it already: the same situation
+    try:
+        res = subprocess.run([sys.executable, "-m", "ichprep.cli", "build", synth_corpus["dicom_dir"], "--out",
+                              str(tmp_path / "s.zarr"), "--workers", "2", "--quiet", "--salt", "s"],
+                             capture_output=True, text=True, timeout=300)
+    finally:
+        sock.close()
+    assert res.returncode == 0 and res.stderr.strip() == "", res.stderr

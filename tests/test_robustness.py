@@ -175,9 +175,9 @@ def test_size_policies(tmp_path, synth_corpus, policy):
         assert res.written == 2 and res.fixed[{"resize": "resized", "pad": "padded"}[policy]] == 1
 
 
-def _build_cmd(src, out, labels):
+def _build_cmd(src, out, labels, workers="0"):
     return [sys.executable, "-m", "ichprep.cli", "build", str(src), "--labels", str(labels), "--out", str(out),
-            "--preset", "rnn", "--workers", "0", "--shard-slices", "4", "--salt", "fixed", "--quiet"]
+            "--preset", "rnn", "--workers", workers, "--shard-slices", "4", "--salt", "fixed", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -348,14 +348,16 @@ def _mount_tmpfs(path, size_kib):
         pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.strip()}")
 
 
-def test_disk_full_is_one_line_then_resumes_to_the_same_store(tmp_path, resume_corpus):
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_disk_full_is_one_line_then_resumes_to_the_same_store(tmp_path, resume_corpus, workers):
+    """With a local cluster too (issue 32, item 9): Dask's own 'Compute Failed' tracebacks stay quiet."""
     s, ref = resume_corpus
     size_kib = sum(f.stat().st_size for f in ref.rglob("*") if f.is_file()) // 1024
     mnt = tmp_path / "small"
     _mount_tmpfs(mnt, max(64, size_kib // 2))  # room for about half of the store
     try:
         out = mnt / "full.zarr"
-        cmd = _build_cmd(s["dicom_dir"], out, s["labels"])
+        cmd = _build_cmd(s["dicom_dir"], out, s["labels"], workers)
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert res.returncode == 1, res.stderr
         assert res.stderr.strip().count("\n") == 0 and "no space left" in res.stderr, res.stderr
