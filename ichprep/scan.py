@@ -173,6 +173,8 @@ _WANTED = {tag: (kw, vr) for kw, (tag, vr) in _ELEMENTS.items()}
 _TRANSFER_SYNTAX_TAG = 0x00020010
 _PIXEL_DATA_TAG = 0x7FE00010
 _IMPLICIT_LE = "1.2.840.10008.1.2"
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+MAX_SLOPE, MAX_INTERCEPT = 1_000.0, 100_000.0  # RescaleSlope / RescaleIntercept a slice may have
 # Data sets the walk leaves to pydicom: explicit VR big endian and deflated explicit VR little endian.
 # Implicit VR little endian is walked; every other syntax encodes its data set as explicit VR little endian.
 _NOT_WALKED = frozenset(("1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"))
@@ -287,16 +289,33 @@ def _read_with_pydicom(path: str):
         raise RejectError("unreadable", f"pydicom could not parse the header ({type(exc).__name__}: {exc})") from None
     if "SOPInstanceUID" not in ds and "PixelData" not in ds and "Rows" not in ds:
         raise RejectError("not_dicom", "no SOPInstanceUID (0008,0018), Rows or PixelData: not an image")
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and str(meta.get("TransferSyntaxUID", "")) == _DEFLATED:
+        # the data set is one deflate stream: where the file ends says nothing about where PixelData is
+        if not _has_pixel_data(path):
+            _no_pixel_data()
+        return ds, 0, size
     if pixel_offset >= size:
-        raise RejectError("no_pixel_data", "no PixelData (7FE0,0010) element")
+        _no_pixel_data()
     return ds, pixel_offset, size
+
+
+def _no_pixel_data():
+    raise RejectError("no_pixel_data", "no PixelData (7FE0,0010) element")
+
+
+def _has_pixel_data(path: str) -> bool:
+    """Whether a deflated data set holds PixelData (read whole: the pixels are inside the deflate stream)."""
+    try:
+        return "PixelData" in pydicom.dcmread(path)
+    except Exception:  # noqa: BLE001 -- a damaged stream: no usable pixels
+        return False
 
 
 # A UID is written into stores, manifests, reports and submission rows. DICOM's are digits and dots (PS3.5 9.1),
 # RSNA's "ID_" and hex, and real files carry others (pydicom's own test data: 64 hex digits); what must never
 # pass is what could forge a CSV row or a spreadsheet formula: separators, quotes, spaces, control characters,
 # a leading '=', '+', '-' or '@'.
-MAX_SLOPE, MAX_INTERCEPT = 1_000.0, 100_000.0  # RescaleSlope / RescaleIntercept a slice may have
 _SAFE_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.-]{0,127}")
 
 
@@ -331,6 +350,9 @@ def _slice_header(path: str, salt: str, v: dict, tsyntax: UID, pixel_offset: int
     bits_allocated = int(v["BitsAllocated"])
     bits_stored = int(v["BitsStored"] or bits_allocated)
     pixel_rep = int(v["PixelRepresentation"] or 0)
+    if pixel_rep not in (0, 1):
+        raise RejectError("bad_dimensions", f"PixelRepresentation (0028,0103) is {pixel_rep}: expected 0 (unsigned) or "
+                                            "1 (two's complement), PS3.3 C.7.6.3.1.9")
     if bits_allocated not in (8, 16) or not 1 <= bits_stored <= bits_allocated:
         raise RejectError(
             "bad_dimensions",

@@ -168,3 +168,33 @@ def test_a_local_cluster_without_dashboard_starts_none_and_says_nothing_about_po
     finally:
         sock.close()
     assert res.returncode == 0 and res.stderr.strip() == "", res.stderr
+
+
+def test_a_deflated_file_builds_and_pixel_representation_2_is_rejected(real_series, tmp_path, capsys):
+    """Issue 32, item 7: a valid Deflated Explicit VR file was rejected as no_pixel_data; PixelRepresentation 2
+    was built, and verify --source then failed with a generic ValueError."""
+    import warnings
+
+    import pydicom
+    import zarr
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    src = tmp_path / "src"
+    src.mkdir()
+    files = sorted(os.listdir(real_series))[:3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(os.path.join(real_series, files[0]))
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        ds.save_as(src / files[0], enforce_file_format=True)
+        ds = pydicom.dcmread(os.path.join(real_series, files[1]))
+        ds.PixelRepresentation = 2
+        ds.save_as(src / files[1])
+    shutil.copy(os.path.join(real_series, files[2]), src / files[2])
+    out = str(tmp_path / "s.zarr")
+    assert ichprep(["build", str(src), "--out", out, "--workers", "0", "--quiet", "--salt", "s"]) == 0
+    rejects = zarr.open_group(out, mode="r").attrs["ichprep"]["rejects"]
+    assert [(r["file"], r["reason"]) for r in rejects] == [(files[1], "bad_dimensions")]
+    assert "PixelRepresentation (0028,0103) is 2" in rejects[0]["message"]
+    capsys.readouterr()
+    assert ichprep(["verify", out, "--source", str(src), "--sample", "2", "--quiet"]) == 0, capsys.readouterr().out
