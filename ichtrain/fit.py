@@ -91,6 +91,9 @@ class FitConfig:
         if self.weights not in ("imagenet", None) and not os.path.isfile(self.weights):
             raise UsageError(f"Expected --weights imagenet, none or a weights file. Received: {self.weights!r}, "
                              "which is not a file")
+        if isinstance(self.weights, str) and self.weights.endswith(".keras"):
+            raise UsageError(f"--weights takes a Keras application's weights file (*.h5, such as Keras' *_notop.h5); "
+                             f"{self.weights!r} is a whole model: fine-tune from it with --init")
 
         check_windows_on(self.windows_on)
         object.__setattr__(self, "augment", parse_augment(self.augment).to_string())
@@ -390,6 +393,9 @@ def _fit(cfg: FitConfig, verbose: int, role: WorkerRole) -> dict:
     stream = open_stream(cfg)
     windows_in_model = resolve_windows_on(cfg.windows_on, stream) == "model"  # refused here on a windowed store
     windows_in_model = windows_in_model and cfg.augment == "none" and cfg.crop == "none"  # both run in the reader
+    if not stream.usable.any():
+        raise UsageError(f"The store {cfg.store!r} holds no labelled slices with usable pixels (built without "
+                         "--labels?): build it with --labels CSV to train on it")
     epoch_size = cfg.epoch_size or int(stream.splits["train"].size)
     if epoch_size < cfg.batch_size:  # batches are whole: not one would be drawn (refused before the run is made)
         raise UsageError(f"The train split holds {epoch_size} slices, fewer than --batch-size {cfg.batch_size}: "

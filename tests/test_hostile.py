@@ -198,3 +198,20 @@ def test_a_deflated_file_builds_and_pixel_representation_2_is_rejected(real_seri
     assert "PixelRepresentation (0028,0103) is 2" in rejects[0]["message"]
     capsys.readouterr()
     assert ichprep(["verify", out, "--source", str(src), "--sample", "2", "--quiet"]) == 0, capsys.readouterr().out
+
+
+def test_training_on_an_unlabelled_store_or_from_a_keras_model_as_weights_says_why(real_series, trained, tmp_path,
+                                                                                   capsys):
+    """Issue 32, item 8: an unlabelled store said 'lower --batch-size'; --weights MODEL.keras printed 266 lines."""
+    store = str(tmp_path / "unlabelled.zarr")
+    assert ichprep(["build", real_series, "--out", store, "--windows", "brain", "--workers", "0", "--quiet",
+                    "--salt", "s"]) == 0
+    capsys.readouterr()
+    assert ichtrain(["fit", store, "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no labelled slices" in err[0] and "--labels" in err[0], err
+    assert ichtrain(["fit", store, "--out", str(tmp_path / "b"), "--model", "backbone", "--weights",
+                     os.path.join(trained, "model.keras"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fine-tune from it with --init" in err[0], err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "b").exists()
