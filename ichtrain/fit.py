@@ -26,7 +26,7 @@ __all__ = ["FitConfig", "fit", "load_run", "load_keras", "worker_role", "STRATEG
 CONFIG = "config.json"
 LR_SCHEDULES = ("cosine", "constant")
 LR_FLOOR = 0.05  # the cosine schedule's last epoch runs at this fraction of --lr
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 1024  # a model's input side: below 16 no encoder pools, above 1024 no store
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024  # a model's input side: below 32 the encoders pool to nothing, above 1024 no store
 STATE = "state.json"
 
 

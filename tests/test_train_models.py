@@ -288,9 +288,9 @@ def test_backbone_fit_cli_and_its_errors(brain_store, brain_seed, tmp_path, caps
     (["--lr", "inf"], "--lr > 0"),
     (["--alpha", "nan"], "--alpha a number in [0, 2]"),
     (["--seed", "-1"], "--seed an integer in [0, 2**32)"),
-    (["--image-size", "0"], "--image-size an integer in [16, 1024]"),
-    (["--image-size", "-1"], "--image-size an integer in [16, 1024]"),
-    (["--image-size", "100000"], "--image-size an integer in [16, 1024]"),
+    (["--image-size", "0"], "--image-size an integer in [32, 1024]"),
+    (["--image-size", "-1"], "--image-size an integer in [32, 1024]"),
+    (["--image-size", "100000"], "--image-size an integer in [32, 1024]"),
     (["--weights", "/no/such/file.h5"], "not a file"),
     (["--split", "nan,0.1,0.1"], "finite --split"),
 ])
