@@ -255,7 +255,12 @@ class StoreStream:
         except Exception as exc:
             if self.read_failure is None:
                 src = assembler.sources[assembler.positions(j)]
-                if isinstance(exc, DamagedShardError):  # names its shard and row already
+                changed = self._store_changed()
+                if changed:  # rebuilt (--overwrite) or removed under this reader: no repair will help
+                    self.read_failure = StoreError(
+                        f"could not read slices {int(src.min())}..{int(src.max())} of {self.url}: the store {changed} "
+                        "since this stream opened it; rerun the command on the store as it is now")
+                elif isinstance(exc, DamagedShardError):  # names its shard and row already
                     self.read_failure = DamagedShardError(
                         f"could not read slices {int(src.min())}..{int(src.max())}: {exc}; run 'ichprep verify "
                         f"{self.url} --repair --source DICOM_DIR' to rebuild it", exc.shard, exc.row)
@@ -283,6 +288,14 @@ class StoreStream:
                 self._boxes[int(row)] = box
             out[i] = box
         return out
+
+    def _store_changed(self) -> str | None:
+        """How the store differs from what this stream opened ('was rebuilt', 'was removed'), or None."""
+        try:
+            _, now = st.read_info(self.url)
+        except StoreError:
+            return "was removed or is being rebuilt"
+        return None if now.attrs == self.info.attrs else "was rebuilt (its attributes changed)"
 
     def _fetcher(self):
         """``fetch(shard)`` -> a shard object to decode slices from: ichprep's shard reader for stores of

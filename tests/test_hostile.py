@@ -215,3 +215,22 @@ def test_training_on_an_unlabelled_store_or_from_a_keras_model_as_weights_says_w
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "fine-tune from it with --init" in err[0], err
     assert not (tmp_path / "r").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_store_rebuilt_or_removed_under_a_stream_is_said_so_not_called_damaged(brain_store, brain_seed, tmp_path):
+    """Issue 32, item 8: a fit broken by an --overwrite rebuild of its store advised 'verify --repair'."""
+    from ichprep.errors import StoreError
+    from ichtrain.data import StoreStream
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(brain_store, store)
+    stream = StoreStream(str(store), fractions=(0.6, 0.2, 0.2), seed=brain_seed)
+    ds = stream.dataset("train", batch_size=4, epoch_size=8, image_size=32, shuffle_mb=0.001)
+    shutil.rmtree(store)  # what an --overwrite rebuild does first
+    with pytest.raises(Exception):
+        with stream.guard():
+            for _ in ds:
+                pass
+    assert isinstance(stream.read_failure, StoreError)
+    message = str(stream.read_failure)
+    assert "was removed or is being rebuilt since this stream opened it" in message and "--repair" not in message
