@@ -186,7 +186,7 @@ def load_run(run_dir: str) -> tuple[dict, str]:
             cfg = json.load(fh)
         if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), str):
             raise ValueError("not a run record")
-        if not isinstance(cfg.get("image_size", 0), int):
+        if not isinstance(cfg.get("image_size", 0), (int, type(None))) or isinstance(cfg.get("image_size"), bool):
             raise ValueError(f"image_size is {cfg.get('image_size')!r}")
     except (OSError, ValueError) as exc:
         raise UsageError(f"{cfg_path} is damaged ({exc}); it is the run's record: restore it, or train a new run "

@@ -489,9 +489,11 @@ def test_the_signal_tests_pass_when_the_suite_starts_with_sigint_ignored(tmp_pat
     tests = os.path.dirname(os.path.abspath(__file__))
     launcher = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
                 "os.execv(sys.executable, [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', "
-                "'-o', 'addopts=', '--rootdir', sys.argv[1], sys.argv[2], '-k', 'SIGINT-headers-0'])")
+                "'-o', 'addopts=', '-p', 'no:benchmark', '--rootdir', sys.argv[1], sys.argv[2], '-k', "
+                "'SIGINT-headers-0'])")
     target = os.path.join(tests, "test_faults.py") + "::test_a_signal_in_each_phase_exits_at_once_releases_everything_and_resumes"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}  # a run of its own, not a worker
     res = subprocess.run(["setsid", sys.executable, "-c", launcher, os.path.dirname(tests), target],
                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600, cwd=str(tmp_path),
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+                         env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     assert res.returncode == 0 and "1 passed" in res.stdout, res.stdout[-3000:] + res.stderr[-2000:]
