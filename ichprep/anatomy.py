@@ -20,6 +20,7 @@ z up from near the floor of the middle cranial fossa; HU as measured on non-cont
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -68,45 +69,97 @@ def _age_atrophy(rng: np.random.Generator) -> tuple[float, float]:
     return age, min(atrophy, 1.0)
 
 
+@dataclass
+class _Head:
+    """One head's shape and tissue values (head coordinates before scale), shared by the painting steps."""
+
+    ax: float = 66.0  # the cerebral vault's inner table: semi-axes and centre height
+    ay: float = 84.0
+    az: float = 92.0
+    cz: float = 18.0
+    grey: float = 38.0
+    white: float = 28.0
+    atrophy: float = 0.0
+    tx: float = 4.0  # skull thickness across, front to back, at the top
+    ty: float = 6.0
+    tz: float = 5.0
+    scalp: float = 5.0
+    lat: float = 0.0  # slight asymmetry
+    dome: float = 2.5  # the vault is flatter on top than an ellipsoid
+    bone: float = 1500.0
+    floor: float = 9.0  # the anterior fossa floor
+    shift: float = 0.0  # midline shift by a large mass
+
+
 def plan_study(rng: np.random.Generator, subtypes: list[str]) -> StudyAnatomy:
-    """The anatomy of one head (random size, age, variants) with hemorrhages of ``subtypes``."""
+    """The anatomy of one head (random size, age, variants) with hemorrhages of ``subtypes``. The steps paint in
+    order, each over what the earlier ones painted, and draw from ``rng`` in that order."""
     s = rng.normal(1.0, 0.05) if rng.random() > 0.04 else rng.uniform(0.78, 0.9)  # a few children
     scale = np.clip(s * rng.normal(1.0, 0.035, 3), 0.72, 1.2)
     t = _Table(scale, np.zeros(3))
     age, atrophy = _age_atrophy(rng)
-    grey = rng.uniform(35.0, 42.0)
-    white = grey - rng.uniform(7.0, 12.0)
-    ax, ay, az = 66.0, 84.0, 92.0  # the cerebral vault's inner table (head coordinates, before scale)
-    cz = 18.0
-    tx, ty, tz = rng.uniform(3.0, 5.5), rng.uniform(4.0, 7.0), rng.uniform(3.5, 6.0)  # skull thickness
-    scalp = rng.uniform(4.0, 7.0)
-    lat = rng.uniform(-0.02, 0.02) * ax  # slight asymmetry
-    dome = rng.uniform(2.2, 2.8)  # the vault is flatter on top than an ellipsoid
-    # scalp, face, neck, ears
-    t.add((lat, 5, cz), (ax + tx + scalp + 4, ay + ty + scalp, az + tz + scalp), zexp=dome, zmin=-40, val=38.0, val2=3.0)
+    h = _Head(atrophy=atrophy)
+    h.grey = rng.uniform(35.0, 42.0)
+    h.white = h.grey - rng.uniform(7.0, 12.0)
+    h.tx, h.ty, h.tz = rng.uniform(3.0, 5.5), rng.uniform(4.0, 7.0), rng.uniform(3.5, 6.0)
+    h.scalp = rng.uniform(4.0, 7.0)
+    h.lat = rng.uniform(-0.02, 0.02) * h.ax
+    h.dome = rng.uniform(2.2, 2.8)
+    _scalp(t, h)
+    _skull(rng, t, h)
+    _below_the_cavity(t, h)
+    cerebrum, fossa = _brain(rng, t, h)
+    _orbits_and_air(rng, t, h)
+    for side in (-1, 1):  # deep grey nuclei
+        t.add((side * 12, -18, 38), (5, 10, 10), val=h.grey - 2.0, val2=2.0)  # caudate head
+        t.add((side * 22, -5, 27), (7, 16, 10), yaw=side * 0.15, val=h.grey - 3.0, val2=2.0)  # lentiform
+        t.add((side * 10, 12, 27), (9, 13, 9), val=h.grey - 3.0, val2=2.0)  # thalamus
+    v = 0.7 + 1.1 * atrophy * rng.uniform(0.7, 1.3)  # ventricles grow with atrophy
+    lesions = _plan_lesions(rng, subtypes, h.ax, h.ay, h.az, h.cz, h.floor)
+    h.shift = sum(les.get("shift", 0.0) for les in lesions)
+    ventricles, third = _csf(rng, t, h, v)
+    _dura_and_petrous(rng, t, h, fossa)
+    _calcifications(rng, t, atrophy, age, v, h.shift)
+    _paint_lesions(rng, t, lesions, cerebrum, ventricles, third, fossa, h.ax, h.ay, h.az, h.cz, h.floor, h.dome)
+    z_bottom = -50.0 * scale[2]
+    z_top = (h.cz + h.az + h.tz + h.scalp) * scale[2]
+    return StudyAnatomy(t.array(), float(z_bottom), float(z_top), lesions)
+
+
+def _scalp(t: _Table, h: _Head) -> None:
+    """Skin and soft tissue, face, neck, nose, ears, subcutaneous fat, temporalis."""
+    ax, ay, az, cz, tx, ty, tz, scalp = h.ax, h.ay, h.az, h.cz, h.tx, h.ty, h.tz, h.scalp
+    t.add((h.lat, 5, cz), (ax + tx + scalp + 4, ay + ty + scalp, az + tz + scalp), zexp=h.dome, zmin=-40, val=38.0,
+          val2=3.0)
     t.add((0, -50, -30), (56, 52, 40), zmax=2, val=42.0, val2=2.5)  # face
     t.add((0, 20, -78), (56, 58, 45), val=45.0, val2=2.5)  # neck
     t.add((0, -99, -22), (9, 15, 22), zmax=-2, val=30.0)  # nose
     for side in (-1, 1):
         t.add((side * (ax + tx + scalp + 5), 8, -10), (6, 16, 24), val=30.0)  # ears
-    t.add((lat, 5, cz), (ax + tx + 4 + 0.6 * scalp, ay + ty + 0.6 * scalp, az + tz + 0.6 * scalp), zexp=dome, zmin=-36,
-          val=-60.0, val2=10.0)  # subcutaneous fat
+    t.add((h.lat, 5, cz), (ax + tx + 4 + 0.6 * scalp, ay + ty + 0.6 * scalp, az + tz + 0.6 * scalp), zexp=h.dome,
+          zmin=-36, val=-60.0, val2=10.0)  # subcutaneous fat
     for side in (-1, 1):
         t.add((side * (ax + tx + 2.5), -14, 18), (3.5, 36, 30), val=50.0, val2=4.0)  # temporalis
-    # skull: outer table, diploe, inner table
-    bone = rng.uniform(1300.0, 1700.0)
-    floor = rng.uniform(7.0, 11.0)  # the anterior fossa floor
-    t.add((lat, 5 + rng.uniform(-1.5, 1.5), cz), (ax + tx, ay + ty, az + tz), zexp=dome, zmin=-30, val=bone)
-    t.add((lat, 5, cz), (ax + tx - 1.5, ay + ty - 1.6, az + tz - 1.6), zexp=dome, zmin=-28, mat=Material.DIPLOE,
+
+
+def _skull(rng, t: _Table, h: _Head) -> None:
+    """Outer table, diploe, inner table; the frontal bone's thickening over the frontal sinus."""
+    ax, ay, az, cz, tx, ty, tz = h.ax, h.ay, h.az, h.cz, h.tx, h.ty, h.tz
+    h.bone = rng.uniform(1300.0, 1700.0)
+    h.floor = rng.uniform(7.0, 11.0)
+    t.add((h.lat, 5 + rng.uniform(-1.5, 1.5), cz), (ax + tx, ay + ty, az + tz), zexp=h.dome, zmin=-30, val=h.bone)
+    t.add((h.lat, 5, cz), (ax + tx - 1.5, ay + ty - 1.6, az + tz - 1.6), zexp=h.dome, zmin=-28, mat=Material.DIPLOE,
           val=rng.uniform(450.0, 750.0), val2=rng.uniform(120.0, 250.0))
-    t.add((0, 5, cz), (ax + 1.3, ay + 1.3, az + 1.3), zexp=dome, zmin=-28, val=bone * 0.9)
-    # the frontal bone thickens over the frontal sinus (absent in ~15%)
-    t.add((0, -(ay + ty * 0.5), 28), (20, ty * 0.5 + 0.5, 16), val=bone * 0.85)
-    # below the cranial cavity: the muscles of the neck and face, the occipital bone around the posterior
-    # fossa, the maxillary sinuses and the nasal cavity
+    t.add((0, 5, cz), (ax + 1.3, ay + 1.3, az + 1.3), zexp=h.dome, zmin=-28, val=h.bone * 0.9)
+    t.add((0, -(ay + ty * 0.5), 28), (20, ty * 0.5 + 0.5, 16), val=h.bone * 0.85)
+
+
+def _below_the_cavity(t: _Table, h: _Head) -> None:
+    """The muscles of the neck and face, the occipital bone around the posterior fossa, the maxillary sinuses,
+    the nasal cavity, the atlas and the cord."""
     t.add((0, 0, -62), (64, 84, 40), zmax=-22, val=46.0, val2=2.5)
-    t.add((0, 39, -16), (61, 46, 32), zmax=-4, val=bone * 0.8)  # occipital bone
-    t.add((0, -62, -14), (56, 40, 26), zmax=floor - 4, val=44.0, val2=2.5)  # the face below the anterior fossa
+    t.add((0, 39, -16), (61, 46, 32), zmax=-4, val=h.bone * 0.8)  # occipital bone
+    t.add((0, -62, -14), (56, 40, 26), zmax=h.floor - 4, val=44.0, val2=2.5)  # the face below the anterior fossa
     for side in (-1, 1):
         t.add((side * 26, -58, -34), (16, 19, 18), zmax=-12, val=900.0)
         t.add((side * 26, -58, -34), (14.5, 17.5, 16.5), zmax=-13.5, val=-960.0, val2=8.0)
@@ -116,25 +169,32 @@ def plan_study(rng: np.random.Generator, subtypes: list[str]) -> StudyAnatomy:
         t.add((side * 7, -72, -35), (3.0, 22, 5), val=40.0)  # turbinates
     t.add((0, 16, -56), (17, 15, 13), val=750.0)  # atlas and dens
     t.add((0, 19, -56), (9, 8.5, 15), val=36.0)  # the cord in its canal
-    # the intracranial cavity: cerebrum above the anterior fossa floor, temporal lobes, posterior fossa
+
+
+def _brain(rng, t: _Table, h: _Head) -> tuple[int, int]:
+    """The intracranial cavity: cerebrum above the anterior fossa floor, temporal lobes, posterior fossa with the
+    cerebellum, clivus, brainstem. Returns the rows of the cerebrum and of the posterior fossa."""
     sulcal_depth = rng.uniform(12.0, 18.0)
-    csf_surface = 0.8 + 2.2 * atrophy
-    half_width = 0.35 + 1.1 * atrophy
-    brain_p = (sulcal_depth, csf_surface, half_width, 0.0, 0.0)
-    cerebrum = t.add((0, 5, cz), (ax, ay, az), zexp=dome, zmin=floor, mat=Material.BRAIN, val=grey, val2=white, p=brain_p)
-    temporal = []
+    csf_surface = 0.8 + 2.2 * h.atrophy
+    brain_p = (sulcal_depth, csf_surface, 0.35 + 1.1 * h.atrophy, 0.0, 0.0)
+    cerebrum = t.add((0, 5, h.cz), (h.ax, h.ay, h.az), zexp=h.dome, zmin=h.floor, mat=Material.BRAIN, val=h.grey,
+                     val2=h.white, p=brain_p)
+    for side in (-1, 1):  # temporal lobes
+        t.add((side * 39, -10, -1), (27, 38, 22), zmin=-22, yaw=side * 0.12, mat=Material.BRAIN, val=h.grey,
+              val2=h.white, p=brain_p)
+    fossa = t.add((0, 40, -15), (55, 40, 30), zmin=-46, zmax=h.floor + 3, mat=Material.CEREBELLUM, val=h.grey - 1,
+                  val2=h.white + 3, p=(8.0, csf_surface * 0.7, 0.3 + 0.5 * h.atrophy, 0, 0))
+    t.add((0, -5, -18), (11, 11, 19), val=h.bone * 0.7)  # clivus
+    t.add((0, 13, -12), (13, 15, 32), zmax=14, val=h.white + 3.0, val2=2.0)  # pons and medulla
+    t.add((0, 9, 12), (13, 13, 9), val=h.white + 5.0, val2=2.0)  # midbrain
+    return cerebrum, fossa
+
+
+def _orbits_and_air(rng, t: _Table, h: _Head) -> None:
+    """Orbital roofs, orbits (fat, nerve, muscles, globes, lenses), ethmoid, sphenoid, frontal and mastoid air."""
     for side in (-1, 1):
-        temporal.append(t.add((side * 39, -10, -1), (27, 38, 22), zmin=-22, yaw=side * 0.12, mat=Material.BRAIN,
-                              val=grey, val2=white, p=brain_p))
-    fossa = t.add((0, 40, -15), (55, 40, 30), zmin=-46, zmax=floor + 3, mat=Material.CEREBELLUM, val=grey - 1,
-                  val2=white + 3, p=(8.0, csf_surface * 0.7, 0.3 + 0.5 * atrophy, 0, 0))
-    t.add((0, -5, -18), (11, 11, 19), val=bone * 0.7)  # clivus
-    t.add((0, 13, -12), (13, 15, 32), zmax=14, val=white + 3.0, val2=2.0)  # pons and medulla
-    t.add((0, 9, 12), (13, 13, 9), val=white + 5.0, val2=2.0)  # midbrain
-    # orbital roofs, then the orbits
-    for side in (-1, 1):
-        t.add((side * 30, -62, floor + 4), (20, 26, 5), val=900.0)
-    orbit_z = floor - rng.uniform(4.0, 9.0)
+        t.add((side * 30, -62, h.floor + 4), (20, 26, 5), val=900.0)
+    orbit_z = h.floor - rng.uniform(4.0, 9.0)
     for side in (-1, 1):
         t.add((side * 31, -66, orbit_z), (19, 27, 17), yaw=side * 0.35, val=900.0)  # orbital wall
         t.add((side * 31, -67, orbit_z), (17.5, 26, 15.5), yaw=side * 0.35, val=-85.0, val2=8.0)  # fat
@@ -144,32 +204,26 @@ def plan_study(rng: np.random.Generator, subtypes: list[str]) -> StudyAnatomy:
         t.add((side * 32, -81, orbit_z), (12, 12, 12), val=40.0)  # globe wall
         t.add((side * 32, -81, orbit_z), (10.8, 10.8, 10.8), val=10.0)  # vitreous
         t.add((side * 32, -91.5, orbit_z), (4.5, 1.8, 4.5), val=110.0)  # lens
-    # air cells and sinuses in the bone
     t.add((0, -62, orbit_z + 3), (11, 20, 13), mat=Material.AIR_CELLS, val=-920.0, val2=380.0)  # ethmoid
     if rng.random() < 0.9:
         t.add((0, -30, -6), (13, 12, 11) * rng.uniform(0.7, 1.2, 3), val=-960.0)  # sphenoid sinus
     if rng.random() < 0.85:
         f = rng.uniform(0.5, 1.3)
-        t.add((0, -(ay + ty * 0.5), 28), (14 * f, ty * 0.35, 11 * f), val=-960.0)  # frontal sinus
+        t.add((0, -(h.ay + h.ty * 0.5), 28), (14 * f, h.ty * 0.35, 11 * f), val=-960.0)  # frontal sinus
     pneumatised = rng.uniform(0.6, 1.3)
     for side in (-1, 1):
         t.add((side * 52, 22, -16), (12, 13, 15) * np.array([pneumatised] * 3), mat=Material.AIR_CELLS,
               val=-900.0, val2=420.0)  # mastoid
         t.add((side * 62, 8, -14), (10, 3, 3), val=-950.0)  # external ear canal
-    # deep grey nuclei
-    for side in (-1, 1):
-        t.add((side * 12, -18, 38), (5, 10, 10), val=grey - 2.0, val2=2.0)  # caudate head
-        t.add((side * 22, -5, 27), (7, 16, 10), yaw=side * 0.15, val=grey - 3.0, val2=2.0)  # lentiform
-        t.add((side * 10, 12, 27), (9, 13, 9), val=grey - 3.0, val2=2.0)  # thalamus
-    # CSF: ventricles (grow with atrophy), cisterns, fissures
-    v = 0.7 + 1.1 * atrophy * rng.uniform(0.7, 1.3)
-    shift = 0.0  # midline shift by a large mass (set by the lesions below, applied to midline structures)
-    lesions = _plan_lesions(rng, subtypes, ax, ay, az, cz, floor)
-    for les in lesions:
-        shift += les.get("shift", 0.0)
+
+
+def _csf(rng, t: _Table, h: _Head, v: float) -> tuple[list[int], int]:
+    """Ventricles (the one on a mass's side compressed), cisterns, Sylvian and interhemispheric fissures, the
+    falx. Returns the lateral ventricles' rows and the third ventricle's."""
+    shift, atrophy = h.shift, h.atrophy
     ventricles = []
     for side in (-1, 1):
-        squeeze = 0.55 if shift * side < -2 else 1.0  # the ventricle on the side of a mass is compressed
+        squeeze = 0.55 if shift * side < -2 else 1.0
         ventricles.append(t.add((side * (5 + 2.5 * v) + shift, -26, 40), (3 + 2.5 * v * squeeze, 17, 10),
                                 yaw=-side * 0.18, val=CSF_HU_, val2=1.0))  # frontal horn
         ventricles.append(t.add((side * (7 + 3 * v) + shift, 4, 50), (3 + 3 * v * squeeze, 27, 7 + 2 * v),
@@ -191,24 +245,22 @@ def plan_study(rng: np.random.Generator, subtypes: list[str]) -> StudyAnatomy:
     falx_hu = rng.uniform(45.0, 75.0)
     for yc, zc, azf in ((-55, 38, 48), (58, 38, 48), (0, 84, 30)):
         t.add((shift * 0.5, yc, zc), (0.5, 38 if yc else 80, azf), val=falx_hu)  # falx
-    # dural venous sinuses: blood at ~55 HU along the inner table
+    return ventricles, third
+
+
+def _dura_and_petrous(rng, t: _Table, h: _Head, fossa: int) -> None:
+    """Dural venous sinuses (blood at ~55 HU along the inner table), petrous bones painted over the brain, and
+    the Hounsfield bar (beam hardening) between them."""
     sinus = rng.uniform(48.0, 62.0)
     for zc in (10, 30, 50, 70):
-        yc = (ay - 3) * math.sqrt(max(0.0, 1 - ((zc - cz) / az) ** 2))
+        yc = (h.ay - 3) * math.sqrt(max(0.0, 1 - ((zc - h.cz) / h.az) ** 2))
         t.add((0, yc, zc), (4, 3, 11), val=sinus)  # superior sagittal sinus
     for side in (-1, 1):
         t.add((side * 36, 60, -4), (24, 4, 4), yaw=side * 0.6, val=sinus)  # transverse sinus
-    # petrous bones after the brain, and the Hounsfield bar between them
     for side in (-1, 1):
         t.add((side * 32, 14, -13), (9, 30, 9), yaw=side * 0.95, val=rng.uniform(1700.0, 2100.0))
     if rng.random() < 0.8:
         t.add((0, 16, -13), (26, 6, 7), mat=Material.ADD, val=-rng.uniform(6.0, 16.0), clip=fossa)
-    _calcifications(rng, t, atrophy, age, v, shift)
-    _paint_lesions(rng, t, lesions, cerebrum, ventricles, third, fossa, ax, ay, az, cz, floor, dome)
-    prims = t.array()
-    z_bottom = -50.0 * scale[2]
-    z_top = (cz + az + tz + scalp) * scale[2]
-    return StudyAnatomy(prims, float(z_bottom), float(z_top), lesions)
 
 
 CSF_HU_ = 8.0

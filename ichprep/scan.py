@@ -327,6 +327,54 @@ def _checked_uid(value: str, keyword: str, tag: str) -> str:
     return uid
 
 
+def _rescale(v: dict) -> tuple[float, float]:
+    """RescaleSlope and RescaleIntercept (PS3.3 C.11.1.1.2); beyond MAX_SLOPE / MAX_INTERCEPT no stored value maps
+    to a float32 HU in int16's range (a blank or infinite slice)."""
+    slope, intercept = _first(v["RescaleSlope"]), _first(v["RescaleIntercept"])
+    if slope is None or intercept is None or slope == 0 or not (math.isfinite(slope) and math.isfinite(intercept)) \
+            or abs(slope) > MAX_SLOPE or abs(intercept) > MAX_INTERCEPT:
+        raise RejectError(
+            "missing_tag",
+            f"RescaleSlope/RescaleIntercept (0028,1053/1052) unusable: {v['RescaleSlope']!r}/{v['RescaleIntercept']!r}",
+        )
+    return slope, intercept
+
+
+def _check_pixel_data(tsyntax: UID, expected: int, pixel_offset: int, size: int) -> None:
+    """Uncompressed pixels that fit in the file, or a decoder for the transfer syntax."""
+    if str(tsyntax) in UNCOMPRESSED_LE:
+        element_header = 8 if str(tsyntax) == _IMPLICIT_LE else 12  # tag, (VR, reserved,) length
+        if size - pixel_offset - element_header < expected:
+            raise RejectError(
+                "truncated",
+                f"PixelData (7FE0,0010) needs {expected} bytes; the file ends "
+                f"{size - pixel_offset - element_header} bytes after its value starts",
+            )
+        return
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError:
+        raise RejectError("unsupported_transfer_syntax",
+                          f"no pixel decoder for transfer syntax {tsyntax} ({tsyntax.name})") from None
+    if not decoder.is_available:
+        raise RejectError("unsupported_transfer_syntax",
+                          f"transfer syntax {tsyntax.name}: no decoding plugin installed (install pylibjpeg plugins)")
+
+
+def _uids(v: dict, path: str) -> tuple[str, str, str]:
+    """SOP, study and series UIDs, checked; a missing SOP UID is the file's name, if that is a plain name."""
+    if v["SOPInstanceUID"]:
+        sop = _checked_uid(str(v["SOPInstanceUID"]), "SOPInstanceUID", "(0008,0018)")
+    else:
+        sop = os.path.splitext(os.path.basename(path))[0]
+        if not _SAFE_ID.fullmatch(sop):
+            raise RejectError("bad_uid", f"SOPInstanceUID (0008,0018) is missing and the file name {sop[:80]!r} cannot "
+                                         "stand for it (letters, digits, '_', '.', '-' only)")
+    study = _checked_uid(str(v["StudyInstanceUID"] or ""), "StudyInstanceUID", "(0020,000D)")
+    series = _checked_uid(str(v["SeriesInstanceUID"] or ""), "SeriesInstanceUID", "(0020,000E)")
+    return sop, study, series
+
+
 def _slice_header(path: str, salt: str, v: dict, tsyntax: UID, pixel_offset: int, size: int) -> SliceHeader:
     modality = str(v["Modality"] or "CT").upper()
     if modality != "CT":
@@ -358,45 +406,9 @@ def _slice_header(path: str, salt: str, v: dict, tsyntax: UID, pixel_offset: int
             "bad_dimensions",
             f"BitsAllocated/BitsStored (0028,0100/0101) = {bits_allocated}/{bits_stored}, expected 8 or 16 allocated",
         )
-    slope, intercept = _first(v["RescaleSlope"]), _first(v["RescaleIntercept"])
-    # beyond these no stored value maps to a float32 HU in int16's range: a blank or infinite slice
-    if slope is None or intercept is None or slope == 0 or not (math.isfinite(slope) and math.isfinite(intercept)) \
-            or abs(slope) > MAX_SLOPE or abs(intercept) > MAX_INTERCEPT:
-        raise RejectError(
-            "missing_tag",
-            f"RescaleSlope/RescaleIntercept (0028,1053/1052) unusable: {v['RescaleSlope']!r}/{v['RescaleIntercept']!r}",
-        )
-    if str(tsyntax) in UNCOMPRESSED_LE:
-        expected = rows * cols * (bits_allocated // 8)
-        element_header = 8 if str(tsyntax) == _IMPLICIT_LE else 12  # tag, (VR, reserved,) length
-        if size - pixel_offset - element_header < expected:
-            raise RejectError(
-                "truncated",
-                f"PixelData (7FE0,0010) needs {expected} bytes; the file ends "
-                f"{size - pixel_offset - element_header} bytes after its value starts",
-            )
-    else:
-        try:
-            decoder = get_decoder(tsyntax)
-        except NotImplementedError:
-            raise RejectError(
-                "unsupported_transfer_syntax",
-                f"no pixel decoder for transfer syntax {tsyntax} ({tsyntax.name})",
-            ) from None
-        if not decoder.is_available:
-            raise RejectError(
-                "unsupported_transfer_syntax",
-                f"transfer syntax {tsyntax.name}: no decoding plugin installed (install pylibjpeg plugins)",
-            )
-    if v["SOPInstanceUID"]:
-        sop = _checked_uid(str(v["SOPInstanceUID"]), "SOPInstanceUID", "(0008,0018)")
-    else:  # no UID: the file's name stands for it, if it is a plain name
-        sop = os.path.splitext(os.path.basename(path))[0]
-        if not _SAFE_ID.fullmatch(sop):
-            raise RejectError("bad_uid", f"SOPInstanceUID (0008,0018) is missing and the file name {sop[:80]!r} cannot "
-                                         "stand for it (letters, digits, '_', '.', '-' only)")
-    study = _checked_uid(str(v["StudyInstanceUID"] or ""), "StudyInstanceUID", "(0020,000D)")
-    series = _checked_uid(str(v["SeriesInstanceUID"] or ""), "SeriesInstanceUID", "(0020,000E)")
+    slope, intercept = _rescale(v)
+    _check_pixel_data(tsyntax, rows * cols * (bits_allocated // 8), pixel_offset, size)
+    sop, study, series = _uids(v, path)
     ipp = v["ImagePositionPatient"]
     ipp = [ipp] if isinstance(ipp, (str, int, float)) else list(ipp or ())
     z = _first(ipp[2]) if len(ipp) >= 3 else None
