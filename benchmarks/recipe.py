@@ -31,7 +31,6 @@ VARIANT_SETS = {
     "windows": {"plain": BRAIN, "tta+crop": BRAIN + ["--tta", "flip", "--crop", "head"],
                 "tta+crop+3windows": THREE + ["--tta", "flip", "--crop", "head"]},
 }
-VARIANTS = VARIANT_SETS["parts"]
 
 
 def _run(main, argv: list[str]) -> None:

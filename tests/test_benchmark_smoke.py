@@ -114,3 +114,17 @@ def test_context_benchmark_runs_and_reports(tmp_path):
     s = report["summary"]
     assert s["series_over_slice_wll"] == s["series_wll"] / s["slice_wll"]
     assert "series / slice wll" in res.stdout
+
+
+@pytest.mark.slow
+def test_recipe_benchmark_runs_and_reports(tmp_path):
+    out = tmp_path / "recipe.json"
+    res = subprocess.run([sys.executable, str(BENCH.parent / "recipe.py"), "--set", "windows", "--studies", "10",
+                          "--slices", "6", "--seeds", "3", "--epochs", "1", "--image-size", "32",
+                          "--split", "0.5,0.25,0.25", "--json", str(out)], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(out.read_text())
+    row = report["seeds"][0]
+    assert row["variants"] == ["plain", "tta+crop", "tta+crop+3windows"]
+    assert row["plain"]["weighted_log_loss_minus_first"]["value"] == 0
+    assert "mean wll minus plain" in res.stdout
