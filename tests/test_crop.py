@@ -4,7 +4,6 @@ import json
 import os
 
 import numpy as np
-import pytest
 
 from ichprep.headbox import block_means, head_box, square_box
 from ichtrain.cli import main
