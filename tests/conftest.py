@@ -1,3 +1,5 @@
+import logging
+import sys
 import warnings
 from pathlib import Path
 
@@ -9,6 +11,26 @@ from pydicom.pixels import apply_modality_lut
 from ichprep.synth import SynthConfig, write_corpus
 
 DATA = Path(__file__).resolve().parent / "data"  # vendored: see tests/data/README.md
+
+
+class _CurrentStderr(logging.StreamHandler):
+    """A root handler that writes to whatever ``sys.stderr`` is when a record comes (pytest swaps it per test).
+    TensorFlow, imported by whichever test comes first, gives its logger a handler bound to the ``sys.stderr`` of
+    that moment -- a capture closed when that test ends, so every later TensorFlow warning printed '--- Logging
+    error ---' and a traceback into some other test's stderr -- unless the root logger has a handler already."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it; the live stream is always used
+        pass
+
+
+_handler = _CurrentStderr()
+_handler.setLevel(logging.WARNING)
+logging.getLogger().addHandler(_handler)
 REAL_SERIES_GZ = DATA / "rsna-test-series"
 REPORT = DATA / "report-table-3.1.txt"
 

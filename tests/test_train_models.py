@@ -331,3 +331,15 @@ def test_a_second_fit_into_a_run_folder_in_use_is_refused(brain_store, brain_see
     with open(run + ".lock", "w") as fh:  # a lock left by a process that is gone is taken over
         fh.write("999999999")
     assert main(args + ["--epochs", "2"]) == 0
+
+
+def test_tensorflow_warnings_reach_each_tests_own_stderr(capsys):
+    """A TensorFlow warning goes to the stderr of the test that runs, never to a closed capture of an earlier one
+    (tests/conftest.py's root handler; CI once saw '--- Logging error ---' in a fine-tuning test's stderr)."""
+    import logging
+
+    import tensorflow  # noqa: F401
+
+    logging.getLogger("tensorflow").warning("a warning for this test")
+    err = capsys.readouterr().err
+    assert "a warning for this test" in err and "Logging error" not in err
