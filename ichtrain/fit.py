@@ -164,6 +164,14 @@ def learning_rate_at(cfg, epoch: int) -> float:
     return cfg.learning_rate * (LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def save_atomic(model, path: str) -> None:
+    """``model.save(path)`` that never leaves a partial file at ``path``: a process stopped mid-save (SIGTERM,
+    a full disk) left a checkpoint its resume could not read. Written beside it, then renamed over it."""
+    partial = path[: -len(".keras")] + ".partial.keras"
+    model.save(partial)
+    os.replace(partial, path)
+
+
 def load_keras(path: str):
     """A saved model, uncompiled: inference needs no optimizer, and the series model's loss function need
     not be registered to read it."""
@@ -451,10 +459,12 @@ def _fit(cfg: FitConfig, verbose: int, role: WorkerRole) -> dict:
 
     class _Checkpoint(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):  # the model itself (never a windowing wrapper), then the state
-            model.save(os.path.join(cfg.out, "checkpoints", f"epoch-{epoch + 1:03d}.keras"))
-            model.save(last)
-            with open(os.path.join(cfg.out, STATE), "w") as fh:
+            save_atomic(model, os.path.join(cfg.out, "checkpoints", f"epoch-{epoch + 1:03d}.keras"))
+            save_atomic(model, last)
+            state = os.path.join(cfg.out, STATE)
+            with open(state + ".tmp", "w") as fh:
                 json.dump({"epochs_done": epoch + 1}, fh)
+            os.replace(state + ".tmp", state)
 
     callbacks = [
         _Checkpoint(),
@@ -480,7 +490,7 @@ def _fit(cfg: FitConfig, verbose: int, role: WorkerRole) -> dict:
                                   validation_data=val, validation_steps=val_steps, callbacks=callbacks,
                                   verbose=verbose, shuffle=False)
     if role.chief:
-        model.save(os.path.join(cfg.out, "model.keras"))
+        save_atomic(model, os.path.join(cfg.out, "model.keras"))
         calibrate(cfg.out, stream, model, input_options(record), cfg.alpha, tta=cfg.tta)
     else:  # the replica's weights: equal to the chief's after synchronous training (the test checks it)
         os.makedirs(os.path.join(cfg.out, f"worker-{role.task_id}"), exist_ok=True)
