@@ -46,6 +46,7 @@ class Material:
 CSF_HU = 8.0
 FIELD_N = 48  # the random-wave field: FIELD_N^3 samples, FIELD_MM apart, periodic
 FIELD_MM = 4.0
+SEAL_MM = 55.0  # primitives this wide (mm, both axes) hide what lies below them: see _seal_kernel
 
 
 def make_field(rng: np.random.Generator, waves: int = 12, wavelength_mm: float = 22.0) -> tuple[np.ndarray, np.ndarray]:
@@ -64,17 +65,33 @@ def make_field(rng: np.random.Generator, waves: int = 12, wavelength_mm: float =
     ks = np.array(ks)
     phases = rng.uniform(0, 2 * np.pi, waves)
     g = np.arange(n) / n
-    field = np.zeros((n, n, n), np.float64)
-    grad = np.zeros((3, n, n, n), np.float64)
-    for k, ph in zip(ks, phases):
-        arg = 2 * np.pi * (k[0] * g[:, None, None] + k[1] * g[None, :, None] + k[2] * g[None, None, :]) + ph
-        field += np.cos(arg)
-        s = np.sin(arg)
-        for d in range(3):
-            grad[d] -= s * (2 * np.pi * k[d] / box)
-    field /= np.sqrt(waves / 2)
-    grad /= np.sqrt(waves / 2)
-    return field.astype(np.float32), np.sqrt((grad ** 2).sum(0)).astype(np.float32)
+    # each wave is separable, exp(i (2 pi k.g + phase)) = a(x) b(y) c(z): three short complex vectors per wave
+    a = np.exp(1j * (2 * np.pi * ks[:, 0, None] * g + phases[:, None]))
+    b = np.exp(1j * (2 * np.pi * ks[:, 1, None] * g))
+    c = np.exp(1j * (2 * np.pi * ks[:, 2, None] * g))
+    field = np.empty((n, n, n), np.float32)
+    grad = np.empty((n, n, n), np.float32)
+    _field_kernel(a, b, c, ks * (2 * np.pi / box), 1.0 / np.sqrt(waves / 2), field, grad)
+    return field, grad
+
+
+@njit(cache=True, nogil=True)
+def _field_kernel(a, b, c, wavevectors, scale, field, grad_norm):
+    """field = scale x sum over waves of Re(a[w, x] b[w, y] c[w, z]); grad_norm = the norm of its gradient, each
+    wave contributing -Im(...) x wavevectors[w] (rad/mm)."""
+    n = field.shape[0]
+    for x in range(n):
+        for y in range(n):
+            for z in range(n):
+                f = gx = gy = gz = 0.0
+                for w in range(a.shape[0]):
+                    e = a[w, x] * b[w, y] * c[w, z]
+                    f += e.real
+                    gx -= e.imag * wavevectors[w, 0]
+                    gy -= e.imag * wavevectors[w, 1]
+                    gz -= e.imag * wavevectors[w, 2]
+                field[x, y, z] = f * scale
+                grad_norm[x, y, z] = math.sqrt(gx * gx + gy * gy + gz * gz) * scale
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -106,10 +123,11 @@ def _clamp01(v):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _coverage(p, k, x, y, z, half, px, need_depth):
+def _coverage(p, k, x, y, z, half, px, need_depth, deep):
     """Fraction of the slab [z - half, z + half] at (x, y) inside primitive k, softened by half a pixel in the
     plane; also returns the primitive's local coordinates (u, v: mm along its axes) and, when asked, the depth
-    (mm below its surface, the cut planes included)."""
+    (mm below its surface, the cut planes included). ``deep``: the slab lies inside wherever 1 - r2 >= deep (a
+    bound the caller holds for a whole row, which spares most pixels the power of a dome's chord)."""
     dx, dy = x - p[k, CX], y - p[k, CY]
     lu = dx * p[k, COS] + dy * p[k, SIN]
     lv = -dx * p[k, SIN] + dy * p[k, COS]
@@ -130,26 +148,29 @@ def _coverage(p, k, x, y, z, half, px, need_depth):
     cz, zmin, zmax = p[k, CZ], p[k, ZMIN], p[k, ZMAX]
     lo_s, hi_s = z - half, z + half
     zexp = p[k, ZEXP]  # the shape along z: |w|^zexp + r2 <= 1 (2: an ellipsoid; more: a flatter dome)
-    if zexp == 2.0:
-        chord2 = az * az * max(1.0 - min(r2, 0.9999), 0.0)
+    if lo_s >= zmin and hi_s <= zmax and 1.0 - r2 >= deep:
+        cov = soft  # the slab lies inside the primitive here (most of its pixels), no chord needed
     else:
-        hc0 = az * max(1.0 - min(r2, 0.9999), 0.0) ** (1.0 / zexp)
-        chord2 = hc0 * hc0
-    if lo_s >= zmin and hi_s <= zmax and (lo_s - cz) ** 2 <= chord2 and (hi_s - cz) ** 2 <= chord2:
-        cov = soft  # the slab lies inside the primitive here (most of its pixels)
-    else:
-        hc = math.sqrt(chord2)
-        top = min(min(cz + hc, zmax), hi_s)
-        bot = max(max(cz - hc, zmin), lo_s)
-        if top <= bot:
-            return 0.0, lu, lv, 0.0
-        cov = (top - bot) / (2.0 * half) * soft
+        if zexp == 2.0:
+            chord2 = az * az * max(1.0 - min(r2, 0.9999), 0.0)
+        else:
+            hc0 = az * max(1.0 - min(r2, 0.9999), 0.0) ** (1.0 / zexp)
+            chord2 = hc0 * hc0
+        if lo_s >= zmin and hi_s <= zmax and (lo_s - cz) ** 2 <= chord2 and (hi_s - cz) ** 2 <= chord2:
+            cov = soft
+        else:
+            hc = math.sqrt(chord2)
+            top = min(min(cz + hc, zmax), hi_s)
+            bot = max(max(cz - hc, zmin), lo_s)
+            if top <= bot:
+                return 0.0, lu, lv, 0.0
+            cov = (top - bot) / (2.0 * half) * soft
     depth = 0.0
     if need_depth:  # distance below the surface F = r2 + |w|^zexp = 1, to first order: (1 - F) / |grad F|
         w = (z - cz) / az
         aw = abs(w)
         wz = aw * aw if zexp == 2.0 else aw ** zexp
-        dwz = 2.0 * aw if zexp == 2.0 else zexp * aw ** (zexp - 1.0)
+        dwz = zexp * wz / aw if aw > 0.0 else 0.0  # d|w|^zexp/d|w|, with one power
         gx, gy, gz = 2.0 * lu / (ax * ax), 2.0 * lv / (ay * ay), dwz / az
         grad_len = math.sqrt(gx * gx + gy * gy + gz * gz)
         depth = (1.0 - r2 - wz) / grad_len if grad_len > 1e-9 else min(amin, az)
@@ -207,16 +228,126 @@ def _material_value(p, k, cur, x, y, z, lu, lv, depth, field, grad):
     return cur + val, 0.0
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _row_depth_bound(p, k, z0, gx, gy, r00, r01, r10, r11, bx, by, v, ja, jb, c, px, half):
+    """For pixels ja..jb of the row at v: a bound B with |w|^zexp <= B at both faces of every pixel's slab
+    (w = (z - cz) / az; z is affine along the row, so its extremes are at the ends). 2 when none holds."""
+    z_a = z0 + gx * (r00 * ((ja + 0.5) * px - c) + r01 * v + bx) + gy * (r10 * ((ja + 0.5) * px - c) + r11 * v + by)
+    z_b = z0 + gx * (r00 * ((jb + 0.5) * px - c) + r01 * v + bx) + gy * (r10 * ((jb + 0.5) * px - c) + r11 * v + by)
+    w = max(abs(min(z_a, z_b) - half - p[k, CZ]), abs(max(z_a, z_b) + half - p[k, CZ])) / p[k, AZ]
+    if w >= 1.0:
+        return 2.0
+    return w ** p[k, ZEXP] + 1e-9
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _pixel_box(p, k, pose, c, px, half, zlo, zhi, n_rows, n_cols):
+    """Rows and columns (i_lo, i_hi, j_lo, j_hi) that primitive k can touch; an empty box when the slab misses
+    it."""
+    if p[k, CZ] - p[k, AZ] > zhi + half or p[k, CZ] + p[k, AZ] < zlo - half:
+        return 0, -1, 0, -1
+    if p[k, ZMIN] > zhi + half or p[k, ZMAX] < zlo - half:
+        return 0, -1, 0, -1
+    r00, r01, r10, r11, bx, by = pose[0], pose[1], pose[2], pose[3], pose[4], pose[5]
+    det = r00 * r11 - r01 * r10
+    ext = max(p[k, AX], p[k, AY]) + 2.0 * px
+    i_lo, i_hi, j_lo, j_hi = n_rows, -1, n_cols, -1
+    for sx in (-1.0, 1.0):  # the head-coordinate box's corners, back to pixels
+        for sy in (-1.0, 1.0):
+            hx = p[k, CX] + sx * ext - bx
+            hy = p[k, CY] + sy * ext - by
+            u = (r11 * hx - r01 * hy) / det
+            v = (-r10 * hx + r00 * hy) / det
+            jf = (u + c) / px - 0.5
+            i_f = (v + c) / px - 0.5
+            j_lo = min(j_lo, int(math.floor(jf)))
+            j_hi = max(j_hi, int(math.ceil(jf)))
+            i_lo = min(i_lo, int(math.floor(i_f)))
+            i_hi = max(i_hi, int(math.ceil(i_f)))
+    return max(i_lo, 0), min(i_hi, n_rows - 1), max(j_lo, 0), min(j_hi, n_cols - 1)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _row_roots(p, k, pose, v, level):
+    """Where along the row at v primitive k's r2 (squared radius in its axes' units) is below ``level``: along a
+    row its local coordinates are affine in u, so r2(u) = qa u^2 + qb u + qc. Returns (u_lo, u_hi), empty
+    (u_lo > u_hi) when nowhere."""
+    r00, r01, r10, r11, bx, by = pose[0], pose[1], pose[2], pose[3], pose[4], pose[5]
+    cs, sn = p[k, COS], p[k, SIN]
+    ia, ib = 1.0 / p[k, AX], 1.0 / p[k, AY]
+    du = (r00 * cs + r10 * sn) * ia  # d(lu/ax)/du
+    dv = (-r00 * sn + r10 * cs) * ib  # d(lv/ay)/du
+    x0 = r01 * v + bx - p[k, CX]  # head coordinates at u = 0, relative to the centre
+    y0 = r11 * v + by - p[k, CY]
+    e0 = (x0 * cs + y0 * sn) * ia
+    f0 = (-x0 * sn + y0 * cs) * ib
+    qa = du * du + dv * dv
+    qb = 2.0 * (du * e0 + dv * f0)
+    qc = e0 * e0 + f0 * f0 - level
+    disc = qb * qb - 4.0 * qa * qc
+    if disc < 0.0 or qa <= 0.0:
+        return 1.0, -1.0
+    root = math.sqrt(disc)
+    return (-qb - root) / (2.0 * qa), (-qb + root) / (2.0 * qa)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _row_span(p, k, pose, v, c, px, j_lo, j_hi):
+    """Columns ja..jb of the row at v that primitive k's ellipse (grown by two pixels) can touch; ja > jb when
+    none."""
+    u_lo, u_hi = _row_roots(p, k, pose, v, 1.0 + 2.0 * px / min(p[k, AX], p[k, AY]))
+    if u_lo > u_hi:
+        return 0, -1
+    return max(j_lo, int(math.floor((u_lo + c) / px - 0.5))), min(j_hi, int(math.ceil((u_hi + c) / px - 0.5)))
+
+
 @njit(cache=True, nogil=True)
-def _render_kernel(p, pose, half, px, field, grad, out, label_area):
+def _seal_kernel(p, pose, half, px, zlo, zhi, seal):
+    """``seal[i, j]``: the last primitive that surely covers pixel (i, j) whole with a value of its own (a wide
+    one whose material ignores what lies below, no clip, no label), or -1. What is painted before it there
+    cannot show. Per row this is an interval: where the slab lies inside the primitive (``_row_depth_bound``)
+    away from its rim, less a pixel at each end so that ``_coverage`` gives exactly 1 on all of it."""
+    n_rows, n_cols = seal.shape
+    c = n_cols * px / 2.0
+    r00, r01, r10, r11, bx, by, z0, gx, gy = pose[0], pose[1], pose[2], pose[3], pose[4], pose[5], pose[6], pose[7], pose[8]
+    for k in range(p.shape[0]):
+        amin = min(p[k, AX], p[k, AY])
+        if int(p[k, MAT]) > 4 or int(p[k, CLIP]) >= 0 or int(p[k, LABEL]) >= 0 or amin < SEAL_MM:
+            continue
+        inner = 1.0 - 1.5 * px / amin
+        i_lo, i_hi, j_lo, j_hi = _pixel_box(p, k, pose, c, px, half, zlo, zhi, n_rows, n_cols)
+        for i in range(i_lo, i_hi + 1):
+            v = (i + 0.5) * px - c
+            ja, jb = _row_span(p, k, pose, v, c, px, j_lo, j_hi)
+            if ja > jb:
+                continue
+            deep = _row_depth_bound(p, k, z0, gx, gy, r00, r01, r10, r11, bx, by, v, ja, jb, c, px, half)
+            if deep > 1.0:
+                continue
+            z_a = z0 + gx * (r00 * ((ja + 0.5) * px - c) + r01 * v + bx) + gy * (r10 * ((ja + 0.5) * px - c) + r11 * v + by)
+            z_b = z0 + gx * (r00 * ((jb + 0.5) * px - c) + r01 * v + bx) + gy * (r10 * ((jb + 0.5) * px - c) + r11 * v + by)
+            if min(z_a, z_b) - half < p[k, ZMIN] or max(z_a, z_b) + half > p[k, ZMAX]:
+                continue
+            u_lo, u_hi = _row_roots(p, k, pose, v, min(inner * inner, 1.0 - deep) - 1e-9)
+            if u_lo > u_hi:
+                continue
+            sa = max(ja, int(math.ceil((u_lo + c) / px - 0.5)) + 1)
+            sb = min(jb, int(math.floor((u_hi + c) / px - 0.5)) - 1)
+            for j in range(sa, sb + 1):
+                seal[i, j] = k
+
+
+@njit(cache=True, nogil=True)
+def _render_kernel(p, pose, half, px, field, grad, out, label_area, seal, use_seal):
     """Paint primitives p (rows in order) over ``out`` (the render grid, HU, float32). Pixel (i, j) lies at
     image position (u, v) = ((j + 0.5) px - c, (i + 0.5) px - c) mm, c = half the field of view, and at head
     coordinates x = pose[0] u + pose[1] v + pose[4], y = pose[2] u + pose[3] v + pose[5],
-    z = pose[6] + pose[7] x + pose[8] y. ``label_area[s]`` gains the area (pixels) of label s's blood."""
+    z = pose[6] + pose[7] x + pose[8] y. ``label_area[s]`` gains the area (pixels) of label s's blood. A pixel
+    is painted only from its ``seal`` on (``_seal_kernel``; the painting of the hidden layers was most of the
+    time), except by primitives with a label, whose area counts wherever they lie."""
     n_rows, n_cols = out.shape
     c = n_cols * px / 2.0
     r00, r01, r10, r11, bx, by, z0, gx, gy = pose[0], pose[1], pose[2], pose[3], pose[4], pose[5], pose[6], pose[7], pose[8]
-    det = r00 * r11 - r01 * r10
     zlo, zhi = 1e30, -1e30
     for cu in (-c, c):  # the plane's z range over the image (z is affine in u, v)
         for cv in (-c, c):
@@ -225,64 +356,32 @@ def _render_kernel(p, pose, half, px, field, grad, out, label_area):
             zc = z0 + gx * hx + gy * hy
             zlo = min(zlo, zc)
             zhi = max(zhi, zc)
+    if use_seal:
+        _seal_kernel(p, pose, half, px, zlo, zhi, seal)
     for k in range(p.shape[0]):
-        # skip primitives the slab misses, then bound the rest by their in-plane extent
-        if p[k, CZ] - p[k, AZ] > zhi + half or p[k, CZ] + p[k, AZ] < zlo - half:
-            continue
-        if p[k, ZMIN] > zhi + half or p[k, ZMAX] < zlo - half:
-            continue
-        ext = max(p[k, AX], p[k, AY]) + 2.0 * px
-        i_lo, i_hi, j_lo, j_hi = n_rows, -1, n_cols, -1
-        for sx in (-1.0, 1.0):  # the head-coordinate box's corners, back to pixels
-            for sy in (-1.0, 1.0):
-                hx = p[k, CX] + sx * ext - bx
-                hy = p[k, CY] + sy * ext - by
-                u = (r11 * hx - r01 * hy) / det
-                v = (-r10 * hx + r00 * hy) / det
-                jf = (u + c) / px - 0.5
-                i_f = (v + c) / px - 0.5
-                j_lo = min(j_lo, int(math.floor(jf)))
-                j_hi = max(j_hi, int(math.ceil(jf)))
-                i_lo = min(i_lo, int(math.floor(i_f)))
-                i_hi = max(i_hi, int(math.ceil(i_f)))
-        i_lo, j_lo = max(i_lo, 0), max(j_lo, 0)
-        i_hi, j_hi = min(i_hi, n_rows - 1), min(j_hi, n_cols - 1)
+        i_lo, i_hi, j_lo, j_hi = _pixel_box(p, k, pose, c, px, half, zlo, zhi, n_rows, n_cols)
         clip = int(p[k, CLIP])
         label = int(p[k, LABEL])
         mat = int(p[k, MAT])
         need_depth = mat == 1 or mat == 2 or mat == 6
-        # along a row, the primitive's local coordinates are affine in u: r2(u) = qa u^2 + qb u + qc
-        cs, sn = p[k, COS], p[k, SIN]
-        ia, ib = 1.0 / p[k, AX], 1.0 / p[k, AY]
-        du = (r00 * cs + r10 * sn) * ia  # d(lu/ax)/du
-        dv = (-r00 * sn + r10 * cs) * ib  # d(lv/ay)/du
-        reach = 1.0 + 2.0 * px / min(p[k, AX], p[k, AY])
         for i in range(i_lo, i_hi + 1):
             v = (i + 0.5) * px - c
-            x0 = r01 * v + bx - p[k, CX]  # head coordinates at u = 0, relative to the centre
-            y0 = r11 * v + by - p[k, CY]
-            e0 = (x0 * cs + y0 * sn) * ia
-            f0 = (-x0 * sn + y0 * cs) * ib
-            qa = du * du + dv * dv
-            qb = 2.0 * (du * e0 + dv * f0)
-            qc = e0 * e0 + f0 * f0 - reach
-            disc = qb * qb - 4.0 * qa * qc
-            if disc < 0.0 or qa <= 0.0:
+            ja, jb = _row_span(p, k, pose, v, c, px, j_lo, j_hi)
+            if ja > jb:
                 continue
-            root = math.sqrt(disc)
-            u_lo, u_hi = (-qb - root) / (2.0 * qa), (-qb + root) / (2.0 * qa)
-            ja = max(j_lo, int(math.floor((u_lo + c) / px - 0.5)))
-            jb = min(j_hi, int(math.ceil((u_hi + c) / px - 0.5)))
+            deep = _row_depth_bound(p, k, z0, gx, gy, r00, r01, r10, r11, bx, by, v, ja, jb, c, px, half)
             for j in range(ja, jb + 1):
+                if seal[i, j] > k and label < 0:
+                    continue
                 u = (j + 0.5) * px - c
                 x = r00 * u + r01 * v + bx
                 y = r10 * u + r11 * v + by
                 z = z0 + gx * x + gy * y
-                cov, lu, lv, depth = _coverage(p, k, x, y, z, half, px, need_depth)
+                cov, lu, lv, depth = _coverage(p, k, x, y, z, half, px, need_depth, deep)
                 if cov <= 0.0:
                     continue
                 if clip >= 0:
-                    c2, a, b, d2 = _coverage(p, clip, x, y, z, half, px, False)
+                    c2, a, b, d2 = _coverage(p, clip, x, y, z, half, px, False, 2.0)
                     cov *= c2
                     if cov <= 0.0:
                         continue
@@ -294,10 +393,11 @@ def _render_kernel(p, pose, half, px, field, grad, out, label_area):
 
 
 def render_plane(prims: np.ndarray, pose: np.ndarray, half_mm: float, px_mm: float, field: np.ndarray,
-                 grad: np.ndarray, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                 grad: np.ndarray, background: np.ndarray, skip_hidden: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Paint ``prims`` over a copy of ``background`` (float32 HU on the render grid, pixels of ``px_mm``)
     seen through ``pose`` (9 numbers, see ``_render_kernel``); returns the image and the area (render pixels)
-    of each of the 5 subtypes' blood."""
+    of each of the 5 subtypes' blood. ``skip_hidden=False`` paints every layer (the reference the skipping
+    is tested against: both give the same image)."""
     if prims.ndim != 2 or prims.shape[1] != N_COLUMNS:
         raise ValueError(f"Expected a primitive table (n, {N_COLUMNS}). Received: shape={prims.shape}")
     pose = np.ascontiguousarray(pose, np.float64)
@@ -305,30 +405,38 @@ def render_plane(prims: np.ndarray, pose: np.ndarray, half_mm: float, px_mm: flo
         raise ValueError(f"Expected a pose of 9 numbers. Received: shape={pose.shape}")
     out = np.array(background, dtype=np.float32, copy=True, order="C")
     area = np.zeros(5, np.float64)
-    _render_kernel(np.ascontiguousarray(prims, np.float64), pose, float(half_mm), float(px_mm), field, grad, out, area)
+    seal = np.full(out.shape, -1, np.int32)
+    _render_kernel(np.ascontiguousarray(prims, np.float64), pose, float(half_mm), float(px_mm), field, grad, out, area,
+                   seal, bool(skip_hidden))
     return out, area
 
 
 @njit(cache=True, nogil=True)
 def _finish_kernel(render, noise, oy, ox, flip, sd, out):
     """Upsample ``render`` 2x (bilinear, pixel centres aligned) into ``out`` and add ``sd`` x a window of the
-    noise bank at (oy, ox), flipped left-right when ``flip``."""
+    noise bank at (oy, ox), flipped left-right when ``flip``. Each source row is interpolated along x once."""
     n = out.shape[0]
     m = render.shape[0]
+    left, right = np.empty(n, np.int64), np.empty(n, np.int64)
+    t = np.empty(n, np.float64)
+    for j in range(n):
+        fx = (j + 0.5) / 2.0 - 0.5
+        ix = int(math.floor(fx))
+        t[j] = fx - ix
+        left[j], right[j] = max(ix, 0), min(ix + 1, m - 1)
+    across = np.empty((m, n), np.float64)
+    for y in range(m):
+        for j in range(n):
+            across[y, j] = render[y, left[j]] * (1 - t[j]) + render[y, right[j]] * t[j]
     for i in range(n):
         fy = (i + 0.5) / 2.0 - 0.5
         iy = int(math.floor(fy))
         ty = fy - iy
         y0, y1 = max(iy, 0), min(iy + 1, m - 1)
+        row = noise[oy + i]
         for j in range(n):
-            fx = (j + 0.5) / 2.0 - 0.5
-            ix = int(math.floor(fx))
-            tx = fx - ix
-            x0, x1 = max(ix, 0), min(ix + 1, m - 1)
-            v = ((render[y0, x0] * (1 - tx) + render[y0, x1] * tx) * (1 - ty)
-                 + (render[y1, x0] * (1 - tx) + render[y1, x1] * tx) * ty)
             jj = (n - 1 - j) if flip else j
-            out[i, j] = v + sd * noise[oy + i, ox + jj]
+            out[i, j] = across[y0, j] * (1 - ty) + across[y1, j] * ty + sd * row[ox + jj]
 
 
 def finish_slice(render: np.ndarray, noise: np.ndarray, rng: np.random.Generator, sd: float) -> np.ndarray:

@@ -35,8 +35,8 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 from ichprep.anatomy import plan_study
 from ichprep.errors import UsageError
 from ichprep.phantom import finish_slice, make_field, noise_bank, render_plane
-from ichprep.synthio import (CORPUS_MARKER, ENCODINGS, CorpusTally, encode, hex_id, patient_of, series_encoding,
-                             synthetic_patients, write_slice)
+from ichprep.synthio import (CORPUS_MARKER, ENCODINGS, CorpusTally, SeriesWriter, encode, hex_id, patient_of,
+                             series_encoding, synthetic_patients)
 
 __all__ = ["SynthConfig", "write_corpus", "ENCODINGS", "VERSIONS", "SIZE"]
 
@@ -221,6 +221,8 @@ def _write_series(rng: np.random.Generator, cfg: SynthConfig, dicom_dir: str, en
     yy, xx = np.mgrid[0:SIZE, 0:SIZE]
     c = (SIZE - 1) / 2
     outside = (xx - c) ** 2 + (yy - c) ** 2 > (SIZE / 2) ** 2
+    writer = SeriesWriter(study_uid, series_uid, pid, pname, round(scanner.pixel_mm, 8),
+                          origin=round(-scanner.pixel_mm * SIZE / 2, 4), thickness=f"{2 * scanner.half_thickness:g}")
     for k in rng.permutation(cfg.slices):  # files are not written in z order
         z = z_start + (k + 0.5) * spacing
         pose = np.array([cos, sin, -sin, cos, -(cos * u0 + sin * v0), sin * u0 - cos * v0, z, gx, gy])
@@ -234,9 +236,6 @@ def _write_series(rng: np.random.Generator, cfg: SynthConfig, dicom_dir: str, en
         compress = None
         if rng.random() < cfg.compressed_fraction:
             compress = RLELossless if rng.random() < 0.5 else JPEG2000Lossless
-        origin = -scanner.pixel_mm * SIZE / 2
-        write_slice(os.path.join(dicom_dir, f"{sop}.dcm"), raw, tags, sop, study_uid, series_uid, pid, pname,
-                    z_base + spacing * k, compress, round(scanner.pixel_mm, 8), origin=round(origin, 4),
-                    thickness=f"{2 * scanner.half_thickness:g}")
+        writer.write(os.path.join(dicom_dir, f"{sop}.dcm"), raw, tags, sop, z_base + spacing * k, compress)
         yield sop, lab, compress is not None
 

@@ -30,8 +30,8 @@ import numpy as np
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from ichprep.labels import SUBTYPES
-from ichprep.synthio import (CorpusTally, encode, hex_id, patient_of, series_encoding, synthetic_patients,
-                             write_slice)
+from ichprep.synthio import (CorpusTally, SeriesWriter, encode, hex_id, patient_of, series_encoding,
+                             synthetic_patients)
 
 __all__ = ["write_corpus"]
 
@@ -168,6 +168,7 @@ def write_corpus(out_dir: str | os.PathLike, cfg, progress=None) -> dict:
         tally.series(encoding)
         z_base = float(rng.uniform(-200, 100))
         order = rng.permutation(cfg.slices)  # files are not written in z order
+        writer = SeriesWriter(study_uid, series_uid, pid, pname, PIXEL_MM)
         for k in order:
             t = (k + 0.5) / cfg.slices
             hu, lab = _slice_hu(plan, t, rng)
@@ -176,7 +177,6 @@ def write_corpus(out_dir: str | os.PathLike, cfg, progress=None) -> dict:
             compress = None
             if rng.random() < cfg.compressed_fraction:
                 compress = RLELossless if rng.random() < 0.5 else JPEG2000Lossless
-            write_slice(os.path.join(dicom_dir, f"{sop}.dcm"), raw, tags, sop, study_uid, series_uid,
-                        pid, pname, z_base + 5.0 * k, compress, PIXEL_MM)
+            writer.write(os.path.join(dicom_dir, f"{sop}.dcm"), raw, tags, sop, z_base + 5.0 * k, compress)
             tally.slice(sop, lab, compress is not None)
     return tally.finish(out_dir, dicom_dir, n_patients)
