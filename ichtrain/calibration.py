@@ -23,14 +23,18 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
+import sys
+
 import numpy as np
 
 from ichprep.errors import StoreError
+from ichtrain.infer import predict_rows
+from ichtrain.run import RunDir, write_atomic
+from ichtrain.sampling import type_weights
 
 __all__ = ["Calibration", "prior_shift_offsets", "fit_platt", "fit_calibration", "group_weights", "expected_calibration_error",
-           "reliability", "constant_prior", "logit", "sigmoid", "CALIBRATION_FILE"]
+           "reliability", "constant_prior", "logit", "sigmoid", "calibrate_run"]
 
-CALIBRATION_FILE = "calibration.json"
 # The ridge toward the identity map, worth one val patient. Chosen on 7 synthetic runs (baseline and rnn,
 # 3-10 val patients; docs/training.md): held-out log loss / the constant prior's, mean of the runs, was
 # 0.83 at 1, 0.86 at 3 and 0.90 at 10; with one slice (not one patient) per unit, a 3-patient val split
@@ -137,16 +141,13 @@ class Calibration:
         return sigmoid(np.asarray(self.scale) * z + np.asarray(self.shift)).astype(np.float32)
 
     def save(self, run_dir: str) -> str:
-        path = os.path.join(run_dir, CALIBRATION_FILE)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(asdict(self), fh, indent=2)
-        os.replace(tmp, path)
+        path = RunDir(run_dir).calibration
+        write_atomic(path, json.dumps(asdict(self), indent=2))
         return path
 
     @classmethod
     def load(cls, run_dir: str) -> "Calibration | None":
-        path = os.path.join(run_dir, CALIBRATION_FILE)
+        path = RunDir(run_dir).calibration
         if not os.path.isfile(path):
             return None
         try:
@@ -204,3 +205,22 @@ def expected_calibration_error(y_true: np.ndarray, y_prob: np.ndarray, bins: int
     r = reliability(y_true, y_prob, bins)
     n = max(1, sum(r["count"]))
     return float(sum(c / n * abs(rt - mp) for c, mp, rt in zip(r["count"], r["mean_prob"], r["rate"]) if c))
+
+
+def calibrate_run(run_dir: str, stream, model, inputs: dict, alpha: float, batch_size: int = 64,
+                  tta: str = "none") -> Calibration:
+    """Fit and save the run's calibration (:mod:`ichtrain.calibration`): the prior shift of the train
+    split's sampling weights, then Platt scaling per label on the model's val predictions (with the run's TTA)."""
+    train = stream.splits["train"]
+    weight = type_weights(stream.types[train], alpha)
+    sample_weights = np.array([weight[int(t)] for t in stream.types[train]])
+    val_y = val_p = None
+    if stream.splits["val"].size:
+        val_y, val_p = predict_rows(model, stream, batch_size, split="val", tta=tta, **inputs)
+    else:
+        print("ichtrain: warning: the val split is empty, so probabilities are corrected for the sampling "
+              "weights only (no Platt scaling)", file=sys.stderr)
+    cal = fit_calibration(stream.labels[train], sample_weights, val_y, val_p,
+                          val_groups=stream.groups[stream.splits["val"]])
+    cal.save(run_dir)
+    return cal

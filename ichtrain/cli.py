@@ -223,8 +223,11 @@ def _fit(args) -> int:
         return _fit_series(args)
     cfg = _fit_config(args)
     res = fit(cfg, verbose=0 if args.quiet else 2)
+    from ichtrain.run import RunDir
+
+    run = RunDir(args.out)
     print(f"{args.out}: {_trained(res)} ({res['epochs_done']} done{', resumed' if res['resumed'] else ''}); "
-          f"model {os.path.join(args.out, 'model.keras')}, log {os.path.join(args.out, 'log.csv')}")
+          f"model {run.model}, log {run.log}")
     return 0
 
 
@@ -293,10 +296,10 @@ def _recipe_options(args) -> dict:
     recipe = RECIPES.get(args.recipe or "", {})
     windows = args.windows
     if windows is None and "hu_windows" in recipe and args.model != "rnn":
-        from ichtrain.fit import _is_hu_store
+        from ichtrain.fit import is_hu_store
 
         try:
-            windows = recipe["hu_windows"] if _is_hu_store(args.store) else None
+            windows = recipe["hu_windows"] if is_hu_store(args.store) else None
         except Exception:  # noqa: BLE001 -- an unreadable store is refused, with its reason, by fit itself
             windows = None
     return dict(augment=args.augment or recipe.get("augment", "none"), tta=args.tta or recipe.get("tta", "none"),

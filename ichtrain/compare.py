@@ -17,6 +17,7 @@ import numpy as np
 from ichprep.errors import UsageError
 from ichprep.labels import SUBTYPES
 from ichtrain.metrics import confusion_rates, roc_auc, weighted_log_loss
+from ichtrain.run import RunDir, read_record
 
 __all__ = ["compare"]
 
@@ -49,11 +50,7 @@ def compare(runs: list[str], split: str = "test", bootstrap: int = 1000, out: st
         raise UsageError(f"Expected --bootstrap in [10, 100000] resamples. Received: {bootstrap}")
     configs, digests = [], []
     for run in runs:  # refuse before any work
-        cfg_path = os.path.join(run, "config.json")
-        if not os.path.isfile(cfg_path):
-            raise UsageError(f"No run at {run!r} (no config.json): train one with 'ichtrain fit'.")
-        with open(cfg_path) as fh:
-            configs.append(json.load(fh))
+        configs.append(read_record(run))
         digests.append(configs[-1].get("split", {}).get("digest", {}).get(split))
         if digests[-1] != digests[0] or digests[-1] is None:
             raise UsageError(f"Run {run!r} holds other {split} slices than {runs[0]!r} (another store, salt, "
@@ -61,7 +58,7 @@ def compare(runs: list[str], split: str = "test", bootstrap: int = 1000, out: st
     preds = []
     for run in runs:
         evaluate(run, split)  # calibrated predictions on the split, saved beside the run
-        with np.load(os.path.join(run, f"predictions-{split}.npz")) as d:
+        with np.load(RunDir(run).predictions(split)) as d:
             preds.append((d["y_true"], d["y_prob"], d["rows"]))
     y, _, rows = preds[0]
     stream = run_stream(configs[0])

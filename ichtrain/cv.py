@@ -26,6 +26,7 @@ from ichprep.labels import SUBTYPES
 from ichtrain.calibration import (PLATT_RIDGE, Calibration, constant_prior, fit_platt, group_weights, logit,
                                   sigmoid)
 from ichtrain.metrics import roc_auc, weighted_log_loss
+from ichtrain.run import RunDir, read_record
 
 __all__ = ["cross_validate", "pooled_out_of_fold", "evaluate_cv", "FoldEnsemble", "is_cv_folder", "fold_dirs"]
 
@@ -55,7 +56,7 @@ def cross_validate(base, folds: int = 5, verbose: int = 0) -> dict:
         cfg = dataclasses.replace(base, out=os.path.join(base.out, f"fold-{k}"), fold=(k, folds))
         fit(cfg, verbose=verbose)
         res = evaluate(cfg.out, "test")
-        with np.load(os.path.join(cfg.out, "predictions-test.npz")) as d:
+        with np.load(RunDir(cfg.out).predictions("test")) as d:
             ys.append(d["y_true"])
             ps.append(d["y_prob"])
         per_fold.append(dict(fold=k, slices=res["slices"], **_scores(ys[-1], ps[-1]),
@@ -90,7 +91,7 @@ def fold_dirs(cv_dir: str, folds: int | None = None) -> list[str]:
     out = []
     for k in range(folds):
         d = os.path.join(cv_dir, f"fold-{k}")
-        if not os.path.isfile(os.path.join(d, "config.json")):
+        if not RunDir(d).has_record():
             raise UsageError(f"{cv_dir!r} misses fold {k} ({d} holds no run): rerun 'ichtrain cv' with the same "
                              "arguments to finish it")
         out.append(d)
@@ -100,7 +101,7 @@ def fold_dirs(cv_dir: str, folds: int | None = None) -> list[str]:
 
 
 def is_cv_folder(path: str) -> bool:
-    return os.path.isdir(os.path.join(path, "fold-0")) and not os.path.isfile(os.path.join(path, "config.json"))
+    return os.path.isdir(os.path.join(path, "fold-0")) and not RunDir(path).has_record()
 
 
 @dataclass(frozen=True)
@@ -155,9 +156,8 @@ def pooled_out_of_fold(cv_dir: str, folds: int | None = None) -> dict:
     dirs = fold_dirs(cv_dir, folds)
     zs, ys, gs, priors = [], [], [], []
     for d in dirs:
-        with open(os.path.join(d, "config.json")) as fh:
-            cfg = json.load(fh)
-        path = os.path.join(d, "predictions-test.npz")
+        cfg = read_record(d)
+        path = RunDir(d).predictions("test")
         if not os.path.isfile(path):
             raise UsageError(f"fold {d!r} has no out-of-fold predictions: rerun 'ichtrain cv' with the same arguments")
         cal = Calibration.load(d)

@@ -9,13 +9,12 @@ import numpy as np
 
 from ichprep.errors import UsageError
 from ichprep.labels import SUBTYPES
-from ichtrain.augment import flip_width
-from ichtrain.fit import input_options, load_keras, load_run, tta_of
-from ichtrain.graphwindows import reading_model
+from ichtrain.infer import predict_rows
+from ichtrain.run import RunDir, input_options, load_keras, load_run, tta_of
 from ichtrain.calibration import Calibration, constant_prior, expected_calibration_error, reliability
 from ichtrain.metrics import summarise, weighted_log_loss
 
-__all__ = ["evaluate", "predict_rows"]
+__all__ = ["evaluate", "THRESHOLDS"]
 
 THRESHOLDS = np.round(np.linspace(0.0, 1.0, 21), 4)
 
@@ -23,34 +22,6 @@ THRESHOLDS = np.round(np.linspace(0.0, 1.0, 21), 4)
 def _load(run_dir):
     cfg, model_path = load_run(run_dir)
     return cfg, load_keras(model_path)
-
-
-def predict_rows(model, stream, batch_size: int = 32, split: str | None = None, rows=None, tta: str = "none",
-                 **inputs):
-    """(y_true (n, 6) float32, y_prob (n, 6) float32) for a split or explicit rows, in row order;
-    ``inputs``: how the model reads the store (``ichtrain.fit.input_options``); ``tta``: ``flip`` also predicts
-    each slice flipped left-right and averages the two in logit space (:mod:`ichtrain.augment`)."""
-    ds = stream.dataset(split or "test", batch_size=batch_size, weighted=False, rows=rows, **inputs)
-    model = reading_model(model, stream, inputs)  # itself, unless the windows are applied in its graph
-    ys, ps = [], []
-    with stream.guard():
-        for x, y in ds:
-            p = np.asarray(model(x, training=False), np.float32)
-            if tta == "flip":
-                q = np.asarray(model(flip_width(x), training=False), np.float32)
-                p = _mean_in_logits(p, q)
-            ps.append(p)
-            ys.append(y.numpy())
-    if not ys:
-        return np.zeros((0, 6), np.float32), np.zeros((0, 6), np.float32)
-    return np.concatenate(ys), np.concatenate(ps)
-
-
-def _mean_in_logits(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    eps = 1e-7
-    p, q = np.clip(p, eps, 1 - eps).astype(np.float64), np.clip(q, eps, 1 - eps).astype(np.float64)
-    z = 0.5 * (np.log(p / (1 - p)) + np.log(q / (1 - q)))
-    return (1 / (1 + np.exp(-z))).astype(np.float32)
 
 
 def evaluate(run_dir: str, split: str = "val", batch_size: int = 32) -> dict:
@@ -74,13 +45,13 @@ def evaluate(run_dir: str, split: str = "val", batch_size: int = 32) -> dict:
     result = summarise(y, p, THRESHOLDS)
     result.update(split=split, model=cfg["model"], store=cfg["store"], calibrated=cal is not None)
     result["calibration"] = calibration_summary(y, p, p_raw, cal, stream)
-    out_json = os.path.join(run_dir, f"eval-{split}.json")
+    out_json = RunDir(run_dir).evaluation(split)
     with open(out_json, "w") as fh:
         json.dump(result, fh, indent=2)
     result["plots"] = _plots(result, run_dir, split)
     result["json"] = out_json
     rows = stream.splits[split]
-    np.savez_compressed(os.path.join(run_dir, f"predictions-{split}.npz"), y_true=y, y_prob=p, y_prob_raw=p_raw,
+    np.savez_compressed(RunDir(run_dir).predictions(split), y_true=y, y_prob=p, y_prob_raw=p_raw,
                         rows=rows)
     from ichtrain.report import write_report
 

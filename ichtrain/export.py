@@ -28,7 +28,7 @@ from ichprep.labels import SUBTYPES
 from ichprep.readwindows import ReadWindows  # noqa: F401 (documents where the params come from)
 from ichprep.windows import windows_from_list
 from ichtrain.calibration import Calibration
-from ichtrain.fit import load_keras, load_run, tta_of
+from ichtrain.run import load_keras, load_run, tta_of
 
 __all__ = ["export", "SIZE"]
 
@@ -46,11 +46,11 @@ def _window_params(windows) -> np.ndarray:
 
 def _refuse(cfg: dict, run_dir: str) -> None:
     why = None
-    if cfg.get("model") == "series":
+    if cfg["model"] == "series":
         why = "a series model reads whole series of slice embeddings"
-    elif int(cfg.get("neighbours", 0)):
+    elif int(cfg["neighbours"]):
         why = f"it reads {2 * int(cfg['neighbours']) + 1} neighbouring slices per sample"
-    elif cfg.get("crop", "none") != "none":
+    elif cfg["crop"] != "none":
         why = "its head crop is found by a connected-component search outside TensorFlow"
     elif any(w.get("kind") == "default" for w in cfg.get("windows", [])):
         why = "its 'default' window is each file's own WindowCenter/Width, which an HU batch does not carry"

@@ -4,30 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
-import sys
 from dataclasses import asdict, dataclass
-
-import numpy as np
 
 from ichprep.errors import UsageError
 from ichprep.outlock import output_lock
 from ichprep.windows import windows_to_list
 from ichtrain.augment import check_tta, parse_augment
-from ichtrain.calibration import Calibration, fit_calibration
+from ichtrain.calibration import Calibration, calibrate_run
 from ichtrain.crop import check_crop
 from ichtrain.distribute import STRATEGIES, WorkerRole, fix_keras_multi_worker, make_strategy, worker_role
 from ichtrain.graphwindows import check_windows_on, reading_model, resolve_windows_on
+from ichtrain.run import RunDir, input_options, load_keras, load_run, same_run, save_atomic
+from ichtrain.schedule import LR_SCHEDULES, learning_rate_at
 
-__all__ = ["FitConfig", "fit", "load_run", "load_keras", "worker_role", "STRATEGIES", "tta_of"]
+__all__ = ["FitConfig", "fit", "worker_role", "STRATEGIES", "open_stream", "is_hu_store"]
 
-CONFIG = "config.json"
-LR_SCHEDULES = ("cosine", "constant")
-LR_FLOOR = 0.05  # the cosine schedule's last epoch runs at this fraction of --lr
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024  # a model's input side: below 32 the encoders pool to nothing, above 1024 no store
-STATE = "state.json"
 
 
 @dataclass(frozen=True)
@@ -144,134 +138,21 @@ class FitConfig:
         return d
 
 
-def _same_run(old: dict, new: dict) -> bool:
-    # runs from before these options: a constant rate, no augmentation, no TTA
-    old = dict({"lr_schedule": "constant", "augment": "none", "tta": "none", "recipe": None, "crop": "none",
-                "init": None, "freeze_epochs": 0}, **old)
-    keys = set(old) | set(new)
-    free = ("epochs", "out", "strategy", "replicas", "workers", "windows_on")  # none changes what is learnt
-    return all(old.get(k) == new.get(k) for k in keys if k not in free)
-
-
-def learning_rate_at(cfg, epoch: int) -> float:
-    """The learning rate of ``epoch`` (0-based) for ``cfg`` (a FitConfig or a SeriesFitConfig). Cosine: a
-    constant rate left the last epoch's weights where the last steps threw them (a 2.5D run's val loss went
-    0.16, 0.84 over its last two epochs) and the run keeps the last epoch; annealing settles them. A function of the epoch alone, so a resumed run continues
-    it (raising --epochs stretches it: the rate rises again for the added epochs)."""
-    if cfg.lr_schedule == "constant" or cfg.epochs == 1:
-        return cfg.learning_rate
-    t = min(epoch, cfg.epochs - 1) / (cfg.epochs - 1)
-    return cfg.learning_rate * (LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-def save_atomic(model, path: str) -> None:
-    """``model.save(path)`` that never leaves a partial file at ``path``: a process stopped mid-save (SIGTERM,
-    a full disk) left a checkpoint its resume could not read. Written beside it, then renamed over it."""
-    partial = path[: -len(".keras")] + ".partial.keras"
-    model.save(partial)
-    os.replace(partial, path)
-
-
-def load_keras(path: str):
-    """A saved model, uncompiled: inference needs no optimizer, and the series model's loss function need
-    not be registered to read it."""
-    import keras
-
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as exc:  # noqa: BLE001 -- Keras raises many types for a file it cannot read
-        raise UsageError(f"{path} is not a readable Keras model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                         "a damaged checkpoint is remade by rerunning 'ichtrain fit' with the same arguments") from None
-
-
-def load_run(run_dir: str) -> tuple[dict, str]:
-    """(config dict, path of the best model to use: final model, else the last checkpoint)."""
-    cfg_path = os.path.join(run_dir, CONFIG)
-    if not os.path.isfile(cfg_path):
-        raise UsageError(f"No run at {run_dir!r} (no {CONFIG}): train one with 'ichtrain fit'.")
-    try:
-        with open(cfg_path) as fh:
-            cfg = json.load(fh)
-        if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), str):
-            raise ValueError("not a run record")
-        if not isinstance(cfg.get("image_size", 0), (int, type(None))) or isinstance(cfg.get("image_size"), bool):
-            raise ValueError(f"image_size is {cfg.get('image_size')!r}")
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{cfg_path} is damaged ({exc}); it is the run's record: restore it, or train a new run "
-                         "into another --out") from None
-    for name in ("model.keras", os.path.join("checkpoints", "last.keras")):
-        p = os.path.join(run_dir, name)
-        if os.path.isfile(p):
-            return cfg, p
-    raise UsageError(f"Run {run_dir!r} has no model yet (no model.keras or checkpoint): rerun 'ichtrain fit'.")
-
-
-def input_options(run: dict, training: bool = False) -> dict:
-    """How a run's model reads a store (``StoreStream.dataset`` keywords), from its config. Where a GPU
-    trains, batches travel as float16 (the store's own values) and the model casts them on the device:
-    the host's float32 conversion was the stream's largest cost (issue 17); Keras casts a float16 batch to
-    a float32 Input inside the model's graph. Where an hu store's windows are applied changes no value, so
-    only training keeps the run's ``windows_on``; every other reader takes ``auto`` (the model's first layer
-    on a GPU, :mod:`ichtrain.graphwindows`)."""
-    import tensorflow as tf
-
-    dtype = "float16" if tf.config.list_physical_devices("GPU") else "float32"
-    windows_on = run.get("windows_on", "auto") if training else "auto"
-    crop = run.get("crop", "none")
-    if (crop != "none" or (training and run.get("augment", "none") != "none")) and windows_on == "auto":
-        windows_on = "reader"  # augmentation and crops run in the reader's stream
-    return dict(image_size=run["image_size"], neighbours=int(run.get("neighbours", 0)),
-                sequence=run["model"] == "rnn", dtype=dtype, windows_on=windows_on, crop=crop)
-
-
-def tta_of(run: dict) -> str:
-    """The run's test-time augmentation (runs from before it: none)."""
-    return run.get("tta", "none")
-
-
-def calibrate(run_dir: str, stream, model, inputs: dict, alpha: float, batch_size: int = 64,
-              tta: str = "none") -> Calibration:
-    """Fit and save the run's calibration (:mod:`ichtrain.calibration`): the prior shift of the train
-    split's sampling weights, then Platt scaling per label on the model's val predictions (with the run's TTA)."""
-    from ichtrain.data import type_weights
-    from ichtrain.evaluate import predict_rows
-
-    train = stream.splits["train"]
-    weight = type_weights(stream.types[train], alpha)
-    sample_weights = np.array([weight[int(t)] for t in stream.types[train]])
-    val_y = val_p = None
-    if stream.splits["val"].size:
-        val_y, val_p = predict_rows(model, stream, batch_size, split="val", tta=tta, **inputs)
-    else:
-        print("ichtrain: warning: the val split is empty, so probabilities are corrected for the sampling "
-              "weights only (no Platt scaling)", file=sys.stderr)
-    cal = fit_calibration(stream.labels[train], sample_weights, val_y, val_p,
-                          val_groups=stream.groups[stream.splits["val"]])
-    cal.save(run_dir)
-    return cal
-
-
 def _open_run(cfg: FitConfig, record: dict, stream, role: WorkerRole) -> int:
-    """Refuse a run folder that holds another configuration or split; write the config (chief); return the
+    """Refuse a run folder that holds another configuration or split; write the record (chief); return the
     epochs already done (every worker reads the chief's state in a shared run folder, so all resume from
     the same epoch and weights)."""
-    cfg_path = os.path.join(cfg.out, CONFIG)
+    run = RunDir(cfg.out)
     if role.chief:
-        os.makedirs(os.path.join(cfg.out, "checkpoints"), exist_ok=True)
-        if os.path.isfile(cfg_path):
-            with open(cfg_path) as fh:
-                old = json.load(fh)
+        os.makedirs(run.checkpoints, exist_ok=True)
+        old = run.read_raw_record()
+        if old is not None:
             stream.check_split(old.get("split"), f"the run in {cfg.out!r}")
-            if not _same_run(old, record):
+            if not same_run(old, record):
                 raise UsageError(f"{cfg.out!r} holds a run with another configuration; choose another --out.")
-    first_epoch = 0
-    if os.path.isfile(os.path.join(cfg.out, "checkpoints", "last.keras")) and \
-            os.path.isfile(os.path.join(cfg.out, STATE)):
-        with open(os.path.join(cfg.out, STATE)) as fh:
-            first_epoch = int(json.load(fh)["epochs_done"])
+    first_epoch = run.epochs_done()
     if role.chief:
-        with open(cfg_path, "w") as fh:
-            json.dump(record, fh, indent=2)
+        run.write_record(record)
     return first_epoch
 
 
@@ -351,7 +232,7 @@ def open_stream(cfg: FitConfig):
     from ichtrain.data import StoreStream
 
     windows = cfg.windows
-    if windows is None and _is_hu_store(cfg.store):
+    if windows is None and is_hu_store(cfg.store):
         windows = "rnn" if cfg.model == "rnn" else "cnn"
     stream = StoreStream(cfg.store, by=cfg.split_by, fractions=cfg.fractions, seed=cfg.seed, fold=cfg.fold,
                          windows=windows)
@@ -363,7 +244,7 @@ def open_stream(cfg: FitConfig):
     return stream
 
 
-def _is_hu_store(url: str) -> bool:
+def is_hu_store(url: str) -> bool:
     from ichprep import store as st
 
     return st.read_info(url)[1].hu
@@ -419,18 +300,18 @@ def _fit(cfg: FitConfig, verbose: int, role: WorkerRole) -> dict:
     if cfg.freeze_epochs and windows_in_model:
         raise UsageError("--freeze-epochs trains the model itself: pass --windows-on reader with it")
     first_epoch = _open_run(cfg, record, stream, role)
-    last = os.path.join(cfg.out, "checkpoints", "last.keras")
+    run = RunDir(cfg.out)
     verbose = verbose if role.chief else 0
     if tf.config.list_physical_devices("GPU"):
         keras.mixed_precision.set_global_policy("mixed_float16")
     if first_epoch >= cfg.epochs:
         if role.chief and Calibration.load(cfg.out) is None:  # trained, but stopped before calibrating
-            calibrate(cfg.out, stream, keras.models.load_model(load_run(cfg.out)[1]), input_options(record),
-                      cfg.alpha, tta=cfg.tta)
+            calibrate_run(cfg.out, stream, keras.models.load_model(load_run(cfg.out)[1]), input_options(record),
+                          cfg.alpha, tta=cfg.tta)
         return dict(epochs_done=first_epoch, resumed=True, trained=0)
     with strategy.scope():
         if first_epoch > 0:
-            model = keras.models.load_model(last)
+            model = keras.models.load_model(run.last)
             if cfg.freeze_epochs:  # the stage this epoch belongs to (a checkpoint keeps the flags it was saved with)
                 _freeze(model, first_epoch < cfg.freeze_epochs)
                 compile_model(model, cfg.learning_rate)
@@ -459,17 +340,14 @@ def _fit(cfg: FitConfig, verbose: int, role: WorkerRole) -> dict:
 
     class _Checkpoint(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):  # the model itself (never a windowing wrapper), then the state
-            save_atomic(model, os.path.join(cfg.out, "checkpoints", f"epoch-{epoch + 1:03d}.keras"))
-            save_atomic(model, last)
-            state = os.path.join(cfg.out, STATE)
-            with open(state + ".tmp", "w") as fh:
-                json.dump({"epochs_done": epoch + 1}, fh)
-            os.replace(state + ".tmp", state)
+            save_atomic(model, run.epoch_checkpoint(epoch + 1))
+            save_atomic(model, run.last)
+            run.write_state(epoch + 1)
 
     callbacks = [
         _Checkpoint(),
-        keras.callbacks.CSVLogger(os.path.join(cfg.out, "log.csv"), append=True),
-        keras.callbacks.TensorBoard(os.path.join(cfg.out, "tensorboard"), write_graph=False),
+        keras.callbacks.CSVLogger(run.log, append=True),
+        keras.callbacks.TensorBoard(run.tensorboard, write_graph=False),
     ] if role.chief else []
     # every worker anneals alike (its optimizer steps must stay in sync), so the schedule is not chief-only;
     # first, so the rate it sets is in the logs the CSV logger writes
@@ -490,10 +368,10 @@ def _fit(cfg: FitConfig, verbose: int, role: WorkerRole) -> dict:
                                   validation_data=val, validation_steps=val_steps, callbacks=callbacks,
                                   verbose=verbose, shuffle=False)
     if role.chief:
-        save_atomic(model, os.path.join(cfg.out, "model.keras"))
-        calibrate(cfg.out, stream, model, input_options(record), cfg.alpha, tta=cfg.tta)
+        save_atomic(model, run.model)
+        calibrate_run(cfg.out, stream, model, input_options(record), cfg.alpha, tta=cfg.tta)
     else:  # the replica's weights: equal to the chief's after synchronous training (the test checks it)
-        os.makedirs(os.path.join(cfg.out, f"worker-{role.task_id}"), exist_ok=True)
-        model.save(os.path.join(cfg.out, f"worker-{role.task_id}", "model.keras"))
+        os.makedirs(os.path.dirname(run.worker_model(role.task_id)), exist_ok=True)
+        model.save(run.worker_model(role.task_id))
     return dict(epochs_done=cfg.epochs, resumed=first_epoch > 0, trained=cfg.epochs - first_epoch,
                 history={k: [float(x) for x in v] for k, v in history.history.items()})

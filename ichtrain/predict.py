@@ -13,8 +13,9 @@ from ichprep.build import BuildConfig, build
 from ichprep.errors import UsageError
 from ichprep.labels import SUBTYPES
 from ichprep.windows import windows_from_list
-from ichtrain.calibration import Calibration
-from ichtrain.fit import input_options, load_keras, load_run, tta_of
+from ichtrain.calibration import Calibration, logit
+from ichtrain.infer import feature_model, features_of, predict_rows
+from ichtrain.run import input_options, load_keras, load_run, tta_of
 
 __all__ = ["predict"]
 
@@ -22,7 +23,6 @@ __all__ = ["predict"]
 def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_size: int = 32,
             stream_err=None) -> dict:
     from ichtrain.data import StoreStream
-    from ichtrain.evaluate import predict_rows
 
     from ichtrain.cv import FoldEnsemble, fold_dirs, is_cv_folder
 
@@ -45,7 +45,7 @@ def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_
         store = os.path.join(tmp, "predict.zarr")
         # The training store's windows and size policy: the same preprocessing, by the same code.
         result = build(BuildConfig(source=dicom_dir, out=store, windows=windows_from_list(cfg["windows"]),
-                                   preset=None, on_size=cfg.get("size_policy", "resize"), workers=workers,
+                                   preset=None, on_size=cfg["size_policy"], workers=workers,
                                    salt=secrets.token_hex(16)))  # a throwaway store: its patient keys are unused
         stream = StoreStream(store, fractions=(1.0, 0.0, 0.0))
         ok = np.flatnonzero(stream.readable)
@@ -72,9 +72,6 @@ def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_
 
 def _fold_logits(fold_dir: str, stream, ok: np.ndarray, batch_size: int) -> np.ndarray:
     """One fold model's raw logits on the rows ``ok`` plus its prior-shift offset (its own TTA)."""
-    from ichtrain.calibration import logit
-    from ichtrain.evaluate import predict_rows
-
     cfg, path = load_run(fold_dir)
     _, p = predict_rows(load_keras(path), stream, batch_size, rows=ok, tta=tta_of(cfg), **input_options(cfg))
     cal = Calibration.load(fold_dir)
@@ -82,7 +79,7 @@ def _fold_logits(fold_dir: str, stream, ok: np.ndarray, batch_size: int) -> np.n
 
 
 def _series_probs(cfg: dict, model, stream, ok: np.ndarray, batch_size: int) -> np.ndarray:
-    from ichtrain.series import feature_model, features_of, predict_series, series_rows
+    from ichtrain.series import predict_series, series_rows
 
     slice_cfg, slice_path = load_run(cfg["slice_run"])
     features = feature_model(load_keras(slice_path))

@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from ichprep.labels import SUBTYPES
+from ichtrain.run import RunDir
 
 __all__ = ["write_report"]
 
@@ -38,7 +39,7 @@ def _thumb(img2d: np.ndarray, size: int = 128) -> str:
 
 
 def _curves(run_dir: str) -> str | None:
-    path = os.path.join(run_dir, "log.csv")
+    path = RunDir(run_dir).log
     if not os.path.isfile(path):
         return None
     import matplotlib.pyplot as plt

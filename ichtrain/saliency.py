@@ -48,14 +48,14 @@ def explain_slice(run_dir: str, sop: str, label: str, out_png: str) -> dict:
     """Draw slice ``sop`` of the run's store with the Grad-CAM of ``label`` over it, and its probabilities."""
     from ichtrain.calibration import Calibration
     from ichtrain.data import run_stream
-    from ichtrain.fit import input_options, load_keras, load_run
+    from ichtrain.run import input_options, load_keras, load_run
 
     if label not in SUBTYPES:
         raise UsageError(f"Expected --label one of {', '.join(SUBTYPES)}. Received: {label!r}")
     cfg, path = load_run(run_dir)
-    if cfg["model"] in ("rnn", "series") or int(cfg.get("neighbours", 0)):
+    if cfg["model"] in ("rnn", "series") or int(cfg["neighbours"]):
         raise UsageError(f"Grad-CAM explains one-slice convolutional models; {run_dir!r} is {cfg['model']}"
-                         + (" with neighbours" if int(cfg.get("neighbours", 0)) else ""))
+                         + (" with neighbours" if int(cfg["neighbours"]) else ""))
     stream = run_stream(cfg)
     hits = np.flatnonzero(stream.sop_uids == sop)
     if not hits.size:

@@ -10,7 +10,6 @@ weighted log loss, on the slice run's own split, so its val and test patients ar
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -20,16 +19,16 @@ import numpy as np
 from ichprep.errors import UsageError
 from ichprep.outlock import output_lock
 from ichtrain.calibration import Calibration, fit_calibration
-from ichtrain.metrics import weighted_log_loss
-from ichtrain.fit import CONFIG, STATE, input_options, learning_rate_at, load_keras, load_run
-from ichtrain.graphwindows import reading_model
+from ichtrain.infer import feature_model, features_of
+from ichtrain.metrics import CHALLENGE_WEIGHTS, weighted_log_loss
+from ichtrain.run import RunDir, input_options, load_keras, load_run, save_atomic, write_atomic
+from ichtrain.schedule import LR_SCHEDULES, learning_rate_at
 
 __all__ = ["embed", "open_embeddings", "build_series_model", "fit_series", "SeriesFitConfig", "series_rows",
-           "predict_series", "features_of"]
+           "predict_series"]
 
 EMBED_BLOCK = 512  # rows per embedding chunk: the unit of resume
 CHECKPOINT_SECONDS = 10.0  # the series model checkpoints at most this often (an epoch takes a fraction of a second)
-CHALLENGE_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 2.0)
 SERIES_INITS = ("slice", "scratch")
 # 60 epochs on a cosine schedule: on a development corpus (synth seed 23, 3 splits; docs/training.md) the
 # series model's test loss was 0.107 at 60 epochs against 0.115 at 30, within noise of a constant rate.
@@ -43,24 +42,6 @@ def _sop_digest(sops) -> str:
     for s in sops:
         h.update(str(s).encode("ascii", "replace") + b"\n")
     return h.hexdigest()
-
-
-def feature_model(model):
-    """The slice model up to the layer before its six-output head."""
-    import keras
-
-    return keras.Model(model.input, model.get_layer("labels").input)
-
-
-def features_of(features, stream, rows, inputs: dict, batch_size: int = 64) -> np.ndarray:
-    """(len(rows), D) float32 features of ``rows`` (sorted), in row order."""
-    ds = stream.dataset("test", batch_size=batch_size, weighted=False, rows=rows, **inputs)
-    features = reading_model(features, stream, inputs)  # itself, unless the windows are applied in its graph
-    out = []
-    with stream.guard():
-        for x, _ in ds:
-            out.append(np.asarray(features(x, training=False), np.float32))
-    return np.concatenate(out) if out else np.zeros((0, int(features.output_shape[-1])), np.float32)
 
 
 def embed(run_dir: str, out: str, store: str | None = None, batch_size: int = 64, progress=None) -> dict:
@@ -213,10 +194,10 @@ def _challenge_loss():
     @keras.saving.register_keras_serializable("ichtrain")
     def challenge_bce(y_true, y_pred):
         """The challenge's per-slice weighted log loss (any weighted 2)."""
-        w = ops.convert_to_tensor(CHALLENGE_WEIGHTS, dtype=y_pred.dtype)
+        w = ops.convert_to_tensor(CHALLENGE_WEIGHTS.tolist(), dtype=y_pred.dtype)
         p = ops.clip(y_pred, 1e-7, 1 - 1e-7)
         bce = -(y_true * ops.log(p) + (1 - y_true) * ops.log(1 - p))
-        return ops.sum(bce * w, axis=-1) / float(sum(CHALLENGE_WEIGHTS))
+        return ops.sum(bce * w, axis=-1) / float(CHALLENGE_WEIGHTS.sum())
 
     return challenge_bce
 
@@ -239,12 +220,12 @@ class SeriesFitConfig:
     batch_size: int = 8
     learning_rate: float = 1e-3
     units: int = 64
-    lr_schedule: str = "cosine"  # as the slice models' (fit.learning_rate_at)
+    lr_schedule: str = "cosine"  # as the slice models' (ichtrain.schedule)
     init: str = "slice"  # slice: start as the slice run's calibrated head plus a zero context term; scratch
 
     def __post_init__(self) -> None:
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise UsageError(f"Expected --lr-schedule cosine or constant. Received: {self.lr_schedule!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UsageError(f"Expected --lr-schedule one of {', '.join(LR_SCHEDULES)}. Received: {self.lr_schedule!r}")
         if self.init not in SERIES_INITS:
             raise UsageError(f"Expected --series-init one of {', '.join(SERIES_INITS)}. Received: {self.init!r}")
         for name in ("epochs", "batch_size", "units"):
@@ -277,21 +258,17 @@ def _fit_series(cfg: SeriesFitConfig, verbose: int) -> dict:
                   fractions=slice_cfg["fractions"], seed=slice_cfg["seed"], fold=slice_cfg.get("fold"),
                   split=stream.split_record(),
                   image_size=None, windows=slice_cfg["windows"], size_policy=slice_cfg.get("size_policy", "resize"))
-    os.makedirs(cfg.out, exist_ok=True)
-    path = os.path.join(cfg.out, CONFIG)
-    if os.path.isfile(path):
-        with open(path) as fh:
-            old = json.load(fh)
+    run = RunDir(cfg.out)
+    old = run.read_raw_record()
+    if old is not None:
         old = {**OLD_SERIES_DEFAULTS, **old}
         if {k: v for k, v in old.items() if k != "epochs"} != {k: v for k, v in record.items() if k != "epochs"}:
             raise UsageError(f"{cfg.out!r} holds a run with another configuration; choose another --out.")
-    first_epoch = _series_epochs_done(cfg.out)
-    if first_epoch >= cfg.epochs and os.path.isfile(os.path.join(cfg.out, "model.keras")) \
-            and Calibration.load(cfg.out) is not None:
+    first_epoch = run.epochs_done()  # 0 for a run from before checkpoints: it is trained again
+    if first_epoch >= cfg.epochs and os.path.isfile(run.model) and Calibration.load(cfg.out) is not None:
         return dict(epochs_done=first_epoch, trained=0, resumed=True)
     # (stopped after its last checkpoint but before model.keras and calibration.json: those are made below)
-    with open(path, "w") as fh:
-        json.dump(record, fh, indent=2)
+    run.write_record(record)
     train_groups = series_rows(stream, stream.splits["train"])
     if not train_groups:
         raise UsageError(stream.empty_split_reason("train"))
@@ -299,17 +276,15 @@ def _fit_series(cfg: SeriesFitConfig, verbose: int) -> dict:
     val_groups = series_rows(stream, stream.splits["val"])
     seed = int(slice_cfg["seed"])
     keras.utils.set_random_seed(seed + first_epoch)
-    last = os.path.join(cfg.out, "checkpoints", "last.keras")
     loss = _challenge_loss()  # registered before a checkpoint that names it is loaded
     if first_epoch:
-        model = keras.models.load_model(last)  # optimizer state included: training goes on where it stopped
+        model = keras.models.load_model(run.last)  # optimizer state included: training goes on where it stopped
     else:
         head = calibrated_head(slice_run) if cfg.init == "slice" else None
         model = build_series_model(emb.shape[1], cfg.units, head)
         model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss)
     batches = _by_length(train_groups, cfg.batch_size)
-    log_path = os.path.join(cfg.out, "log.csv")
-    log = _log_lines(log_path, first_epoch)
+    log = _log_lines(run.log, first_epoch)
     saved = time.monotonic()
     for epoch in range(first_epoch, cfg.epochs):
         rate = learning_rate_at(cfg, epoch)
@@ -328,9 +303,9 @@ def _fit_series(cfg: SeriesFitConfig, verbose: int) -> dict:
             print(f"series epoch {epoch + 1}/{cfg.epochs}: loss {np.mean(losses):.4f}"
                   + (f", val weighted log loss {val_loss}" if val_loss else ""), flush=True)
         if epoch + 1 == cfg.epochs or time.monotonic() - saved >= CHECKPOINT_SECONDS:
-            _series_checkpoint(cfg.out, model, log, epoch + 1)
+            _series_checkpoint(run, model, log, epoch + 1)
             saved = time.monotonic()
-    model.save(os.path.join(cfg.out, "model.keras"))
+    save_atomic(model, run.model)
     val_y = val_p = None
     if val_groups:
         val_p = predict_series(model, emb, val_groups)
@@ -342,15 +317,6 @@ def _fit_series(cfg: SeriesFitConfig, verbose: int) -> dict:
                 resumed=first_epoch > 0)
 
 
-def _series_epochs_done(out: str) -> int:
-    """Epochs a series run has checkpointed (0: none, or a run from before checkpoints: it is trained again)."""
-    state = os.path.join(out, STATE)
-    if os.path.isfile(state) and os.path.isfile(os.path.join(out, "checkpoints", "last.keras")):
-        with open(state) as fh:
-            return int(json.load(fh)["epochs_done"])
-    return 0
-
-
 def _log_lines(path: str, epochs_done: int) -> list[str]:
     """log.csv's header and its first ``epochs_done`` epochs (lines of later, unsaved epochs are dropped)."""
     lines = ["epoch,loss,val_loss,learning_rate"]
@@ -360,15 +326,10 @@ def _log_lines(path: str, epochs_done: int) -> list[str]:
     return lines
 
 
-def _series_checkpoint(out: str, model, log: list[str], epochs_done: int) -> None:
+def _series_checkpoint(run: RunDir, model, log: list[str], epochs_done: int) -> None:
     """The model (with its optimizer), the log and the epoch count, each replaced whole: a run stopped at any
     moment resumes from the last checkpoint."""
-    os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
-    tmp = os.path.join(out, "checkpoints", "last.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, os.path.join(out, "checkpoints", "last.keras"))
-    for name, text in (("log.csv", "\n".join(log) + "\n"), (STATE, json.dumps({"epochs_done": epochs_done}))):
-        with open(os.path.join(out, name + ".tmp"), "w") as fh:
-            fh.write(text)
-        os.replace(os.path.join(out, name + ".tmp"), os.path.join(out, name))
-
+    os.makedirs(run.checkpoints, exist_ok=True)
+    save_atomic(model, run.last)
+    write_atomic(run.log, "\n".join(log) + "\n")
+    run.write_state(epochs_done)

@@ -99,8 +99,8 @@ def test_fit_records_augment_and_tta_and_evaluates_with_the_flip(brain_store, br
     import keras
 
     from ichtrain.data import run_stream
-    from ichtrain.evaluate import predict_rows
-    from ichtrain.fit import input_options
+    from ichtrain.infer import predict_rows
+    from ichtrain.run import input_options
 
     run = str(tmp_path / "run")
     args = ["fit", brain_store, "--out", run, "--image-size", "32", "--batch-size", "8", "--epoch-size", "16",

@@ -85,7 +85,7 @@ def test_fit_with_head_crops_records_them_and_every_reader_crops(brain_store, br
                  "--quiet"]) == 0
     cfg = json.load(open(os.path.join(run, "config.json")))
     assert cfg["crop"] == "head"
-    from ichtrain.fit import input_options
+    from ichtrain.run import input_options
 
     assert input_options(cfg)["crop"] == "head" and input_options(cfg, training=True)["crop"] == "head"
     assert main(["evaluate", run, "--split", "val"]) == 0

@@ -232,8 +232,8 @@ def test_fit_with_windows_in_the_model_trains_saves_the_model_and_reads_both_way
     predictions through either path agree, and a resumed run continues it."""
     from ichtrain.cli import main as ichtrain_main
     from ichtrain.data import run_stream
-    from ichtrain.evaluate import predict_rows
-    from ichtrain.fit import input_options, load_keras, load_run
+    from ichtrain.infer import predict_rows
+    from ichtrain.run import input_options, load_keras, load_run
 
     run = str(tmp_path / "run")
     args = ["fit", stores["hu"], "--out", run, "--model", "baseline", "--image-size", "32", "--epochs", "1",

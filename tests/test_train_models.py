@@ -95,7 +95,8 @@ def test_confusion_rates_and_weighted_log_loss_hand_values():
 
 
 def test_cosine_learning_rate_hand_values():
-    from ichtrain.fit import FitConfig, learning_rate_at
+    from ichtrain.fit import FitConfig
+    from ichtrain.schedule import learning_rate_at
 
     cfg = FitConfig(store="s", out="o", epochs=3, learning_rate=0.01)
     assert [learning_rate_at(cfg, e) for e in range(3)] == pytest.approx([0.01, 0.01 * (0.05 + 0.95 * 0.5), 0.0005])

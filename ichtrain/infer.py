@@ -1,0 +1,62 @@
+"""One inference loop: a model's outputs on a split or rows of a store, in row order, with the run's TTA.
+
+Used by fit (calibration), evaluate, embed, predict, compare and cv; probabilities and features are the same
+loop over the stream with a different model (a slice model, or its layers up to the head).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ichtrain.augment import flip_width
+from ichtrain.graphwindows import reading_model
+
+__all__ = ["model_outputs", "predict_rows", "features_of", "feature_model", "mean_in_logits"]
+
+_EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] before a logit: float32 sigmoids reach 0 and 1
+
+
+def mean_in_logits(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """The mean of two probability arrays taken in logit space (how TTA views are averaged)."""
+    p, q = np.clip(p, _EPS, 1 - _EPS).astype(np.float64), np.clip(q, _EPS, 1 - _EPS).astype(np.float64)
+    z = 0.5 * (np.log(p / (1 - p)) + np.log(q / (1 - q)))
+    return (1 / (1 + np.exp(-z))).astype(np.float32)
+
+
+def model_outputs(model, stream, batch_size: int = 32, split: str | None = None, rows=None, tta: str = "none",
+                  **inputs) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (n, 6) float32, outputs (n, D) float32) of ``model`` on a split or explicit ``rows`` of
+    ``stream``, in row order. ``inputs``: how the model reads the store (:func:`ichtrain.run.input_options`);
+    ``tta``: ``flip`` also runs each slice flipped left-right and averages the two in logit space (for
+    probabilities only)."""
+    ds = stream.dataset(split or "test", batch_size=batch_size, weighted=False, rows=rows, **inputs)
+    model = reading_model(model, stream, inputs)  # itself, unless the windows are applied in its graph
+    ys, outs = [], []
+    with stream.guard():
+        for x, y in ds:
+            out = np.asarray(model(x, training=False), np.float32)
+            if tta == "flip":
+                out = mean_in_logits(out, np.asarray(model(flip_width(x), training=False), np.float32))
+            outs.append(out)
+            ys.append(y.numpy())
+    if not ys:
+        return np.zeros((0, 6), np.float32), np.zeros((0, int(model.output_shape[-1])), np.float32)
+    return np.concatenate(ys), np.concatenate(outs)
+
+
+def predict_rows(model, stream, batch_size: int = 32, split: str | None = None, rows=None, tta: str = "none",
+                 **inputs) -> tuple[np.ndarray, np.ndarray]:
+    """(y_true (n, 6), y_prob (n, 6)), float32, of a slice model: :func:`model_outputs` of its six outputs."""
+    return model_outputs(model, stream, batch_size, split=split, rows=rows, tta=tta, **inputs)
+
+
+def feature_model(model):
+    """The slice model up to the layer before its six-output head."""
+    import keras
+
+    return keras.Model(model.input, model.get_layer("labels").input)
+
+
+def features_of(features, stream, rows, inputs: dict, batch_size: int = 64) -> np.ndarray:
+    """(len(rows), D) float32 outputs of ``features`` (:func:`feature_model`) on ``rows`` (sorted), in row order."""
+    return model_outputs(features, stream, batch_size, rows=rows, **inputs)[1]
