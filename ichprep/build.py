@@ -175,7 +175,7 @@ def _prepare_output(cfg: BuildConfig) -> tuple[str, object]:
             raise StoreExistsError(f"Output {out!r} exists and is a file. Choose another --out.")
         if not os.listdir(out):
             return "create", None
-        if not os.path.exists(os.path.join(out, "zarr.json")):
+        if not st.is_store_folder(out):
             raise StoreExistsError(f"Output {out!r} exists and is not an ichprep store; refusing to write "
                                    "into it (even with --overwrite). Choose another --out.")
     try:
@@ -327,9 +327,7 @@ def _finalise(cfg: BuildConfig, g, rows: _Rows, header_rejects: list, reject_mes
         timings={k: round(v, 3) for k, v in timings.items()},  # this run's (a resumed build: the last run's)
         complete=True,
     ))
-    attrs = st.get_attrs(g)
-    if attrs.pop("repairing", None) is not None:  # a resumed build finished an interrupted repair's shards too
-        g.attrs[st.ATTRS_KEY] = attrs
+    st.forget_repair(g)  # a resumed build finished an interrupted repair's shards too
     return all_rejects
 
 
@@ -345,7 +343,7 @@ def _fixes(cfg: BuildConfig, headers: list[SliceHeader], g) -> Counter:
     if is_hu(cfg.windows):
         fixed["hu_rounded"] = sum(not (float(h.slope).is_integer() and float(h.effective_intercept).is_integer())
                                   for h in headers)
-        lo, hi = st.column(g, "hu_min"), st.column(g, "hu_max")
+        lo, hi = st.hu_range(g)
         fixed["hu_clipped"] = int(((lo < -32768) | (hi > 32767)).sum())
     return fixed
 

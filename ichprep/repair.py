@@ -22,7 +22,6 @@ from ichprep.windows import windows_to_list
 
 __all__ = ["repair_shards", "pending_repair", "shard_rows"]
 
-_PENDING = "repairing"  # attribute: the shards a repair has started and not finished
 
 
 def pending_repair(url: str) -> list[int]:
@@ -33,7 +32,7 @@ def pending_repair(url: str) -> list[int]:
         return []
     if info.complete:  # finished since (a rerun of the build resumes those shards too)
         return []
-    return [int(s) for s in st.get_attrs(g).get(_PENDING, [])]
+    return st.repairing_shards(st.get_attrs(g))
 
 
 def repair_shards(url: str, source: str, shards, stream: TextIO | None = None) -> list[int]:
@@ -46,7 +45,7 @@ def repair_shards(url: str, source: str, shards, stream: TextIO | None = None) -
     if not shards:
         return []
     g, info = st.read_info(url)
-    if not (info.complete or st.get_attrs(g).get(_PENDING)):
+    if not (info.complete or st.repairing_shards(st.get_attrs(g))):
         raise UsageError(f"{url!r} is incomplete: its build has not finished; rerun the same 'ichprep build' "
                          "command to resume it instead of repairing it")
     S, n = st.images(g).shards[0], info.n
@@ -74,23 +73,16 @@ def repair_shards(url: str, source: str, shards, stream: TextIO | None = None) -
             headers[s].append(h)
     with output_lock(url):
         g = st.open_for_write(url)
-        st.set_attrs(g, {"complete": False, _PENDING: shards})
-        for s in shards:
-            g["shard_done"][s] = 0
+        st.begin_repair(g, shards)
         bar = ProgressBar(stream, "repair", len(shards), unit="shards")
         for k, s in enumerate(shards):
             process_shards(url, [s], [headers[s]], windows_to_list(info.windows), info.size_policy, info.image_size)
             bar.update(k + 1)
         bar.close()
-        status = st.column(g, "status")
-        attrs = st.get_attrs(g)
-        attrs.pop(_PENDING, None)
-        attrs["complete"] = True
-        if int((status == 0).sum()) != attrs.get("counts", {}).get("written"):
-            raise StoreError(f"{url!r}: after the repair {int((status == 0).sum())} slices are usable where the "
-                             f"build wrote {attrs.get('counts', {}).get('written')}; the source changed since the "
-                             "build: rebuild the store with --overwrite")
-        g.attrs[st.ATTRS_KEY] = attrs
+        try:
+            st.end_repair(g, int((st.column(g, "status") == 0).sum()))
+        except StoreError as exc:
+            raise StoreError(f"{url!r}: {exc}") from None
     return shards
 
 

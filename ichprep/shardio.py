@@ -13,7 +13,7 @@ import numpy as np
 import zarr
 
 from ichprep.errors import DamagedShardError, StoreError
-from ichprep.store import fast_codec_pipeline
+from ichprep.store import HU_MAX, HU_MIN, SHARD_DONE, STATUS, fast_codec_pipeline
 
 __all__ = ["shard_encoder", "shard_reader", "ShardReader", "Shard", "chunk_encoder", "write_shard"]
 
@@ -280,9 +280,9 @@ def write_shard(g: zarr.Group, shard: int, images: np.ndarray, hu_min, hu_max, s
     else:
         with fast_codec_pipeline():
             g["images"][start:stop] = images
-    for name, values in (("hu_min", hu_min), ("hu_max", hu_max), ("status", status)):
+    for name, values in ((HU_MIN, hu_min), (HU_MAX, hu_max), (STATUS, status)):
         _write_rows(g[name], shard, start, stop, values)
-    _write_rows(g["shard_done"], shard, shard, shard + 1, np.ones(1, np.uint8))  # last: done means all written
+    _write_rows(g[SHARD_DONE], shard, shard, shard + 1, np.ones(1, np.uint8))  # last: done means all written
 
 
 def _write_rows(array: zarr.Array, chunk: int, start: int, stop: int, values) -> None:

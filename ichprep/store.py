@@ -55,6 +55,15 @@ __all__ = [
     "read_info",
     "write_metadata",
     "done_shards",
+    "clear_shard_done",
+    "hu_range",
+    "begin_repair",
+    "end_repair",
+    "forget_repair",
+    "repairing_shards",
+    "is_store_folder",
+    "SHARD_ARRAYS",
+    "SHARD_DONE",
     "set_attrs",
     "disk_full_error",
     "why_unreadable",
@@ -67,9 +76,12 @@ SCHEMA_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 CHECKSUMMED_VERSION = 3
 ATTRS_KEY = "ichprep"
+_REPAIRING = "repairing"  # attribute: the shards a repair has started and not finished
 META_ARRAYS_V1 = ("sop_uid", "study_uid", "series_uid", "patient", "position_z", "labels", "type")
 META_ARRAYS = META_ARRAYS_V1 + ("window_center", "window_width")
-SHARD_ARRAYS = ("hu_min", "hu_max", "status")
+HU_MIN, HU_MAX, STATUS = "hu_min", "hu_max", "status"
+SHARD_ARRAYS = (HU_MIN, HU_MAX, STATUS)  # per-slice columns written by the shard tasks, one chunk per shard
+SHARD_DONE = "shard_done"  # per-shard build mark (1 when the shard's pixels are written), one chunk per shard
 CODECS = ("auto", "blosc-lz4", "blosc-lz4-bitshuffle", "blosc-zstd", "zstd", "none")
 
 
@@ -138,11 +150,11 @@ def create_store(url: str, n: int, channels: int, shard_slices: int, codec: str,
         g.create_array(name, shape=(n,), chunks=(n,), dtype="float32", fill_value=float("nan"),
                        compressors=_meta_compressors())
     # Written by the shard tasks: one chunk per shard, so no two tasks touch one chunk.
-    for name, dtype, fill in (("hu_min", "float32", float("nan")), ("hu_max", "float32", float("nan")),
-                              ("status", "uint8", 0)):
+    for name, dtype, fill in ((HU_MIN, "float32", float("nan")), (HU_MAX, "float32", float("nan")),
+                              (STATUS, "uint8", 0)):
         g.create_array(name, shape=(n,), chunks=(S,), dtype=dtype, fill_value=fill, compressors=_meta_compressors())
     n_shards = -(-n // S)
-    g.create_array("shard_done", shape=(n_shards,), chunks=(1,), dtype="uint8", fill_value=0,
+    g.create_array(SHARD_DONE, shape=(n_shards,), chunks=(1,), dtype="uint8", fill_value=0,
                    compressors=(Crc32cCodec(),))
     return g
 
@@ -177,7 +189,55 @@ def open_for_write(url: str) -> zarr.Group:
 
 
 def done_shards(g: zarr.Group) -> np.ndarray:
-    return np.asarray(g["shard_done"][:], dtype=bool)
+    return np.asarray(g[SHARD_DONE][:], dtype=bool)
+
+
+def clear_shard_done(g: zarr.Group, shards) -> None:
+    """Mark ``shards`` as not written (a repair rewrites them; a crash mid-repair leaves them to redo)."""
+    for s in shards:
+        g[SHARD_DONE][int(s)] = 0
+
+
+def begin_repair(g: zarr.Group, shards) -> None:
+    """Record that ``shards`` are being rebuilt: the store reads as incomplete until :func:`end_repair`, and
+    an interrupted repair names them (:func:`repairing_shards`)."""
+    set_attrs(g, {"complete": False, _REPAIRING: [int(s) for s in shards]})
+    clear_shard_done(g, shards)
+
+
+def end_repair(g: zarr.Group, usable: int) -> None:
+    """Mark a repair finished and the store complete again; StoreError (the store left incomplete) where the
+    rebuilt store has another number of usable slices than its build wrote."""
+    attrs = get_attrs(g)
+    written = attrs.get("counts", {}).get("written")
+    if usable != written:
+        raise StoreError(f"after the repair {usable} slices are usable where the build wrote {written}; the "
+                         "source changed since the build: rebuild the store with --overwrite")
+    attrs.pop(_REPAIRING, None)
+    attrs["complete"] = True
+    g.attrs[ATTRS_KEY] = attrs
+
+
+def forget_repair(g: zarr.Group) -> None:
+    """Drop an interrupted repair's record (a resumed build has rebuilt its shards)."""
+    attrs = get_attrs(g)
+    if attrs.pop(_REPAIRING, None) is not None:
+        g.attrs[ATTRS_KEY] = attrs
+
+
+def repairing_shards(attrs: dict) -> list[int]:
+    """The shards an interrupted repair left to rebuild, from a store's attributes (empty when none)."""
+    return [int(s) for s in attrs.get(_REPAIRING, [])]
+
+
+def is_store_folder(path: str) -> bool:
+    """Whether the local folder ``path`` holds a Zarr group (what an existing --out must be to be written)."""
+    return os.path.exists(os.path.join(path, "zarr.json"))
+
+
+def hu_range(g: zarr.Group) -> tuple[np.ndarray, np.ndarray]:
+    """(hu_min, hu_max) of every row: each slice's HU range before normalisation (NaN: pixels unusable)."""
+    return column(g, HU_MIN), column(g, HU_MAX)
 
 
 @dataclass(frozen=True)
@@ -292,7 +352,7 @@ def open_store(url: str, require_complete: bool = True) -> tuple[zarr.Group, Sto
         raise SchemaError(f"Store {url!r} is an hu store of schema version {version}, written before hu stores "
                           f"had their layout (version 2): rebuild it with 'ichprep build --preset hu'")
     meta = META_ARRAYS if version >= 2 else META_ARRAYS_V1
-    missing = [a for a in ("images", *meta, *SHARD_ARRAYS, "shard_done") if a not in g]
+    missing = [a for a in ("images", *meta, *SHARD_ARRAYS, SHARD_DONE) if a not in g]
     if missing and not attrs.get("complete"):
         raise IncompleteStoreError(f"Store {url!r} is incomplete: its build stopped while creating it. "
                                    "Rerun the same 'ichprep build' command to start it again.")
@@ -301,7 +361,7 @@ def open_store(url: str, require_complete: bool = True) -> tuple[zarr.Group, Sto
     info = StoreInfo.from_attrs(url, attrs)
     if require_complete and not info.complete:
         done = int(done_shards(g).sum())
-        total = g["shard_done"].shape[0]
+        total = g[SHARD_DONE].shape[0]
         raise IncompleteStoreError(
             f"Store {url!r} is incomplete: its build has not finished ({done}/{total} shards written). "
             "Rerun the same 'ichprep build' command to resume it."

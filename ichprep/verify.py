@@ -119,8 +119,8 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
     n = info.n
     if not info.complete:
         done = st.done_shards(g)
-        if info.attrs.get("repairing"):
-            rep.problems.append(f"incomplete: a repair of shards {info.attrs['repairing']} was interrupted; rerun "
+        if st.repairing_shards(info.attrs):
+            rep.problems.append(f"incomplete: a repair of shards {st.repairing_shards(info.attrs)} was interrupted; rerun "
                                 "'ichprep verify STORE --repair --source DICOM_DIR' to finish it")
         else:
             rep.problems.append(f"incomplete: the build has not finished ({int(done.sum())}/{done.size} shards "
@@ -131,8 +131,7 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
     dtype = np.int16 if info.hu else np.float16
     if img.shape != expected or img.dtype != dtype:
         rep.problems.append(f"images: expected {np.dtype(dtype)} {expected}, found {img.dtype} {img.shape}")
-    for name in ("labels", "type", "sop_uid", "study_uid", "series_uid", "patient", "position_z",
-                 "hu_min", "hu_max", "status"):
+    for name in st.META_ARRAYS_V1 + st.SHARD_ARRAYS:
         if g[name].shape[0] != n:
             rep.problems.append(f"{name}: {g[name].shape[0]} rows, expected {n}")
     if rep.problems and not info.complete:
@@ -156,8 +155,8 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
     if mismatch.size:
         rep.problems.append(f"type: {mismatch.size} rows disagree with their labels (Table 3.1), e.g. rows "
                             f"{mismatch[:10].tolist()}")
-    status = _shard_column(g, "status", S, n, rep, missing=255)
-    hu_min, hu_max = _shard_column(g, "hu_min", S, n, rep), _shard_column(g, "hu_max", S, n, rep)
+    status = _shard_column(g, st.STATUS, S, n, rep, missing=255)
+    hu_min, hu_max = _shard_column(g, st.HU_MIN, S, n, rep), _shard_column(g, st.HU_MAX, S, n, rep)
     ok = status == 0
     trusted = ok & ~np.isin(np.arange(n), sorted(rep.unreadable_rows))  # unreadable rows: reported already
     if info.complete and (np.isnan(hu_min[trusted]).any() or np.isnan(hu_max[trusted]).any()):
@@ -264,7 +263,7 @@ def _done_shards(g, n_shards: int, rep: VerifyReport) -> np.ndarray:
     done = np.ones(n_shards, bool)
     for s in range(n_shards):
         try:
-            done[s] = bool(g["shard_done"][s])
+            done[s] = bool(g[st.SHARD_DONE][s])
         except Exception as exc:
             rep.damaged_shards.add(s)  # the slices themselves are checked as usual
             rep.problems.append(f"shard_done: shard {s}'s mark {st.why_unreadable(exc)}")
