@@ -15,6 +15,9 @@ import sys
 from ichprep import __version__
 from ichprep.cliutil import EXIT_OK, EXIT_PROBLEM, UsageErrorParser, console_entry, run_main
 from ichprep.errors import UsageError
+from ichprep.pixels import SIZE_POLICIES
+from ichprep.store import CODECS
+from ichprep.windows import PRESETS
 
 
 def _add_build_args(p: argparse.ArgumentParser) -> None:
@@ -24,7 +27,7 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", help="label CSV in the challenge's long format (ID,Label with rows "
                                     "ID_<sop>_<subtype>); optional, e.g. for a store used only for prediction")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--preset", choices=("cnn", "rnn", "hu"), default=None,
+    g.add_argument("--preset", choices=tuple(PRESETS), default=None,
                    help="cnn: one full-range channel (per-slice min-max of HU); rnn: the 10 windows of the "
                         "report's Table 2.1 in its order, 'default' from the file's tags; hu: one int16 channel "
                         "of Hounsfield units, lossless for integer slope/intercept, windowed when read "
@@ -32,7 +35,7 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--windows", help="any list of windows instead of a preset, e.g. "
                                      "'brain:40/80,subdural:80/200,bone:600/2800' (name:center/width; a "
                                      "Table 2.1 name alone; name:default; name:full)")
-    p.add_argument("--on-size", choices=("resize", "pad", "reject"), default="resize",
+    p.add_argument("--on-size", choices=SIZE_POLICIES, default="resize",
                    help="slices that are not 512x512 (269 in the RSNA data): resize (bilinear, keeps the "
                         "whole field of view; the default), pad (centre pad/crop), or reject (recorded)")
     p.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8),
@@ -47,7 +50,7 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-slices", type=int, default=48,
                    help="slices per shard: the unit of work and of storage (default 48: a cnn shard's 24 MiB "
                         "buffers stay under glibc's mmap ceiling and are reused, ~16%% faster than 64)")
-    p.add_argument("--codec", default="auto", choices=("auto", "blosc-lz4", "blosc-lz4-bitshuffle", "blosc-zstd", "zstd", "none"),
+    p.add_argument("--codec", default="auto", choices=CODECS,
                    help="image compression (default auto: blosc-lz4+shuffle for one float16 channel, zstd-1 for "
                         "several, blosc-lz4+bitshuffle for hu; measured in docs/performance.md)")
     p.add_argument("--salt", help="secret that keys the PatientID hashes (and so the splits). Default: "

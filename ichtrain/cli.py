@@ -9,6 +9,13 @@ import sys
 
 from ichprep.cliutil import UsageErrorParser, console_entry, run_main
 from ichprep.errors import UsageError
+from ichtrain.augment import TTA_MODES
+from ichtrain.catalog import BACKBONES, MODELS, SERIES_INITS, SERIES_MODEL
+from ichtrain.crop import CROPS
+from ichtrain.distribute import STRATEGIES
+from ichtrain.graphwindows import WINDOWS_ON
+from ichtrain.schedule import LR_SCHEDULES
+from ichtrain.splits import SPLIT_BY, SPLIT_NAMES
 
 
 def _fractions(text: str) -> tuple:
@@ -54,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         "Per-label sensitivity, specificity, fall-out and miss rate at 0.5 and across thresholds, ROC-AUC, and "
         "the challenge's weighted log loss; writes RUN_DIR/eval-SPLIT.json and plots/SPLIT-*.png."))
     e.add_argument("run")
-    e.add_argument("--split", default="val", choices=("val", "test", "train"))
+    e.add_argument("--split", default="val", choices=SPLIT_NAMES)
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--json", action="store_true", help="print the metrics JSON")
     c = sub.add_parser("compare", help="runs side by side on the same held-out patients, with intervals",
@@ -63,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "ROC-AUC per label, sensitivity and specificity of 'any' at 0.5, each with a 95% "
                                    "bootstrap interval over patients (the same resamples for every run).")
     c.add_argument("runs", nargs="+", metavar="RUN")
-    c.add_argument("--split", default="test", choices=("val", "test", "train"))
+    c.add_argument("--split", default="test", choices=SPLIT_NAMES)
     c.add_argument("--bootstrap", type=int, default=1000, help="patient resamples (default 1000)")
     c.add_argument("--out", help="folder for compare-SPLIT.json/.html (default: the first run)")
     c.add_argument("--json", action="store_true", help="print the comparison JSON")
@@ -114,17 +121,17 @@ def _add_fit_arguments(f: argparse.ArgumentParser) -> None:
     f.add_argument("store")
     f.add_argument("--out", required=True, help="run folder")
     f.add_argument("--model", default="baseline",
-                   choices=("cnn", "cnn-described", "rnn", "baseline", "backbone", "series"),
+                   choices=(*MODELS, SERIES_MODEL),
                    help="cnn: the report's listing (1,527,130 parameters at 512); cnn-described: section 4.2 "
                         "(264,330); rnn: shared window encoder + GRU (needs an rnn store); baseline: small and "
                         "fast (default); backbone: a Keras application (--backbone, --weights); series: a "
                         "bidirectional GRU over each series' slice embeddings (--embeddings, from 'ichtrain embed')")
     f.add_argument("--embeddings", metavar="EMB.zarr", help="--model series: the slice embeddings to read")
-    f.add_argument("--series-init", choices=("slice", "scratch"),
+    f.add_argument("--series-init", choices=SERIES_INITS,
                    help="--model series: slice (default) starts as the slice run's calibrated head plus a context "
                         "term whose weights start at zero, so training adds only what the series tells; scratch "
                         "learns its head from the embeddings afresh")
-    f.add_argument("--backbone", default="efficientnetb0", choices=("efficientnetb0", "resnet50", "densenet121"),
+    f.add_argument("--backbone", default="efficientnetb0", choices=tuple(BACKBONES),
                    help="the Keras application of --model backbone (default efficientnetb0); a one-window store "
                         "is repeated to three channels, other counts mixed to three by a learned 1x1 convolution")
     f.add_argument("--weights", default="imagenet", metavar="imagenet|none|PATH",
@@ -136,7 +143,7 @@ def _add_fit_arguments(f: argparse.ArgumentParser) -> None:
                                                   "report's CNNs, 128 for baseline, 64 for rnn, 224 for backbone")
     f.add_argument("--l2", type=float, default=1e-4, help="L2 on kernels and biases (report: 0.01; default 1e-4)")
     f.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    f.add_argument("--lr-schedule", default="cosine", choices=("cosine", "constant"),
+    f.add_argument("--lr-schedule", default="cosine", choices=LR_SCHEDULES,
                    help="cosine (default): --lr at the first epoch, annealed to 5%% of it at the last, so the "
                         "model a run keeps (its last epoch) has settled; constant: --lr throughout")
     f.add_argument("--bn-momentum", type=float, default=0.99,
@@ -146,14 +153,14 @@ def _add_fit_arguments(f: argparse.ArgumentParser) -> None:
                    help="per-type sampling exponent: weight = count**-alpha (0 natural, 1 balanced; default 0.5)")
     f.add_argument("--epoch-size", type=int, help="slices drawn per epoch (default: the train split's size)")
     f.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions (default 0.8,0.1,0.1)")
-    f.add_argument("--split-by", default="patient", choices=("patient", "study"))
+    f.add_argument("--split-by", default="patient", choices=SPLIT_BY)
     f.add_argument("--seed", type=int, default=0, help="places patients in splits (hash buckets) and seeds sampling")
     f.add_argument("--windows", metavar="SPEC",
                    help="an hu store only (ichprep build --preset hu): the windows applied as slices are read, "
                         "as ichprep build takes them: cnn (the full range), rnn (the ten Table 2.1 windows) or a list "
                         "such as 'brain:40/80,subdural:80/200,bone:600/2800'. Slice models take C windows as C "
                         "channels, rnn as a sequence. Default: rnn for --model rnn, else cnn")
-    f.add_argument("--windows-on", default="auto", choices=("auto", "reader", "model"),
+    f.add_argument("--windows-on", default="auto", choices=WINDOWS_ON,
                    help="an hu store only: where its windows are computed. reader: on the host, in the stream's "
                         "reader threads; model: the stored int16 HU go to the device (2 bytes a pixel, whatever the "
                         "windows) and the model's first layer windows them, same values; auto (default): model "
@@ -180,14 +187,14 @@ def _add_fit_arguments(f: argparse.ArgumentParser) -> None:
     f.add_argument("--freeze-epochs", type=int, default=0, metavar="N",
                    help="with --init: train only the head (the last layer) for the first N epochs, then everything "
                         "(with a fresh optimizer; default 0)")
-    f.add_argument("--crop", default=None, choices=("none", "head"),
+    f.add_argument("--crop", default=None, choices=CROPS,
                    help="head: every reader of the run (training, calibration, evaluate, predict) crops each slice to a "
                         "square around its head (the largest tissue region, 8%% margin) before the resize, so the "
                         "pixels hold brain, not air and headrest (default none)")
-    f.add_argument("--tta", default=None, choices=("none", "flip"),
+    f.add_argument("--tta", default=None, choices=TTA_MODES,
                    help="test-time augmentation: flip also predicts each slice flipped left-right and averages the "
                         "two in logit space; the run's calibration, evaluate and predict all use it (default none)")
-    f.add_argument("--strategy", default="default", choices=("default", "mirrored", "multi-worker"),
+    f.add_argument("--strategy", default="default", choices=STRATEGIES,
                    help="tf.distribute strategy. default: one device. mirrored: every local GPU (synchronous). "
                         "multi-worker: one process per machine, each started with the same arguments and its own "
                         "TF_CONFIG (cluster and task index); --out must be a folder every worker sees; each "

@@ -38,7 +38,7 @@ from ichtrain.crop import check_crop, crop_to_boxes
 from ichtrain.batches import BatchAssembler, delivery_order, shard_groups
 from ichtrain.graphwindows import resolve_windows_on
 from ichtrain.sampling import sample_epoch, type_weights  # noqa: F401 (re-exported)
-from ichtrain.splits import SPLIT_NAMES, fold_rows, split_buckets, split_record, split_rows  # noqa: F401 (re-exported)
+from ichtrain.splits import SPLIT_BY, SPLIT_NAMES, fold_rows, split_buckets, split_record, split_rows  # noqa: F401 (re-exported)
 
 __all__ = ["StoreStream", "split_rows", "split_buckets", "split_record", "fold_rows", "run_stream", "type_weights", "sample_epoch", "SPLIT_NAMES"]
 
@@ -69,8 +69,8 @@ class StoreStream:
     _g: object = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.by not in ("patient", "study"):
-            raise UsageError(f"Expected split by 'patient' or 'study'. Received: by={self.by!r}")
+        if self.by not in SPLIT_BY:
+            raise UsageError(f"Expected split by one of {', '.join(SPLIT_BY)}. Received: by={self.by!r}")
         self._g, self.info = st.open_store(self.url, require_complete=True)
         g = self._g
         self.labels = st.column(g, "labels")

@@ -13,6 +13,7 @@ from ichprep.outlock import output_lock
 from ichprep.windows import windows_to_list
 from ichtrain.augment import check_tta, parse_augment
 from ichtrain.calibration import Calibration, calibrate_run
+from ichtrain.catalog import BACKBONES, MODELS
 from ichtrain.crop import check_crop
 from ichtrain.distribute import STRATEGIES, WorkerRole, fix_keras_multi_worker, make_strategy, worker_role
 from ichtrain.graphwindows import check_windows_on, reading_model, resolve_windows_on
@@ -56,8 +57,6 @@ class FitConfig:
     freeze_epochs: int = 0  # with init: train only the last layer for this many epochs first
 
     def __post_init__(self) -> None:
-        from ichtrain.models import MODELS
-
         if self.strategy not in STRATEGIES:
             raise UsageError(f"Expected --strategy one of {', '.join(STRATEGIES)}. Received: strategy={self.strategy!r}")
 
@@ -114,8 +113,6 @@ class FitConfig:
         if self.neighbours and self.model == "rnn":
             raise UsageError("--neighbours adds slices as channels of a one-slice model; --model rnn reads a "
                              "window sequence. Use it with baseline or cnn.")
-        from ichtrain.models import BACKBONES
-
         if self.backbone not in BACKBONES:
             raise UsageError(f"Expected --backbone one of {', '.join(BACKBONES)}. Received: backbone={self.backbone!r}")
         object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))

@@ -33,16 +33,10 @@ import keras
 from keras import layers
 
 from ichprep.errors import UsageError
+from ichtrain.catalog import BACKBONES, MODELS
 
 __all__ = ["MODELS", "BACKBONES", "build_model", "compile_model"]
 
-MODELS = ("cnn", "cnn-described", "rnn", "baseline", "backbone")
-# name -> (keras.applications class, input scaling: the family's preprocess_input, on [0, 1] windows)
-BACKBONES = {
-    "efficientnetb0": ("EfficientNetB0", "efficientnet"),  # rescales and normalises [0, 255] inputs itself
-    "resnet50": ("ResNet50", "caffe"),  # [0, 255] minus the ImageNet channel means
-    "densenet121": ("DenseNet121", "torch"),  # [0, 1] standardised by the ImageNet means and deviations
-}
 _CAFFE_MEAN = (103.939, 116.779, 123.68)
 _TORCH_MEAN, _TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -19,6 +19,7 @@ import numpy as np
 from ichprep.errors import UsageError
 from ichprep.outlock import output_lock
 from ichtrain.calibration import Calibration, fit_calibration
+from ichtrain.catalog import SERIES_INITS
 from ichtrain.infer import feature_model, features_of
 from ichtrain.metrics import CHALLENGE_WEIGHTS, weighted_log_loss
 from ichtrain.run import RunDir, input_options, load_keras, load_run, save_atomic, write_atomic
@@ -29,7 +30,6 @@ __all__ = ["embed", "open_embeddings", "build_series_model", "fit_series", "Seri
 
 EMBED_BLOCK = 512  # rows per embedding chunk: the unit of resume
 CHECKPOINT_SECONDS = 10.0  # the series model checkpoints at most this often (an epoch takes a fraction of a second)
-SERIES_INITS = ("slice", "scratch")
 # 60 epochs on a cosine schedule: on a development corpus (synth seed 23, 3 splits; docs/training.md) the
 # series model's test loss was 0.107 at 60 epochs against 0.115 at 30, within noise of a constant rate.
 SERIES_EPOCHS = 60

@@ -12,9 +12,10 @@ import numpy as np
 
 from ichprep.errors import UsageError
 
-__all__ = ["SPLIT_NAMES", "split_buckets", "split_rows", "fold_rows", "split_record"]
+__all__ = ["SPLIT_NAMES", "SPLIT_BY", "split_buckets", "split_rows", "fold_rows", "split_record"]
 
 SPLIT_NAMES = ("train", "val", "test")
+SPLIT_BY = ("patient", "study")  # the groups no split divides
 
 
 def split_buckets(keys, seed: int = 0) -> np.ndarray:
