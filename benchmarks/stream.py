@@ -184,9 +184,9 @@ def run_ichtrain(store, dicom, preset, batch, n, neighbours=0, dtype="float32", 
     ds = s.dataset("train", batch_size=batch, epoch_size=n + warmup, alpha=0.5, neighbours=neighbours, dtype=dtype,
                    sequence=False if neighbours else None, windows_on=windows_on)
     if layer:  # the windowing layer's work on this CPU, as a model's first layer would run it
-        from ichtrain.graphwindows import HUWindows
+        from ichtrain.graphwindows import hu_windows_layer
 
-        windows_layer = HUWindows(s.info.image_size, sequence=s.channels > 1)
+        windows_layer = hu_windows_layer(s.info.image_size, sequence=s.channels > 1)
         ds = ds.map(lambda x, y: (windows_layer(x), y))
     return _consume(ds, n, warmup)
 
@@ -251,6 +251,14 @@ def _child(name, store, dicom, preset, a):
     return r
 
 
+def _contenders(text: str) -> tuple:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [n for n in names if n not in RUNNERS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"expected contenders among {', '.join(RUNNERS)}; got {text!r}")
+    return names
+
+
 def _presets(text: str) -> str:
     if text != "both" and not set(text.split(",")) <= {"cnn", "rnn", "hu"}:
         raise argparse.ArgumentTypeError(f"expected cnn, rnn, hu, a comma list of them, or both; got {text!r}")
@@ -268,6 +276,8 @@ def main(argv=None):
     p.add_argument("--data", help="a folder of real DICOMs instead of the synthetic corpus (random labels are made)")
     p.add_argument("--replicate", type=int, default=1, help="with --data: copies of every file, each a new series")
     p.add_argument("--unpinned", action="store_true", help="let each contender use every core (default: one core)")
+    p.add_argument("--contenders", type=_contenders, metavar="NAME,...",
+                   help=f"run only these contenders on each store (of {', '.join(RUNNERS)}; default: every one)")
     p.add_argument("--json", help="write results here")
     p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -307,7 +317,7 @@ def main(argv=None):
                 if os.path.isfile(f):  # a warm page cache for every contender
                     with open(f, "rb") as fh:
                         fh.read()
-            for name in PLAN[kind]:
+            for name in (n for n in PLAN[kind] if a.contenders is None or n in a.contenders):
                 a.n_child = a.slices if name != "naive_tfdata" or preset == "cnn" else a.slices // 2
                 r = results[f"{kind}/{name}"] = _child(name, store, dicom, preset, a)
                 print(f"  {kind}/{name:<13} {r['slices_per_s']:>8.1f} slices/s  RSS {r['rss_mib']}", file=sys.stderr)

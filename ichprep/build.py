@@ -210,13 +210,13 @@ class _Rows:
         return [h.sop_uid for h in self.headers]
 
 
-def _header_pass(cfg: BuildConfig, paths: list[str], salt: str, run, stream) -> tuple[list, list, Counter]:
+def _header_pass(cfg: BuildConfig, paths: list[str], salt: str, run, console) -> tuple[list, list, Counter]:
     """Phase 1: every file's header, in tasks of many files: (headers, rejects, pydicom warning counts)."""
     headers: list[SliceHeader] = []
     rejects: list[tuple[str, str, str]] = []
     warns: Counter = Counter()
     needs_default = any(w.kind == "default" for w in cfg.windows)
-    bar = ProgressBar(stream, "scan ", len(paths), unit="files")
+    bar = ProgressBar(console, "scan ", len(paths), unit="files")
     batch = task_size(len(paths), run.workers, *SCAN_BATCH)
     batches = [(paths[i:i + batch], salt, needs_default, cfg.on_size) for i in range(0, len(paths), batch)]
 
@@ -277,16 +277,16 @@ def _open_store(cfg: BuildConfig, mode: str, g, rows: _Rows, salt_fingerprint: s
     return g, np.zeros(-(-n // cfg.shard_slices), bool)
 
 
-def _pixel_pass(cfg: BuildConfig, run, headers: list[SliceHeader], done: np.ndarray, stream) -> tuple[list, dict]:
+def _pixel_pass(cfg: BuildConfig, run, headers: list[SliceHeader], done: np.ndarray, console) -> tuple[list, dict]:
     """Phase 5: tasks of whole shards not yet done: (the shards run, path -> why a slice was rejected)."""
     S, n = cfg.shard_slices, len(headers)
     todo = [int(s) for s in np.flatnonzero(~done)]
     wl = windows_to_list(cfg.windows)
-    own = cfg.scheduler is None  # in-process or a local cluster ichprep started
+    local_cluster = cfg.scheduler is None  # in-process or a local cluster ichprep started
     per_task = 1 if run.workers == 0 else task_size(len(todo), run.workers, 1, SHARDS_PER_TASK_MAX)
-    tasks = [(cfg.out, group, [headers[s * S:(s + 1) * S] for s in group], wl, cfg.on_size, st.IMAGE_SIZE, own)
+    tasks = [(cfg.out, group, [headers[s * S:(s + 1) * S] for s in group], wl, cfg.on_size, st.IMAGE_SIZE, local_cluster)
              for group in shrinking_groups(todo, run.workers, per_task)]
-    bar = ProgressBar(stream, "build", n, unit="slices")
+    bar = ProgressBar(console, "build", n, unit="slices")
     finished = [sum(min(S, n - s * S) for s in np.flatnonzero(done))]  # slices already written
     reject_messages: dict[str, str] = {}
 
@@ -348,22 +348,22 @@ def _fixes(cfg: BuildConfig, headers: list[SliceHeader], g) -> Counter:
     return fixed
 
 
-def build(cfg: BuildConfig, stream: TextIO | None = None) -> BuildResult:
-    """Run a whole build. ``stream`` receives progress and messages (None: silent)."""
+def build(cfg: BuildConfig, console: TextIO | None = None) -> BuildResult:
+    """Run a whole build. ``console`` receives progress and messages (None: silent)."""
     t0 = time.monotonic()
     labels = read_labels(cfg.labels) if cfg.labels else None  # a bad CSV fails before any work
-    own = () if "://" in cfg.out else (cfg.out, cfg.out.rstrip(os.sep) + ".lock")  # a store inside its source
-    paths = list_source(cfg.source, skip=own)
+    store_paths = () if "://" in cfg.out else (cfg.out, cfg.out.rstrip(os.sep) + ".lock")  # a store inside its source
+    paths = list_source(cfg.source, skip=store_paths)
     salt = resolve_salt(cfg.salt)
     try:
-        return _build(cfg, stream, t0, labels, paths, salt)
+        return _build(cfg, console, t0, labels, paths, salt)
     except OSError as exc:
         if exc.errno == errno.ENOSPC and not isinstance(exc, IchprepError):
             raise st.disk_full_error(cfg.out) from None
         raise
 
 
-def _build(cfg: BuildConfig, stream, t0: float, labels, paths: list[str], salt) -> BuildResult:
+def _build(cfg: BuildConfig, console, t0: float, labels, paths: list[str], salt) -> BuildResult:
     result = BuildResult(out=cfg.out)
     with output_lock(cfg.out):
         mode, g = _prepare_output(cfg)
@@ -372,10 +372,10 @@ def _build(cfg: BuildConfig, stream, t0: float, labels, paths: list[str], salt) 
             result.written = int(st.get_attrs(g).get("counts", {}).get("written", 0))
             return result
         timings = result.timings
-        with executor(cfg.workers, cfg.scheduler, stream, cfg.dashboard) as run:
+        with executor(cfg.workers, cfg.scheduler, console, cfg.dashboard) as run:
             timings["start"] = time.monotonic() - t0
             t = time.monotonic()
-            headers, rejects, warns = _header_pass(cfg, paths, salt.value, run, stream)
+            headers, rejects, warns = _header_pass(cfg, paths, salt.value, run, console)
             timings["headers"] = time.monotonic() - t
             rows = _order_rows(cfg, headers, rejects, labels)
             header_rejects = [(_relpath(p, cfg.source), r, m) for p, r, m in rejects]
@@ -383,7 +383,7 @@ def _build(cfg: BuildConfig, stream, t0: float, labels, paths: list[str], salt) 
             result.resumed = mode == "resume"
             t = time.monotonic()
             timings["prepare"] = t - t0 - timings["start"] - timings["headers"]
-            todo, reject_messages = _pixel_pass(cfg, run, rows.headers, done, stream)
+            todo, reject_messages = _pixel_pass(cfg, run, rows.headers, done, console)
             timings["pixels"] = time.monotonic() - t
         all_rejects = _finalise(cfg, g, rows, header_rejects, reject_messages, labels, warns, timings)
         result.written = int(st.get_attrs(g)["counts"]["written"])

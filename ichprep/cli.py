@@ -74,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
                                    "(Numba kernel) and write a Zarr v3 store of 512x512 float16 slices. "
                                    "Rerunning an interrupted build resumes it.")
     _add_build_args(b)
+    _add_synth(sub)
+    _add_store_commands(sub)
+    return p
+
+
+def _add_synth(sub) -> None:
     s = sub.add_parser("synth", help="write a synthetic RSNA-like corpus (DICOM + labels.csv)",
                        description="Write OUT/dicom/*.dcm and OUT/labels.csv: whole series of synthetic head CT "
                                    "with hemorrhages, in the encodings of the real data. Version 2 (the default) "
@@ -101,6 +107,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--version", type=int, default=2, choices=(1, 2), dest="synth_version",
                    help="2: the anatomical phantom (default); 1: the earlier ellipse phantom")
     s.add_argument("--quiet", action="store_true")
+
+
+def _add_store_commands(sub) -> None:
+    """info, verify, stats, preview and demo: what reads a store."""
     i = sub.add_parser("info", help="summarise a store", description="Slices, windows, per-type counts, "
                                                                      "size on disk and compression ratio.")
     i.add_argument("store")
@@ -148,7 +158,6 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--studies", type=int, default=20)
     d.add_argument("--slices", type=int, default=32)
     d.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8))
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,10 +189,10 @@ def _cmd_build(args) -> int:
         salt=args.salt,
         overwrite=args.overwrite, strict=args.strict,
     )
-    stream = None if args.quiet else sys.stderr
+    console = None if args.quiet else sys.stderr
     if args.scheduler is None:  # this process (or its forked workers) will window: it is ichprep's own
         warm_up_kernels(skip_blas_probe=True)
-    result = build(cfg, stream=stream)
+    result = build(cfg, console=console)
     print(f"{cfg.out}: {result.summary()}")
     return EXIT_OK
 
@@ -262,17 +271,17 @@ def _cmd_verify(args) -> int:
         raise UsageError(f"Expected --sample >= 1. Received: sample={args.sample}")
     if args.repair and not args.source:
         raise UsageError("--repair rebuilds damaged shards from their DICOM files: pass --source DICOM_DIR")
-    stream = None if args.quiet else sys.stderr
-    rep = verify(args.store, source=args.source, sample=args.sample, seed=args.seed, stream=stream)
+    console = None if args.quiet else sys.stderr
+    rep = verify(args.store, source=args.source, sample=args.sample, seed=args.seed, console=console)
     for p in rep.problems:
         print(f"PROBLEM {p}")
     if args.repair:
         from ichprep.repair import repair_shards, shard_rows
 
-        done = repair_shards(args.store, args.source, rep.damaged_shards, stream)  # and any interrupted repair's
+        done = repair_shards(args.store, args.source, rep.damaged_shards, console)  # and any interrupted repair's
         if done:
             print(f"repaired {len(done)} shard(s): {shard_rows(args.store, done)}")
-            rep = verify(args.store, source=args.source, sample=args.sample, seed=args.seed, stream=stream)
+            rep = verify(args.store, source=args.source, sample=args.sample, seed=args.seed, console=console)
             for p in rep.problems:
                 print(f"PROBLEM {p}")
         elif rep.problems:

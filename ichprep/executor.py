@@ -98,13 +98,13 @@ def debug_logging() -> bool:
 
 
 @contextlib.contextmanager
-def executor(workers: int, scheduler: str | None, stream: TextIO | None,
+def executor(workers: int, scheduler: str | None, console: TextIO | None,
               dashboard: str | None = None) -> Iterator[Callable]:
     """Yields ``run(fn, arglists, on_result)``: runs fn(*args) for each args, calling
     ``on_result(args, value)`` as each finishes (in completion order). A task that fails raises here.
     On a cluster, a task whose value is None (the scheduler reports its type) is not fetched: a fetch
     costs this process ~1.5 ms of CPU, and it shares the cores with the workers. The dashboard's address
-    is written to ``stream`` when one runs."""
+    is written to ``console`` when one runs."""
     if dashboard is not None:
         try:
             import bokeh  # noqa: F401  (Dask's dashboard is a bokeh server)
@@ -139,11 +139,11 @@ def executor(workers: int, scheduler: str | None, stream: TextIO | None,
                                    scheduler_kwargs=None if dashboard is not None else {"dashboard_address": ":0"},
                                    silence_logs=logging.ERROR if debug_logging() else logging.CRITICAL)
         client = Client(cluster)
-    if stream is not None and (scheduler or dashboard is not None):
+    if console is not None and (scheduler or dashboard is not None):
         where = f"scheduler {scheduler}" if scheduler else f"a local cluster of {max(workers, 1)} workers"
         link = client.dashboard_link if "dashboard" in client.scheduler_info().get("services", {}) else None
-        stream.write(f"dask: using {where}" + (f", dashboard {link}" if link else ", no dashboard") + "\n")
-        stream.flush()
+        console.write(f"dask: using {where}" + (f", dashboard {link}" if link else ", no dashboard") + "\n")
+        console.flush()
 
     def run_dask(fn, arglists, on_result):
         futures = [client.submit(fn, *args, pure=False) for args in arglists]

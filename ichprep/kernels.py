@@ -178,8 +178,7 @@ def _window_slice_kernel(raw, slope, intercept, fix12, params, is_full, out_bits
     v_bits = v_row.view(np.uint32)
     if C == 1:
         # One channel (the cnn preset): the same arithmetic without the channel loop, which LLVM
-        # vectorises (0.70 -> 0.16 ms per 512 x 512 slice on one core); the general loop below cannot,
-        # as its channel count is only known at run time.
+        # vectorises (docs/performance.md); the general loop below cannot, its channel count is a run-time value.
         lo0 = lo[0]
         scale0 = scale[0]
         for y in range(H):

@@ -13,7 +13,7 @@ from ichprep.errors import UsageError
 __all__ = ["RSNA_FIX_OFFSET", "RSNA_FIX_MODULUS", "is_rsna_12bit_defect", "fix_rsna_12bit", "hu_float",
            "SIZE_POLICIES", "IMAGE_SIZE", "fit_size", "first_value"]
 
-# The RSNA 12-bit defect (DESIGN.md step 3): two's-complement HU stored as unsigned 12-bit values with an
+# The RSNA 12-bit defect (docs/design.md, the pixel path): two's-complement HU stored as unsigned 12-bit values with an
 # intercept > -100. The fix: x = raw + 1000; x[x >= 4096] -= 4096; intercept = -1000.
 RSNA_FIX_OFFSET = 1000
 RSNA_FIX_MODULUS = 4096
@@ -22,7 +22,7 @@ IMAGE_SIZE = 512  # every slice of a store is IMAGE_SIZE x IMAGE_SIZE (ichprep.s
 
 
 def is_rsna_12bit_defect(bits_stored: int, pixel_representation: int, intercept: float) -> bool:
-    """The RSNA defect (DESIGN.md): BitsStored 12, PixelRepresentation 0, RescaleIntercept > -100."""
+    """The RSNA defect (docs/design.md): BitsStored 12, PixelRepresentation 0, RescaleIntercept > -100."""
     return bits_stored == 12 and pixel_representation == 0 and intercept > -100
 
 

@@ -19,22 +19,22 @@ def _fmt_time(seconds: float) -> str:
 
 
 class ProgressBar:
-    def __init__(self, stream: TextIO | None, label: str, total: int, unit: str = "slices",
+    def __init__(self, console: TextIO | None, label: str, total: int, unit: str = "slices",
                  min_seconds: float = 0.5, log_interval: float = 10.0, width: int = 28) -> None:
-        self.stream, self.label, self.total, self.unit = stream, label, max(int(total), 0), unit
+        self.console, self.label, self.total, self.unit = console, label, max(int(total), 0), unit
         self.min_seconds, self.log_interval, self.width = min_seconds, log_interval, width
         self.start = time.monotonic()
         self._last_write = 0.0
         self._done = 0
         self._wrote = False
-        self._tty = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
+        self._tty = bool(console is not None and getattr(console, "isatty", lambda: False)())
 
     def update(self, done: int, total: int | None = None) -> None:
         if total is not None:
             self.total = total
         self._done = done
         now = time.monotonic()
-        if self.stream is None or now - self.start < self.min_seconds:
+        if self.console is None or now - self.start < self.min_seconds:
             return
         interval = 0.2 if self._tty else self.log_interval
         if now - self._last_write >= interval:
@@ -53,19 +53,19 @@ class ProgressBar:
     def _write(self, now: float) -> None:
         line = self._line(now)
         if self._tty:
-            self.stream.write("\r" + line)
+            self.console.write("\r" + line)
         else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+            self.console.write(line + "\n")
+        self.console.flush()
         self._last_write = now
         self._wrote = True
 
     def close(self) -> None:
-        if self.stream is None:
+        if self.console is None:
             return
         now = time.monotonic()
         if self._wrote or now - self.start >= self.min_seconds:
             self._write(now)
             if self._tty:
-                self.stream.write("\n")
-                self.stream.flush()
+                self.console.write("\n")
+                self.console.flush()

@@ -35,7 +35,7 @@ def pending_repair(url: str) -> list[int]:
     return st.repairing_shards(st.get_attrs(g))
 
 
-def repair_shards(url: str, source: str, shards, stream: TextIO | None = None) -> list[int]:
+def repair_shards(url: str, source: str, shards, console: TextIO | None = None) -> list[int]:
     """Rebuild ``shards`` of the store at ``url`` from the DICOM files in ``source``; returns the shards
     rebuilt. Every file must be found (by SOPInstanceUID) and still read as the slice it was: otherwise
     StoreError, before anything is written."""
@@ -74,7 +74,7 @@ def repair_shards(url: str, source: str, shards, stream: TextIO | None = None) -
     with output_lock(url):
         g = st.open_for_write(url)
         st.begin_repair(g, shards)
-        bar = ProgressBar(stream, "repair", len(shards), unit="shards")
+        bar = ProgressBar(console, "repair", len(shards), unit="shards")
         for k, s in enumerate(shards):
             process_shards(url, [s], [headers[s]], windows_to_list(info.windows), info.size_policy, info.image_size)
             bar.update(k + 1)

@@ -107,7 +107,7 @@ def find_sources(source: str, sops: list[str]) -> dict[str, str]:
 
 
 def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
-           stream: TextIO | None = None) -> VerifyReport:
+           console: TextIO | None = None) -> VerifyReport:
     rep = VerifyReport()
     try:
         g, info = st.read_info(url)
@@ -141,20 +141,8 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
     done = _done_shards(g, n_shards, rep)
     # Every whole-store column read in full (each chunk checked against its crc32c), then labels and type.
     columns = {name: _column(g, name, rep) for name in (st.META_ARRAYS if info.schema_version >= 2 else st.META_ARRAYS_V1)}
-    labels, types = columns["labels"], columns["type"]
-    if labels is None or types is None:
-        labels, types = np.zeros((n, 6), np.uint8), np.full(n, 32, np.uint8)  # checked as unreadable above
-    bad = ~np.isin(labels, (0, 1, UNLABELLED))
-    if bad.any():
-        rows = np.flatnonzero(bad.any(axis=1))
-        rep.problems.append(f"labels: values other than 0, 1, 255 in rows {rows[:10].tolist()}")
-    partial = (labels == UNLABELLED).any(axis=1) & ~(labels == UNLABELLED).all(axis=1)
-    if partial.any():
-        rep.problems.append(f"labels: partly unlabelled rows {np.flatnonzero(partial)[:10].tolist()}")
-    mismatch = np.flatnonzero(type_codes(labels) != types)
-    if mismatch.size:
-        rep.problems.append(f"type: {mismatch.size} rows disagree with their labels (Table 3.1), e.g. rows "
-                            f"{mismatch[:10].tolist()}")
+    if columns["labels"] is not None and columns["type"] is not None:  # else reported as unreadable
+        _check_labels(columns["labels"], columns["type"], rep)
     status = _shard_column(g, st.STATUS, S, n, rep, missing=255)
     hu_min, hu_max = _shard_column(g, st.HU_MIN, S, n, rep), _shard_column(g, st.HU_MAX, S, n, rep)
     ok = status == 0
@@ -167,7 +155,7 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
     if info.complete and counts.get("written") != int(ok.sum()):
         rep.problems.append(f"counts: attrs say {counts.get('written')} written, status says {int(ok.sum())}")
     # Every slice's checksum, and every value finite and in [0, 1] (hu: in its slice's range), shard by shard.
-    bar = ProgressBar(stream, "check", n)
+    bar = ProgressBar(console, "check", n)
     bad_rows: list[int] = []
     read_shard = _shard_blocks(img, S, n, rep)
     for s in range(n_shards):
@@ -197,30 +185,8 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
         what = "HU outside the slice's hu_min..hu_max" if info.hu else "non-finite or out-of-[0, 1] values"
         rep.problems.append(f"images: {what} in {len(bad_rows)} slices, e.g. rows {bad_rows[:10]}")
     rep.checked.update(slices=n, shards_done=int(done.sum()), shards=int(done.size))
-    # Re-decode a sample from the source and compare.
     if source is not None and "sop_uid" not in rep.damaged_columns:
-        rng = np.random.default_rng(seed)
-        candidates = np.flatnonzero(ok & np.repeat(done, S)[:n] & ~np.isin(np.arange(n), sorted(rep.unreadable_rows)))
-        rows = np.sort(rng.choice(candidates, size=min(sample, candidates.size), replace=False))
-        sops = [str(x) for x in columns["sop_uid"]]
-        where = find_sources(source, [sops[i] for i in rows])
-        compared = 0
-        for i in rows:
-            path = where.get(sops[i])
-            if path is None:
-                rep.problems.append(f"source: no file for row {i} ({sops[i]}) in {source!r}")
-                continue
-            ref = reference_slice(path, info.windows, info.size_policy, info.image_size)
-            diff = np.abs(np.asarray(img[i], np.float64) - ref)
-            compared += 1
-            # hu: whole units, exact -- a store with resized slices allows 1 HU (resampling in float32 may round apart)
-            tolerance = (1.0 if info.fixed.get("resized") else 0.0) if info.hu else TOLERANCE
-            if diff.max() > tolerance:
-                rep.damaged_shards.add(int(i) // S)
-                c = int(np.unravel_index(diff.argmax(), diff.shape)[-1])
-                rep.problems.append(f"source: row {i} ({os.path.basename(path)}) differs from a fresh decode by "
-                                    f"{diff.max():.4g} in channel {c} ({info.windows[c].name})")
-        rep.checked["compared_with_source"] = compared
+        _compare_with_source(img, info, source, columns["sop_uid"], ok & np.repeat(done, S)[:n], S, sample, seed, rep)
     return rep
 
 
@@ -308,3 +274,47 @@ def _shard_blocks(img, S: int, n: int, rep: VerifyReport):
         return block, readable
 
     return read
+
+
+def _check_labels(labels: np.ndarray, types: np.ndarray, rep: VerifyReport) -> None:
+    """Label values 0, 1 or 255 (unlabelled), whole rows unlabelled or none, and each type code its labels'."""
+    bad = ~np.isin(labels, (0, 1, UNLABELLED))
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        rep.problems.append(f"labels: values other than 0, 1, 255 in rows {rows[:10].tolist()}")
+    partial = (labels == UNLABELLED).any(axis=1) & ~(labels == UNLABELLED).all(axis=1)
+    if partial.any():
+        rep.problems.append(f"labels: partly unlabelled rows {np.flatnonzero(partial)[:10].tolist()}")
+    mismatch = np.flatnonzero(type_codes(labels) != types)
+    if mismatch.size:
+        rep.problems.append(f"type: {mismatch.size} rows disagree with their labels (Table 3.1), e.g. rows "
+                            f"{mismatch[:10].tolist()}")
+
+
+def _compare_with_source(img, info, source: str, sop_column, written: np.ndarray, S: int, sample: int, seed: int,
+                         rep: VerifyReport) -> None:
+    """Re-decode a random sample of the written, usable rows from their DICOM files (found by SOPInstanceUID
+    in ``source``) by the reference path, and compare."""
+    n = info.n
+    rng = np.random.default_rng(seed)
+    candidates = np.flatnonzero(written & ~np.isin(np.arange(n), sorted(rep.unreadable_rows)))
+    rows = np.sort(rng.choice(candidates, size=min(sample, candidates.size), replace=False))
+    sops = [str(x) for x in sop_column]
+    where = find_sources(source, [sops[i] for i in rows])
+    compared = 0
+    for i in rows:
+        path = where.get(sops[i])
+        if path is None:
+            rep.problems.append(f"source: no file for row {i} ({sops[i]}) in {source!r}")
+            continue
+        ref = reference_slice(path, info.windows, info.size_policy, info.image_size)
+        diff = np.abs(np.asarray(img[i], np.float64) - ref)
+        compared += 1
+        # hu: whole units, exact -- a store with resized slices allows 1 HU (resampling in float32 may round apart)
+        tolerance = (1.0 if info.fixed.get("resized") else 0.0) if info.hu else TOLERANCE
+        if diff.max() > tolerance:
+            rep.damaged_shards.add(int(i) // S)
+            c = int(np.unravel_index(diff.argmax(), diff.shape)[-1])
+            rep.problems.append(f"source: row {i} ({os.path.basename(path)}) differs from a fresh decode by "
+                                f"{diff.max():.4g} in channel {c} ({info.windows[c].name})")
+    rep.checked["compared_with_source"] = compared

@@ -36,19 +36,18 @@ def shard_groups(sorted_rows: np.ndarray, shard_slices: int) -> list[tuple[int, 
     return [(int(g[0]) // shard_slices, g) for g in np.split(rows, cuts)]
 
 
-def delivery_order(sorted_rows: np.ndarray, shard_slices: int, window_shards: int,
+def delivery_order(sorted_rows: np.ndarray, shard_slices: int, pool_shards: int,
                    rng: np.random.Generator | None) -> np.ndarray:
     """Rows in the order they are delivered. ``rng`` None: as given (evaluation). Otherwise shards in
-    random order, pooled ``window_shards`` at a time, the draws of each pool permuted. Pooling by shards
-    (not by rows) bounds the shard objects a window needs, so the reader's cache holds them all: pooled
-    by rows, an uncompressed store's window needed more shard bytes than the cache kept, and evicted
-    shards were fetched again (392 against 788 slices/s from the compressed store)."""
+    random order, pooled ``pool_shards`` at a time, the draws of each pool permuted. Pooling by shards
+    (not by rows) bounds the shard objects a pool needs, so the reader's cache holds them all (pooled by
+    rows, evicted shards were fetched again: docs/performance.md)."""
     rows = np.asarray(sorted_rows, np.int64)
     if rng is None or rows.size == 0:
         return rows
     groups = [g for _, g in shard_groups(rows, shard_slices)]
     order = rng.permutation(len(groups))
-    step = max(1, int(window_shards))
+    step = max(1, int(pool_shards))
     parts = [rng.permutation(np.concatenate([groups[k] for k in order[i:i + step]]))
              for i in range(0, len(order), step)]
     return np.concatenate(parts)

@@ -35,10 +35,8 @@ from ichtrain.sampling import type_weights
 __all__ = ["Calibration", "prior_shift_offsets", "fit_platt", "fit_calibration", "group_weights", "expected_calibration_error",
            "reliability", "constant_prior", "logit", "sigmoid", "calibrate_run"]
 
-# The ridge toward the identity map, worth one val patient. Chosen on 7 synthetic runs (baseline and rnn,
-# 3-10 val patients; docs/training.md): held-out log loss / the constant prior's, mean of the runs, was
-# 0.83 at 1, 0.86 at 3 and 0.90 at 10; with one slice (not one patient) per unit, a 3-patient val split
-# learned its own prevalence and lost to the constant prior.
+# The ridge toward the identity map, worth one val patient: the best of 1, 3 and 10 on held-out patients
+# (docs/training.md has the runs); weighing slices instead of patients let a few val patients' prevalence win.
 PLATT_RIDGE = 1.0
 # The smallest Platt slope: a val split whose outputs run against its labels (a few odd patients) makes the
 # map nearly constant instead of reversing the ranking the model learned on many more patients.

@@ -74,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--bootstrap", type=int, default=1000, help="patient resamples (default 1000)")
     c.add_argument("--out", help="folder for compare-SPLIT.json/.html (default: the first run)")
     c.add_argument("--json", action="store_true", help="print the comparison JSON")
+    _add_use_commands(sub)
+    return p
+
+
+def _add_use_commands(sub) -> None:
+    """demo, predict, explain and export: what uses a trained run."""
     d = sub.add_parser("demo", help="the whole pipeline on synthetic data: synth, build, fit, evaluate, predict",
                        description="Write a synthetic corpus, build a brain-window store (ichprep), train the "
                                    "baseline CNN for a few epochs, evaluate it on the held-out test patients "
@@ -113,7 +119,6 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("run")
     x.add_argument("--out", required=True, help="export folder (must not exist, unless --overwrite)")
     x.add_argument("--overwrite", action="store_true", help="replace an earlier export at --out (nothing else)")
-    return p
 
 
 def _add_fit_arguments(f: argparse.ArgumentParser) -> None:
@@ -276,7 +281,7 @@ def _embed(args) -> int:
 
 
 def _compare(args) -> int:
-    from ichtrain.compare import COLUMNS, cell, compare
+    from ichtrain.compare import COLUMNS, metric_text, compare
 
     res = compare(args.runs, args.split, args.bootstrap, args.out)
     if args.json:
@@ -287,7 +292,7 @@ def _compare(args) -> int:
     for r in res["runs"]:
         print(f"  {r['run']} ({r['model']})")
         for key, title in COLUMNS:
-            print(f"      {title:<22} {cell(r[key])}")
+            print(f"      {title:<22} {metric_text(r[key])}")
     print(f"  table {res['json']}; page {res['html']}")
     return 0
 

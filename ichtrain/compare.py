@@ -98,7 +98,7 @@ COLUMNS = (("weighted_log_loss", "weighted log loss"), ("weighted_log_loss_minus
            ("auc_any", "AUC any"), ("sensitivity_any", "sens any @0.5"), ("specificity_any", "spec any @0.5"))
 
 
-def cell(m: dict) -> str:
+def metric_text(m: dict) -> str:
     """A metric and its interval, as text."""
     if m["value"] is None:
         return "n/a"
@@ -109,10 +109,10 @@ def cell(m: dict) -> str:
 def _write_html(result: dict, path: str) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(t)}</th>" for _, t in COLUMNS)
-    body = "".join(f"<tr><th>{esc(r['run'])} ({esc(r['model'])})</th>" + "".join(f"<td>{esc(cell(r[k]))}</td>"
+    body = "".join(f"<tr><th>{esc(r['run'])} ({esc(r['model'])})</th>" + "".join(f"<td>{esc(metric_text(r[k]))}</td>"
                                                                                   for k, _ in COLUMNS) + "</tr>"
                    for r in result["runs"])
-    labels = "".join(f"<tr><th>{esc(r['run'])}</th>" + "".join(f"<td>{esc(cell(r['auc_' + n]))}</td>" for n in SUBTYPES)
+    labels = "".join(f"<tr><th>{esc(r['run'])}</th>" + "".join(f"<td>{esc(metric_text(r['auc_' + n]))}</td>" for n in SUBTYPES)
                      + "</tr>" for r in result["runs"])
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>ichtrain compare</title><style>"
             "body{font-family:sans-serif;margin:24px}table{border-collapse:collapse}td,th{border:1px solid #ccc;"

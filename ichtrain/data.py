@@ -225,7 +225,7 @@ class StoreStream:
             blocks = [blocks[i] for i in rng.permutation(len(blocks))]
         return blocks
 
-    def _window(self, shuffle_mb: float) -> int:
+    def _pool_shards(self, shuffle_mb: float) -> int:
         """Shards pooled and permuted together (see :func:`ichtrain.batches.delivery_order`): as many as fit
         twice in ``shuffle_mb`` (the shard cache's budget: a batch at a pool's edge needs two pools), at
         least two. A shard's size is its
@@ -350,26 +350,14 @@ class StoreStream:
         import tensorflow as tf
 
         weighted = (split == "train") if weighted is None else weighted
-        if dtype not in ("float16", "float32"):
-            raise UsageError(f"Expected dtype float16 or float32. Received: dtype={dtype!r}")
-        if batch_size < 1:
-            raise UsageError(f"Expected batch_size >= 1. Received: batch_size={batch_size}")
+        sequence = (self.channels > 1) if sequence is None else sequence
+        _check_reading(dtype, batch_size, neighbours, sequence)
         full = self.info.image_size
         size = image_size or full
-        sequence = (self.channels > 1) if sequence is None else sequence
-        if not isinstance(neighbours, int) or not 0 <= neighbours <= MAX_NEIGHBOURS:
-            raise UsageError(f"Expected neighbours an integer in [0, {MAX_NEIGHBOURS}]. Received: neighbours={neighbours!r}")
-        if neighbours and sequence:
-            raise UsageError("Neighbour slices become extra channels of a one-slice model; a window sequence (rnn) "
-                             f"cannot take them. Received: neighbours={neighbours} with a sequence stream")
         if rows is not None:
             order = np.sort(np.asarray(rows, np.int64))
         else:
-            parts, pool = [], self._window(shuffle_mb)
-            for e in range(first_epoch, epochs):
-                drawn, rng = self.draws(split, weighted, alpha, epoch_size, epoch=e, shard=shard)
-                parts.append(delivery_order(drawn, self.shard_slices, pool, rng))
-            order = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+            order = self._epochs_order(split, weighted, alpha, epoch_size, first_epoch, epochs, shard, shuffle_mb)
         sources = self.neighbour_rows(order, neighbours) if neighbours else order[:, None]
         whole = drop_remainder or repeat
         b = batch_size if whole else None
@@ -406,22 +394,7 @@ class StoreStream:
             lab.set_shape((b, 6))
             return img, lab, boxes
 
-        def shape(img, lab, boxes):  # on whole batches, in TensorFlow (its cast is ~4x numpy's)
-            if crop_head:
-                img = crop_to_boxes(img, boxes, size, planar)
-            if planar:  # (b, C, H, W): resize each plane, then the layout the model takes
-                if size != full and not crop_head:
-                    img = tf.image.resize(tf.reshape(tf.cast(img, tf.float32), (-1, full, full, 1)), (size, size),
-                                          method="area")
-                img = tf.reshape(tf.cast(img, dtype), (-1, C, size, size, 1) if sequence else (-1, size, size, 1))
-                return img, lab
-            if size != full and not crop_head:
-                img = tf.image.resize(tf.cast(img, tf.float32), (size, size), method="area")
-            img = tf.cast(img, dtype)
-            if sequence:
-                img = tf.expand_dims(tf.transpose(img, (0, 3, 1, 2)), -1)
-            return img, lab
-
+        shape = _batch_shaper(full, size, C, planar, sequence, crop_head, dtype)
         ds = tf.data.Dataset.range(2**62 if repeat else assembler.n_batches)  # repeat: batch indices cycle the order
         ds = ds.map(load, num_parallel_calls=max(1, parallel_reads), deterministic=True)
         ds = ds.map(shape, num_parallel_calls=2)  # two converted batches in flight: bounded memory
@@ -429,6 +402,15 @@ class StoreStream:
             ds = ds.enumerate().map(lambda j, batch: (augment_images(batch[0], spec, augment_seed, j, sequence),
                                                       batch[1]), num_parallel_calls=2, deterministic=True)
         return ds.prefetch(2)
+
+    def _epochs_order(self, split: str, weighted: bool, alpha: float, epoch_size, first_epoch: int, epochs: int,
+                      shard: tuple[int, int], shuffle_mb: float) -> np.ndarray:
+        """The rows epochs ``first_epoch .. epochs - 1`` deliver, in order: each epoch's draws pooled by shards."""
+        parts, pool = [], self._pool_shards(shuffle_mb)
+        for e in range(first_epoch, epochs):
+            drawn, rng = self.draws(split, weighted, alpha, epoch_size, epoch=e, shard=shard)
+            parts.append(delivery_order(drawn, self.shard_slices, pool, rng))
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
     def _hu_dataset(self, assembler, b, parallel_reads):
         """The ``windows_on='model'`` pipeline (see :meth:`dataset`): slices as stored, each row's window params."""
@@ -450,3 +432,40 @@ class StoreStream:
 
         ds = tf.data.Dataset.range(2**62 if assembler.repeat else assembler.n_batches)
         return ds.map(load, num_parallel_calls=max(1, parallel_reads), deterministic=True).prefetch(2)
+
+
+def _check_reading(dtype: str, batch_size: int, neighbours, sequence: bool) -> None:
+    if dtype not in ("float16", "float32"):
+        raise UsageError(f"Expected dtype float16 or float32. Received: dtype={dtype!r}")
+    if batch_size < 1:
+        raise UsageError(f"Expected batch_size >= 1. Received: batch_size={batch_size}")
+    if not isinstance(neighbours, int) or not 0 <= neighbours <= MAX_NEIGHBOURS:
+        raise UsageError(f"Expected neighbours an integer in [0, {MAX_NEIGHBOURS}]. Received: neighbours={neighbours!r}")
+    if neighbours and sequence:
+        raise UsageError("Neighbour slices become extra channels of a one-slice model; a window sequence (rnn) "
+                         f"cannot take them. Received: neighbours={neighbours} with a sequence stream")
+
+
+def _batch_shaper(full: int, size: int, C: int, planar: bool, sequence: bool, crop_head: bool, dtype: str):
+    """``shape(img, lab, boxes) -> (img, lab)`` on whole batches, in TensorFlow (its cast is ~4x numpy's): the
+    head crop, the resize to ``size`` and the layout the model takes, from a batch read (b, C, H, W) planar or
+    (b, H, W, C)."""
+    import tensorflow as tf
+
+    def shape(img, lab, boxes):
+        if crop_head:
+            img = crop_to_boxes(img, boxes, size, planar)
+        if planar:  # (b, C, H, W): resize each plane, then the layout the model takes
+            if size != full and not crop_head:
+                img = tf.image.resize(tf.reshape(tf.cast(img, tf.float32), (-1, full, full, 1)), (size, size),
+                                      method="area")
+            img = tf.reshape(tf.cast(img, dtype), (-1, C, size, size, 1) if sequence else (-1, size, size, 1))
+            return img, lab
+        if size != full and not crop_head:
+            img = tf.image.resize(tf.cast(img, tf.float32), (size, size), method="area")
+        img = tf.cast(img, dtype)
+        if sequence:
+            img = tf.expand_dims(tf.transpose(img, (0, 3, 1, 2)), -1)
+        return img, lab
+
+    return shape

@@ -4,7 +4,7 @@ The exported function takes a batch of int16 Hounsfield-unit slices, ``(b, 512, 
 them (after the modality LUT and the RSNA 12-bit fix), and returns ``(b, 6)`` calibrated probabilities
 (epidural, intraparenchymal, intraventricular, subarachnoid, subdural, any). Inside: the run's windows
 (computed as the build's kernel computes them, rounded to float16 as a windowed store holds them:
-:class:`ichtrain.graphwindows.HUWindows`), the resize, the model, the run's test-time flip and its
+:func:`ichtrain.graphwindows.hu_windows_layer`), the resize, the model, the run's test-time flip and its
 calibration (prior shift, then Platt), all as TensorFlow ops. Loading needs TensorFlow alone::
 
     import tensorflow as tf
@@ -66,7 +66,7 @@ def export(run_dir: str, out: str, overwrite: bool = False) -> dict:
     """
     import tensorflow as tf
 
-    from ichtrain.graphwindows import HUWindows
+    from ichtrain.graphwindows import hu_windows_layer
 
     cfg, model_path = load_run(run_dir)
     _refuse(cfg, run_dir)
@@ -81,7 +81,7 @@ def export(run_dir: str, out: str, overwrite: bool = False) -> dict:
     windows = windows_from_list(cfg["windows"])
     params = tf.constant(_window_params(windows))
     sequence = cfg["model"] == "rnn"
-    layer = HUWindows(int(cfg["image_size"]), sequence, name="hu_windows")
+    layer = hu_windows_layer(int(cfg["image_size"]), sequence, name="hu_windows")
     flip = tta_of(cfg) == "flip"
     offset = tf.constant(np.asarray(cal.offset if cal else np.zeros(6)), tf.float32)
     scale = tf.constant(np.asarray(cal.scale if cal else np.ones(6)), tf.float32)

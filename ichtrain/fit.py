@@ -124,7 +124,7 @@ class FitConfig:
     def resolved_image_size(self, store_size: int = 512) -> int:
         if self.image_size:
             return self.image_size
-        # rnn at 64: ten encoder passes per slice; 8 epochs of 960 slices take ~3.5 min on 2 CPU cores.
+        # rnn at 64: it runs its encoder once per window, ten times per slice.
         natural = {"cnn": 512, "cnn-described": 512, "rnn": 64, "baseline": 128, "backbone": 224}[self.model]
         return natural if store_size >= 512 else store_size
 
@@ -268,7 +268,7 @@ def _fit(cfg: FitConfig, verbose: int, role: WorkerRole) -> dict:
     import keras
     import tensorflow as tf
 
-    from ichtrain.models import build_model, compile_model
+    from ichtrain.models import compile_model
 
     strategy = make_strategy(cfg.strategy)  # first TF work: MultiWorkerMirroredStrategy must precede any op
     replicas = int(strategy.num_replicas_in_sync)
@@ -307,63 +307,20 @@ def _fit(cfg: FitConfig, verbose: int, role: WorkerRole) -> dict:
                           cfg.alpha, tta=cfg.tta)
         return dict(epochs_done=first_epoch, resumed=True, trained=0)
     with strategy.scope():
-        if first_epoch > 0:
-            model = keras.models.load_model(run.last)
-            if cfg.freeze_epochs:  # the stage this epoch belongs to (a checkpoint keeps the flags it was saved with)
-                _freeze(model, first_epoch < cfg.freeze_epochs)
-                compile_model(model, cfg.learning_rate)
-        else:
-            model = build_model(cfg.model, size, in_channels, cfg.l2, windows=stream.channels,
-                                bn_momentum=cfg.bn_momentum, sync_bn=distributed, backbone=cfg.backbone,
-                                weights=cfg.weights, neighbours=cfg.neighbours)
-            if initial is not None:
-                model.set_weights(initial)
-            if cfg.freeze_epochs:
-                _freeze(model, True)
-            model = compile_model(model, cfg.learning_rate)
+        model = _start_model(cfg, run, first_epoch, size, in_channels, stream.channels, distributed, initial)
         train_model = model  # windows in the model: trained inside a wrapper whose first layer applies them
         if windows_in_model:
             train_model = compile_model(reading_model(model, stream, input_options(record, training=True)),
                                         optimizer=model.optimizer)
     if cfg.strategy == "multi-worker":
         fix_keras_multi_worker(train_model, strategy)
-    steps = epoch_size // cfg.batch_size
-    train, val, val_steps = _pipelines(cfg, stream, strategy, record, epoch_size, first_epoch)
     if verbose:
-        print(f"fit: {cfg.model} at {size}x{size}, {steps} steps/epoch of {cfg.batch_size} slices, strategy "
-              f"{cfg.strategy} ({replicas} replica{'s' * (replicas > 1)}, {role.workers} worker"
+        print(f"fit: {cfg.model} at {size}x{size}, {epoch_size // cfg.batch_size} steps/epoch of {cfg.batch_size} "
+              f"slices, strategy {cfg.strategy} ({replicas} replica{'s' * (replicas > 1)}, {role.workers} worker"
               f"{'s' * (role.workers > 1)}; this is {role.task_type} {role.task_id})"
               + ("; windows computed in the model's first layer" if windows_in_model else ""), flush=True)
-
-    class _Checkpoint(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):  # the model itself (never a windowing wrapper), then the state
-            save_atomic(model, run.epoch_checkpoint(epoch + 1))
-            save_atomic(model, run.last)
-            run.write_state(epoch + 1)
-
-    callbacks = [
-        _Checkpoint(),
-        keras.callbacks.CSVLogger(run.log, append=True),
-        keras.callbacks.TensorBoard(run.tensorboard, write_graph=False),
-    ] if role.chief else []
-    # every worker anneals alike (its optimizer steps must stay in sync), so the schedule is not chief-only;
-    # first, so the rate it sets is in the logs the CSV logger writes
-    callbacks.insert(0, keras.callbacks.LearningRateScheduler(lambda epoch, lr: learning_rate_at(cfg, epoch)))
-    with stream.guard():  # an error mid-epoch stops the readers first, and names a damaged shard
-        if cfg.freeze_epochs and first_epoch < cfg.freeze_epochs:  # stage 1: the last layer alone, then all
-            frozen, _, _ = _pipelines(dataclasses.replace(cfg, epochs=cfg.freeze_epochs, freeze_epochs=0), stream,
-                                      strategy, record,
-                                      epoch_size, first_epoch)
-            train_model.fit(frozen, epochs=cfg.freeze_epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
-                            validation_data=val, validation_steps=val_steps, callbacks=callbacks, verbose=verbose,
-                            shuffle=False)
-            _freeze(model, False)
-            compile_model(model, cfg.learning_rate)  # a new optimizer for the layers that join
-            first_epoch = cfg.freeze_epochs
-            train, _, _ = _pipelines(cfg, stream, strategy, record, epoch_size, first_epoch)
-        history = train_model.fit(train, epochs=cfg.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
-                                  validation_data=val, validation_steps=val_steps, callbacks=callbacks,
-                                  verbose=verbose, shuffle=False)
+    history = _train(cfg, model, train_model, _callbacks(cfg, run, model, role), stream, strategy, record,
+                     epoch_size, first_epoch, verbose)
     if role.chief:
         save_atomic(model, run.model)
         calibrate_run(cfg.out, stream, model, input_options(record), cfg.alpha, tta=cfg.tta)
@@ -371,4 +328,70 @@ def _fit(cfg: FitConfig, verbose: int, role: WorkerRole) -> dict:
         os.makedirs(os.path.dirname(run.worker_model(role.task_id)), exist_ok=True)
         model.save(run.worker_model(role.task_id))
     return dict(epochs_done=cfg.epochs, resumed=first_epoch > 0, trained=cfg.epochs - first_epoch,
-                history={k: [float(x) for x in v] for k, v in history.history.items()})
+                history=history)
+
+
+def _start_model(cfg: FitConfig, run: RunDir, first_epoch: int, size: int, in_channels: int, windows: int,
+                 distributed: bool, initial: list | None):
+    """The compiled model training starts from: the resume point's (its optimizer included), else a new one
+    (with ``--init``'s weights). With ``--freeze-epochs``, frozen as the stage of ``first_epoch`` needs."""
+    import keras
+
+    from ichtrain.models import build_model, compile_model
+
+    if first_epoch > 0:
+        model = keras.models.load_model(run.last)
+        if cfg.freeze_epochs:  # the stage this epoch belongs to (a checkpoint keeps the flags it was saved with)
+            _freeze(model, first_epoch < cfg.freeze_epochs)
+            compile_model(model, cfg.learning_rate)
+        return model
+    model = build_model(cfg.model, size, in_channels, cfg.l2, windows=windows, bn_momentum=cfg.bn_momentum,
+                        sync_bn=distributed, backbone=cfg.backbone, weights=cfg.weights, neighbours=cfg.neighbours)
+    if initial is not None:
+        model.set_weights(initial)
+    if cfg.freeze_epochs:
+        _freeze(model, True)
+    return compile_model(model, cfg.learning_rate)
+
+
+def _callbacks(cfg: FitConfig, run: RunDir, model, role: WorkerRole) -> list:
+    """The learning-rate schedule (every worker: their optimizer steps stay in sync), then on the chief the
+    checkpoints (the model itself, never a windowing wrapper; then the state), the CSV log and TensorBoard."""
+    import keras
+
+    class _Checkpoint(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            save_atomic(model, run.epoch_checkpoint(epoch + 1))
+            save_atomic(model, run.last)
+            run.write_state(epoch + 1)
+
+    # the schedule first, so the rate it sets is in the logs the CSV logger writes
+    schedule = keras.callbacks.LearningRateScheduler(lambda epoch, lr: learning_rate_at(cfg, epoch))
+    if not role.chief:
+        return [schedule]
+    return [schedule, _Checkpoint(), keras.callbacks.CSVLogger(run.log, append=True),
+            keras.callbacks.TensorBoard(run.tensorboard, write_graph=False)]
+
+
+def _train(cfg: FitConfig, model, train_model, callbacks: list, stream, strategy, record: dict, epoch_size: int,
+           first_epoch: int, verbose: int) -> dict:
+    """Train from ``first_epoch`` to ``cfg.epochs`` (with ``--freeze-epochs``: the head alone first, then
+    everything with a fresh optimizer); returns the history of this call's epochs."""
+    from ichtrain.models import compile_model
+
+    steps = epoch_size // cfg.batch_size
+    train, val, val_steps = _pipelines(cfg, stream, strategy, record, epoch_size, first_epoch)
+    common = dict(steps_per_epoch=steps, validation_data=val, validation_steps=val_steps, callbacks=callbacks,
+                  verbose=verbose, shuffle=False)
+    history = {}
+    with stream.guard():  # an error mid-epoch stops the readers first, and names a damaged shard
+        if cfg.freeze_epochs and first_epoch < cfg.freeze_epochs:  # stage 1: the last layer alone
+            frozen, _, _ = _pipelines(dataclasses.replace(cfg, epochs=cfg.freeze_epochs, freeze_epochs=0), stream,
+                                      strategy, record, epoch_size, first_epoch)
+            history = train_model.fit(frozen, epochs=cfg.freeze_epochs, initial_epoch=first_epoch, **common).history
+            _freeze(model, False)
+            compile_model(model, cfg.learning_rate)  # a new optimizer for the layers that join
+            first_epoch = cfg.freeze_epochs
+            train, _, _ = _pipelines(cfg, stream, strategy, record, epoch_size, first_epoch)
+        later = train_model.fit(train, epochs=cfg.epochs, initial_epoch=first_epoch, **common).history
+    return {k: [float(x) for x in history.get(k, [])] + [float(x) for x in v] for k, v in later.items()}

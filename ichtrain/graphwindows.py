@@ -5,7 +5,7 @@ crosses to the accelerator: C x 2 bytes per pixel, and for the full-range cnn wi
 held the hu store's float16 stream at 0.40-0.70x the cnn store's (issue 17). Here the stream hands over the
 stored int16 HU (2 bytes per pixel, whatever the windows) and each row's window bounds -- 1.19-1.30x the cnn
 store's float16 stream, one core each (benchmarks/stream.py, ``hu_to_model``) -- and a first layer,
-:class:`HUWindows`, computes the windows (then any resize) where the model runs: on the accelerator when
+:func:`hu_windows_layer`, computes the windows (then any resize) where the model runs: on the accelerator when
 there is one. On a CPU the layer is 0.22-0.35x the reader's kernel (``hu_model_cpu``), hence ``auto``.
 
 Same values. The layer repeats the reader kernel's float32 arithmetic, ``clip((hu - lo) * scale, 0, 1)``
@@ -27,7 +27,7 @@ import functools
 
 from ichprep.errors import UsageError
 
-__all__ = ["WINDOWS_ON", "check_windows_on", "resolve_windows_on", "HUWindows", "reading_model"]
+__all__ = ["WINDOWS_ON", "check_windows_on", "resolve_windows_on", "hu_windows_layer", "reading_model"]
 
 WINDOWS_ON = ("auto", "reader", "model")
 
@@ -100,7 +100,7 @@ def _layer_class():
     return HUWindows
 
 
-def HUWindows(image_size: int, sequence: bool, **kwargs):  # noqa: N802 -- a layer, built where Keras is imported
+def hu_windows_layer(image_size: int, sequence: bool, **kwargs):
     """The windowing layer (see the module docstring); Keras is imported only when one is made."""
     return _layer_class()(image_size, sequence, **kwargs)
 
@@ -118,5 +118,5 @@ def reading_model(model, stream, inputs: dict):
     sequence = stream.channels > 1 if sequence is None else bool(sequence)
     hu = keras.Input((full, full, M), dtype="int16", name="hu")
     params = keras.Input((M, 3, stream.channels), dtype="float32", name="window_params")
-    x = HUWindows(inputs.get("image_size") or full, sequence, name="hu_windows")([hu, params])
+    x = hu_windows_layer(inputs.get("image_size") or full, sequence, name="hu_windows")([hu, params])
     return keras.Model([hu, params], model(x), name=f"{model.name}_windows_in_model")

@@ -56,13 +56,13 @@ def summarise(y_true: np.ndarray, y_prob: np.ndarray, thresholds: np.ndarray) ->
         out["labels"][name] = dict(
             positives=int(y_true[:, j].sum()),
             roc_auc=roc_auc(y_true[:, j], y_prob[:, j]),
-            at_0_5={k: _num(v[at]) for k, v in r.items()},
-            sweep={k: [_num(x) for x in v] for k, v in r.items()},
+            at_0_5={k: _finite_or_none(v[at]) for k, v in r.items()},
+            sweep={k: [_finite_or_none(x) for x in v] for k, v in r.items()},
         )
     out["thresholds"] = [float(t) for t in thresholds]
     return out
 
 
-def _num(x):
+def _finite_or_none(x):
     x = float(x)
     return None if np.isnan(x) else x

@@ -14,7 +14,7 @@
   neighbour slices (2.5D, ``neighbours=k``) one such encoder, shared, reads each of the 2k + 1 slices and the
   head reads the centre slice's features plus what the neighbours' add (late fusion; the neighbours' weights
   start at zero, so it starts as the one-slice model): stacking neighbours as input channels of one small
-  network trained from scratch learned less than the slice alone (AUC(any) 0.83 against 0.93, docs/training.md).
+  network trained from scratch learned less than the slice alone (docs/training.md).
 * ``backbone`` -- a Keras application (EfficientNetB0, ResNet50, DenseNet121), ImageNet-pretrained
   (``weights="imagenet"``), from a weights file, or random (``None``), on three input channels: a one-channel
   store is repeated, three windows are used as they are, any other count is mixed to three by a learned
@@ -41,14 +41,14 @@ _CAFFE_MEAN = (103.939, 116.779, 123.68)
 _TORCH_MEAN, _TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def _kw(l2: float) -> dict:
+def _weight_options(l2: float) -> dict:
     reg = keras.regularizers.L2(l2) if l2 > 0 else None
     return dict(kernel_initializer="glorot_uniform", bias_initializer="glorot_uniform",
                 kernel_regularizer=reg, bias_regularizer=reg)
 
 
 def _conv(filters, k, l2, padding="same", name=None):
-    return layers.Conv2D(filters, (k, k), padding=padding, activation="relu", name=name, **_kw(l2))
+    return layers.Conv2D(filters, (k, k), padding=padding, activation="relu", name=name, **_weight_options(l2))
 
 
 def _report_units(x, l2: float, with_unit6: bool, bn_momentum: float = 0.99, sync_bn: bool = False):
@@ -73,9 +73,9 @@ def _report_units(x, l2: float, with_unit6: bool, bn_momentum: float = 0.99, syn
 
 def _head(x, units, l2):
     for u in units:
-        x = layers.Dense(u, activation="relu", **_kw(l2))(x)
+        x = layers.Dense(u, activation="relu", **_weight_options(l2))(x)
     # float32 outputs even under a mixed-precision policy (GPU), so the sigmoid and loss stay exact.
-    return layers.Dense(6, activation="sigmoid", name="labels", dtype="float32", **_kw(l2))(x)
+    return layers.Dense(6, activation="sigmoid", name="labels", dtype="float32", **_weight_options(l2))(x)
 
 
 def _encoder(inp, l2, filters=(16, 32, 64), sync_bn: bool = False):
@@ -103,7 +103,7 @@ def _backbone(backbone: str, image_size: int, channels: int, weights: str | None
     if channels == 1:  # one window: the same image in the three channels ImageNet filters expect
         x = layers.Concatenate(name="repeat_to_3")([x, x, x])
     elif channels != 3:
-        x = layers.Conv2D(3, 1, name="mix_to_3", **_kw(l2))(x)
+        x = layers.Conv2D(3, 1, name="mix_to_3", **_weight_options(l2))(x)
     if scaling in ("efficientnet", "caffe"):
         x = layers.Rescaling(255.0, name="to_pixels")(x)
     if scaling == "caffe":
@@ -121,7 +121,7 @@ def _backbone(backbone: str, image_size: int, channels: int, weights: str | None
         raise UsageError(f"Could not load --weights {weights!r} into {cls}: {exc}") from None
     x = base(x)
     x = layers.Dropout(0.2, name="head_dropout")(x)
-    out = layers.Dense(6, activation="sigmoid", name="labels", dtype="float32", **_kw(l2))(x)
+    out = layers.Dense(6, activation="sigmoid", name="labels", dtype="float32", **_weight_options(l2))(x)
     return keras.Model(inp, out, name=f"Backbone_{cls}")
 
 
@@ -175,13 +175,12 @@ def build_model(name: str, image_size: int = 512, channels: int = 1, l2: float =
         centre = feats[:, neighbours]
         context = layers.Flatten()(layers.Concatenate(axis=1)([feats[:, :neighbours], feats[:, neighbours + 1:]]))
         # The neighbours' weights start at zero: the model starts as the one-slice baseline and learns what
-        # the neighbours add. With all slices weighed alike from the start (Glorot), the neighbours' lesions
-        # that the centre does not show acted as label noise: train AUC(any) 0.84 against 0.90 after 8 epochs.
-        from_centre = layers.Dense(64, name="centre_dense", **_kw(l2))(centre)
+        # the neighbours add (weighed alike from the start, their lesions acted as label noise: docs/training.md).
+        from_centre = layers.Dense(64, name="centre_dense", **_weight_options(l2))(centre)
         from_context = layers.Dense(64, use_bias=False, name="context_dense",
-                                    **dict(_kw(l2), kernel_initializer="zeros"))(context)
+                                    **dict(_weight_options(l2), kernel_initializer="zeros"))(context)
         h = layers.Activation("relu")(layers.Add()([from_centre, from_context]))
-        out = layers.Dense(6, activation="sigmoid", name="labels", dtype="float32", **_kw(l2))(h)
+        out = layers.Dense(6, activation="sigmoid", name="labels", dtype="float32", **_weight_options(l2))(h)
         return keras.Model(inp, out, name="Baseline25D")
     inp = keras.Input((windows, image_size, image_size, 1), name="windows")
     frame = keras.Input((image_size, image_size, 1))
@@ -191,8 +190,7 @@ def build_model(name: str, image_size: int = 512, channels: int = 1, l2: float =
     x = layers.GRU(64, kernel_initializer="glorot_uniform", bias_initializer="glorot_uniform",
                    return_sequences=True)(x)
     # Max over the GRU's outputs, not its last state: the informative windows (default, brain) come first
-    # in Table 2.1 order, and the last state alone had to carry them through eight nearly blank windows
-    # (train AUC stayed <= 0.53 for 5 epochs; pooled, test AUC(any) 0.975 after 8 epochs at 64x64).
+    # in Table 2.1 order, and the last state alone had to carry them through eight nearly blank windows.
     x = layers.GlobalMaxPooling1D()(x)
     out = _head(x, (32,), l2)
     return keras.Model(inp, out, name="WindowRNN")

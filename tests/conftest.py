@@ -64,7 +64,7 @@ def pydicom_ct_path(name: str) -> str:
 
 def reference_hu(path) -> np.ndarray:
     """HU from pydicom's own functions: pixel_array then apply_modality_lut (PS3.3 C.11.1), after the
-    RSNA 12-bit fix where it applies (DESIGN.md step 3)."""
+    RSNA 12-bit fix where it applies (docs/design.md)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = pydicom.dcmread(path)

@@ -74,7 +74,7 @@ def test_existing_cluster_build_equals_local_and_survives_a_killed_worker(cluste
     monkeypatch.setattr(build_module.ProgressBar, "update",
                         lambda self, done, total=None: (updates.append((self.label, done)), update(self, done, total)))
     said = io.StringIO()
-    build(BuildConfig(out=str(remote), scheduler=address, **kw), stream=said)
+    build(BuildConfig(out=str(remote), scheduler=address, **kw), console=said)
     _same(local, remote)
     built = [d for label, d in updates if label == "build"]
     assert built == sorted(built) and len(set(built)) == 15 and built[-1] == 60  # 15 shards of 4 slices

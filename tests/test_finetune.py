@@ -21,6 +21,7 @@ def test_fine_tuning_starts_from_the_source_and_freezes_all_but_the_head(brain_s
     tuned = str(tmp_path / "tuned")
     assert main(["fit", brain_store, "--out", tuned, "--epochs", "2", "--init", source, "--freeze-epochs", "1",
                  *common]) == 0
+    assert "trained 2 epochs (2 done)" in capsys.readouterr().out  # both stages count, and nothing was resumed
     src = _weights(os.path.join(source, "model.keras"))
     frozen = _weights(os.path.join(tuned, "checkpoints", "epoch-001.keras"))
     final = _weights(os.path.join(tuned, "model.keras"))

@@ -185,15 +185,15 @@ def test_hu_build_of_defective_files_keeps_every_usable_slice_and_verifies(tmp_p
     ("cnn", "cnn", 0, False, None), ("rnn", "rnn", 0, True, None), (THREE, "three", 0, False, None),
     (THREE, "three", 1, False, None), ("rnn", "rnn", 0, True, 32), ("cnn", "cnn", 1, False, 32)])
 def test_windows_in_the_model_equal_a_windowed_store(stores, windows, other, neighbours, sequence, size):
-    """HUWindows over the model-mode stream against the windowed store's own slices (the build's kernel), at
+    """hu_windows_layer over the model-mode stream against the windowed store's own slices (the build's kernel), at
     float32: bit-identical at full size; resized, the same area resize of the same float16 values."""
     from ichtrain.data import StoreStream
-    from ichtrain.graphwindows import HUWindows
+    from ichtrain.graphwindows import hu_windows_layer
 
     a = StoreStream(stores["hu"], windows=windows)
     b = StoreStream(stores[other])
     kw = dict(batch_size=8, weighted=False, neighbours=neighbours, sequence=sequence)
-    layer = HUWindows(size or a.info.image_size, sequence)
+    layer = hu_windows_layer(size or a.info.image_size, sequence)
     seen = 0
     for ((hu, params), ya), (xb, yb) in zip(a.dataset("train", windows_on="model", **kw),
                                            b.dataset("train", dtype="float32", image_size=size, **kw)):
@@ -265,7 +265,7 @@ def test_fit_with_windows_in_the_model_trains_saves_the_model_and_reads_both_way
 def test_windows_in_the_model_take_each_slices_own_default_window(stores, synth_corpus, tmp_path):
     """``default`` windows are per row (each file's WindowCenter/Width): the bounds travel with each batch."""
     from ichtrain.data import StoreStream
-    from ichtrain.graphwindows import HUWindows
+    from ichtrain.graphwindows import hu_windows_layer
 
     spec = "default,brain:40/80"
     ref = str(tmp_path / "default.zarr")
@@ -274,7 +274,7 @@ def test_windows_in_the_model_take_each_slices_own_default_window(stores, synth_
     a, b = StoreStream(stores["hu"], windows=spec), StoreStream(ref)
     centers = st.column(a._g, "window_center")[a.splits["train"]]
     assert np.unique(centers).size > 1  # the synthetic files carry several windows: per-row bounds matter
-    layer = HUWindows(a.info.image_size, sequence=False)
+    layer = hu_windows_layer(a.info.image_size, sequence=False)
     kw = dict(batch_size=8, weighted=False, sequence=False)
     for ((hu, params), _), (xb, _) in zip(a.dataset("train", windows_on="model", **kw),
                                          b.dataset("train", dtype="float32", **kw)):
