@@ -176,13 +176,13 @@ def export_npy(store):
 
 
 def run_ichtrain(store, dicom, preset, batch, n, neighbours=0, dtype="float32", windows=None, windows_on="reader",
-                 layer=False):
+                 layer=False, channels_last=False):
     from ichtrain.data import StoreStream
 
     s = StoreStream(store, fractions=(1.0, 0.0, 0.0), windows=windows)  # windows: an hu store's, read-time
     warmup = _warmup_slices(batch)
     ds = s.dataset("train", batch_size=batch, epoch_size=n + warmup, alpha=0.5, neighbours=neighbours, dtype=dtype,
-                   sequence=False if neighbours else None, windows_on=windows_on)
+                   sequence=False if (neighbours or channels_last) else None, windows_on=windows_on)
     if layer:  # the windowing layer's work on this CPU, as a model's first layer would run it
         from ichtrain.graphwindows import hu_windows_layer
 
@@ -202,15 +202,20 @@ RUNNERS = {"floor": run_floor, "npy_loop": run_npy_loop, "naive_tfdata": run_nai
            "ichtrain_cnn_f16": functools.partial(run_ichtrain, windows="cnn", dtype="float16"),
            "ichtrain_rnn": functools.partial(run_ichtrain, windows="rnn"),
            "ichtrain_rnn_f16": functools.partial(run_ichtrain, windows="rnn", dtype="float16"),
+           # ten windows as the channels of one image (a backbone or baseline on ten windows), not a sequence
+           "ichtrain_last": functools.partial(run_ichtrain, channels_last=True),
+           "ichtrain_last_f16": functools.partial(run_ichtrain, channels_last=True, dtype="float16"),
+           "ichtrain_rnn_last": functools.partial(run_ichtrain, windows="rnn", channels_last=True),
+           "ichtrain_rnn_last_f16": functools.partial(run_ichtrain, windows="rnn", channels_last=True, dtype="float16"),
            # windows in the model's graph: the host hands over int16 HU (and, for the cpu one, runs the layer)
            "hu_to_model": functools.partial(run_ichtrain, windows="cnn", windows_on="model"),
            "hu_model_cpu": functools.partial(run_ichtrain, windows="cnn", windows_on="model", layer=True)}
 # Which contenders run on which store: the .npy files hold the uncompressed store's slices.
 PLAN = {"cnn": ("floor", "naive_tfdata", "zarr_loop", "ichtrain", "ichtrain_f16", "ichtrain_k1", "ichtrain_k2"),
         "cnn-none": ("floor", "npy_loop", "ichtrain", "ichtrain_f16"),
-        "rnn": ("floor", "naive_tfdata", "zarr_loop", "ichtrain", "ichtrain_f16"),
-        "hu": ("floor", "ichtrain_cnn", "ichtrain_cnn_f16", "ichtrain_rnn", "ichtrain_rnn_f16", "hu_to_model",
-               "hu_model_cpu")}
+        "rnn": ("floor", "naive_tfdata", "zarr_loop", "ichtrain", "ichtrain_f16", "ichtrain_last", "ichtrain_last_f16"),
+        "hu": ("floor", "ichtrain_cnn", "ichtrain_cnn_f16", "ichtrain_rnn", "ichtrain_rnn_f16", "ichtrain_rnn_last",
+               "ichtrain_rnn_last_f16", "hu_to_model", "hu_model_cpu")}
 
 
 def _labels_for(dicom, path):
@@ -364,6 +369,10 @@ def _ratios(results):
         "hu: ten windows / rnn naive_tfdata (target >= 5)": r("hu/ichtrain_rnn", "rnn/naive_tfdata"),
         # what any stream of the rnn store could at best deliver: its shards read and decompressed, nothing else
         "hu: ten windows f16 / rnn store's floor": r("hu/ichtrain_rnn_f16", "rnn/floor"),
+        "hu: ten windows channels-last / rnn store's channels-last (target >= 1)": r("hu/ichtrain_rnn_last",
+                                                                                     "rnn/ichtrain_last"),
+        "hu: ten windows channels-last f16 / rnn store's channels-last f16 (target >= 1)": r(
+            "hu/ichtrain_rnn_last_f16", "rnn/ichtrain_last_f16"),
         "hu: cnn windows / cnn store's stream (target >= 0.8)": r("hu/ichtrain_cnn", "cnn/ichtrain"),
         "hu: cnn windows f16 / cnn store's f16": r("hu/ichtrain_cnn_f16", "cnn/ichtrain_f16"),
         # windows in the model: what the host delivers to an accelerator, against the cnn store's f16 stream
