@@ -52,7 +52,7 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
                         "buffers stay under glibc's mmap ceiling and are reused, ~16%% faster than 64)")
     p.add_argument("--codec", default="auto", choices=CODECS,
                    help="image compression (default auto: blosc-lz4+shuffle for one float16 channel, zstd-1 for "
-                        "several, blosc-lz4+bitshuffle for hu; measured in docs/performance.md)")
+                        "several, blosc-lz4+shuffle for hu too; measured in docs/performance.md)")
     p.add_argument("--salt", help="secret that keys the PatientID hashes (and so the splits). Default: "
                                   "ICHPREP_SALT, else the file ICHPREP_SALT_FILE or ~/.config/ichprep/salt, made "
                                   "once per user (0600): every store of the same DICOMs gets the same patient keys")

@@ -91,11 +91,11 @@ def _compressors(codec: str, channels: int, hu: bool = False) -> tuple:
 
 
 def _image_codec(codec: str, channels: int, hu: bool = False) -> tuple:
-    """Image codec. ``auto``: blosc-lz4 + byte shuffle for one float16 channel (fast on full-range float16),
-    zstd level 1 for several windows (clipped windows are mostly 0 or 1), blosc-lz4 + bit shuffle for int16
-    HU (the smallest of the fast codecs on the real slices); measurements in docs/performance.md."""
+    """Image codec. ``auto``: blosc-lz4 + byte shuffle for one float16 channel and for int16 HU (the fastest
+    to decode on real slices, at a few percent more bytes than bit shuffle), zstd level 1 for several windows
+    (clipped windows are mostly 0 or 1); measurements in docs/performance.md (benchmarks/codecs.py)."""
     if codec == "auto":
-        codec = "blosc-lz4-bitshuffle" if hu else "blosc-lz4" if channels == 1 else "zstd"
+        codec = "blosc-lz4" if hu or channels == 1 else "zstd"
     if codec == "blosc-lz4":
         return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=2),)
     if codec == "blosc-lz4-bitshuffle":

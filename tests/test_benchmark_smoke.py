@@ -147,3 +147,22 @@ def test_recipe_benchmark_runs_and_reports(tmp_path):
     assert row["variants"] == ["plain", "tta+crop", "tta+crop+3windows"]
     assert row["plain"]["weighted_log_loss_minus_first"]["value"] == 0
     assert "mean wll minus plain" in res.stdout
+
+
+def test_codecs_benchmark_checks_every_round_trip_and_reports(real_series, tmp_path):
+    out = tmp_path / "codecs.json"
+    res = subprocess.run([sys.executable, str(BENCH.parent / "codecs.py"), "--data", real_series, "--limit", "3",
+                          "--repeat", "1", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["slices"] == 3 and report["skipped"] == 0
+    results = report["results"]
+    assert "blosc-lz4-5 bitshuffle" in results and "delta + blosc-lz4-5 bitshuffle" in results
+    for name, r in results.items():
+        # int16 HU of real CT compress; ratio = raw bytes / stored bytes, the slices being 512 x 512 x 2 bytes
+        assert 1.0 < r["hu"]["ratio"] < 20 and r["hu"]["kib_per_slice"] == pytest.approx(512.0 / r["hu"]["ratio"],
+                                                                                           rel=0.01), name
+        assert r["hu"]["encode_per_s"] > 0 and r["hu"]["decode_per_s"] > 0, name
+    assert "cnn" not in results["delta + blosc-lz4-5 bitshuffle"]  # an int16 filter: hu only
+    assert subprocess.run([sys.executable, str(BENCH.parent / "codecs.py"), "--data", str(tmp_path / "none")],
+                          capture_output=True, timeout=60).returncode == 2

@@ -1,15 +1,17 @@
 """Fuzzing the promises (issue 32): DICOM headers and CLI values drawn by Hypothesis.
 
 For any header a build exits 0, 1 or 2 with at most one line on stderr, raises no warning a user would see,
-never prints a traceback, and a store it marks complete passes ``verify --source``. For any fit flag value,
+never prints a traceback, holds at most 4x the memory (peak RSS) of a build of a normal file, and a store it
+marks complete passes ``verify --source``. For any fit flag value,
 fit exits 0 or 2 with one line and leaves no run folder behind a refusal. The default run draws a bounded
-number of examples; ``-m slow`` draws 2,000 headers.
+number of examples; ``-m slow`` draws 2,000 of each.
 """
 
 import io
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from contextlib import redirect_stderr, redirect_stdout
 
@@ -68,6 +70,57 @@ def _write(template: str, h: dict, path: str) -> bool:
     return True
 
 
+class _PeakRSS:
+    """This process's peak resident memory (bytes) while the block runs, sampled every millisecond (Linux:
+    /proc/self/statm; elsewhere ``peak`` stays None)."""
+
+    def __enter__(self):
+        self.peak, self._stop = None, threading.Event()
+        if os.path.exists("/proc/self/statm"):
+            self.peak = self._rss()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self):
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self.peak is not None:
+            self._thread.join()
+            self.peak = max(self.peak, self._rss())
+        return False
+
+
+def _build(src: str, store: str):
+    with _PeakRSS() as rss:
+        result = _run(["build", src, "--out", store, "--preset", "rnn", "--workers", "0", "--quiet", "--salt", "s"])
+    return result, rss.peak
+
+
+_NORMAL_PEAK = {}
+
+
+def _normal_peak(template: str) -> int | None:
+    """Peak RSS of this process building the unmodified template (beside itself, as the fuzzed builds do)."""
+    if template not in _NORMAL_PEAK:
+        with tempfile.TemporaryDirectory() as tmp:
+            src = os.path.join(tmp, "src")
+            os.mkdir(src)
+            shutil.copy(template, os.path.join(src, "slice.dcm"))
+            shutil.copy(template, os.path.join(src, "good.dcm"))
+            peaks = [_build(src, os.path.join(tmp, f"s{k}.zarr"))[1] for k in range(2)]
+        _NORMAL_PEAK[template] = None if None in peaks else max(peaks)
+    return _NORMAL_PEAK[template]
+
+
 def _run(argv):
     """ichprep in-process: exit code, stdout, stderr, and the warnings it raised (any would reach a user)."""
     out, err = io.StringIO(), io.StringIO()
@@ -85,11 +138,13 @@ def _check_header(template: str, h: dict) -> None:
             return
         shutil.copy(template, os.path.join(src, "good.dcm"))  # a usable slice beside it: the build goes on
         store = os.path.join(tmp, "s.zarr")
-        code, _, err, caught = _run(["build", src, "--out", store, "--preset", "rnn", "--workers", "0", "--quiet",
-                                     "--salt", "s"])
+        normal = _normal_peak(template)
+        (code, _, err, caught), peak = _build(src, store)
         lines = [ln for ln in err.splitlines() if ln.strip()]
         assert code in (0, 1, 2) and len(lines) <= 1 and "Traceback" not in err, (h, code, err)
         assert not caught, (h, caught)
+        if normal is not None:
+            assert peak <= 4 * normal, (h, f"peak RSS {peak / 2**20:.0f} MiB, a normal build's {normal / 2**20:.0f} MiB")
         if code == 0:
             code, out, err, caught = _run(["verify", store, "--source", src, "--sample", "2", "--quiet"])
             assert code == 0 and not caught, (h, out, err, caught)
@@ -121,9 +176,7 @@ def keras_loaded():
     import keras  # noqa: F401
 
 
-@settings(max_examples=25, **_SETTINGS)
-@given(flag=_FLAGS, value=_VALUES)
-def test_any_fit_flag_value_is_a_run_or_one_line_exit_2_without_a_folder(keras_loaded, brain_store, flag, value):
+def _check_fit_flag(brain_store: str, flag: str, value: str) -> None:
     from ichtrain.cli import main as ichtrain
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,3 +189,16 @@ def test_any_fit_flag_value_is_a_run_or_one_line_exit_2_without_a_folder(keras_l
         assert code in (0, 2) and "Traceback" not in err.getvalue(), (flag, value, code, err.getvalue())
         if code == 2:
             assert len(lines) == 1 and not os.path.exists(run), (flag, value, err.getvalue())
+
+
+@settings(max_examples=25, **_SETTINGS)
+@given(flag=_FLAGS, value=_VALUES)
+def test_any_fit_flag_value_is_a_run_or_one_line_exit_2_without_a_folder(keras_loaded, brain_store, flag, value):
+    _check_fit_flag(brain_store, flag, value)
+
+
+@pytest.mark.slow
+@SLOW
+@given(flag=_FLAGS, value=_VALUES)
+def test_any_fit_flag_value_2000_examples(keras_loaded, brain_store, flag, value):
+    _check_fit_flag(brain_store, flag, value)
