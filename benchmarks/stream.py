@@ -17,6 +17,11 @@ to one core unless ``--unpinned``: the figures are per core):
                 and each row's window bounds, what crosses to the accelerator whatever the windows
   hu_model_cpu  the same, with the model's windowing layer (cnn window) run on this CPU per batch: what
                 ``--windows-on model`` costs where no accelerator takes the layer (why ``auto`` picks reader)
+  disk          (``--cold`` only) the store's image files read whole, in order, 1 MiB at a time: what the
+                disk gives sequentially (``dd`` of the shard files), as slices/s
+With ``--cold`` every contender starts with the store (and the .npy files, and the DICOMs) dropped from the
+page cache (written back, then ``posix_fadvise(DONTNEED)``), so each reads from the disk, as a store larger
+than memory is read.
 Stores: ``cnn`` (default codec), ``cnn-none`` (``--codec none``: the .npy loop's uncompressed peer), ``rnn``.
 Each reports slices/s and RSS at the start, middle and end of the epoch (memory must stay flat). The clock
 starts after each contender's first ``WARMUP_BATCHES`` batches (pipeline start-up, paid once per run).
@@ -163,6 +168,43 @@ def run_npy_loop(store, dicom, preset, batch, n):
     return _consume(batches(), n, _warmup_slices(batch))
 
 
+def run_disk(store, dicom, preset, batch, n):
+    """The store's image files read whole, in name order, 1 MiB at a time; slices = the store's slices."""
+    import zarr
+
+    n_slices = zarr.open_group(store, mode="r")["images"].shape[0]
+    files = sorted(f for f in glob.glob(os.path.join(store, "images", "**"), recursive=True) if os.path.isfile(f))
+    rss, t0 = [_rss_mib()], time.perf_counter()
+    for k, f in enumerate(files):
+        with open(f, "rb", buffering=0) as fh:
+            while fh.read(1 << 20):
+                pass
+        if k == len(files) // 2:
+            rss.append(_rss_mib())
+    dt = time.perf_counter() - t0
+    rss.append(_rss_mib())
+    return n_slices, dt, rss
+
+
+def evict(paths) -> int:
+    """Drop every file under ``paths`` from the page cache (written back first: only clean pages are dropped);
+    returns the bytes dropped."""
+    dropped = 0
+    for root in paths:
+        files = glob.glob(os.path.join(root, "**"), recursive=True) if os.path.isdir(root) else [root]
+        for f in files:
+            if not os.path.isfile(f):
+                continue
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                dropped += os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+    return dropped
+
+
 def export_npy(store):
     """One float16 .npy file per slice of ``store`` (the per-slice cache people write), beside it."""
     import numpy as np
@@ -191,7 +233,7 @@ def run_ichtrain(store, dicom, preset, batch, n, neighbours=0, dtype="float32", 
     return _consume(ds, n, warmup)
 
 
-RUNNERS = {"floor": run_floor, "npy_loop": run_npy_loop, "naive_tfdata": run_naive_tfdata,
+RUNNERS = {"floor": run_floor, "disk": run_disk, "npy_loop": run_npy_loop, "naive_tfdata": run_naive_tfdata,
            "zarr_loop": run_zarr_loop, "ichtrain": run_ichtrain,
            "ichtrain_f16": functools.partial(run_ichtrain, dtype="float16"),
            # 2.5D: each sample with k slices of its series each side as extra channels (one-slice stores)
@@ -281,6 +323,10 @@ def main(argv=None):
     p.add_argument("--data", help="a folder of real DICOMs instead of the synthetic corpus (random labels are made)")
     p.add_argument("--replicate", type=int, default=1, help="with --data: copies of every file, each a new series")
     p.add_argument("--unpinned", action="store_true", help="let each contender use every core (default: one core)")
+    p.add_argument("--cold", action="store_true",
+                   help="drop the store, .npy files and DICOMs from the page cache before every contender, and add "
+                        "the 'disk' contender (the image files read in order): reads as from a store larger than "
+                        "memory (Linux)")
     p.add_argument("--contenders", type=_contenders, metavar="NAME,...",
                    help=f"run only these contenders on each store (of {', '.join(RUNNERS)}; default: every one)")
     p.add_argument("--json", help="write results here")
@@ -318,18 +364,23 @@ def main(argv=None):
                            check=True, stdout=subprocess.DEVNULL)
             if "npy_loop" in PLAN[kind]:
                 export_npy(store)
-            for f in glob.glob(os.path.join(dicom, "*.dcm")) + glob.glob(os.path.join(store, "**"), recursive=True):
-                if os.path.isfile(f):  # a warm page cache for every contender
-                    with open(f, "rb") as fh:
-                        fh.read()
-            for name in (n for n in PLAN[kind] if a.contenders is None or n in a.contenders):
+            if not a.cold:
+                for f in glob.glob(os.path.join(dicom, "*.dcm")) + glob.glob(os.path.join(store, "**"), recursive=True):
+                    if os.path.isfile(f):  # a warm page cache for every contender
+                        with open(f, "rb") as fh:
+                            fh.read()
+            plan = PLAN[kind] + (("disk",) if a.cold else ())
+            for name in (n for n in plan if a.contenders is None or n in a.contenders):
+                if a.cold:
+                    evict([store, store + ".npy", dicom])
                 a.n_child = a.slices if name != "naive_tfdata" or preset == "cnn" else a.slices // 2
                 r = results[f"{kind}/{name}"] = _child(name, store, dicom, preset, a)
                 print(f"  {kind}/{name:<13} {r['slices_per_s']:>8.1f} slices/s  RSS {r['rss_mib']}", file=sys.stderr)
         ratios = _ratios(results)
         n = len(glob.glob(os.path.join(dicom, "*.dcm")))
         print(f"\nStreaming benchmark: {n} slices, {a.slices} per contender, batch {a.batch_size}, "
-              f"{'all cores' if a.unpinned else 'one core each'} ({os.cpu_count()} on the machine)\n")
+              f"{'all cores' if a.unpinned else 'one core each'} ({os.cpu_count()} on the machine)"
+              f"{', cold: every contender reads from the disk' if a.cold else ', warm page cache'}\n")
         print("| contender | slices/s | / floor | RSS MiB start / middle / end |")
         print("|---|---|---|---|")
         for k, r in results.items():
@@ -341,7 +392,7 @@ def main(argv=None):
             print(f"  {k}: {v}")
         if a.json:
             with open(a.json, "w") as fh:
-                json.dump(dict(slices=a.slices, batch_size=a.batch_size, pinned=not a.unpinned, results=results,
+                json.dump(dict(slices=a.slices, batch_size=a.batch_size, pinned=not a.unpinned, cold=a.cold, results=results,
                                ratios=ratios), fh, indent=2)
         return 0
     finally:
@@ -358,6 +409,9 @@ def _ratios(results):
     out = {
         "cnn: ichtrain / naive_tfdata (target >= 5)": r("cnn/ichtrain", "cnn/naive_tfdata"),
         "cnn: ichtrain / zarr_loop": r("cnn/ichtrain", "cnn/zarr_loop"),
+        "cold cnn: ichtrain_f16 / the disk's sequential read": r("cnn/ichtrain_f16", "cnn/disk"),
+        "cold cnn-none: ichtrain_f16 / the disk's sequential read": r("cnn-none/ichtrain_f16", "cnn-none/disk"),
+        "cold hu: ichtrain_cnn_f16 / the disk's sequential read": r("hu/ichtrain_cnn_f16", "hu/disk"),
         "cnn-none: ichtrain_f16 / npy_loop (target >= 0.8)": r("cnn-none/ichtrain_f16", "cnn-none/npy_loop"),
         "cnn-none: ichtrain / npy_loop": r("cnn-none/ichtrain", "cnn-none/npy_loop"),
         "cnn: ichtrain_f16 / floor (target >= 0.8)": r("cnn/ichtrain_f16", "cnn/floor"),
