@@ -68,8 +68,11 @@ def _parser() -> argparse.ArgumentParser:
                        description="Evaluate every RUN on the same split (refused if their splits differ) and write "
                                    "one table and one HTML page: weighted log loss, its difference to the first run, "
                                    "ROC-AUC per label, sensitivity and specificity of 'any' at 0.5, each with a 95% "
-                                   "bootstrap interval over patients (the same resamples for every run).")
-    c.add_argument("runs", nargs="+", metavar="RUN")
+                                   "bootstrap interval over patients (the same resamples for every run). Given "
+                                   "'ichtrain cv' folders instead of runs, compares their pooled out-of-fold "
+                                   "predictions (every patient once; --split is not used): on small cohorts the "
+                                   "figures to trust.")
+    c.add_argument("runs", nargs="+", metavar="RUN|CV_DIR")
     c.add_argument("--split", default="test", choices=SPLIT_NAMES)
     c.add_argument("--bootstrap", type=int, default=1000, help="patient resamples (default 1000)")
     c.add_argument("--out", help="folder for compare-SPLIT.json/.html (default: the first run)")
@@ -287,7 +290,8 @@ def _compare(args) -> int:
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
-    print(f"{res['slices']} {args.split} slices of {res['patients']} patients; 95% intervals over "
+    where = "out-of-fold" if res["split"] == "oof" else args.split
+    print(f"{res['slices']} {where} slices of {res['patients']} patients; 95% intervals over "
           f"{res['bootstrap']} patient resamples")
     for r in res["runs"]:
         print(f"  {r['run']} ({r['model']})")

@@ -1,7 +1,9 @@
 """``ichtrain compare``: runs side by side on the same held-out patients, with bootstrap intervals.
 
 Each run is evaluated on the split (``ichtrain.evaluate``, calibrated outputs); runs whose split holds
-other slices are refused. Intervals: 95% percentile bootstrap over patients (a patient's slices are
+other slices are refused. Cross-validation folders (``ichtrain cv``) are compared on their pooled
+out-of-fold predictions (every patient once, cross-fitted calibration: ``ichtrain.cv.pooled_out_of_fold``),
+the figures to trust on small cohorts; their folds must hold the same slices. Intervals: 95% percentile bootstrap over patients (a patient's slices are
 resampled together, since they are not independent), with the same resamples for every run, so the
 paired difference to the first run has its own interval.
 """
@@ -39,15 +41,73 @@ def _interval(values) -> list | None:
 
 def compare(runs: list[str], split: str = "test", bootstrap: int = 1000, out: str | None = None,
             seed: int = 0) -> dict:
-    """Evaluate ``runs`` on ``split`` and write ``out``/compare-SPLIT.json and .html (default: beside the
-    first run). Returns the comparison."""
-    from ichtrain.data import run_stream
-    from ichtrain.evaluate import evaluate
+    """Evaluate ``runs`` on ``split`` (cv folders: on their pooled out-of-fold predictions) and write
+    ``out``/compare-SPLIT.json and .html (default: beside the first run; SPLIT is ``oof`` for cv folders).
+    Returns the comparison."""
+    from ichtrain.cv import is_cv_folder
 
     if len(runs) < 2:
         raise UsageError(f"Expected at least two runs to compare. Received: {len(runs)}")
     if not 10 <= bootstrap <= 100_000:
         raise UsageError(f"Expected --bootstrap in [10, 100000] resamples. Received: {bootstrap}")
+    kinds = [is_cv_folder(r) for r in runs]
+    if any(kinds) and not all(kinds):
+        raise UsageError("Compare runs with runs, or cv folders with cv folders: a run's split and a cv folder's "
+                         f"out-of-fold slices are other patients. Received: {', '.join(runs)}")
+    if all(kinds):
+        split, (y, preds, groups, models) = "oof", _out_of_fold(runs)
+    else:
+        y, preds, groups, models = _on_split(runs, split)
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == k) for k in range(uniq.size)]
+    rng = np.random.default_rng(seed)
+    samples = [np.concatenate([members[k] for k in rng.integers(0, uniq.size, uniq.size)]) for _ in range(bootstrap)]
+    table = []
+    boot_wll = []
+    for run, model, p in zip(runs, models, preds):
+        point = _metrics(y, p)
+        boots = [_metrics(y[idx], p[idx]) for idx in samples]
+        boot_wll.append(np.array([b["weighted_log_loss"] for b in boots]))
+        table.append(dict(run=run, model=model, **{k: dict(value=v, ci=_interval([b[k] for b in boots]))
+                                                   for k, v in point.items()}))
+    for row, wll in zip(table, boot_wll):
+        row["weighted_log_loss_minus_first"] = dict(value=row["weighted_log_loss"]["value"]
+                                                    - table[0]["weighted_log_loss"]["value"],
+                                                    ci=_interval(wll - boot_wll[0]))
+    result = dict(split=split, slices=int(len(y)), patients=int(uniq.size), bootstrap=bootstrap, runs=table)
+    folder = out or runs[0]
+    os.makedirs(folder, exist_ok=True)
+    result["json"] = os.path.join(folder, f"compare-{split}.json")
+    with open(result["json"], "w") as fh:
+        json.dump(result, fh, indent=2)
+    result["html"] = _write_html(result, os.path.join(folder, f"compare-{split}.html"))
+    return result
+
+
+def _out_of_fold(cv_dirs: list[str]):
+    """(labels, calibrated out-of-fold predictions per folder, patient groups, model names), rows aligned."""
+    from ichtrain.cv import fold_dirs, pooled_out_of_fold
+
+    pooled = [pooled_out_of_fold(d) for d in cv_dirs]
+    first = np.sort(pooled[0]["rows"])
+    for d, pl in zip(cv_dirs[1:], pooled[1:]):
+        if not np.array_equal(np.sort(pl["rows"]), first):
+            raise UsageError(f"cv folder {d!r} holds other out-of-fold slices than {cv_dirs[0]!r} (another store, "
+                             "salt or labels): compare cv folders of one store only.")
+    preds = []
+    for pl in pooled:
+        order = np.argsort(pl["rows"], kind="stable")
+        preds.append(pl["p"][order])
+    order = np.argsort(pooled[0]["rows"], kind="stable")
+    models = [_model_name(read_record(fold_dirs(d)[0])) + " (cv)" for d in cv_dirs]
+    return pooled[0]["y"][order].astype(np.float32), preds, pooled[0]["groups"][order], models
+
+
+def _on_split(runs: list[str], split: str):
+    """(labels, calibrated predictions per run, patient groups, model names) of ``runs`` on ``split``."""
+    from ichtrain.data import run_stream
+    from ichtrain.evaluate import evaluate
+
     configs, digests = [], []
     for run in runs:  # refuse before any work
         configs.append(read_record(run))
@@ -61,32 +121,8 @@ def compare(runs: list[str], split: str = "test", bootstrap: int = 1000, out: st
         with np.load(RunDir(run).predictions(split)) as d:
             preds.append((d["y_true"], d["y_prob"], d["rows"]))
     y, _, rows = preds[0]
-    stream = run_stream(configs[0])
-    groups = stream.groups[rows].astype(str)
-    uniq, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == k) for k in range(uniq.size)]
-    rng = np.random.default_rng(seed)
-    samples = [np.concatenate([members[k] for k in rng.integers(0, uniq.size, uniq.size)]) for _ in range(bootstrap)]
-    table = []
-    boot_wll = []
-    for run, c, (_, p, _) in zip(runs, configs, preds):
-        point = _metrics(y, p)
-        boots = [_metrics(y[idx], p[idx]) for idx in samples]
-        boot_wll.append(np.array([b["weighted_log_loss"] for b in boots]))
-        table.append(dict(run=run, model=_model_name(c), **{k: dict(value=v, ci=_interval([b[k] for b in boots]))
-                                                            for k, v in point.items()}))
-    for row, wll in zip(table, boot_wll):
-        row["weighted_log_loss_minus_first"] = dict(value=row["weighted_log_loss"]["value"]
-                                                    - table[0]["weighted_log_loss"]["value"],
-                                                    ci=_interval(wll - boot_wll[0]))
-    result = dict(split=split, slices=int(len(y)), patients=int(uniq.size), bootstrap=bootstrap, runs=table)
-    folder = out or runs[0]
-    os.makedirs(folder, exist_ok=True)
-    result["json"] = os.path.join(folder, f"compare-{split}.json")
-    with open(result["json"], "w") as fh:
-        json.dump(result, fh, indent=2)
-    result["html"] = _write_html(result, os.path.join(folder, f"compare-{split}.html"))
-    return result
+    groups = run_stream(configs[0]).groups[rows].astype(str)
+    return y, [p for _, p, _ in preds], groups, [_model_name(c) for c in configs]
 
 
 def _model_name(c: dict) -> str:
@@ -106,6 +142,10 @@ def metric_text(m: dict) -> str:
     return f"{m['value']:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
 
 
+def _split_title(split: str) -> str:
+    return "pooled out-of-fold predictions" if split == "oof" else f"{split} split"
+
+
 def _write_html(result: dict, path: str) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(t)}</th>" for _, t in COLUMNS)
@@ -117,7 +157,7 @@ def _write_html(result: dict, path: str) -> str:
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>ichtrain compare</title><style>"
             "body{font-family:sans-serif;margin:24px}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
             "padding:4px 8px;text-align:right}</style></head><body>"
-            f"<h1>Runs on the {esc(result['split'])} split</h1><p>{result['slices']} slices of {result['patients']} "
+            f"<h1>Runs on the {esc(_split_title(result['split']))}</h1><p>{result['slices']} slices of {result['patients']} "
             f"patients; 95% intervals from {result['bootstrap']} bootstrap resamples of patients (the same for "
             "every run).</p>"
             f"<table><tr><th>run</th>{head}</tr>{body}</table><h2>ROC-AUC per label</h2><table><tr><th>run</th>"

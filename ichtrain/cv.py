@@ -150,11 +150,12 @@ def _platt_per_label(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.nd
 def pooled_out_of_fold(cv_dir: str, folds: int | None = None) -> dict:
     """Every labelled slice's out-of-fold prediction, calibrated on the *other* folds' out-of-fold predictions
     (cross-fitted, so no slice's calibration saw it), with the ensemble's map fitted on all of them; and the
-    constant-prior predictor of each fold's train split. Keys: y, p, groups, constant_prior, ensemble."""
+    constant-prior predictor of each fold's train split. Keys: y, p, groups, rows (the store's), constant_prior,
+    ensemble."""
     from ichtrain.data import run_stream
 
     dirs = fold_dirs(cv_dir, folds)
-    zs, ys, gs, priors = [], [], [], []
+    zs, ys, gs, rows, priors = [], [], [], [], []
     for d in dirs:
         cfg = read_record(d)
         path = RunDir(d).predictions("test")
@@ -166,6 +167,7 @@ def pooled_out_of_fold(cv_dir: str, folds: int | None = None) -> dict:
             zs.append(z)
             ys.append(f["y_true"].astype(np.float64))
             gs.append(run_stream(cfg).groups[f["rows"]].astype(str))
+            rows.append(np.asarray(f["rows"], np.int64))
         prior = cal.natural_prior if cal is not None else ys[-1].mean(0)
         priors.append(constant_prior(prior, len(ys[-1])))
     w_all = group_weights(np.concatenate(gs))
@@ -180,7 +182,8 @@ def pooled_out_of_fold(cv_dir: str, folds: int | None = None) -> dict:
     y = np.concatenate(ys)
     ensemble = FoldEnsemble(tuple(os.path.relpath(d, cv_dir) for d in dirs), tuple(a.tolist()), tuple(b.tolist()),
                             tuple(np.concatenate(ys).mean(0).tolist()))
-    return dict(y=y, p=np.concatenate(p).astype(np.float32), groups=np.concatenate(gs), ensemble=ensemble,
+    return dict(y=y, p=np.concatenate(p).astype(np.float32), groups=np.concatenate(gs), rows=np.concatenate(rows),
+                ensemble=ensemble,
                 constant_prior=weighted_log_loss(y, np.concatenate(priors)))
 
 

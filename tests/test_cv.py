@@ -113,3 +113,40 @@ def test_a_cv_folder_with_a_missing_fold_is_named(cv_dir, tmp_path, capsys):
     assert len(err) == 1 and "misses fold 1" in err[0], err
     assert main(["predict", str(broken), str(tmp_path), "--out", str(tmp_path / "x.csv")]) == 2
     assert "misses fold 1" in capsys.readouterr().err
+
+
+def test_compare_of_cv_folders_uses_pooled_out_of_fold_predictions_aligned_by_row(cv_dir, tmp_path, capsys):
+    """Two cv folders compare on their pooled out-of-fold predictions. The second is the first with each fold's
+    predictions stored in another row order: the same predictions, so the same figures and a difference of
+    exactly 0; the first's loss is the one cv itself reported. Mixed inputs and other slices are refused."""
+    shuffled = tmp_path / "shuffled"
+    shutil.copytree(cv_dir, shuffled)
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        path = shuffled / f"fold-{k}" / "predictions-test.npz"
+        with np.load(path) as d:
+            arrays = dict(d)
+        order = rng.permutation(len(arrays["rows"]))
+        np.savez_compressed(path, **{name: a[order] for name, a in arrays.items()})
+    capsys.readouterr()
+    assert main(["compare", str(cv_dir), str(shuffled), "--bootstrap", "50", "--out", str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr().out
+    assert "60 out-of-fold slices" in out
+    result = json.loads((tmp_path / "cmp" / "compare-oof.json").read_text())
+    first, second = result["runs"]
+    reported = json.loads((cv_dir / "cv.json").read_text())["pooled"]["weighted_log_loss"]
+    assert first["weighted_log_loss"]["value"] == pytest.approx(reported, rel=1e-5)
+    assert second["weighted_log_loss"]["value"] == pytest.approx(first["weighted_log_loss"]["value"], rel=1e-6)
+    assert second["weighted_log_loss_minus_first"]["value"] == pytest.approx(0.0, abs=1e-9)
+    assert second["weighted_log_loss_minus_first"]["ci"] == pytest.approx([0.0, 0.0], abs=1e-9)
+    assert first["model"] == "baseline (cv)" and result["split"] == "oof"
+    assert "pooled out-of-fold" in (tmp_path / "cmp" / "compare-oof.html").read_text()
+
+    assert main(["compare", str(cv_dir), str(cv_dir / "fold-0")]) == 2
+    assert "cv folders with cv folders" in capsys.readouterr().err
+    path = shuffled / "fold-1" / "predictions-test.npz"
+    with np.load(path) as d:
+        arrays = dict(d)
+    np.savez_compressed(path, **{name: a[1:] for name, a in arrays.items()})  # one slice fewer
+    assert main(["compare", str(cv_dir), str(shuffled), "--bootstrap", "50", "--out", str(tmp_path / "cmp2")]) == 2
+    assert "other out-of-fold slices" in capsys.readouterr().err
