@@ -17,6 +17,10 @@ to one core unless ``--unpinned``: the figures are per core):
                 and each row's window bounds, what crosses to the accelerator whatever the windows
   hu_model_cpu  the same, with the model's windowing layer (cnn window) run on this CPU per batch: what
                 ``--windows-on model`` costs where no accelerator takes the layer (why ``auto`` picks reader)
+  ichtrain_last, ichtrain_rnn_last (+ _f16)  ten windows as the channels of one image (rnn / hu store)
+  three_k0_f16, three_k1_f16, three_k2_f16  the winners' inputs from an hu store: three windows (brain,
+                subdural, bone) as channels, with k neighbour slices each side; ichtrain_cnn_k1_f16 and
+                ichtrain_cnn_k2_f16 one window with neighbours: each against ichtrain_cnn_f16 is its stream cost
   disk          (``--cold`` only) the store's image files read whole, in order, 1 MiB at a time: what the
                 disk gives sequentially (``dd`` of the shard files), as slices/s
 With ``--cold`` every contender starts with the store (and the .npy files, and the DICOMs) dropped from the
@@ -43,6 +47,7 @@ import sys
 import tempfile
 import time
 
+THREE_WINDOWS = "brain:40/80,subdural:80/200,bone:600/2800"  # the winners' windows (--recipe winners)
 WINDOWS = [(40, 80), (50, 130), (75, 215), (100, 300), (20, 350), (40, 375), (60, 400), (600, 2800), (32, 8)]
 
 
@@ -249,6 +254,12 @@ RUNNERS = {"floor": run_floor, "disk": run_disk, "npy_loop": run_npy_loop, "naiv
            "ichtrain_last_f16": functools.partial(run_ichtrain, channels_last=True, dtype="float16"),
            "ichtrain_rnn_last": functools.partial(run_ichtrain, windows="rnn", channels_last=True),
            "ichtrain_rnn_last_f16": functools.partial(run_ichtrain, windows="rnn", channels_last=True, dtype="float16"),
+           # the winners' inputs from an hu store: three windows as channels, with k neighbour slices each side
+           # (float16, channels (2k + 1) x windows); one window with neighbours is ichtrain_cnn_k*
+           **{f"three_k{k}_f16": functools.partial(run_ichtrain, windows=THREE_WINDOWS, neighbours=k, dtype="float16",
+                                                  channels_last=True) for k in (0, 1, 2)},
+           **{f"ichtrain_cnn_k{k}_f16": functools.partial(run_ichtrain, windows="cnn", neighbours=k, dtype="float16")
+              for k in (1, 2)},
            # windows in the model's graph: the host hands over int16 HU (and, for the cpu one, runs the layer)
            "hu_to_model": functools.partial(run_ichtrain, windows="cnn", windows_on="model"),
            "hu_model_cpu": functools.partial(run_ichtrain, windows="cnn", windows_on="model", layer=True)}
@@ -257,7 +268,8 @@ PLAN = {"cnn": ("floor", "naive_tfdata", "zarr_loop", "ichtrain", "ichtrain_f16"
         "cnn-none": ("floor", "npy_loop", "ichtrain", "ichtrain_f16"),
         "rnn": ("floor", "naive_tfdata", "zarr_loop", "ichtrain", "ichtrain_f16", "ichtrain_last", "ichtrain_last_f16"),
         "hu": ("floor", "ichtrain_cnn", "ichtrain_cnn_f16", "ichtrain_rnn", "ichtrain_rnn_f16", "ichtrain_rnn_last",
-               "ichtrain_rnn_last_f16", "hu_to_model", "hu_model_cpu")}
+               "ichtrain_rnn_last_f16", "hu_to_model", "hu_model_cpu", "ichtrain_cnn_k1_f16", "ichtrain_cnn_k2_f16",
+               "three_k0_f16", "three_k1_f16", "three_k2_f16")}
 
 
 def _labels_for(dicom, path):
@@ -427,6 +439,9 @@ def _ratios(results):
                                                                                      "rnn/ichtrain_last"),
         "hu: ten windows channels-last f16 / rnn store's channels-last f16 (target >= 1)": r(
             "hu/ichtrain_rnn_last_f16", "rnn/ichtrain_last_f16"),
+        # what the winners' inputs cost the stream: each against one window without neighbours, float16
+        **{f"hu: {name} / one window (stream cost)": r(f"hu/{name}", "hu/ichtrain_cnn_f16")
+           for name in ("ichtrain_cnn_k1_f16", "ichtrain_cnn_k2_f16", "three_k0_f16", "three_k1_f16", "three_k2_f16")},
         "hu: cnn windows / cnn store's stream (target >= 0.8)": r("hu/ichtrain_cnn", "cnn/ichtrain"),
         "hu: cnn windows f16 / cnn store's f16": r("hu/ichtrain_cnn_f16", "cnn/ichtrain_f16"),
         # windows in the model: what the host delivers to an accelerator, against the cnn store's f16 stream

@@ -161,19 +161,27 @@ class ReadWindows:
         return out
 
     def __call__(self, row: int, hu: np.ndarray, out: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
-        """Windows of stored slice ``row`` (``hu``: its (H, W) int16 HU) into ``out``, (H, W, C) float16: by a
+        """Windows of stored slice ``row`` (``hu``: its (H, W) int16 HU) into ``out``, (H, W, C) float16 whose
+        last axis is contiguous (a view of a wider array's channels, e.g. one neighbour slice's, will do): by a
         table of the slice's HU values where it has fewer of them than a quarter of its pixels, else per pixel."""
         params = self.params(row)
-        if hu.dtype == np.int16 and hu.ndim == 2 and hu.flags.c_contiguous and out.flags.c_contiguous \
-                and self.channels > 1 and out.shape == hu.shape + (self.channels,) and out.dtype == np.float16:
+        if out.shape != hu.shape + (self.channels,) or out.dtype != np.float16 or out.strides[-1] != 2:
+            raise ValueError(f"Expected a float16 out of shape {hu.shape + (self.channels,)} with a contiguous last "
+                             f"axis. Received: {out.dtype} {out.shape}, strides {out.strides}")
+        # one window into a whole slice: the per-pixel kernel, which LLVM vectorises, is as fast as a table
+        if hu.dtype == np.int16 and hu.ndim == 2 and hu.flags.c_contiguous and (self.channels > 1 or not out.flags.c_contiguous):
             lo, hi = _int16_range(hu)
             if hi - lo + 1 <= hu.size // 4:
                 values = np.arange(lo, hi + 1, dtype=np.int16).reshape(1, -1)  # the same range: same full windows
                 table = window_slice(values, 1.0, 0.0, False, *params)[0][0]  # (values, C) float16
-                word = np.uint32 if self.channels % 2 == 0 else np.uint16
+                pairs = self.channels % 2 == 0 and out.flags.c_contiguous  # two float16 a word where aligned
+                word = np.uint32 if pairs else np.uint16
                 _table_gather_kernel(hu, lo, table.view(word), out.view(word))
                 return out
-        window_slice(hu, 1.0, 0.0, False, *params, out=out, row_scratch=scratch)
+        if out.flags.c_contiguous:
+            window_slice(hu, 1.0, 0.0, False, *params, out=out, row_scratch=scratch)
+        else:
+            out[...] = window_slice(hu, 1.0, 0.0, False, *params, row_scratch=scratch)[0]
         return out
 
     def planar(self, row: int, hu: np.ndarray, out: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:

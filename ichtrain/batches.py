@@ -223,14 +223,14 @@ class BatchAssembler:
                 for m in range(M):
                     row = int(src[i, m])
                     shard = held[row // self.S]
-                    dest = out[i] if M == 1 else scratch
                     if self.window is None:
+                        dest = out[i] if M == 1 else scratch
                         shard.decode_into(row % self.S, dest)
-                    else:
+                        if M > 1:  # neighbour slices interleave along channels: decoded, then placed
+                            out[i, :, :, m * c:(m + 1) * c] = scratch
+                    else:  # windowed straight into the slice's channels (a strided view when M > 1)
                         shard.decode_into(row % self.S, hu)
-                        self.window(row, hu[:, :, 0], dest, row_scratch)
-                    if M > 1:  # neighbour slices interleave along channels: decoded, then placed
-                        out[i, :, :, m * c:(m + 1) * c] = scratch
+                        self.window(row, hu[:, :, 0], out[i, :, :, m * c:(m + 1) * c], row_scratch)
         finally:
             for s in held:
                 self._cache.release(s)

@@ -75,6 +75,7 @@ def test_hu_store_is_smaller_than_the_cnn_store(stores):
 @pytest.mark.parametrize("windows, other, neighbours, sequence, dtype, size", [
     ("cnn", "cnn", 0, False, "float16", None), ("rnn", "rnn", 0, False, "float16", None),
     (THREE, "three", 0, False, "float16", None), (THREE, "three", 1, False, "float16", None),
+    ("cnn", "cnn", 2, False, "float16", None), (THREE, "three", 2, False, "float32", 64),
     # planes written straight in the asked dtype (the rnn's sequence, one window): no transpose, no cast
     ("rnn", "rnn", 0, True, "float16", None), ("rnn", "rnn", 0, True, "float32", None),
     ("cnn", "cnn", 0, False, "float32", None), ("rnn", "rnn", 0, True, "float32", 64),

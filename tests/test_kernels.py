@@ -221,8 +221,14 @@ def test_windows_read_through_a_table_equal_the_kernel_on_every_pixel(spec, real
     slices = real + [rng.integers(-40, 90, (64, 48)).astype(np.int16),
                      rng.integers(-32768, 32768, (64, 64)).astype(np.int16), np.full((32, 32), 17, np.int16)]
     reader = ReadWindows(windows, center=np.full(len(slices), 40.0), width=np.full(len(slices), 80.0))
+    C = len(windows)
     for row, hu in enumerate(slices):
-        got = np.empty(hu.shape + (len(windows),), np.float16)
+        got = np.empty(hu.shape + (C,), np.float16)
         reader(row, hu, got)
         want = window_slice(hu, 1.0, 0.0, False, *reader.params(row))[0]
         np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
+        # into the middle slice's channels of a 3-slice sample (a strided view), the rest untouched
+        wide = np.full(hu.shape + (3 * C,), -1.0, np.float16)
+        reader(row, hu, wide[:, :, C:2 * C])
+        np.testing.assert_array_equal(wide[:, :, C:2 * C].view(np.uint16), want.view(np.uint16))
+        assert (wide[:, :, :C] == -1).all() and (wide[:, :, 2 * C:] == -1).all()
