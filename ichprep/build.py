@@ -349,7 +349,21 @@ def _fixes(cfg: BuildConfig, headers: list[SliceHeader], g) -> Counter:
 
 
 def build(cfg: BuildConfig, console: TextIO | None = None) -> BuildResult:
-    """Run a whole build. ``console`` receives progress and messages (None: silent)."""
+    """Run a whole build: DICOM files in ``cfg.source`` to the store at ``cfg.out``, resumable.
+
+    Args:
+        cfg: what to build (``BuildConfig``: source, out, windows or preset, labels, size policy, workers or
+            scheduler, shard size, codec, salt, overwrite).
+        console: receives progress bars and messages for a person (None: silent).
+
+    Returns:
+        BuildResult: counts, rejects with reasons, fixed defects, timings (``summary()`` for one line).
+
+    Raises:
+        UsageError: bad options or a bad labels CSV (before any work).
+        StoreExistsError: ``cfg.out`` holds another build or something that is not a store.
+        StoreError: the store cannot be written (full disk, another build holds its lock).
+    """
     t0 = time.monotonic()
     labels = read_labels(cfg.labels) if cfg.labels else None  # a bad CSV fails before any work
     store_paths = () if "://" in cfg.out else (cfg.out, cfg.out.rstrip(os.sep) + ".lock")  # a store inside its source

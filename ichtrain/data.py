@@ -58,7 +58,22 @@ def run_stream(run: dict, url: str | None = None) -> "StoreStream":
 
 @dataclass
 class StoreStream:
-    """A complete store opened read-only for training: splits, sampling and tf.data pipelines."""
+    """A complete store opened read-only for training: splits, sampling and tf.data pipelines.
+
+    Args:
+        url: the store (a local path or an fsspec URL); it must be complete (a finished build).
+        by: the groups no split divides: ``patient`` (a slice without PatientID is its study's own) or
+            ``study``.
+        fractions: train, val, test shares of the groups, placed by hash buckets (``ichtrain.splits``).
+        seed: moves the hash buckets, and seeds the sampling.
+        fold: ``(k, folds)``: patient-grouped K-fold splits instead of ``fractions`` (fold k is test, k + 1 val).
+        windows: an hu store only: the windows applied as slices are read (a preset or a list, as ``ichprep
+            build --windows`` takes them; default ``cnn``, the full range).
+
+    Raises:
+        UsageError: a bad ``by``, ``fractions`` or ``windows``; too few groups for ``fold``.
+        MissingStoreError, IncompleteStoreError, SchemaError: the store is missing, unfinished or not ichprep's.
+    """
 
     url: str
     by: str = "patient"

@@ -255,6 +255,15 @@ def fit(cfg: FitConfig, verbose: int = 1) -> dict:
     Only the chief writes the run folder (and holds its lock, ``RUN.lock``: a second fit into it is refused);
     another worker saves its final replica to ``worker-<i>/``.
 
+    Args:
+        cfg: the run (``FitConfig``, validated when made: store, out, model, epochs, ..., see ``ichtrain fit
+            --help``); its record goes to ``cfg.out/config.json`` (:mod:`ichtrain.run`).
+        verbose: Keras' verbosity (0 silent, 1 a progress bar, 2 a line per epoch).
+
+    Returns:
+        dict: ``epochs_done``, ``trained`` (epochs this call), ``resumed``, and ``history`` (Keras' metrics per
+        epoch of this call).
+
     Raises:
         UsageError: a bad configuration, or a run folder holding another configuration.
         StoreError: another fit is writing the run folder.

@@ -22,6 +22,22 @@ __all__ = ["predict"]
 
 def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_size: int = 32,
             stream_err=None) -> dict:
+    """Predict a submission CSV (``ID,Label`` rows ``ID_<sop>_<subtype>``) for the DICOMs in ``dicom_dir``.
+
+    Args:
+        run_dir: a run folder (``ichtrain fit``) or a cv folder (its folds averaged in logit space).
+        dicom_dir: the DICOM files, preprocessed by the same ``ichprep build`` as the run's store.
+        out_csv: the CSV to write (its folder is made).
+        workers: Dask workers of that build.
+        batch_size: slices per model call.
+        stream_err: where the files that could not be read are listed (default stderr).
+
+    Returns:
+        dict: ``slices`` predicted, ``rejected`` files, ``out`` and the build's summary.
+
+    Raises:
+        UsageError: no such run, ``out_csv`` is a folder, a run without a model.
+    """
     from ichtrain.data import StoreStream
 
     from ichtrain.cv import FoldEnsemble, fold_dirs, is_cv_folder
