@@ -22,6 +22,7 @@ from ichtrain.schedule import LR_SCHEDULES, learning_rate_at
 
 __all__ = ["FitConfig", "fit", "worker_role", "STRATEGIES", "open_stream", "is_hu_store"]
 
+MAX_RATE = 1.0  # the largest --lr and --l2 taken
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024  # a model's input side: below 32 the encoders pool to nothing, above 1024 no store
 
 
@@ -70,8 +71,10 @@ class FitConfig:
             raise UsageError(f"Expected --epoch-size >= --batch-size. Received: epoch_size={self.epoch_size}")
         if not 0.0 <= self.bn_momentum < 1.0:
             raise UsageError(f"Expected --bn-momentum in [0, 1). Received: bn_momentum={self.bn_momentum}")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0) or not (math.isfinite(self.l2) and self.l2 >= 0):
-            raise UsageError(f"Expected --lr > 0 and --l2 >= 0, finite. Received: lr={self.learning_rate}, l2={self.l2}")
+        # above 1 neither is a rate or a penalty anyone trains with: the weights leave float32 in the first steps
+        if not (0 < self.learning_rate <= MAX_RATE) or not (0 <= self.l2 <= MAX_RATE):
+            raise UsageError(f"Expected --lr in (0, {MAX_RATE:g}] and --l2 in [0, {MAX_RATE:g}]. Received: "
+                             f"lr={self.learning_rate}, l2={self.l2}")
         if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and 0.0 <= self.alpha <= 2.0):
             raise UsageError(f"Expected --alpha a number in [0, 2] (0 natural frequencies, 1 balanced types). "
                              f"Received: alpha={self.alpha!r}")
@@ -370,6 +373,8 @@ def _callbacks(cfg: FitConfig, run: RunDir, model, role: WorkerRole) -> list:
 
     class _Checkpoint(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
+            if not math.isfinite(float((logs or {}).get("loss", 0.0))):
+                return  # a diverged epoch (TerminateOnNaN stopped it) is not a resume point
             save_atomic(model, run.epoch_checkpoint(epoch + 1))
             save_atomic(model, run.last)
             run.write_state(epoch + 1)
@@ -377,8 +382,8 @@ def _callbacks(cfg: FitConfig, run: RunDir, model, role: WorkerRole) -> list:
     # the schedule first, so the rate it sets is in the logs the CSV logger writes
     schedule = keras.callbacks.LearningRateScheduler(lambda epoch, lr: learning_rate_at(cfg, epoch))
     if not role.chief:
-        return [schedule]
-    return [schedule, _Checkpoint(), keras.callbacks.CSVLogger(run.log, append=True),
+        return [schedule, keras.callbacks.TerminateOnNaN()]
+    return [schedule, keras.callbacks.TerminateOnNaN(), _Checkpoint(), keras.callbacks.CSVLogger(run.log, append=True),
             keras.callbacks.TensorBoard(run.tensorboard, write_graph=False)]
 
 
@@ -388,6 +393,7 @@ def _train(cfg: FitConfig, model, train_model, callbacks: list, stream, strategy
     everything with a fresh optimizer); returns the history of this call's epochs."""
     from ichtrain.models import compile_model
 
+    start = first_epoch
     steps = epoch_size // cfg.batch_size
     train, val, val_steps = _pipelines(cfg, stream, strategy, record, epoch_size, first_epoch)
     common = dict(steps_per_epoch=steps, validation_data=val, validation_steps=val_steps, callbacks=callbacks,
@@ -403,4 +409,10 @@ def _train(cfg: FitConfig, model, train_model, callbacks: list, stream, strategy
             first_epoch = cfg.freeze_epochs
             train, _, _ = _pipelines(cfg, stream, strategy, record, epoch_size, first_epoch)
         later = train_model.fit(train, epochs=cfg.epochs, initial_epoch=first_epoch, **common).history
-    return {k: [float(x) for x in history.get(k, [])] + [float(x) for x in v] for k, v in later.items()}
+    history = {k: [float(x) for x in history.get(k, [])] + [float(x) for x in v] for k, v in later.items()}
+    bad = [i for i, v in enumerate(history.get("loss", [])) if not math.isfinite(v)]
+    if bad:
+        raise UsageError(f"Training diverged: the loss became {history['loss'][bad[0]]} in the run's epoch "
+                         f"{start + bad[0] + 1} (lr={cfg.learning_rate}, l2={cfg.l2}); lower --lr or --l2 and "
+                         f"train into another --out (the last finite epoch's checkpoint stays in {cfg.out!r})")
+    return history

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import shutil
 import time
 
@@ -188,6 +189,30 @@ def test_bad_input_exit_2(argv, match, brain_store, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert match in err and err.startswith("ichtrain: error:")
+
+
+def test_a_fit_that_diverges_stops_names_it_and_keeps_no_nan_checkpoint(brain_store, brain_seed, tmp_path):
+    """Found by the 2,000-example flag fuzz: --l2 1.6e20 trained to NaN and failed in calibration with a
+    numpy warning. Such values are refused now (--lr and --l2 at most 1); a run that still diverges stops at
+    the first NaN batch, saves no checkpoint of it, writes no model or calibration, and says what to change."""
+    import dataclasses
+
+    from ichtrain.fit import FitConfig, fit
+
+    with pytest.raises(UsageError, match=r"--lr in \(0, 1\] and --l2 in \[0, 1\]"):
+        FitConfig(store=brain_store, out=str(tmp_path / "x"), l2=1.6e20)
+    cfg = FitConfig(store=brain_store, out=str(tmp_path / "run"), image_size=32, batch_size=4, epoch_size=8,
+                    epochs=2, fractions=(0.6, 0.2, 0.2), seed=brain_seed)
+    object.__setattr__(cfg, "l2", 1.6e20)  # past the validation: what a diverging run looks like
+    with pytest.raises(UsageError, match=r"Training diverged: the loss became nan in the run's epoch (\d).*lower --lr "
+                                         "or --l2") as info:
+        fit(cfg, verbose=0)
+    diverged = int(re.search(r"epoch (\d)", str(info.value)).group(1))
+    run = tmp_path / "run"
+    assert not (run / "model.keras").exists() and not (run / "calibration.json").exists()
+    assert not (run / "checkpoints" / f"epoch-{diverged:03d}.keras").exists()  # no checkpoint of a NaN epoch
+    done = json.loads((run / "state.json").read_text())["epochs_done"] if (run / "state.json").exists() else 0
+    assert done == diverged - 1
 
 
 def test_fit_that_fails_mid_epoch_exits_with_one_line(brain_store, tmp_path):
