@@ -18,11 +18,10 @@ from ichtrain.crop import check_crop
 from ichtrain.distribute import STRATEGIES, WorkerRole, fix_keras_multi_worker, make_strategy, worker_role
 from ichtrain.graphwindows import check_windows_on, reading_model, resolve_windows_on
 from ichtrain.run import RunDir, input_options, load_keras, load_run, same_run, save_atomic
-from ichtrain.schedule import LR_SCHEDULES, learning_rate_at
+from ichtrain.schedule import LR_SCHEDULES, MAX_RATE, learning_rate_at
 
 __all__ = ["FitConfig", "fit", "worker_role", "STRATEGIES", "open_stream", "is_hu_store"]
 
-MAX_RATE = 1.0  # the largest --lr and --l2 taken
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024  # a model's input side: below 32 the encoders pool to nothing, above 1024 no store
 
 
@@ -71,7 +70,6 @@ class FitConfig:
             raise UsageError(f"Expected --epoch-size >= --batch-size. Received: epoch_size={self.epoch_size}")
         if not 0.0 <= self.bn_momentum < 1.0:
             raise UsageError(f"Expected --bn-momentum in [0, 1). Received: bn_momentum={self.bn_momentum}")
-        # above 1 neither is a rate or a penalty anyone trains with: the weights leave float32 in the first steps
         if not (0 < self.learning_rate <= MAX_RATE) or not (0 <= self.l2 <= MAX_RATE):
             raise UsageError(f"Expected --lr in (0, {MAX_RATE:g}] and --l2 in [0, {MAX_RATE:g}]. Received: "
                              f"lr={self.learning_rate}, l2={self.l2}")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["LR_SCHEDULES", "LR_FLOOR", "learning_rate_at"]
+__all__ = ["LR_SCHEDULES", "LR_FLOOR", "MAX_RATE", "learning_rate_at"]
 
 LR_SCHEDULES = ("cosine", "constant")
+# The largest --lr (and --l2) taken: above 1 neither is a rate or a penalty anyone trains with, and the
+# weights leave float32 within a few steps.
+MAX_RATE = 1.0
 LR_FLOOR = 0.05  # the cosine schedule's last epoch runs at this fraction of --lr
 
 

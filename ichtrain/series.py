@@ -23,7 +23,7 @@ from ichtrain.catalog import SERIES_INITS
 from ichtrain.infer import feature_model, features_of
 from ichtrain.metrics import CHALLENGE_WEIGHTS, weighted_log_loss
 from ichtrain.run import RunDir, input_options, load_keras, load_run, save_atomic, write_atomic
-from ichtrain.schedule import LR_SCHEDULES, learning_rate_at
+from ichtrain.schedule import LR_SCHEDULES, MAX_RATE, learning_rate_at
 
 __all__ = ["embed", "open_embeddings", "build_series_model", "fit_series", "SeriesFitConfig", "series_rows",
            "predict_series"]
@@ -230,8 +230,8 @@ class SeriesFitConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise UsageError(f"Expected {name} an integer >= 1. Received: {name}={v!r}")
-        if not self.learning_rate > 0:
-            raise UsageError(f"Expected --lr > 0. Received: lr={self.learning_rate}")
+        if not 0 < self.learning_rate <= MAX_RATE:
+            raise UsageError(f"Expected --lr in (0, {MAX_RATE:g}]. Received: lr={self.learning_rate}")
 
 
 def fit_series(cfg: SeriesFitConfig, verbose: int = 0) -> dict:
