@@ -310,8 +310,10 @@ def test_backbone_fit_cli_and_its_errors(brain_store, brain_seed, tmp_path, caps
 
 @pytest.mark.parametrize("flag, fragment", [
     (["--epochs", "0"], "--epochs an integer >= 1"),
-    (["--l2", "nan"], "--l2 >= 0, finite"),
-    (["--lr", "inf"], "--lr > 0"),
+    (["--l2", "nan"], "--l2 in [0, 1]"),
+    (["--l2", "1.6e20"], "--l2 in [0, 1]"),
+    (["--lr", "inf"], "--lr in (0, 1]"),
+    (["--lr", "0"], "--lr in (0, 1]"),
     (["--alpha", "nan"], "--alpha a number in [0, 2]"),
     (["--seed", "-1"], "--seed an integer in [0, 2**32)"),
     (["--image-size", "0"], "--image-size an integer in [32, 1024]"),
