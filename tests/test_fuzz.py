@@ -177,8 +177,11 @@ def keras_loaded():
 
 
 def _check_fit_flag(brain_store: str, flag: str, value: str) -> None:
+    import keras
+
     from ichtrain.cli import main as ichtrain
 
+    keras.backend.clear_session()  # each example's fit starts from a fresh graph: 2,000 in one process stay flat
     with tempfile.TemporaryDirectory() as tmp:
         run = os.path.join(tmp, "run")
         out, err = io.StringIO(), io.StringIO()
