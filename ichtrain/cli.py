@@ -163,6 +163,11 @@ def _add_fit_arguments(f: argparse.ArgumentParser) -> None:
     f.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions (default 0.8,0.1,0.1)")
     f.add_argument("--split-by", default="patient", choices=SPLIT_BY)
     f.add_argument("--seed", type=int, default=0, help="places patients in splits (hash buckets) and seeds sampling")
+    _add_input_arguments(f)
+
+
+def _add_input_arguments(f: argparse.ArgumentParser) -> None:
+    """How a run reads its store (windows, neighbours, crops, augmentation, TTA), its start and its devices."""
     f.add_argument("--windows", metavar="SPEC",
                    help="an hu store only (ichprep build --preset hu): the windows applied as slices are read, "
                         "as ichprep build takes them: cnn (the full range), rnn (the ten Table 2.1 windows) or a list "
