@@ -89,18 +89,15 @@ def _out_of_fold(cv_dirs: list[str]):
     from ichtrain.cv import fold_dirs, pooled_out_of_fold
 
     pooled = [pooled_out_of_fold(d) for d in cv_dirs]
-    first = np.sort(pooled[0]["rows"])
-    for d, pl in zip(cv_dirs[1:], pooled[1:]):
-        if not np.array_equal(np.sort(pl["rows"]), first):
+    orders = [np.argsort(pl["rows"], kind="stable") for pl in pooled]  # each folder's rows in store order
+    first = pooled[0]["rows"][orders[0]]
+    for d, pl, order in zip(cv_dirs[1:], pooled[1:], orders[1:]):
+        if not np.array_equal(pl["rows"][order], first):
             raise UsageError(f"cv folder {d!r} holds other out-of-fold slices than {cv_dirs[0]!r} (another store, "
                              "salt or labels): compare cv folders of one store only.")
-    preds = []
-    for pl in pooled:
-        order = np.argsort(pl["rows"], kind="stable")
-        preds.append(pl["p"][order])
-    order = np.argsort(pooled[0]["rows"], kind="stable")
+    preds = [pl["p"][order] for pl, order in zip(pooled, orders)]
     models = [_model_name(read_record(fold_dirs(d)[0])) + " (cv)" for d in cv_dirs]
-    return pooled[0]["y"][order].astype(np.float32), preds, pooled[0]["groups"][order], models
+    return pooled[0]["y"][orders[0]].astype(np.float32), preds, pooled[0]["groups"][orders[0]], models
 
 
 def _on_split(runs: list[str], split: str):
