@@ -46,7 +46,7 @@ from ichprep.scan import SliceHeader, list_source, scan_batch
 from ichprep.shards import process_shards
 from ichprep.windows import Window, is_hu, parse_windows, windows_to_list
 
-__all__ = ["BuildConfig", "BuildResult", "build"]
+__all__ = ["BuildConfig", "BuildResult", "build", "file_key"]
 
 log = logging.getLogger("ichprep")
 
@@ -120,11 +120,20 @@ class BuildResult:
     # pass), prepare (ordering, labels, creating the store), pixels (the pixel pass), finish (workers
     # down, manifest).
     timings: dict = field(default_factory=dict)
+    # An append: the slices it added (None for a build), the store's generation after it, files it skipped as
+    # known (their key in the store) or found the same (another key, the same slice).
+    added: int | None = None
+    generation: int = 0
+    known: int = 0
 
     def summary(self) -> str:
         if self.already_complete:
             return f"{self.out}: already complete ({self.written} slices); nothing to do (use --overwrite to rebuild)"
         parts = [f"{self.written} written, {self.rejected} rejected"]
+        if self.added is not None:
+            parts = [(f"{self.added} slices added as generation {self.generation} ({self.written} usable in the "
+                      "store)" if self.added else f"nothing new: generation {self.generation} stays"
+                      f" ({self.written} usable)") + f", {self.known} files known, {self.rejected} rejected"]
         if self.reject_reasons:
             parts[-1] += ": " + ", ".join(f"{n} {r}" for r, n in sorted(self.reject_reasons.items(), key=lambda x: -x[1]))
         if self.fixed:
@@ -149,6 +158,13 @@ class BuildResult:
 def path_digest(path: str) -> str:
     """A digest of an absolute path (``path:`` + 16 hex digits): equal paths match, the path is not kept."""
     return "path:" + hashlib.blake2b(os.path.abspath(path).encode("utf-8"), digest_size=8).hexdigest()
+
+
+def file_key(relpath: str, size: int, mtime_ns: int) -> str:
+    """A row's ``file_key``: 16 hex digits of its file's path under the source, size and modification time.
+    An append skips the files whose key the store holds without opening them; the path itself is not kept."""
+    text = f"{relpath}\0{int(size)}\0{int(mtime_ns)}"
+    return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
 
 
 def _same_params(recorded: dict, cfg: "BuildConfig") -> bool:
@@ -189,6 +205,9 @@ def _prepare_output(cfg: BuildConfig) -> tuple[str, object]:
         return "create", None
     if cfg.overwrite:
         return "create", None
+    if st.appending(info.attrs):
+        raise StoreExistsError(f"An append into {out!r} was interrupted: rerun it ('ichprep build DICOM_DIR --out "
+                               f"{out} --append' with its folder) to finish it, or pass --overwrite to rebuild")
     if not _same_params(info.params, cfg):
         raise StoreExistsError(f"Output {out!r} holds a store built with other parameters; pass --overwrite "
                                "to replace it, or choose another --out.")
@@ -273,7 +292,8 @@ def _open_store(cfg: BuildConfig, mode: str, g, rows: _Rows, salt_fingerprint: s
     h = rows.headers
     st.write_metadata(g, rows.sops, [x.study_uid for x in h], [x.series_uid for x in h], [x.patient for x in h],
                       [x.position_z for x in h], rows.labels, rows.types,
-                      [x.window_center for x in h], [x.window_width for x in h])
+                      [x.window_center for x in h], [x.window_width for x in h],
+                      file_key=[file_key(_relpath(x.path, cfg.source), x.file_size, x.mtime_ns) for x in h])
     return g, np.zeros(-(-n // cfg.shard_slices), bool)
 
 

@@ -35,7 +35,7 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--windows", help="any list of windows instead of a preset, e.g. "
                                      "'brain:40/80,subdural:80/200,bone:600/2800' (name:center/width; a "
                                      "Table 2.1 name alone; name:default; name:full)")
-    p.add_argument("--on-size", choices=SIZE_POLICIES, default="resize",
+    p.add_argument("--on-size", choices=SIZE_POLICIES, default=None,
                    help="slices that are not 512x512 (269 in the RSNA data): resize (bilinear, keeps the "
                         "whole field of view; the default), pad (centre pad/crop), or reject (recorded)")
     p.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8),
@@ -47,10 +47,10 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dashboard", nargs="?", const=":8787", metavar="ADDRESS",
                    help="serve the local cluster's Dask dashboard (default address :8787; :0 picks a free port) "
                         "and print its link; needs bokeh (pip install 'ichprep[dashboard]')")
-    p.add_argument("--shard-slices", type=int, default=48,
+    p.add_argument("--shard-slices", type=int, default=None,
                    help="slices per shard: the unit of work and of storage (default 48: a cnn shard's 24 MiB "
                         "buffers stay under glibc's mmap ceiling and are reused, ~16%% faster than 64)")
-    p.add_argument("--codec", default="auto", choices=CODECS,
+    p.add_argument("--codec", default=None, choices=CODECS,
                    help="image compression (default auto: blosc-lz4+shuffle for one float16 channel, zstd-1 for "
                         "several, blosc-lz4+shuffle for hu too; measured in docs/performance.md)")
     p.add_argument("--salt", help="secret that keys the PatientID hashes (and so the splits). Default: "
@@ -58,6 +58,11 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
                                   "once per user (0600): every store of the same DICOMs gets the same patient keys")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing store built with other parameters (never a non-store folder)")
+    p.add_argument("--append", action="store_true",
+                   help="add to the complete store --out the slices of DICOM_DIR it does not hold (by "
+                        "SOPInstanceUID; files it knows are skipped unread) as a new generation, without "
+                        "rewriting its shards; a stored slice with other pixels is rejected as 'changed'. The "
+                        "layout options default to the store's. Rerun to finish an interrupted append")
     p.add_argument("--strict", action="store_true", help="exit 1 if any file was rejected")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -177,14 +182,19 @@ def console_main() -> None:
 def _cmd_build(args) -> int:
     from ichprep.build import BuildConfig, build
     from ichprep.executor import warm_up_kernels
-    from ichprep.windows import parse_windows
+    from ichprep.windows import parse_windows, windows_from_list
 
-    spec = args.windows if args.windows is not None else (args.preset or "cnn")  # '' is a bad spec, not "none"
-    windows = parse_windows(spec)
+    layout = _append_layout(args) if args.append else {}
+    if args.windows is not None or args.preset is not None or not layout:
+        spec = args.windows if args.windows is not None else (args.preset or "cnn")  # '' is a bad spec, not "none"
+        windows, preset = parse_windows(spec), None if args.windows is not None else (args.preset or "cnn")
+    else:  # an append without windows: the store's
+        windows, preset = windows_from_list(layout["windows"]), layout.get("preset")
     cfg = BuildConfig(
-        source=args.source, out=args.out, labels=args.labels, windows=windows,
-        preset=None if args.windows is not None else (args.preset or "cnn"), on_size=args.on_size,
-        shard_slices=args.shard_slices, codec=args.codec, workers=args.workers, scheduler=args.scheduler,
+        source=args.source, out=args.out, labels=args.labels, windows=windows, preset=preset,
+        on_size=_given(args.on_size, layout.get("on_size"), "resize"),
+        shard_slices=_given(args.shard_slices, layout.get("shard_slices"), 48),
+        codec=_given(args.codec, layout.get("codec"), "auto"), workers=args.workers, scheduler=args.scheduler,
         dashboard=args.dashboard,
         salt=args.salt,
         overwrite=args.overwrite, strict=args.strict,
@@ -192,9 +202,34 @@ def _cmd_build(args) -> int:
     console = None if args.quiet else sys.stderr
     if args.scheduler is None:  # this process (or its forked workers) will window: it is ichprep's own
         warm_up_kernels(skip_blas_probe=True)
-    result = build(cfg, console=console)
+    if args.append:
+        from ichprep.append import append
+
+        result = append(cfg, console=console)
+    else:
+        result = build(cfg, console=console)
     print(f"{cfg.out}: {result.summary()}")
     return EXIT_OK
+
+
+def _given(value, store_value, default):
+    """An option's value: as given, else (an append) the store's, else the default."""
+    if value is not None:
+        return value
+    return store_value if store_value is not None else default
+
+
+def _append_layout(args) -> dict:
+    """The layout of the store an append adds to (its windows, preset, size policy, shard size, codec)."""
+    from ichprep import store as st
+
+    if args.overwrite:
+        raise UsageError("--append adds to a store and --overwrite replaces it: pass one of them")
+    if "://" not in args.out and not os.path.exists(args.out):
+        raise UsageError(f"--append adds to an existing store, and there is none at {args.out!r}: build it first "
+                         "(the same command without --append)")
+    _, info = st.read_info(args.out)
+    return dict(info.params, preset=info.preset)
 
 
 def _cmd_synth(args) -> int:
@@ -229,6 +264,7 @@ def info_dict(url: str) -> dict:
         salt_fingerprint=info.salt_fingerprint, size_on_disk=on_disk,
         compression_ratio=(raw_bytes / image_disk) if image_disk else None,
         type_table={t: TYPE_TABLE[t] for t in TYPE_TABLE},
+        generations=st.generations(info.attrs),
     )
 
 
@@ -238,7 +274,8 @@ def _cmd_info(args) -> int:
         d.pop("type_table")
         print(json.dumps(d, indent=2))
         return EXIT_OK
-    print(f"store        {d['store']}" + ("" if d["complete"] else "   ** INCOMPLETE: build not finished; rerun it to resume **"))
+    print(f"store        {d['store']}" + ("" if d["complete"] else "   ** INCOMPLETE: build or append not finished; "
+                                                          "rerun it to resume **"))
     print(f"slices       {d['slices']} x 512 x 512 x {d['channels']} {d['dtype']}")
     print(f"preset       {d['preset'] or 'custom'}: " + ("windowed when read ('ichtrain fit --windows')"
                                                          if d["preset"] == "hu" else ", ".join(d["windows"])))
@@ -247,6 +284,9 @@ def _cmd_info(args) -> int:
     if c:
         print(f"counts       {c.get('written', 0)} written, {c.get('rejected', 0)} rejected, "
               f"{c.get('unlabelled', 0)} unlabelled")
+    if len(d["generations"]) > 1:
+        print(f"generations  {len(d['generations'])} (appends; usable slices after each: "
+              + ", ".join(str(x["written"]) for x in d["generations"]) + ")")
     if d["fixed"]:
         print("fixed        " + ", ".join(f"{v} {k}" for k, v in d["fixed"].items() if v))
     if d["salt_fingerprint"]:

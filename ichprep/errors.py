@@ -101,6 +101,7 @@ REJECT_REASONS: dict[str, int] = {
     "duplicate": 13,
     "changed": 14,  # the file changed (size or modification time) between the header and pixel passes
     "bad_uid": 15,  # a UID with characters that could forge output rows (separators, quotes, controls)
+    "gap": 16,  # no file: a row left empty so that an append's rows start on a shard boundary
 }
 REASON_NAMES: dict[int, str] = {v: k for k, v in REJECT_REASONS.items()}
 

@@ -37,7 +37,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-from ichprep.errors import IncompleteStoreError, MissingStoreError, SchemaError, StoreError, UsageError
+from ichprep.errors import REJECT_REASONS, IncompleteStoreError, MissingStoreError, SchemaError, StoreError, UsageError
 from ichprep.pixels import IMAGE_SIZE  # the schema's slice size, defined with the pixel code
 from ichprep.windows import Window, is_hu, windows_from_list
 
@@ -72,11 +72,16 @@ __all__ = [
 # 2: the window_center / window_width columns and the int16 ``hu`` layout. 3: every chunk of every array
 # ends in its crc32c (Zarr v3's crc32c codec last in each chain), so a flipped byte is an error, never a
 # silently wrong value. Versions 1 and 2 (without checksums) are still read.
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+# 4: the file_key column (a digest of each row's file: its path under the source, size and modification
+# time) and generations, so ``ichprep build --append`` adds new files without reading the known ones.
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 CHECKSUMMED_VERSION = 3
+APPENDABLE_VERSION = 4
 ATTRS_KEY = "ichprep"
 _REPAIRING = "repairing"  # attribute: the shards a repair has started and not finished
+_APPENDING = "appending"  # attribute: an append begun and not finished (its rows, generation, progress)
+FILE_KEY = "file_key"
 META_ARRAYS_V1 = ("sop_uid", "study_uid", "series_uid", "patient", "position_z", "labels", "type")
 META_ARRAYS = META_ARRAYS_V1 + ("window_center", "window_width")
 HU_MIN, HU_MAX, STATUS = "hu_min", "hu_max", "status"
@@ -144,7 +149,7 @@ def create_store(url: str, n: int, channels: int, shard_slices: int, codec: str,
     g.create_array("labels", shape=(n, 6), chunks=(max(n, 1), 6), dtype="uint8", fill_value=255,
                    compressors=_meta_compressors())
     g.create_array("type", shape=(n,), chunks=(n,), dtype="uint8", fill_value=0, compressors=_meta_compressors())
-    for name in ("sop_uid", "study_uid", "series_uid", "patient"):
+    for name in ("sop_uid", "study_uid", "series_uid", "patient", FILE_KEY):
         g.create_array(name, shape=(n,), chunks=(n,), dtype=str, compressors=_meta_compressors())
     for name in ("position_z", "window_center", "window_width"):
         g.create_array(name, shape=(n,), chunks=(n,), dtype="float32", fill_value=float("nan"),
@@ -171,17 +176,91 @@ def get_attrs(g: zarr.Group) -> dict:
 
 
 def write_metadata(g: zarr.Group, sop, study, series, patient, position_z, labels, types,
-                   window_center=None, window_width=None) -> None:
-    g["sop_uid"][:] = np.asarray(sop, dtype=object).astype(str)
-    g["study_uid"][:] = np.asarray(study, dtype=object).astype(str)
-    g["series_uid"][:] = np.asarray(series, dtype=object).astype(str)
-    g["patient"][:] = np.asarray(patient, dtype=object).astype(str)
-    g["position_z"][:] = np.asarray(position_z, dtype=np.float32)
-    g["labels"][:] = np.asarray(labels, dtype=np.uint8)
-    g["type"][:] = np.asarray(types, dtype=np.uint8)
+                   window_center=None, window_width=None, file_key=None, start: int = 0) -> None:
+    """The per-row columns of rows ``start``, ``start + 1``, ... (the whole store for a build, the new rows
+    for an append)."""
+    rows = slice(start, start + len(sop))
+    for name, values in (("sop_uid", sop), ("study_uid", study), ("series_uid", series), ("patient", patient),
+                         (FILE_KEY, file_key)):
+        if values is not None:
+            g[name][rows] = np.asarray(values, dtype=object).astype(str)
+    g["position_z"][rows] = np.asarray(position_z, dtype=np.float32)
+    g["labels"][rows] = np.asarray(labels, dtype=np.uint8)
+    g["type"][rows] = np.asarray(types, dtype=np.uint8)
     for name, values in (("window_center", window_center), ("window_width", window_width)):
         if values is not None:
-            g[name][:] = np.array([np.nan if v is None else v for v in values], dtype=np.float32)
+            g[name][rows] = np.array([np.nan if v is None else v for v in values], dtype=np.float32)
+
+
+# -- Generations: a store grows by appends, each a new generation of rows after the last --------------------
+
+
+def generations(attrs: dict) -> list[dict]:
+    """Each generation's ``rows`` (the store's row count when it was complete) and ``written``; a store never
+    appended to is one generation of all its rows."""
+    recorded = attrs.get("generations")
+    if recorded:
+        return [dict(g) for g in recorded]
+    return [dict(generation=1, rows=int(attrs.get("n", 0)), written=int(attrs.get("counts", {}).get("written", 0)))]
+
+
+def appending(attrs: dict) -> dict | None:
+    """An interrupted append's record (``rows_before``, ``start``, ``n``, ``generation``, ``metadata``), or None."""
+    record = attrs.get(_APPENDING)
+    return dict(record) if record else None
+
+
+_ROW_ARRAYS = META_ARRAYS + (FILE_KEY,) + SHARD_ARRAYS
+
+
+def begin_append(g: zarr.Group, rows_before: int, start: int, n: int, generation: int) -> None:
+    """Grow every per-row array to ``n`` rows (the new rows from ``start``, a shard boundary, so no existing
+    shard object is rewritten; rows ``rows_before..start`` are a gap with status ``gap``) and mark the store
+    incomplete with the append's record: a crash from here on leaves a store that says how to finish."""
+    attrs = get_attrs(g)
+    attrs.update({"complete": False, _APPENDING: dict(rows_before=int(rows_before), start=int(start), n=int(n),
+                                                      generation=int(generation), metadata=False)})
+    g.attrs[ATTRS_KEY] = attrs
+    _resize_rows(g, n)
+    if start > rows_before:  # labels already read as unlabelled (their fill value), type as NO_TYPE (0)
+        g[STATUS][rows_before:start] = np.full(start - rows_before, REJECT_REASONS["gap"], np.uint8)
+
+
+def _resize_rows(g: zarr.Group, n: int) -> None:
+    for name in _ROW_ARRAYS:
+        g[name].resize((n,) + g[name].shape[1:])
+    g["images"].resize((n,) + g["images"].shape[1:])
+    S = g["images"].shards[0] if g["images"].shards else g["images"].chunks[0]
+    g[SHARD_DONE].resize((-(-n // S),))
+
+
+def append_metadata_written(g: zarr.Group) -> None:
+    """The new rows' columns are written: a resumed append keeps them and finishes their shards."""
+    attrs = get_attrs(g)
+    attrs[_APPENDING] = dict(attrs[_APPENDING], metadata=True)
+    g.attrs[ATTRS_KEY] = attrs
+
+
+def cancel_append(g: zarr.Group) -> None:
+    """Undo an append interrupted before its rows' columns were written: the store as it was, complete."""
+    attrs = get_attrs(g)
+    record = attrs.pop(_APPENDING)
+    _resize_rows(g, int(record["rows_before"]))
+    attrs["complete"] = True
+    g.attrs[ATTRS_KEY] = attrs
+
+
+def end_append(g: zarr.Group, values: dict) -> None:
+    """Merge the grown store's attributes (``values``: counts, rejects, ...), record the new generation and
+    mark the store complete: the last write of an append."""
+    attrs = get_attrs(g)
+    record = attrs.pop(_APPENDING)
+    attrs.update(values)
+    written = int(attrs.get("counts", {}).get("written", 0))
+    attrs["generations"] = generations(get_attrs(g)) + [dict(generation=int(record["generation"]),
+                                                             rows=int(record["n"]), written=written)]
+    attrs.update(n=int(record["n"]), complete=True)
+    g.attrs[ATTRS_KEY] = attrs
 
 
 def open_for_write(url: str) -> zarr.Group:
@@ -279,6 +358,18 @@ class StoreInfo:
     def schema_version(self) -> int:
         return int(self.attrs.get("schema_version", SCHEMA_VERSION))
 
+    @property
+    def generation(self) -> int:
+        """The store's latest complete generation (1 until an append; an unfinished append's rows are not one)."""
+        return len(generations(self.attrs))
+
+    def rows_at(self, generation: int) -> int:
+        """How many rows the store had at ``generation``; UsageError naming the generations it has."""
+        known = generations(self.attrs)
+        if not isinstance(generation, int) or not 1 <= generation <= len(known):
+            raise UsageError(f"Expected a generation of {self.url!r} in 1..{len(known)}. Received: {generation!r}")
+        return int(known[generation - 1]["rows"])
+
     @classmethod
     def from_attrs(cls, url: str, attrs: dict) -> "StoreInfo":
         missing = [k for k in ("n", "channels", "windows") if k not in attrs]
@@ -298,8 +389,8 @@ class StoreInfo:
 
 
 # Per-row columns (one value per slice) and how they read back.
-COLUMNS = META_ARRAYS + SHARD_ARRAYS
-_TEXT_COLUMNS = frozenset({"sop_uid", "study_uid", "series_uid", "patient"})
+COLUMNS = META_ARRAYS + SHARD_ARRAYS + (FILE_KEY,)
+_TEXT_COLUMNS = frozenset({"sop_uid", "study_uid", "series_uid", "patient", FILE_KEY})
 
 
 def column(g: zarr.Group, name: str, rows=None) -> np.ndarray:
@@ -309,7 +400,8 @@ def column(g: zarr.Group, name: str, rows=None) -> np.ndarray:
         raise SchemaError(f"Expected a store column, one of {', '.join(COLUMNS)}. Received: {name!r}")
     if name not in g and name not in META_ARRAYS_V1 + SHARD_ARRAYS:
         n = g["sop_uid"].shape[0]
-        return np.full(n if rows is None else np.asarray(rows).shape, np.nan, np.float32)
+        shape = n if rows is None else np.asarray(rows).shape
+        return np.full(shape, "", dtype=object) if name in _TEXT_COLUMNS else np.full(shape, np.nan, np.float32)
     try:
         values = g[name][:] if rows is None else g[name][rows]
     except Exception as exc:
@@ -351,7 +443,7 @@ def open_store(url: str, require_complete: bool = True) -> tuple[zarr.Group, Sto
     if version < 2 and attrs.get("preset") == "hu":
         raise SchemaError(f"Store {url!r} is an hu store of schema version {version}, written before hu stores "
                           f"had their layout (version 2): rebuild it with 'ichprep build --preset hu'")
-    meta = META_ARRAYS if version >= 2 else META_ARRAYS_V1
+    meta = (META_ARRAYS if version >= 2 else META_ARRAYS_V1) + ((FILE_KEY,) if version >= APPENDABLE_VERSION else ())
     missing = [a for a in ("images", *meta, *SHARD_ARRAYS, SHARD_DONE) if a not in g]
     if missing and not attrs.get("complete"):
         raise IncompleteStoreError(f"Store {url!r} is incomplete: its build stopped while creating it. "
@@ -362,6 +454,10 @@ def open_store(url: str, require_complete: bool = True) -> tuple[zarr.Group, Sto
     if require_complete and not info.complete:
         done = int(done_shards(g).sum())
         total = g[SHARD_DONE].shape[0]
+        if appending(attrs):
+            raise IncompleteStoreError(
+                f"Store {url!r} is incomplete: an append into it has not finished ({done}/{total} shards written). "
+                "Rerun the same 'ichprep build --append' command to finish it.")
         raise IncompleteStoreError(
             f"Store {url!r} is incomplete: its build has not finished ({done}/{total} shards written). "
             "Rerun the same 'ichprep build' command to resume it."

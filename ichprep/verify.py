@@ -140,7 +140,9 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
     n_shards = -(-n // S)
     done = _done_shards(g, n_shards, rep)
     # Every whole-store column read in full (each chunk checked against its crc32c), then labels and type.
-    columns = {name: _column(g, name, rep) for name in (st.META_ARRAYS if info.schema_version >= 2 else st.META_ARRAYS_V1)}
+    names = (st.META_ARRAYS if info.schema_version >= 2 else st.META_ARRAYS_V1) + \
+        ((st.FILE_KEY,) if info.schema_version >= st.APPENDABLE_VERSION else ())
+    columns = {name: _column(g, name, rep) for name in names}
     if columns["labels"] is not None and columns["type"] is not None:  # else reported as unreadable
         _check_labels(columns["labels"], columns["type"], rep)
     status = _shard_column(g, st.STATUS, S, n, rep, missing=255)

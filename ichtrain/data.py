@@ -53,7 +53,8 @@ def run_stream(run: dict, url: str | None = None) -> "StoreStream":
     if run.get("windows") and st.read_info(url)[1].hu:  # an hu store: the windows the run's model reads
         windows = ",".join(Window.from_dict(d).spec() for d in run["windows"])
     return StoreStream(url, by=run["split_by"], fractions=tuple(run["fractions"]), seed=run["seed"],
-                       fold=tuple(fold) if fold else None, windows=windows)
+                       fold=tuple(fold) if fold else None, windows=windows,
+                       generation=run.get("store_generation") if url == run["store"] else None)
 
 
 @dataclass
@@ -69,6 +70,9 @@ class StoreStream:
         fold: ``(k, folds)``: patient-grouped K-fold splits instead of ``fractions`` (fold k is test, k + 1 val).
         windows: an hu store only: the windows applied as slices are read (a preset or a list, as ``ichprep
             build --windows`` takes them; default ``cnn``, the full range).
+        generation: the rows of this generation of a grown store (``ichprep build --append``) only; default
+            the latest. A run keeps reading the generation it trained on: hash buckets keep each old patient
+            in its split, and the new patients stay out of it.
 
     Raises:
         UsageError: a bad ``by``, ``fractions`` or ``windows``; too few groups for ``fold``.
@@ -81,6 +85,7 @@ class StoreStream:
     seed: int = 0
     fold: tuple | None = None  # (fold, folds): patient-grouped K-fold splits instead of fractions (cv)
     windows: str | None = None  # an hu store only: the windows applied when read (default cnn: full range)
+    generation: int | None = None  # rows of this generation of a grown store only (default: the latest)
     _g: object = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -99,7 +104,10 @@ class StoreStream:
         else:
             self.groups = study
         self.labelled = labelled
-        self.readable = status == 0  # pixels usable (prediction reads these, labelled or not)
+        if self.generation is None:
+            self.generation = self.info.generation
+        in_generation = np.arange(status.size) < self.info.rows_at(self.generation)
+        self.readable = (status == 0) & in_generation  # pixels usable (prediction reads these, labelled or not)
         self.usable = self.readable & labelled  # unlabelled slices never enter a split
         if self.fold is None:
             self.splits = split_rows(self.groups, self.usable, self.fractions, self.seed)

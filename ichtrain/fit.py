@@ -17,7 +17,8 @@ from ichtrain.catalog import BACKBONES, MODELS
 from ichtrain.crop import check_crop
 from ichtrain.distribute import STRATEGIES, WorkerRole, fix_keras_multi_worker, make_strategy, worker_role
 from ichtrain.graphwindows import check_windows_on, reading_model, resolve_windows_on
-from ichtrain.run import RunDir, input_options, load_keras, load_run, same_run, save_atomic
+from ichtrain.run import RunDir, input_options, load_keras, load_run, read_record, same_run, save_atomic
+from ichtrain.sampling import ALPHA_MAX
 from ichtrain.schedule import LR_SCHEDULES, MAX_RATE, learning_rate_at
 
 __all__ = ["FitConfig", "fit", "worker_role", "STRATEGIES", "open_stream", "is_hu_store"]
@@ -73,8 +74,8 @@ class FitConfig:
         if not (0 < self.learning_rate <= MAX_RATE) or not (0 <= self.l2 <= MAX_RATE):
             raise UsageError(f"Expected --lr in (0, {MAX_RATE:g}] and --l2 in [0, {MAX_RATE:g}]. Received: "
                              f"lr={self.learning_rate}, l2={self.l2}")
-        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and 0.0 <= self.alpha <= 2.0):
-            raise UsageError(f"Expected --alpha a number in [0, 2] (0 natural frequencies, 1 balanced types). "
+        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and 0.0 <= self.alpha <= ALPHA_MAX):
+            raise UsageError(f"Expected --alpha a number in [0, {ALPHA_MAX:g}] (0 natural frequencies, 1 balanced types). "
                              f"Received: alpha={self.alpha!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise UsageError(f"Expected --seed an integer in [0, 2**32). Received: seed={self.seed!r}")
@@ -233,13 +234,24 @@ def open_stream(cfg: FitConfig):
     if windows is None and is_hu_store(cfg.store):
         windows = "rnn" if cfg.model == "rnn" else "cnn"
     stream = StoreStream(cfg.store, by=cfg.split_by, fractions=cfg.fractions, seed=cfg.seed, fold=cfg.fold,
-                         windows=windows)
+                         windows=windows, generation=_resumed_generation(cfg.out))
     if cfg.model == "rnn" and stream.channels < 2:
         fix = ("pass --windows rnn (or two or more windows)" if stream.info.hu else
                "build it with --preset rnn, or --preset hu and read it with --windows rnn")
         raise UsageError(f"--model rnn reads a sequence of windows; the store {cfg.store!r} gives one channel "
                          f"({stream.window_names[0]}): {fix}.")
     return stream
+
+
+def _resumed_generation(out: str) -> int | None:
+    """The store generation a run in ``out`` trained on (a resume reads the same rows after an append), or
+    None for a new run (the latest)."""
+    if not RunDir(out).has_record():
+        return None
+    try:
+        return read_record(out).get("store_generation")
+    except UsageError:
+        return None  # a damaged record is refused, naming it, when the run is opened
 
 
 def is_hu_store(url: str) -> bool:
@@ -301,7 +313,8 @@ def _fit(cfg: FitConfig, verbose: int, role: WorkerRole) -> dict:
     record = dict(cfg.to_dict(), image_size=size, channels=stream.channels, window_names=stream.window_names,
                   windows=windows_to_list(stream.windows), store_layout="hu" if stream.info.hu else "windows",
                   size_policy=stream.info.size_policy,
-                  replicas=replicas, workers=role.workers, split=stream.split_record())
+                  replicas=replicas, workers=role.workers, split=stream.split_record(),
+                  store_generation=stream.generation)
     in_channels = 1 if cfg.model == "rnn" else stream.channels * (2 * cfg.neighbours + 1)
     initial = _initial_weights(cfg, size, in_channels, stream.channels) if cfg.init else None  # before the folder
     if cfg.freeze_epochs and windows_in_model:

@@ -28,10 +28,11 @@ _CHECKPOINTS = "checkpoints"
 _LAST = "last.keras"
 
 # What a run record written before an option existed meant by its absence: a constant rate, no augmentation,
-# no TTA, no crop, no fine-tuning, 2-D slices, windows applied wherever the device suits.
+# no TTA, no crop, no fine-tuning, 2-D slices, windows applied wherever the device suits, the store's first
+# generation (every store was one generation before appends).
 OLD_RUN_DEFAULTS = {"lr_schedule": "constant", "augment": "none", "tta": "none", "recipe": None, "crop": "none",
                     "init": None, "freeze_epochs": 0, "neighbours": 0, "windows_on": "auto",
-                    "size_policy": "resize", "fold": None}
+                    "size_policy": "resize", "fold": None, "store_generation": 1}
 # Options that change how a run is executed, not what it learns: a resume may change them.
 _FREE = ("epochs", "out", "strategy", "replicas", "workers", "windows_on")
 

@@ -6,12 +6,14 @@ import numpy as np
 
 from ichprep.errors import UsageError
 
-__all__ = ["type_weights", "sample_epoch"]
+__all__ = ["type_weights", "sample_epoch", "ALPHA_MAX"]
+
+ALPHA_MAX = 1.0  # balanced types; beyond it a rarer type would outweigh a commoner one
 
 
 def type_weights(types: np.ndarray, alpha: float) -> dict[int, float]:
     """Per-type weight ``count_t ** -alpha``, normalised so per-slice probabilities sum to 1."""
-    if not 0.0 <= alpha <= 1.0:
+    if not 0.0 <= alpha <= ALPHA_MAX:
         raise UsageError(f"Expected alpha in [0, 1] (0 natural frequencies, 1 balanced). Received: alpha={alpha}")
     t, counts = np.unique(types, return_counts=True)
     w = counts.astype(np.float64) ** -alpha

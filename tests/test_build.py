@@ -13,7 +13,7 @@ from ichprep.build import BuildConfig, build
 from ichprep.pixels import fit_size
 from ichprep.errors import IncompleteStoreError, StoreExistsError
 from ichprep.labels import read_labels, type_codes
-from ichprep.store import open_store
+from ichprep.store import SCHEMA_VERSION, open_store
 from ichprep.windows import parse_windows
 
 SCHEMA = {
@@ -48,7 +48,7 @@ def test_store_opens_with_plain_zarr_and_follows_schema(rnn_store, synth_corpus)
     for name in ("sop_uid", "study_uid", "series_uid", "patient"):
         assert g[name].shape == (n,) and isinstance(str(g[name][0]), str) and g[name][:].dtype.kind == "T"
     a = g.attrs["ichprep"]
-    assert a["complete"] is True and a["schema_version"] == 3 and a["window_names"][0] == "default"
+    assert a["complete"] is True and a["schema_version"] == SCHEMA_VERSION and a["window_names"][0] == "default"
     assert a["fixed"]["rsna_12bit_pixel_representation"] == 10  # one defect series of 10 slices
 
 

@@ -15,11 +15,12 @@ import pytest
 import zarr
 
 from ichprep.cli import main
+from ichprep.store import SCHEMA_VERSION
 from ichprep.synth import SynthConfig, write_corpus
 
 S = 4  # rows per shard in these stores
 ARRAYS = ("images", "labels", "type", "sop_uid", "study_uid", "series_uid", "patient", "position_z",
-          "window_center", "window_width", "hu_min", "hu_max", "status", "shard_done")
+          "window_center", "window_width", "hu_min", "hu_max", "status", "shard_done", "file_key")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def _offset(shard_file, where):
 def test_every_chunk_of_a_new_store_ends_in_its_crc32c(corpus):
     _, ref = corpus
     g = zarr.open_group(str(ref), mode="r")
-    assert g.attrs["ichprep"]["schema_version"] == 3
+    assert g.attrs["ichprep"]["schema_version"] == SCHEMA_VERSION
     for name in ARRAYS:
         chain = g[name].metadata.codecs
         if name == "images":

@@ -218,6 +218,7 @@ def _check_fit_flag(brain_store: str, flag: str, value: str) -> None:
 @settings(max_examples=25, **_SETTINGS)
 @given(flag=_FLAGS, value=_VALUES)
 @example(flag="--epochs", value="100000")  # a legitimate long run: accepted (the harness stops it early)
+@example(flag="--alpha", value="2")  # found by the 2,000: accepted by the config, refused by the sampler
 def test_any_fit_flag_value_is_a_run_or_one_line_exit_2_without_a_folder(keras_loaded, brain_store, flag, value):
     _check_fit_flag(brain_store, flag, value)
 

@@ -22,7 +22,7 @@ from ichprep.synth import SynthConfig, write_corpus
 from ichprep.windows import parse_windows
 
 ARRAYS = ("images", "labels", "type", "sop_uid", "study_uid", "series_uid", "patient", "position_z",
-          "hu_min", "hu_max", "status", "shard_done")
+          "hu_min", "hu_max", "status", "shard_done", "file_key")
 
 
 def _good_files(synth_corpus, k):

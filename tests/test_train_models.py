@@ -314,7 +314,7 @@ def test_backbone_fit_cli_and_its_errors(brain_store, brain_seed, tmp_path, caps
     (["--l2", "1.6e20"], "--l2 in [0, 1]"),
     (["--lr", "inf"], "--lr in (0, 1]"),
     (["--lr", "0"], "--lr in (0, 1]"),
-    (["--alpha", "nan"], "--alpha a number in [0, 2]"),
+    (["--alpha", "nan"], "--alpha a number in [0, 1]"),
     (["--seed", "-1"], "--seed an integer in [0, 2**32)"),
     (["--image-size", "0"], "--image-size an integer in [32, 1024]"),
     (["--image-size", "-1"], "--image-size an integer in [32, 1024]"),
