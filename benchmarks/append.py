@@ -41,6 +41,24 @@ def _copies(src: str, dst: str, first: int, count: int) -> None:
     shutil.rmtree(tmp)
 
 
+def _labels(files: list[str], path: str) -> str:
+    """A labels CSV for every file (named ``<SOPInstanceUID>.dcm`` by the replication): random labels, ~15%
+    with a hemorrhage, so that the splits hold patients."""
+    import numpy as np
+
+    from ichprep.labels import SUBTYPES
+
+    rng = np.random.default_rng(0)
+    with open(path, "w") as fh:
+        fh.write("ID,Label\n")
+        for f in files:
+            sop = os.path.splitext(os.path.basename(f))[0]
+            sub = (rng.random(5) < 0.04).astype(int)
+            for name, v in zip(SUBTYPES, list(sub) + [int(sub.any())]):
+                fh.write(f"{sop}_{name},{v}\n")
+    return path
+
+
 def _shard_digests(store: str) -> dict:
     root = os.path.join(store, "images", "c")
     out = {}
@@ -88,8 +106,9 @@ def main(argv=None) -> int:
         for d in (base, new):
             for f in _files(d):
                 os.link(f, os.path.join(every, os.path.basename(f)))
+        labels = _labels(_files(every), os.path.join(work, "labels.csv"))
         n_base, n_new = len(_files(base)), len(_files(new))
-        build = [sys.executable, "-m", "ichprep.cli", "build", "--workers", str(a.workers), "--quiet"]
+        build = [sys.executable, "-m", "ichprep.cli", "build", "--workers", str(a.workers), "--quiet", "--labels", labels]
         base_store = os.path.join(work, "base.zarr")
         base_wall, _, _ = _run(build + [base, "--out", base_store], None)
         print(f"base store: {n_base} slices in {base_wall:.1f} s; appending {n_new} ({n_new / n_base:.1%})", flush=True)

@@ -41,7 +41,7 @@ from ichprep.errors import (
     UsageError,
 )
 from ichprep.executor import executor
-from ichprep.labels import inconsistent_any, read_labels
+from ichprep.labels import UNLABELLED, inconsistent_any, read_labels
 from ichprep.outlock import output_lock
 from ichprep.salt import resolve_salt
 from ichprep.scan import list_source
@@ -137,7 +137,7 @@ def _append(cfg: BuildConfig, console, t0: float, labels, paths: list[str], salt
     generation = record["generation"] if record else info.generation + 1
     with executor(cfg.workers, cfg.scheduler, console, cfg.dashboard) as run:
         headers, rejects, warns = _header_pass(cfg, todo, salt.value, run, console) if todo else ([], [], Counter())
-        sops = st.column(g, "sop_uid").tolist()
+        sops = st.column(g, "sop_uid").tolist() if headers else []  # 16k UIDs take ~50 ms to read
         row_of = {s: i for i, s in enumerate(sops[:rows_before]) if s}
         if record is not None:
             wanted = set(pending)
@@ -152,7 +152,7 @@ def _append(cfg: BuildConfig, console, t0: float, labels, paths: list[str], salt
         rejects += _compare_known(g, info, suspects, cfg.source)
         result.known += len(suspects) - sum(r == "changed" for _, r, _ in rejects)
         if record is not None:
-            start, n, rows = record["start"], record["n"], None
+            start, n = record["start"], record["n"]
             new_headers = [by_key[k] for k in pending]
             in_new = set(sops[start:n])
             rejects += [(h.path, "duplicate", f"SOPInstanceUID {h.sop_uid} is also in a file of this append")
@@ -178,7 +178,7 @@ def _append(cfg: BuildConfig, console, t0: float, labels, paths: list[str], salt
         t = time.monotonic()
         todo_shards, reject_messages = _pixel_pass(cfg, run, [None] * start + list(new_headers), done, console)
         result.timings["pixels"] = time.monotonic() - t
-    new_rejects = _finish(cfg, g, info, start, new_headers, rows, header_rejects, reject_messages, generation)
+    new_rejects = _finish(cfg, g, info, start, new_headers, header_rejects, reject_messages, generation)
     result.written = int(st.get_attrs(g)["counts"]["written"])
     result.added, result.generation = int(sum(st.column(g, "status")[start:] == 0)), generation
     result.rejected = len(new_rejects)
@@ -251,28 +251,29 @@ def _nothing_new(cfg, g, info, result: BuildResult, rejects: list, t0: float) ->
     return result
 
 
-def _finish(cfg, g, info, start: int, headers: list, rows, header_rejects: list, reject_messages: dict,
+def _finish(cfg, g, info, start: int, headers: list, header_rejects: list, reject_messages: dict,
             generation: int) -> list:
     """The grown store's attributes, then the new generation and ``complete``; returns this append's rejects."""
-    status = st.column(g, "status")
-    new_status = status[start:]
+    n = start + len(headers)
+    new_status = st.column(g, "status", slice(start, n))  # the store's own rows are counted in its attributes
     pixel_rejects = [(_relpath(headers[i].path, cfg.source), REASON_NAMES[int(new_status[i])],
                       reject_messages.get(headers[i].path, "pixel data could not be used (found by an earlier run)"))
                      for i in np.flatnonzero(new_status)]
     rejects = header_rejects + pixel_rejects
-    ok = status == 0
-    all_labels, types = st.column(g, "labels"), st.column(g, "type")
+    ok = new_status == 0
+    new_labels, new_types = st.column(g, "labels", slice(start, n)), st.column(g, "type", slice(start, n))
     old = info.counts
-    counts = dict(old, written=int(ok.sum()), rows=int(status.size),
+    counts = dict(old, written=int(old.get("written", 0)) + int(ok.sum()), rows=n,
                   rejected=int(old.get("rejected", 0)) + len(rejects),
-                  unlabelled=int(old.get("unlabelled", 0)) + (rows.unlabelled if rows is not None else 0),
-                  inconsistent_any=int(inconsistent_any(all_labels).sum()))
+                  unlabelled=int(old.get("unlabelled", 0)) + int((new_labels == UNLABELLED).any(axis=1).sum()),
+                  inconsistent_any=int(old.get("inconsistent_any", 0)) + int(inconsistent_any(new_labels).sum()))
+    type_counts = Counter(info.type_counts) + Counter(int(t) for t in new_types[ok])
     fixed = Counter(info.fixed)
     for k, v in _fixes(cfg, headers, g).items():
         fixed[k] = v if k == "hu_clipped" else fixed[k] + v  # hu_clipped is counted over the whole store
     st.end_append(g, dict(
         counts=counts,
-        type_counts={str(k): v for k, v in sorted(Counter(int(t) for t in types[ok]).items())},
+        type_counts={str(k): v for k, v in sorted(type_counts.items())},
         rejects=list(info.rejects) + [dict(file=f, reason=r, message=m) for f, r, m in rejects],
         fixed=dict(fixed),
         appends=list(info.attrs.get("appends", [])) + [dict(generation=generation, source=cfg.params()["source"],

@@ -144,7 +144,8 @@ class BuildResult:
             parts.append(f"{self.labels_without_file} labelled slices not found in the source")
         if self.warnings:
             parts.append("pydicom warnings: " + ", ".join(f"{n}x {k!r}" for k, n in self.warnings.items()))
-        rate = self.written / self.seconds if self.seconds > 0 else 0.0
+        done = self.written if self.added is None else self.added  # an append's rate: of the slices it added
+        rate = done / self.seconds if self.seconds > 0 else 0.0
         phases = ", ".join(f"{k} {self.timings[k]:.1f} s" for k in ("headers", "pixels") if k in self.timings)
         parts.append(f"{self.seconds:.1f} s ({rate:,.0f} slices/s" + (f"; {phases}" if phases else "") + ")"
                      + (" [resumed]" if self.resumed else ""))
@@ -160,11 +161,13 @@ def path_digest(path: str) -> str:
     return "path:" + hashlib.blake2b(os.path.abspath(path).encode("utf-8"), digest_size=8).hexdigest()
 
 
-def file_key(relpath: str, size: int, mtime_ns: int) -> str:
-    """A row's ``file_key``: 16 hex digits of its file's path under the source, size and modification time.
-    An append skips the files whose key the store holds without opening them; the path itself is not kept."""
+def file_key(relpath: str, size: int, mtime_ns: int) -> int:
+    """A row's ``file_key``: a 64-bit digest of its file's path under the source, size and modification time
+    (never 0, the column's fill). An append skips the files whose key the store holds without opening them;
+    the path itself is not kept."""
     text = f"{relpath}\0{int(size)}\0{int(mtime_ns)}"
-    return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
+    key = int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "little")
+    return key or 1
 
 
 def _same_params(recorded: dict, cfg: "BuildConfig") -> bool:
@@ -177,6 +180,11 @@ def _same_params(recorded: dict, cfg: "BuildConfig") -> bool:
 
 
 def _relpath(path: str, root: str) -> str:
+    """``path`` under ``root``. A listed path starts with its folder, so a prefix cut gives it: os.path.relpath,
+    which normalises both paths on every call, took 0.4 s per 16k files."""
+    prefix = os.path.join(root, "")
+    if path.startswith(prefix):
+        return path[len(prefix):]
     try:
         return os.path.relpath(path, root)
     except ValueError:

@@ -149,8 +149,9 @@ def create_store(url: str, n: int, channels: int, shard_slices: int, codec: str,
     g.create_array("labels", shape=(n, 6), chunks=(max(n, 1), 6), dtype="uint8", fill_value=255,
                    compressors=_meta_compressors())
     g.create_array("type", shape=(n,), chunks=(n,), dtype="uint8", fill_value=0, compressors=_meta_compressors())
-    for name in ("sop_uid", "study_uid", "series_uid", "patient", FILE_KEY):
+    for name in ("sop_uid", "study_uid", "series_uid", "patient"):
         g.create_array(name, shape=(n,), chunks=(n,), dtype=str, compressors=_meta_compressors())
+    g.create_array(FILE_KEY, shape=(n,), chunks=(n,), dtype="uint64", fill_value=0, compressors=_meta_compressors())
     for name in ("position_z", "window_center", "window_width"):
         g.create_array(name, shape=(n,), chunks=(n,), dtype="float32", fill_value=float("nan"),
                        compressors=_meta_compressors())
@@ -180,10 +181,10 @@ def write_metadata(g: zarr.Group, sop, study, series, patient, position_z, label
     """The per-row columns of rows ``start``, ``start + 1``, ... (the whole store for a build, the new rows
     for an append)."""
     rows = slice(start, start + len(sop))
-    for name, values in (("sop_uid", sop), ("study_uid", study), ("series_uid", series), ("patient", patient),
-                         (FILE_KEY, file_key)):
-        if values is not None:
-            g[name][rows] = np.asarray(values, dtype=object).astype(str)
+    for name, values in (("sop_uid", sop), ("study_uid", study), ("series_uid", series), ("patient", patient)):
+        g[name][rows] = np.asarray(values, dtype=object).astype(str)
+    if file_key is not None:
+        g[FILE_KEY][rows] = np.asarray(file_key, dtype=np.uint64)
     g["position_z"][rows] = np.asarray(position_z, dtype=np.float32)
     g["labels"][rows] = np.asarray(labels, dtype=np.uint8)
     g["type"][rows] = np.asarray(types, dtype=np.uint8)
@@ -390,7 +391,7 @@ class StoreInfo:
 
 # Per-row columns (one value per slice) and how they read back.
 COLUMNS = META_ARRAYS + SHARD_ARRAYS + (FILE_KEY,)
-_TEXT_COLUMNS = frozenset({"sop_uid", "study_uid", "series_uid", "patient", FILE_KEY})
+_TEXT_COLUMNS = frozenset({"sop_uid", "study_uid", "series_uid", "patient"})
 
 
 def column(g: zarr.Group, name: str, rows=None) -> np.ndarray:
@@ -401,7 +402,7 @@ def column(g: zarr.Group, name: str, rows=None) -> np.ndarray:
     if name not in g and name not in META_ARRAYS_V1 + SHARD_ARRAYS:
         n = g["sop_uid"].shape[0]
         shape = n if rows is None else np.asarray(rows).shape
-        return np.full(shape, "", dtype=object) if name in _TEXT_COLUMNS else np.full(shape, np.nan, np.float32)
+        return np.zeros(shape, np.uint64) if name == FILE_KEY else np.full(shape, np.nan, np.float32)
     try:
         values = g[name][:] if rows is None else g[name][rows]
     except Exception as exc:

@@ -118,6 +118,7 @@ def test_checksum_benchmark_runs_on_a_store(tmp_path, synth_corpus):
     assert 0 < r["crc_share_of_encode"] < 1 and 0 < r["crc_share_of_decode"] < 1
 
 
+@pytest.mark.slow  # 30-40 s: it trains three models; benchmarks/context.py's own figures come from full runs
 def test_context_benchmark_runs_and_reports(tmp_path):
     out = tmp_path / "context.json"
     bench = BENCH.parent / "context.py"
@@ -192,3 +193,17 @@ def test_stream_benchmark_cold_mode_reads_from_the_disk(tmp_path):
     report = json.loads(out.read_text())
     assert report["cold"] and {"cnn/disk", "cnn-none/disk", "cnn-none/npy_loop"} <= set(report["results"])
     assert report["ratios"]["cold cnn: ichtrain_f16 / the disk's sequential read"] > 0
+
+
+def test_append_benchmark_runs_and_checks_the_store(real_series, tmp_path):
+    out = tmp_path / "append.json"
+    res = subprocess.run([sys.executable, str(BENCH.parent / "append.py"), "--data", real_series, "--base", "2",
+                          "--new", "1", "--rounds", "1", "--workers", "1", "--json", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["base_slices"] == 64 and report["new_slices"] == 32
+    c = report["checks"]
+    assert c["existing_shards"] > 0 and c["existing_shards_changed"] == 0 and c["new_shards"] > 0
+    assert c["verify"] == "OK" and c["base_digest_equal"] and c["old_patients_moved"] == 0 and c["new_rows"] == 32
+    assert 0 < report["ratio_median"] < 5

@@ -271,6 +271,7 @@ def test_four_processes_streaming_one_local_store_read_what_one_reads(corpus):
     _check_readers(str(ref), 24)
 
 
+@pytest.mark.slow  # 25-30 s; the local store's case (the same readers) runs by default
 def test_four_processes_streaming_one_s3_store_read_what_one_reads(corpus, moto):
     s, _ = corpus
     url = f"{moto['url']}/readers.zarr"
