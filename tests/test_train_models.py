@@ -195,8 +195,6 @@ def test_a_fit_that_diverges_stops_names_it_and_keeps_no_nan_checkpoint(brain_st
     """Found by the 2,000-example flag fuzz: --l2 1.6e20 trained to NaN and failed in calibration with a
     numpy warning. Such values are refused now (--lr and --l2 at most 1); a run that still diverges stops at
     the first NaN batch, saves no checkpoint of it, writes no model or calibration, and says what to change."""
-    import dataclasses
-
     from ichtrain.fit import FitConfig, fit
 
     with pytest.raises(UsageError, match=r"--lr in \(0, 1\] and --l2 in \[0, 1\]"):
