@@ -29,18 +29,6 @@ from ingest import _files, _run, replicate  # noqa: E402  (the benchmarks folder
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "rsna-unlabelled")
 
 
-def _copies(src: str, dst: str, first: int, count: int) -> None:
-    """Copies ``first .. first + count - 1`` of every file of ``src`` (see ingest.replicate) into ``dst``."""
-    tmp = dst + ".part"
-    replicate(src, tmp, first + count)
-    os.makedirs(dst, exist_ok=True)
-    for name in os.listdir(tmp):
-        k = int(os.path.splitext(name)[0][-4:], 16)
-        if k >= first:
-            os.replace(os.path.join(tmp, name), os.path.join(dst, name))
-    shutil.rmtree(tmp)
-
-
 def _labels(files: list[str], path: str) -> str:
     """A labels CSV for every file (named ``<SOPInstanceUID>.dcm`` by the replication): random labels, ~15%
     with a hemorrhage, so that the splits hold patients."""
@@ -100,8 +88,8 @@ def main(argv=None) -> int:
     work = tempfile.mkdtemp(prefix="ichprep-append-")
     try:
         base, new, every = (os.path.join(work, x) for x in ("base", "new", "all"))
-        _copies(a.data, base, 0, a.base)
-        _copies(a.data, new, a.base, a.new)
+        replicate(a.data, base, a.base)
+        replicate(a.data, new, a.new, first=a.base)
         os.makedirs(every)
         for d in (base, new):
             for f in _files(d):

@@ -132,8 +132,10 @@ def _run(cmd, pin):
     return wall, peak, out
 
 
-def replicate(src, dst, copies):
-    """``copies`` copies of every DICOM in ``src`` under ``dst``, as new series (see the module docstring)."""
+def replicate(src, dst, copies, first=0):
+    """``copies`` copies of every DICOM in ``src`` under ``dst``, as new series (see the module docstring):
+    copies ``first``, ``first + 1``, ... (each copy's UIDs end in its number, so other numbers give other
+    slices)."""
     import warnings
 
     import pydicom
@@ -144,7 +146,7 @@ def replicate(src, dst, copies):
         for f in _files(src):
             ds = pydicom.dcmread(f)
             sop, series, study = ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.StudyInstanceUID
-            for k in range(copies):
+            for k in range(first, first + copies):
                 ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.StudyInstanceUID = (f"{u}{k:04x}" for u in (sop, series, study))
                 ds.save_as(os.path.join(dst, f"{ds.SOPInstanceUID}.dcm"), enforce_file_format=False)
     return dst

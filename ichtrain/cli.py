@@ -61,7 +61,10 @@ def _parser() -> argparse.ArgumentParser:
         "Per-label sensitivity, specificity, fall-out and miss rate at 0.5 and across thresholds, ROC-AUC, and "
         "the challenge's weighted log loss; writes RUN_DIR/eval-SPLIT.json and plots/SPLIT-*.png."))
     e.add_argument("run")
-    e.add_argument("--split", default="val", choices=SPLIT_NAMES)
+    e.add_argument("--split", default="val", choices=SPLIT_NAMES + ("new",),
+                   help="the run's split (read at the store generation it trained on), or new: the labelled slices "
+                        "a grown store gained since (ichprep build --append), of patients outside the run's train "
+                        "and val splits (default val)")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--json", action="store_true", help="print the metrics JSON")
     c = sub.add_parser("compare", help="runs side by side on the same held-out patients, with intervals",
@@ -366,6 +369,9 @@ def _evaluate(args) -> int:
     from ichtrain.evaluate import evaluate
 
     cv = is_cv_folder(args.run)
+    if cv and args.split == "new":
+        raise UsageError("--split new evaluates one run on the slices appended since it trained; a cv folder's "
+                         "folds cover every patient: evaluate one of its fold runs (CV_DIR/fold-K)")
     res = evaluate_cv(args.run) if cv else evaluate(args.run, args.split, args.batch_size)
     if args.json:
         print(json.dumps({k: v for k, v in res.items() if k != "plots"}, indent=2))

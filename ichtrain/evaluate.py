@@ -14,7 +14,7 @@ from ichtrain.run import RunDir, input_options, load_keras, load_run, tta_of
 from ichtrain.calibration import Calibration, constant_prior, expected_calibration_error, reliability
 from ichtrain.metrics import summarise, weighted_log_loss
 
-__all__ = ["evaluate", "THRESHOLDS"]
+__all__ = ["evaluate", "THRESHOLDS", "NEW"]
 
 THRESHOLDS = np.round(np.linspace(0.0, 1.0, 21), 4)
 
@@ -24,33 +24,34 @@ def _load(run_dir):
     return cfg, load_keras(model_path)
 
 
-def evaluate(run_dir: str, split: str = "val", batch_size: int = 32) -> dict:
-    from ichtrain.data import run_stream
+# evaluate's split of the slices a grown store gained after the run's generation (``ichprep build --append``),
+# of patients the run never saw in its train or val split: a prospective test.
+NEW = "new"
 
+
+def evaluate(run_dir: str, split: str = "val", batch_size: int = 32) -> dict:
     cfg, model = _load(run_dir)
-    stream = run_stream(cfg)
-    stream.check_split(cfg.get("split"), f"the run {run_dir!r}")
-    if stream.splits[split].size == 0:
-        raise UsageError(stream.empty_split_reason(split) + "; nothing to evaluate")
+    stream, rows, train_stream = _rows_of(cfg, run_dir, split)
     if cfg["model"] == "series":
         from ichtrain.series import open_embeddings, predict_series, series_rows
 
-        groups = series_rows(stream, stream.splits[split])
+        groups = series_rows(stream, rows)
         p_raw = predict_series(model, open_embeddings(cfg["embeddings"], stream)[0], groups)
         y = stream.labels[np.concatenate(groups)].astype(np.float32)
     else:
-        y, p_raw = predict_rows(model, stream, batch_size, split=split, tta=tta_of(cfg), **input_options(cfg))
+        given = dict(rows=rows) if split == NEW else dict(split=split)
+        y, p_raw = predict_rows(model, stream, batch_size, tta=tta_of(cfg), **given, **input_options(cfg))
     cal = Calibration.load(run_dir)
     p = cal.apply(p_raw) if cal is not None else p_raw
     result = summarise(y, p, THRESHOLDS)
     result.update(split=split, model=cfg["model"], store=cfg["store"], calibrated=cal is not None)
-    result["calibration"] = calibration_summary(y, p, p_raw, cal, stream)
+    result["calibration"] = calibration_summary(y, p, p_raw, cal, train_stream)
+    result["store_generation"] = stream.generation
     out_json = RunDir(run_dir).evaluation(split)
     with open(out_json, "w") as fh:
         json.dump(result, fh, indent=2)
     result["plots"] = _plots(result, run_dir, split)
     result["json"] = out_json
-    rows = stream.splits[split]
     np.savez_compressed(RunDir(run_dir).predictions(split), y_true=y, y_prob=p, y_prob_raw=p_raw,
                         rows=rows)
     from ichtrain.report import write_report
@@ -60,6 +61,28 @@ def evaluate(run_dir: str, split: str = "val", batch_size: int = 32) -> dict:
     explain = None if cfg["model"] == "series" else _explainer(model, stream, input_options(cfg))
     result["report"] = write_report(run_dir, result, stream.images, rows, y, p, channel, explain=explain)
     return result
+
+
+def _rows_of(cfg: dict, run_dir: str, split: str):
+    """(the stream, the rows to evaluate, the stream of the run's own split) for ``split``: one of the run's
+    splits, read at the run's store generation; or :data:`NEW`."""
+    from ichtrain.data import run_stream
+
+    stream = run_stream(cfg)
+    stream.check_split(cfg.get("split"), f"the run {run_dir!r}")
+    if split != NEW:
+        if stream.splits[split].size == 0:
+            raise UsageError(stream.empty_split_reason(split) + "; nothing to evaluate")
+        return stream, stream.splits[split], stream
+    latest = run_stream(dict(cfg, store_generation=None))
+    seen = np.unique(stream.groups[np.concatenate([stream.splits["train"], stream.splits["val"]])].astype(str))
+    first_new = stream.info.rows_at(stream.generation)
+    rows = np.flatnonzero(latest.usable & (np.arange(latest.n) >= first_new) & ~np.isin(latest.groups.astype(str), seen))
+    if rows.size == 0:
+        raise UsageError(f"No new slices to evaluate: the run trained on generation {stream.generation} of "
+                         f"{cfg['store']}, which is at generation {latest.generation}; --split new takes the labelled "
+                         "slices added since (ichprep build --append) of patients outside the run's train and val splits")
+    return latest, rows, stream
 
 
 def _explainer(model, stream, inputs: dict):

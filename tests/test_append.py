@@ -212,10 +212,26 @@ def test_a_run_keeps_its_generation_after_an_append(parts, tmp_path, capsys):
     capsys.readouterr()
     assert ichtrain(["evaluate", run, "--split", "test", "--json"]) == 0
     before = capsys.readouterr().out
+    assert ichtrain(["evaluate", run, "--split", "new"]) == 2  # nothing appended yet
+    assert "No new slices to evaluate" in capsys.readouterr().err
     assert _append(parts, out) == 0
     capsys.readouterr()
     assert ichtrain(["evaluate", run, "--split", "test", "--json"]) == 0
     assert capsys.readouterr().out == before  # the rows of generation 1, the same patients in the same split
+    assert ichtrain(["evaluate", run, "--split", "new", "--json"]) == 0  # the appended patients, none seen
+    new = json.loads(capsys.readouterr().out)
+    g2 = zarr.open_group(out, mode="r")
+    seen = set()
+    record = json.load(open(os.path.join(run, "config.json")))
+    from ichtrain.data import run_stream
+
+    old_stream = run_stream(record)
+    for name in ("train", "val"):
+        seen |= set(old_stream.groups[old_stream.splits[name]].tolist())
+    groups = st.column(g2, "patient")
+    expected = [i for i in range(32, 62) if groups[i] not in seen]  # rows after the gap, patients never seen
+    assert new["split"] == "new" and new["slices"] == len(expected) > 0 and new["store_generation"] == 2
+    assert np.load(os.path.join(run, "predictions-new.npz"))["rows"].tolist() == expected
     assert ichtrain(args + ["--epochs", "2"]) == 0  # a resume trains on the rows it started on
     assert "resumed" in capsys.readouterr().out
     assert json.load(open(os.path.join(run, "config.json")))["store_generation"] == 1
