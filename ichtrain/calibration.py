@@ -29,6 +29,7 @@ import numpy as np
 
 from ichprep.errors import StoreError
 from ichtrain.infer import predict_rows
+from ichtrain.logits import logit, sigmoid
 from ichtrain.run import RunDir, write_atomic
 from ichtrain.sampling import type_weights
 
@@ -41,17 +42,6 @@ PLATT_RIDGE = 1.0
 # The smallest Platt slope: a val split whose outputs run against its labels (a few odd patients) makes the
 # map nearly constant instead of reversing the ranking the model learned on many more patients.
 MIN_SCALE = 0.05
-EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] before a logit: float32 sigmoids reach 0 and 1
-
-
-def logit(p) -> np.ndarray:
-    p = np.clip(np.asarray(p, np.float64), EPS, 1 - EPS)
-    return np.log(p) - np.log1p(-p)
-
-
-def sigmoid(z) -> np.ndarray:
-    z = np.asarray(z, np.float64)
-    return np.exp(-np.logaddexp(0.0, -z))
 
 
 def prior_shift_offsets(labels: np.ndarray, sample_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

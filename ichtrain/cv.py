@@ -23,8 +23,8 @@ import numpy as np
 
 from ichprep.errors import UsageError
 from ichprep.labels import SUBTYPES
-from ichtrain.calibration import (PLATT_RIDGE, Calibration, constant_prior, fit_platt, group_weights, logit,
-                                  sigmoid)
+from ichtrain.calibration import PLATT_RIDGE, Calibration, constant_prior, fit_platt, group_weights
+from ichtrain.logits import logit, sigmoid
 from ichtrain.metrics import roc_auc, weighted_log_loss
 from ichtrain.run import RunDir, read_record
 

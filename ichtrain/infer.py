@@ -10,17 +10,10 @@ import numpy as np
 
 from ichtrain.augment import flip_width
 from ichtrain.graphwindows import reading_model
+from ichtrain.logits import mean_in_logits
 
 __all__ = ["model_outputs", "predict_rows", "features_of", "feature_model", "mean_in_logits"]
 
-_EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] before a logit: float32 sigmoids reach 0 and 1
-
-
-def mean_in_logits(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """The mean of two probability arrays taken in logit space (how TTA views are averaged)."""
-    p, q = np.clip(p, _EPS, 1 - _EPS).astype(np.float64), np.clip(q, _EPS, 1 - _EPS).astype(np.float64)
-    z = 0.5 * (np.log(p / (1 - p)) + np.log(q / (1 - q)))
-    return (1 / (1 + np.exp(-z))).astype(np.float32)
 
 
 def model_outputs(model, stream, batch_size: int = 32, split: str | None = None, rows=None, tta: str = "none",

@@ -13,8 +13,9 @@ from ichprep.build import BuildConfig, build
 from ichprep.errors import UsageError
 from ichprep.labels import SUBTYPES
 from ichprep.windows import windows_from_list
-from ichtrain.calibration import Calibration, logit
+from ichtrain.calibration import Calibration
 from ichtrain.infer import feature_model, features_of, predict_rows
+from ichtrain.logits import logit
 from ichtrain.run import input_options, load_keras, load_run, tta_of
 
 __all__ = ["predict"]
