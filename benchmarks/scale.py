@@ -64,11 +64,14 @@ def main(argv=None) -> int:
             wall, peak, out = _run(cmd, None)
             shutil.rmtree(src)
             size = _size(store)
+            with open(os.path.join(store, "zarr.json")) as fh:  # the command's own phases (start, headers, pixels)
+                phases = json.load(fh)["attributes"]["ichprep"].get("timings", {})
             rows.append(dict(window=w + 1, slices=n, seconds=round(wall, 2), slices_per_s=round(n / wall, 1),
                              peak_rss_mib=round(peak / 2**20, 1), store_gib=round(size / 2**30, 2),
-                             sources_s=round(made, 1)))
+                             sources_s=round(made, 1), phases=phases))
             print(f"window {w + 1}/{windows}: {n} slices in {wall:.1f} s ({n / wall:,.0f}/s), peak RSS "
-                  f"{peak / 2**20:,.0f} MiB, store {size / 2**30:.1f} GiB (sources made in {made:.0f} s)", flush=True)
+                  f"{peak / 2**20:,.0f} MiB, store {size / 2**30:.1f} GiB (sources made in {made:.0f} s); phases "
+                  + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()), flush=True)
         t = time.monotonic()
         verify_wall, verify_peak, verify_out = _run([sys.executable, "-m", "ichprep.cli", "verify", store, "--quiet"], None)
         rates = [r["slices_per_s"] for r in rows]

@@ -137,7 +137,10 @@ def _append(cfg: BuildConfig, console, t0: float, labels, paths: list[str], salt
     result.known = len(paths) - len(todo)
     generation = record["generation"] if record else info.generation + 1
     with executor(cfg.workers, cfg.scheduler, console, cfg.dashboard) as run:
+        result.timings["start"] = time.monotonic() - t0
+        t = time.monotonic()
         headers, rejects, warns = _header_pass(cfg, todo, salt.value, run, console) if todo else ([], [], Counter())
+        result.timings["headers"] = time.monotonic() - t
         sops = st.column(g, "sop_uid") if headers else np.zeros(0, object)  # 16k UIDs take ~50 ms to read
         row_of = _rows_of_sops(sops[:rows_before], [h.sop_uid for h in headers])
         if record is not None:
@@ -174,12 +177,13 @@ def _append(cfg: BuildConfig, console, t0: float, labels, paths: list[str], salt
             st.append_metadata_written(g)
             new_headers = h
         header_rejects = _new_rejects(info, [(_relpath(p, cfg.source), r, m) for p, r, m in rejects])
-        done = st.done_shards(g)
-        done[:start // info.shard_slices] = True  # the store's own shards (a gap row has no file to write)
+        first = start // info.shard_slices  # the store's own shards are written (a gap row has no file)
+        done = np.concatenate([np.ones(first, bool), st.done_shards(g, first)])
         t = time.monotonic()
         todo_shards, reject_messages = _pixel_pass(cfg, run, [None] * start + list(new_headers), done, console)
         result.timings["pixels"] = time.monotonic() - t
-    new_rejects = _finish(cfg, g, info, start, new_headers, header_rejects, reject_messages, generation)
+    new_rejects = _finish(cfg, g, info, start, new_headers, header_rejects, reject_messages, generation,
+                          result.timings)
     result.written = int(st.get_attrs(g)["counts"]["written"])
     result.added, result.generation = int(sum(st.column(g, "status")[start:] == 0)), generation
     result.rejected = len(new_rejects)
@@ -261,7 +265,7 @@ def _nothing_new(cfg, g, info, result: BuildResult, rejects: list, t0: float) ->
 
 
 def _finish(cfg, g, info, start: int, headers: list, header_rejects: list, reject_messages: dict,
-            generation: int) -> list:
+            generation: int, timings: dict) -> list:
     """The grown store's attributes, then the new generation and ``complete``; returns this append's rejects."""
     n = start + len(headers)
     new_status = st.column(g, "status", slice(start, n))  # the store's own rows are counted in its attributes
@@ -278,13 +282,14 @@ def _finish(cfg, g, info, start: int, headers: list, header_rejects: list, rejec
                   inconsistent_any=int(old.get("inconsistent_any", 0)) + int(inconsistent_any(new_labels).sum()))
     type_counts = Counter(info.type_counts) + Counter(int(t) for t in new_types[ok])
     fixed = Counter(info.fixed)
-    for k, v in _fixes(cfg, headers, g).items():
-        fixed[k] = v if k == "hu_clipped" else fixed[k] + v  # hu_clipped is counted over the whole store
+    for k, v in _fixes(cfg, headers, g, slice(start, n)).items():
+        fixed[k] += v
     st.end_append(g, dict(
         counts=counts,
         type_counts={str(k): v for k, v in sorted(type_counts.items())},
         rejects=list(info.rejects) + [dict(file=f, reason=r, message=m) for f, r, m in rejects],
         fixed=dict(fixed),
+        timings={k: round(v, 3) for k, v in timings.items()},  # the last build's or append's
         appends=list(info.attrs.get("appends", [])) + [dict(generation=generation, source=cfg.params()["source"],
                                                             labels=cfg.params()["labels"])],
     ))

@@ -359,7 +359,7 @@ def _finalise(cfg: BuildConfig, g, rows: _Rows, header_rejects: list, reject_mes
     return all_rejects
 
 
-def _fixes(cfg: BuildConfig, headers: list[SliceHeader], g) -> Counter:
+def _fixes(cfg: BuildConfig, headers: list[SliceHeader], g, rows=None) -> Counter:
     """Slices changed to be usable, by kind. hu stores: ``hu_rounded`` (a non-integer slope or intercept:
     HU rounded to the nearest unit) and ``hu_clipped`` (HU outside int16, clipped: the stored hu_min/hu_max
     keep the range before clipping, so this count survives a resumed build)."""
@@ -371,7 +371,7 @@ def _fixes(cfg: BuildConfig, headers: list[SliceHeader], g) -> Counter:
     if is_hu(cfg.windows):
         fixed["hu_rounded"] = sum(not (float(h.slope).is_integer() and float(h.effective_intercept).is_integer())
                                   for h in headers)
-        lo, hi = st.hu_range(g)
+        lo, hi = st.hu_range(g, rows)  # the rows of ``headers`` (all, for a build)
         fixed["hu_clipped"] = int(((lo < -32768) | (hi > 32767)).sum())
     return fixed
 

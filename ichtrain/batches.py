@@ -25,6 +25,7 @@ import numpy as np
 __all__ = ["shard_groups", "delivery_order", "aligned_empty", "BatchAssembler"]
 
 ALIGN = 64  # TensorFlow takes a numpy array without copying it when its data is aligned to this
+HINT_AHEAD = 4  # batches whose shard objects are announced for reading ahead
 
 
 def shard_groups(sorted_rows: np.ndarray, shard_slices: int) -> list[tuple[int, np.ndarray]]:
@@ -160,7 +161,7 @@ class BatchAssembler:
 
     def __init__(self, sources: np.ndarray, labels: np.ndarray, shard_slices: int, slice_shape: tuple[int, ...],
                  batch_size: int, fetch, budget_bytes: int, drop_remainder: bool = False, repeat: bool = False,
-                 window=None, planar: bool = False, dtype=np.float16):
+                 window=None, planar: bool = False, dtype=np.float16, hint=None, ahead: int = HINT_AHEAD):
         self.sources = np.asarray(sources, np.int64).reshape(len(sources), -1)
         self.labels = np.asarray(labels, np.float32)
         self.S, self.B = int(shard_slices), int(batch_size)
@@ -182,6 +183,26 @@ class BatchAssembler:
         self._pool = _BufferPool((self.B, c, h, w) if self.planar else (self.B, h, w, M * c), dtype)
         shards, counts = np.unique(self._batch_shards_all(), return_counts=True)
         self._cache = _ShardCache(fetch, dict(zip(shards.tolist(), counts.tolist())), budget_bytes)
+        self._hint, self._ahead = hint, int(ahead)
+        self._hinted_upto = -1  # batches whose shards were announced to the storage (see _announce)
+        self._hint_lock = threading.Lock()
+
+    def _announce(self, j: int) -> None:
+        """Tell the storage which shard objects batches j+1 .. j+ahead will read (``hint(shard)``: a local
+        store asks the kernel to read the file ahead), so a cold read of the next shards overlaps this batch's
+        decoding instead of waiting for each whole object in turn."""
+        if self._hint is None:
+            return
+        with self._hint_lock:
+            first, last = max(self._hinted_upto + 1, j + 1), j + self._ahead
+            if last < first:
+                return
+            self._hinted_upto = last
+        for k in range(first, last + 1):
+            if not self.repeat and k >= self.n_batches:
+                break
+            for s in np.unique(self.sources[self.positions(k)] // self.S).tolist():
+                self._hint(s)
 
     def positions(self, j: int) -> np.ndarray:
         n = len(self.sources)
@@ -204,6 +225,7 @@ class BatchAssembler:
         buf = self._pool.take()
         out = buf[:b]
         shards = np.unique(src // self.S).tolist()
+        self._announce(int(j))
         held = {}
         try:
             for s in shards:

@@ -320,6 +320,30 @@ class StoreStream:
             return "was removed or is being rebuilt"
         return None if now.attrs == self.info.attrs else "was rebuilt (its attributes changed)"
 
+    def _hinter(self):
+        """``hint(shard)``: ask the kernel to start reading a shard object of a local store ahead of its use
+        (``posix_fadvise(WILLNEED)``; its pages then arrive while earlier batches decode). None where the store
+        is not a local folder or the platform has no posix_fadvise."""
+        store = self.images.store_path.store
+        root = getattr(store, "root", None)
+        if root is None or not hasattr(os, "posix_fadvise") or self._reader is None:
+            return None
+        folder = os.path.join(str(root), self.images.store_path.path)
+        key = self.images.metadata.encode_chunk_key
+        rest = (0,) * (self.images.ndim - 1)
+
+        def hint(shard: int) -> None:
+            try:
+                fd = os.open(os.path.join(folder, key((int(shard),) + rest)), os.O_RDONLY)
+            except OSError:
+                return  # a missing object is reported when it is read
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+
+        return hint
+
     def _fetcher(self):
         """``fetch(shard)`` -> a shard object to decode slices from: ichprep's shard reader for stores of
         ichprep's layout, else zarr's read of the shard's rows."""
@@ -393,7 +417,7 @@ class StoreStream:
                                  f"windows_on={windows_on!r}")
             assembler = BatchAssembler(sources, self.labels[order], self.shard_slices, (full, full, 1), batch_size,
                                        self._fetcher(), int(shuffle_mb * 2**20), drop_remainder=drop_remainder,
-                                       repeat=repeat, dtype="int16")
+                                       repeat=repeat, dtype="int16", hint=self._hinter())
             return self._hu_dataset(assembler, b, parallel_reads)
         # Windows read from an hu store as a sequence, or one window, are written as planes in the asked dtype
         # (see ichprep.readwindows): no transpose and no cast left for TensorFlow.
@@ -402,7 +426,7 @@ class StoreStream:
         assembler = BatchAssembler(sources, self.labels[order], self.shard_slices, (full, full, self.channels),
                                    batch_size, self._fetcher(), int(shuffle_mb * 2**20),
                                    drop_remainder=drop_remainder, repeat=repeat, window=self.read_windows,
-                                   planar=planar, dtype=read_dtype)
+                                   planar=planar, dtype=read_dtype, hint=self._hinter())
         C = self.channels * (2 * neighbours + 1)
 
         def read(j):
