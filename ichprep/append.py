@@ -199,11 +199,13 @@ def _append(cfg: BuildConfig, console, t0: float, labels, paths: list[str], salt
 
 
 def _rows_of_sops(stored: np.ndarray, wanted: list[str]) -> dict[str, int]:
-    """The stored row of each of ``wanted`` the store holds (a gap row's empty UID matches nothing)."""
-    if not wanted or not stored.size:
+    """The stored row of each of ``wanted`` the store holds (a gap row's empty UID matches nothing). A set of
+    the few wanted UIDs and one pass over the stored ones: np.isin on object arrays compares Python strings
+    pairwise (14 s for 10k against 140k UIDs)."""
+    look_for = set(wanted) - {""}
+    if not look_for:
         return {}
-    hits = set(np.asarray(wanted, object)[np.isin(np.asarray(wanted, object), stored)].tolist()) - {""}
-    return {s: i for i, s in enumerate(stored.tolist()) if s in hits} if hits else {}
+    return {s: i for i, s in enumerate(stored.tolist()) if s in look_for}
 
 
 def _key_of(h, source: str) -> int:

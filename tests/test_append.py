@@ -240,3 +240,11 @@ def test_a_run_keeps_its_generation_after_an_append(parts, tmp_path, capsys):
     record = json.load(open(os.path.join(grown, "config.json")))
     assert record["store_generation"] == 2
     assert sum(record["split"]["slices"].values()) > sum(json.load(open(os.path.join(run, "config.json")))["split"]["slices"].values())
+
+
+def test_stored_rows_are_found_by_uid_and_a_gap_matches_nothing():
+    from ichprep.append import _rows_of_sops
+
+    stored = np.array(["a", "b", "", "c"], dtype=object)
+    assert _rows_of_sops(stored, ["c", "x", "", "a"]) == {"c": 3, "a": 0}
+    assert _rows_of_sops(stored, []) == {} and _rows_of_sops(stored, [""]) == {}
