@@ -223,8 +223,11 @@ def export_npy(store):
 
 
 def run_ichtrain(store, dicom, preset, batch, n, neighbours=0, dtype="float32", windows=None, windows_on="reader",
-                 layer=False, channels_last=False):
+                 layer=False, channels_last=False, readahead=True):
     from ichtrain.data import StoreStream
+
+    if not readahead:  # the stream without its read-ahead hints (StoreStream._hinter), to measure what they give
+        StoreStream._hinter = lambda self: None
 
     s = StoreStream(store, fractions=(1.0, 0.0, 0.0), windows=windows)  # windows: an hu store's, read-time
     warmup = _warmup_slices(batch)
@@ -241,6 +244,7 @@ def run_ichtrain(store, dicom, preset, batch, n, neighbours=0, dtype="float32", 
 RUNNERS = {"floor": run_floor, "disk": run_disk, "npy_loop": run_npy_loop, "naive_tfdata": run_naive_tfdata,
            "zarr_loop": run_zarr_loop, "ichtrain": run_ichtrain,
            "ichtrain_f16": functools.partial(run_ichtrain, dtype="float16"),
+           "ichtrain_f16_noahead": functools.partial(run_ichtrain, dtype="float16", readahead=False),
            # 2.5D: each sample with k slices of its series each side as extra channels (one-slice stores)
            "ichtrain_k1": functools.partial(run_ichtrain, neighbours=1),
            "ichtrain_k2": functools.partial(run_ichtrain, neighbours=2),
@@ -265,7 +269,7 @@ RUNNERS = {"floor": run_floor, "disk": run_disk, "npy_loop": run_npy_loop, "naiv
            "hu_model_cpu": functools.partial(run_ichtrain, windows="cnn", windows_on="model", layer=True)}
 # Which contenders run on which store: the .npy files hold the uncompressed store's slices.
 PLAN = {"cnn": ("floor", "naive_tfdata", "zarr_loop", "ichtrain", "ichtrain_f16", "ichtrain_k1", "ichtrain_k2"),
-        "cnn-none": ("floor", "npy_loop", "ichtrain", "ichtrain_f16"),
+        "cnn-none": ("floor", "npy_loop", "ichtrain", "ichtrain_f16", "ichtrain_f16_noahead"),
         "rnn": ("floor", "naive_tfdata", "zarr_loop", "ichtrain", "ichtrain_f16", "ichtrain_last", "ichtrain_last_f16"),
         "hu": ("floor", "ichtrain_cnn", "ichtrain_cnn_f16", "ichtrain_rnn", "ichtrain_rnn_f16", "ichtrain_rnn_last",
                "ichtrain_rnn_last_f16", "hu_to_model", "hu_model_cpu", "ichtrain_cnn_k1_f16", "ichtrain_cnn_k2_f16",
