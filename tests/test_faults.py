@@ -328,7 +328,22 @@ def test_a_reader_opened_while_a_build_writes_refuses(corpus, tmp_path, capsys):
 # -- object stores: one writer, and a connection that drops ----------------------------------------------
 
 
-def test_two_builds_into_one_s3_url_the_second_refuses(corpus, moto, capsys):
+_HELD_BUILD = r"""
+import os, sys, time
+import ichprep.shards as shards
+from ichprep.cli import main
+original, go = shards.process_shard, os.environ["HELD_BUILD_GO"]
+def held(*args, **kwargs):  # the first shard waits (at most 60 s) until the test says go: the lock stays held
+    deadline = time.monotonic() + 60
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return original(*args, **kwargs)
+shards.process_shard = held
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_two_builds_into_one_s3_url_the_second_refuses(corpus, moto, capsys, tmp_path):
     import subprocess
     import sys
     import time
@@ -337,7 +352,9 @@ def test_two_builds_into_one_s3_url_the_second_refuses(corpus, moto, capsys):
     url = f"{moto['url']}/two.zarr"
     build = ["build", s["dicom_dir"], "--labels", s["labels"], "--out", url, "--workers", "0", "--shard-slices",
              str(S), "--salt", "fixed", "--quiet"]
-    first = subprocess.Popen([sys.executable, "-c", _SLOW_BUILD, *build], stderr=subprocess.PIPE, text=True)
+    go = tmp_path / "go"  # a handshake, not a race with a slowed build: a loaded machine cannot end it early
+    first = subprocess.Popen([sys.executable, "-c", _HELD_BUILD, *build], stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, HELD_BUILD_GO=str(go)))
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
     deadline = time.monotonic() + 120
     while not fs.exists(url.removeprefix("s3://") + ".lock") and time.monotonic() < deadline:  # taken first thing
@@ -349,6 +366,7 @@ def test_two_builds_into_one_s3_url_the_second_refuses(corpus, moto, capsys):
     err = capsys.readouterr().err
     said = [ln for ln in err.splitlines() if ln.startswith("ichprep")]  # (aiohttp may warn of sessions GC'd)
     assert len(said) == 1 and f"pid {first.pid}" in said[0] and f"{url}.lock" in said[0], err
+    go.touch()
     assert first.wait(timeout=120) == 0, first.stderr.read()
     fs.invalidate_cache()
     assert not fs.exists(url.removeprefix("s3://") + ".lock")  # released

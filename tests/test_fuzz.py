@@ -215,7 +215,7 @@ def _check_fit_flag(brain_store: str, flag: str, value: str) -> None:
             assert not os.path.exists(run) or "Training diverged" in lines[0], (flag, value, err.getvalue())
 
 
-@settings(max_examples=12, **_SETTINGS)  # and two explicit ones; -m slow draws 2,000
+@settings(max_examples=6, **_SETTINGS)  # and two explicit ones; -m slow draws 2,000
 @given(flag=_FLAGS, value=_VALUES)
 @example(flag="--epochs", value="100000")  # a legitimate long run: accepted (the harness stops it early)
 @example(flag="--alpha", value="2")  # found by the 2,000: accepted by the config, refused by the sampler
