@@ -24,7 +24,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ingest import _files, _run, replicate  # noqa: E402  (the benchmarks folder is not a package)
+from ingest import _files, _run, replicate, write_report  # noqa: E402  (the benchmarks folder is not a package)
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "rsna-unlabelled")
 
@@ -136,9 +136,7 @@ def main(argv=None) -> int:
               f"{checks['existing_shards_changed']} of {checks['existing_shards']}; old patients moved: "
               f"{checks['old_patients_moved']}; generation-1 split digest equal to the base store's: "
               f"{checks['base_digest_equal']}; verify {checks['verify']}")
-        if a.json:
-            with open(a.json, "w") as fh:
-                json.dump(report, fh, indent=2)
+        write_report(a.json, report)
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -152,6 +152,13 @@ def replicate(src, dst, copies, first=0):
     return dst
 
 
+def write_report(path, report) -> None:
+    """The benchmark's report as JSON at ``path`` (``--json``; nothing when None)."""
+    if path:
+        with open(path, "w") as fh:
+            json.dump(report, fh, indent=2)
+
+
 def _build_timings(store):
     """The build's own wall time per phase (``ichprep`` attributes of the store; {} if absent)."""
     try:
@@ -299,9 +306,7 @@ def main(argv=None):
         for k, v in projection.items():
             print(f"  full data set ({FULL_DATASET:,} slices) with {k}: {v['hours_one_core']} h on one core "
                   f"(÷ cores added), {v['disk_gib']} GiB")
-        if a.json:
-            with open(a.json, "w") as fh:
-                json.dump(report, fh, indent=2)
+        write_report(a.json, report)
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -23,7 +23,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ingest import _files, _run, replicate  # noqa: E402  (the benchmarks folder is not a package)
+from ingest import _files, _run, replicate, write_report  # noqa: E402  (the benchmarks folder is not a package)
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "rsna-unlabelled")
 
@@ -88,9 +88,7 @@ def main(argv=None) -> int:
         print(f"{report['total_slices']:,} slices, store {report['store_gib']} GiB on a {report['memory_gib']} GiB "
               f"machine; appends' slices/s max/min {report['rate_spread']}x (target <= 1.1x), peak RSS max/min "
               f"{report['rss_spread']}x; verify {report['verify_s']} s")
-        if a.json:
-            with open(a.json, "w") as fh:
-                json.dump(report, fh, indent=2)
+        write_report(a.json, report)
         return 0
     finally:
         if not a.keep:
