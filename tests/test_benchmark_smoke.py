@@ -1,6 +1,7 @@
 """The ingest benchmark runs end to end on a tiny corpus (no timing assertions: tests are not benchmarks)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -206,3 +207,15 @@ def test_append_benchmark_runs_and_checks_the_store(real_series, tmp_path):
     assert c["existing_shards"] > 0 and c["existing_shards_changed"] == 0 and c["new_shards"] > 0
     assert c["verify"] == "OK" and c["base_digest_equal"] and c["old_patients_moved"] == 0 and c["new_rows"] == 32
     assert 0 < report["ratio_median"] < 5
+
+
+def test_scale_benchmark_grows_a_store_by_appends_and_verifies_it(real_series, tmp_path):
+    out = tmp_path / "scale.json"
+    res = subprocess.run([sys.executable, str(BENCH.parent / "scale.py"), "--data", real_series, "--slices", "64",
+                          "--window", "32", "--workers", "1", "--work", str(tmp_path), "--json", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [w["slices"] for w in report["windows"]] == [32, 32] and report["total_slices"] == 64
+    assert report["windows"][1]["phases"]["pixels"] > 0 and "OK" in report["verify"]
+    assert sorted(os.listdir(tmp_path)) == ["scale.json"]  # its scratch folder (sources, store) is removed
