@@ -372,6 +372,40 @@ def test_disk_full_is_one_line_then_resumes_to_the_same_store(tmp_path, resume_c
         subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
+def test_an_append_that_fills_the_disk_is_one_line_then_a_rerun_finishes_it(tmp_path, resume_corpus):
+    """Issue 34: an append into a disk too small for it behaves as a build does: one line, exit 1, the store's
+    own slices kept, and the same command finishes it once there is room."""
+    import shutil
+
+    s, ref = resume_corpus
+    first = tmp_path / "first"
+    first.mkdir()
+    files = sorted(os.listdir(s["dicom_dir"]))
+    for name in files[:len(files) // 4]:
+        shutil.copy2(os.path.join(s["dicom_dir"], name), first / name)
+    size_kib = sum(f.stat().st_size for f in ref.rglob("*") if f.is_file()) // 1024
+    mnt = tmp_path / "small"
+    _mount_tmpfs(mnt, max(64, size_kib // 2))  # room for the first quarter, not for the rest
+    try:
+        out = mnt / "grow.zarr"
+        assert subprocess.run(_build_cmd(first, out, s["labels"]), capture_output=True).returncode == 0
+        append = _build_cmd(s["dicom_dir"], out, s["labels"]) + ["--append"]
+        res = subprocess.run(append, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 1 and res.stderr.strip().count("\n") == 0, res.stderr
+        assert "no space left" in res.stderr and "Traceback" not in res.stderr, res.stderr
+        assert not os.path.exists(str(out) + ".lock")
+        subprocess.run(["mount", "-o", f"remount,size={size_kib * 4}k", str(mnt)], check=True)
+        res = subprocess.run(append, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        verify = subprocess.run([sys.executable, "-m", "ichprep.cli", "verify", str(out), "--source",
+                                 s["dicom_dir"], "--sample", "64", "--quiet"], capture_output=True, text=True)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        g = zarr.open_group(str(out), mode="r")
+        assert g.attrs["ichprep"]["counts"]["written"] == zarr.open_group(str(ref), mode="r").attrs["ichprep"]["counts"]["written"]
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
 def test_a_jpeg_2000_frame_declaring_more_pixels_than_rows_x_columns_is_refused_before_decoding(synth_corpus, tmp_path):
     """Issue 32, item 3: a J2K codestream whose SIZ declares 16384 x 16384 under a 512 x 512 header is rejected
     (bad_dimensions) before a decoder allocates for it: the build's peak RSS stays that of a clean build."""
