@@ -55,7 +55,8 @@ def repair_shards(url: str, source: str, shards, console: TextIO | None = None) 
         raise StoreError(f"{url!r}: the sop_uid column cannot be read ({exc}), so the files of the damaged "
                          "shards cannot be found: rebuild the store with --overwrite") from None
     rows = {s: range(s * S, min(n, (s + 1) * S)) for s in shards}
-    wanted = [sops[i] for s in shards for i in rows[s]]
+    gap = _gap_rows(g, info)  # rows an append left empty: no file to find, written empty again
+    wanted = [sops[i] for s in shards for i in rows[s] if i not in gap]
     where = find_sources(source, wanted)
     missing = [sop for sop in wanted if sop not in where]
     if missing:
@@ -65,6 +66,9 @@ def repair_shards(url: str, source: str, shards, console: TextIO | None = None) 
     for s in shards:
         headers[s] = []
         for i in rows[s]:
+            if i in gap:
+                headers[s].append(None)
+                continue
             try:
                 h = read_header(where[sops[i]], "", Counter())  # the salt only names patients, not needed here
             except RejectError as exc:
@@ -84,6 +88,15 @@ def repair_shards(url: str, source: str, shards, console: TextIO | None = None) 
         except StoreError as exc:
             raise StoreError(f"{url!r}: {exc}") from None
     return shards
+
+
+def _gap_rows(g, info) -> set[int]:
+    """The rows of a grown store between a generation's last row and the next shard boundary."""
+    gaps = set()
+    for gen in st.generations(info.attrs)[:-1]:
+        rows = int(gen["rows"])
+        gaps.update(range(rows, -(-rows // info.shard_slices) * info.shard_slices))
+    return gaps
 
 
 def shard_rows(url: str, shards) -> str:

@@ -35,7 +35,8 @@ def process_shards(url: str, shards: list[int], headers: list[list[SliceHeader]]
 
 def process_shard(url: str, shard: int, headers: list[SliceHeader], windows_list: list[dict],
                    on_size: str, size: int, own_process: bool = False) -> list[tuple[str, str, str]]:
-    """Decode, window and write one whole shard. Runs on a Dask worker (or inline). A slice that cannot
+    """Decode, window and write one whole shard (a None header: a ``gap`` row, written empty). Runs on a Dask
+    worker (or inline). A slice that cannot
     be used gets its reason code in the store's status array (which survives an interrupted build) and
     is returned as (path, reason, message). ``own_process``: the process is ichprep's (see
     :func:`reuse_freed_memory`)."""
@@ -53,6 +54,10 @@ def process_shard(url: str, shard: int, headers: list[SliceHeader], windows_list
     scratch = np.empty(size * C, np.float32)
     file_buffer = ReadBuffer()  # one for the whole shard
     for i, h in enumerate(headers):
+        if h is None:  # a gap row an append left before its first shard: no file, nothing to decode
+            images[i] = 0
+            status[i] = REJECT_REASONS["gap"]
+            continue
         try:
             raw = read_raw(h, file_buffer)
             if hu_store:  # HU themselves, int16; a slice to resize is resampled in float32 first, then rounded

@@ -248,3 +248,22 @@ def test_stored_rows_are_found_by_uid_and_a_gap_matches_nothing():
     stored = np.array(["a", "b", "", "c"], dtype=object)
     assert _rows_of_sops(stored, ["c", "x", "", "a"]) == {"c": 3, "a": 0}
     assert _rows_of_sops(stored, []) == {} and _rows_of_sops(stored, [""]) == {}
+
+
+def test_a_damaged_shard_holding_gap_rows_is_repaired(parts, tmp_path, capsys):
+    out = str(tmp_path / "s.zarr")
+    _build_first(parts, out)
+    assert _append(parts, out) == 0
+    g = zarr.open_group(out, mode="r")
+    images, status = g["images"][:], st.column(g, "status")
+    shard = os.path.join(out, "images", "c", "3", "0", "0", "0")  # rows 24..31: six slices, then the gap 30, 31
+    data = bytearray(open(shard, "rb").read())
+    data[len(data) // 3] ^= 0xFF
+    open(shard, "wb").write(bytes(data))
+    assert ichprep(["verify", out, "--quiet"]) == 1
+    capsys.readouterr()
+    assert ichprep(["verify", out, "--source", parts["all"], "--repair", "--quiet"]) == 0, capsys.readouterr().err
+    g = zarr.open_group(out, mode="r")
+    np.testing.assert_array_equal(g["images"][:], images)
+    np.testing.assert_array_equal(st.column(g, "status"), status)
+    assert ichprep(["verify", out, "--source", parts["all"], "--sample", "64", "--quiet"]) == 0
