@@ -163,11 +163,14 @@ def pooled_out_of_fold(cv_dir: str, folds: int | None = None) -> dict:
             raise UsageError(f"fold {d!r} has no out-of-fold predictions: rerun 'ichtrain cv' with the same arguments")
         cal = Calibration.load(d)
         with np.load(path) as f:
-            z = logit(f["y_prob_raw"]) + (np.asarray(cal.offset) if cal is not None else 0.0)
+            # in row order: the calibration fits then see the same arrays however a file stored them (a copy
+            # with its rows shuffled fitted Platt maps 1e-9 apart)
+            order = np.argsort(np.asarray(f["rows"], np.int64), kind="stable")
+            z = logit(f["y_prob_raw"][order]) + (np.asarray(cal.offset) if cal is not None else 0.0)
             zs.append(z)
-            ys.append(f["y_true"].astype(np.float64))
-            gs.append(run_stream(cfg).groups[f["rows"]].astype(str))
-            rows.append(np.asarray(f["rows"], np.int64))
+            ys.append(f["y_true"][order].astype(np.float64))
+            gs.append(run_stream(cfg).groups[f["rows"][order]].astype(str))
+            rows.append(np.asarray(f["rows"], np.int64)[order])
         prior = cal.natural_prior if cal is not None else ys[-1].mean(0)
         priors.append(constant_prior(prior, len(ys[-1])))
     w_all = group_weights(np.concatenate(gs))
