@@ -12,7 +12,6 @@ finishes an interrupted append (its new rows kept, their unwritten shards writte
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 from collections import Counter
@@ -30,32 +29,25 @@ from ichprep.build import (
     _pixel_pass,
     _reason_counts,
     _relpath,
+    disk_full_as_store_error,
     file_key,
+    read_inputs,
 )
 from ichprep.errors import (
     REASON_NAMES,
-    IchprepError,
     IncompleteStoreError,
     StoreError,
     StrictRejectError,
     UsageError,
 )
 from ichprep.executor import executor
-from ichprep.labels import UNLABELLED, inconsistent_any, read_labels
+from ichprep.labels import UNLABELLED, inconsistent_any
 from ichprep.outlock import output_lock
-from ichprep.salt import resolve_salt
-from ichprep.scan import list_source
 
-__all__ = ["append", "store_layout"]
+__all__ = ["append"]
 
 # What an append must share with the store (the params a build records, less where its files came from).
 _LAYOUT = ("windows", "on_size", "shard_slices", "codec")
-
-
-def store_layout(url: str) -> dict:
-    """The layout of the store at ``url`` an append must keep: windows, size policy, shard size, codec."""
-    _, info = st.read_info(url)
-    return {k: info.params.get(k) for k in _LAYOUT}
 
 
 def append(cfg: BuildConfig, console: TextIO | None = None) -> BuildResult:
@@ -76,29 +68,22 @@ def append(cfg: BuildConfig, console: TextIO | None = None) -> BuildResult:
         StoreError: another build holds the store's lock, or the disk filled up (rerun to finish).
     """
     t0 = time.monotonic()
-    labels = read_labels(cfg.labels) if cfg.labels else None
-    paths = list_source(cfg.source, skip=() if "://" in cfg.out else (cfg.out, cfg.out.rstrip(os.sep) + ".lock"))
-    salt = resolve_salt(cfg.salt)
-    try:
-        with output_lock(cfg.out):
-            return _append(cfg, console, t0, labels, paths, salt)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC and not isinstance(exc, IchprepError):
-            raise st.disk_full_error(cfg.out) from None
-        raise
+    labels, paths, salt = read_inputs(cfg)
+    with disk_full_as_store_error(cfg.out), output_lock(cfg.out):
+        return _append(cfg, console, t0, labels, paths, salt)
 
 
 def _open(cfg: BuildConfig):
     """The store to append to, checked: (group, info, the interrupted append's record or None)."""
+    unfinished = (f"{cfg.out!r} is an unfinished build: finish it first (rerun the same 'ichprep build' command "
+                  "without --append), then append")
     try:
         g, info = st.read_info(cfg.out)
     except IncompleteStoreError:
-        raise UsageError(f"{cfg.out!r} is an unfinished build: finish it first (rerun the same 'ichprep build' "
-                         "command without --append), then append") from None
+        raise UsageError(unfinished) from None
     record = st.appending(info.attrs)
     if not info.complete and record is None:
-        raise UsageError(f"{cfg.out!r} is an unfinished build: finish it first (rerun the same 'ichprep build' "
-                         "command without --append), then append")
+        raise UsageError(unfinished)
     if info.schema_version < st.APPENDABLE_VERSION:
         raise UsageError(f"{cfg.out!r} has schema version {info.schema_version}, written before stores kept the "
                          f"file keys an append needs (version {st.APPENDABLE_VERSION}): rebuild it once with this "
@@ -185,7 +170,8 @@ def _append(cfg: BuildConfig, console, t0: float, labels, paths: list[str], salt
     new_rejects = _finish(cfg, g, info, start, new_headers, header_rejects, reject_messages, generation,
                           result.timings)
     result.written = int(st.get_attrs(g)["counts"]["written"])
-    result.added, result.generation = int(sum(st.column(g, "status")[start:] == 0)), generation
+    result.added = result.written - int(info.counts.get("written", 0))  # _finish counted the new rows only
+    result.generation = generation
     result.rejected = len(new_rejects)
     result.reject_reasons = dict(Counter(r for _, r, _ in new_rejects))
     result.shards_total, result.shards_run = len(done), len(todo_shards)
@@ -215,7 +201,7 @@ def _key_of(h, source: str) -> int:
 def _compare_known(g, info, suspects: list, source: str) -> list[tuple[str, str, str]]:
     """Files whose SOPInstanceUID the store holds under another file key: rejects (``changed``) for those whose
     header facts or pixels differ from their row; the others are the same slices (copied or touched)."""
-    from ichprep.verify import TOLERANCE, reference_slice
+    from ichprep.verify import reference_slice, tolerance
 
     rejects = []
     if not suspects:
@@ -229,13 +215,12 @@ def _compare_known(g, info, suspects: list, source: str) -> list[tuple[str, str,
         if not (z == columns["position_z"][row] or (np.isnan(z) and np.isnan(columns["position_z"][row]))):
             differ.append("position_z")
         if not differ:
-            tolerance = (1.0 if info.fixed.get("resized") else 0.0) if info.hu else TOLERANCE
             try:
                 ref = reference_slice(h.path, info.windows, info.size_policy, info.image_size)
             except Exception:  # pydicom cannot decode what the stored slice was built from: not that slice
                 differ.append("pixels (they cannot be decoded)")
             else:
-                if ref.shape != img.shape[1:] or np.abs(np.asarray(img[row], np.float64) - ref).max() > tolerance:
+                if ref.shape != img.shape[1:] or np.abs(np.asarray(img[row], np.float64) - ref).max() > tolerance(info):
                     differ.append("pixels")
         if differ:
             rejects.append((h.path, "changed", f"SOPInstanceUID {h.sop_uid} is stored (row {row}) with other "

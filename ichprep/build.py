@@ -8,6 +8,7 @@ is marked complete only in the last step.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import hashlib
@@ -393,15 +394,27 @@ def build(cfg: BuildConfig, console: TextIO | None = None) -> BuildResult:
         StoreError: the store cannot be written (full disk, another build holds its lock).
     """
     t0 = time.monotonic()
-    labels = read_labels(cfg.labels) if cfg.labels else None  # a bad CSV fails before any work
-    store_paths = () if "://" in cfg.out else (cfg.out, cfg.out.rstrip(os.sep) + ".lock")  # a store inside its source
-    paths = list_source(cfg.source, skip=store_paths)
-    salt = resolve_salt(cfg.salt)
-    try:
+    labels, paths, salt = read_inputs(cfg)
+    with disk_full_as_store_error(cfg.out):
         return _build(cfg, console, t0, labels, paths, salt)
+
+
+def read_inputs(cfg: BuildConfig) -> tuple:
+    """What a build or an append reads before any work: (labels or None, the source's files, the salt). A bad
+    CSV or source fails here."""
+    labels = read_labels(cfg.labels) if cfg.labels else None
+    store_paths = () if "://" in cfg.out else (cfg.out, cfg.out.rstrip(os.sep) + ".lock")  # a store inside its source
+    return labels, list_source(cfg.source, skip=store_paths), resolve_salt(cfg.salt)
+
+
+@contextlib.contextmanager
+def disk_full_as_store_error(out: str):
+    """A full disk under a build or an append becomes the one line that says how much more it needs."""
+    try:
+        yield
     except OSError as exc:
         if exc.errno == errno.ENOSPC and not isinstance(exc, IchprepError):
-            raise st.disk_full_error(cfg.out) from None
+            raise st.disk_full_error(out) from None
         raise
 
 

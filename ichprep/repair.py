@@ -55,7 +55,7 @@ def repair_shards(url: str, source: str, shards, console: TextIO | None = None) 
         raise StoreError(f"{url!r}: the sop_uid column cannot be read ({exc}), so the files of the damaged "
                          "shards cannot be found: rebuild the store with --overwrite") from None
     rows = {s: range(s * S, min(n, (s + 1) * S)) for s in shards}
-    gap = _gap_rows(g, info)  # rows an append left empty: no file to find, written empty again
+    gap = st.gap_rows(info.attrs, S)  # rows an append left empty: no file to find, written empty again
     wanted = [sops[i] for s in shards for i in rows[s] if i not in gap]
     where = find_sources(source, wanted)
     missing = [sop for sop in wanted if sop not in where]
@@ -88,15 +88,6 @@ def repair_shards(url: str, source: str, shards, console: TextIO | None = None) 
         except StoreError as exc:
             raise StoreError(f"{url!r}: {exc}") from None
     return shards
-
-
-def _gap_rows(g, info) -> set[int]:
-    """The rows of a grown store between a generation's last row and the next shard boundary."""
-    gaps = set()
-    for gen in st.generations(info.attrs)[:-1]:
-        rows = int(gen["rows"])
-        gaps.update(range(rows, -(-rows // info.shard_slices) * info.shard_slices))
-    return gaps
 
 
 def shard_rows(url: str, shards) -> str:

@@ -205,6 +205,15 @@ def generations(attrs: dict) -> list[dict]:
     return [dict(generation=1, rows=int(attrs.get("n", 0)), written=int(attrs.get("counts", {}).get("written", 0)))]
 
 
+def gap_rows(attrs: dict, shard_slices: int) -> set[int]:
+    """The rows an append left empty: after each generation but the last, up to the next shard boundary."""
+    gaps = set()
+    for gen in generations(attrs)[:-1]:
+        rows = int(gen["rows"])
+        gaps.update(range(rows, -(-rows // shard_slices) * shard_slices))
+    return gaps
+
+
 def appending(attrs: dict) -> dict | None:
     """An interrupted append's record (``rows_before``, ``start``, ``n``, ``generation``, ``metadata``), or None."""
     record = attrs.get(_APPENDING)
@@ -256,10 +265,11 @@ def end_append(g: zarr.Group, values: dict) -> None:
     mark the store complete: the last write of an append."""
     attrs = get_attrs(g)
     record = attrs.pop(_APPENDING)
+    before = generations(attrs)  # from the store's rows and counts before this append
     attrs.update(values)
     written = int(attrs.get("counts", {}).get("written", 0))
-    attrs["generations"] = generations(get_attrs(g)) + [dict(generation=int(record["generation"]),
-                                                             rows=int(record["n"]), written=written)]
+    attrs["generations"] = before + [dict(generation=int(record["generation"]), rows=int(record["n"]),
+                                          written=written)]
     attrs.update(n=int(record["n"]), complete=True)
     g.attrs[ATTRS_KEY] = attrs
 

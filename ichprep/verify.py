@@ -20,7 +20,7 @@ from ichprep.labels import UNLABELLED, type_codes
 from ichprep.progress import ProgressBar
 from ichprep.windows import Window, is_hu
 
-__all__ = ["verify", "VerifyReport", "reference_slice", "find_sources"]
+__all__ = ["verify", "VerifyReport", "reference_slice", "find_sources", "tolerance"]
 
 # The build computes in float32 and rounds to float16; the float64 reference may land on the
 # neighbouring float16 value (2**-11 apart just below 1.0), never further.
@@ -79,6 +79,12 @@ def reference_slice(path: str, windows: tuple[Window, ...], on_size: str = "resi
             lo, hi = w.center - w.width / 2, w.center + w.width / 2
         out.append((np.clip(hu, lo, hi) - lo) / (hi - lo) if hi > lo else np.zeros_like(hu))
     return np.stack(out, axis=-1)
+
+
+def tolerance(info: st.StoreInfo) -> float:
+    """How far a stored slice may lie from :func:`reference_slice`: hu stores hold whole units, exactly (1 HU
+    where slices were resized: resampling in float32 may round apart); windowed ones one float16 step."""
+    return (1.0 if info.fixed.get("resized") else 0.0) if info.hu else TOLERANCE
 
 
 def find_sources(source: str, sops: list[str]) -> dict[str, str]:
@@ -312,9 +318,7 @@ def _compare_with_source(img, info, source: str, sop_column, written: np.ndarray
         ref = reference_slice(path, info.windows, info.size_policy, info.image_size)
         diff = np.abs(np.asarray(img[i], np.float64) - ref)
         compared += 1
-        # hu: whole units, exact -- a store with resized slices allows 1 HU (resampling in float32 may round apart)
-        tolerance = (1.0 if info.fixed.get("resized") else 0.0) if info.hu else TOLERANCE
-        if diff.max() > tolerance:
+        if diff.max() > tolerance(info):
             rep.damaged_shards.add(int(i) // S)
             c = int(np.unravel_index(diff.argmax(), diff.shape)[-1])
             rep.problems.append(f"source: row {i} ({os.path.basename(path)}) differs from a fresh decode by "

@@ -39,8 +39,7 @@ def evaluate(run_dir: str, split: str = "val", batch_size: int = 32) -> dict:
         p_raw = predict_series(model, open_embeddings(cfg["embeddings"], stream)[0], groups)
         y = stream.labels[np.concatenate(groups)].astype(np.float32)
     else:
-        given = dict(rows=rows) if split == NEW else dict(split=split)
-        y, p_raw = predict_rows(model, stream, batch_size, tta=tta_of(cfg), **given, **input_options(cfg))
+        y, p_raw = predict_rows(model, stream, batch_size, rows=rows, tta=tta_of(cfg), **input_options(cfg))
     cal = Calibration.load(run_dir)
     p = cal.apply(p_raw) if cal is not None else p_raw
     result = summarise(y, p, THRESHOLDS)
