@@ -67,6 +67,24 @@ def _parser() -> argparse.ArgumentParser:
                         "and val splits (default val)")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--json", action="store_true", help="print the metrics JSON")
+    k = sub.add_parser("stack", help="a series model over a cv folder's out-of-fold predictions, judged on them",
+                       description="Train a bidirectional GRU that reads each series' out-of-fold logits (and their "
+                                   "differences to the neighbouring slices) in z order, starting as the cv folder's "
+                                   "calibrated ensemble. It is cross-fitted over the cv folder's own folds and "
+                                   "scored on the pooled out-of-fold predictions against the cv folder's, with a "
+                                   "paired bootstrap over patients; a final stacker trained on every fold is saved "
+                                   "for 'ichtrain predict STACK_DIR DICOM_DIR'. Writes STACK_DIR/stack.json, "
+                                   "oof.npz and model.keras; 'evaluate' and 'compare' take the folder as they take "
+                                   "a cv folder. Takes seconds to minutes: rerunning replaces it.")
+    k.add_argument("cv_dir", metavar="CV_DIR")
+    k.add_argument("--out", metavar="STACK_DIR", help="default CV_DIR/stack")
+    k.add_argument("--epochs", type=int, default=30, help="per stacker (default 30, cosine learning rate)")
+    k.add_argument("--units", type=int, default=16, help="GRU units (default 16)")
+    k.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--bootstrap", type=int, default=1000, help="patient resamples for the intervals (default 1000)")
+    k.add_argument("--json", action="store_true", help="print stack.json")
+    k.add_argument("--quiet", action="store_true")
     c = sub.add_parser("compare", help="runs side by side on the same held-out patients, with intervals",
                        description="Evaluate every RUN on the same split (refused if their splits differ) and write "
                                    "one table and one HTML page: weighted log loss, its difference to the first run, "
@@ -74,8 +92,9 @@ def _parser() -> argparse.ArgumentParser:
                                    "bootstrap interval over patients (the same resamples for every run). Given "
                                    "'ichtrain cv' folders instead of runs, compares their pooled out-of-fold "
                                    "predictions (every patient once; --split is not used): on small cohorts the "
-                                   "figures to trust.")
-    c.add_argument("runs", nargs="+", metavar="RUN|CV_DIR")
+                                   "figures to trust. Stack folders ('ichtrain stack') compare with cv folders of "
+                                   "the same store.")
+    c.add_argument("runs", nargs="+", metavar="RUN|CV_DIR|STACK_DIR")
     c.add_argument("--split", default="test", choices=SPLIT_NAMES)
     c.add_argument("--bootstrap", type=int, default=1000, help="patient resamples (default 1000)")
     c.add_argument("--out", help="folder for compare-SPLIT.json/.html (default: the first run)")
@@ -231,7 +250,7 @@ def _dispatch(argv: list[str]) -> int:
 
         import_tensorflow()
     commands = {"fit": _fit, "cv": _cv, "embed": _embed, "evaluate": _evaluate, "compare": _compare, "predict": _predict,
-                "export": _export, "explain": _explain, "demo": _demo}
+                "stack": _stack, "export": _export, "explain": _explain, "demo": _demo}
     return commands[args.command](args)
 
 
@@ -288,6 +307,31 @@ def _embed(args) -> int:
     bar.close()
     print(f"{res['out']}: {res['embedded']} of {res['rows']} rows embedded ({res['dim']} features, float16; "
           f"{res['blocks_run']} blocks run)")
+    return 0
+
+
+def _stack(args) -> int:
+    from ichprep.progress import ProgressBar
+    from ichtrain.stack import StackConfig, stack
+
+    cfg = StackConfig(cv_dir=args.cv_dir, out=args.out, epochs=args.epochs, units=args.units, learning_rate=args.lr,
+                      seed=args.seed, bootstrap=args.bootstrap)
+    bar = ProgressBar(None if args.quiet else sys.stderr, "stack", 0, unit="stackers")
+    res = stack(cfg, progress=bar)
+    bar.close()
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    from ichtrain.compare import metric_text
+
+    print(f"{res['slices']} out-of-fold slices of {res['patients']} patients in {res['series']} series, "
+          f"{res['folds']} folds; 95% intervals over {cfg.bootstrap} patient resamples")
+    for name, row in (("cv ensemble (pooled Platt)", res["ensemble"]), ("stacked over series", res["stacked"])):
+        print(f"  {name:<27} weighted log loss {metric_text(row['weighted_log_loss'])}, "
+              f"AUC(any) {metric_text(row['auc_any'])}")
+    print(f"  stacked - ensemble: {metric_text(res['stacked']['weighted_log_loss_minus_first'])} "
+          f"(constant prior {res['constant_prior']:.4f})")
+    print(f"  stack {cfg.folder}: model.keras (for 'ichtrain predict'), {res['json']}")
     return 0
 
 
@@ -368,18 +412,26 @@ def _evaluate(args) -> int:
     from ichtrain.cv import evaluate_cv, is_cv_folder
     from ichtrain.evaluate import evaluate
 
-    cv = is_cv_folder(args.run)
+    from ichtrain.stack import evaluate_stack, is_stack_folder
+
+    stacked = is_stack_folder(args.run)
+    cv = stacked or is_cv_folder(args.run)
     if cv and args.split == "new":
         raise UsageError("--split new evaluates one run on the slices appended since it trained; a cv folder's "
                          "folds cover every patient: evaluate one of its fold runs (CV_DIR/fold-K)")
-    res = evaluate_cv(args.run) if cv else evaluate(args.run, args.split, args.batch_size)
+    if stacked:
+        res = evaluate_stack(args.run)
+    else:
+        res = evaluate_cv(args.run) if cv else evaluate(args.run, args.split, args.batch_size)
     if args.json:
         print(json.dumps({k: v for k, v in res.items() if k != "plots"}, indent=2))
         return 0
     c = res["calibration"]
     if cv:
+        how = ("stacked over series, cross-fitted over the folds" if stacked
+               else "each calibrated on the other folds' out-of-fold predictions")
         print(f"{args.run}: pooled out-of-fold predictions of {res['folds']} folds ({res['slices']} slices, "
-              f"{res['patients']} patients), each calibrated on the other folds' out-of-fold predictions: weighted "
+              f"{res['patients']} patients), {how}: weighted "
               f"log loss {res['weighted_log_loss']:.4f} (constant prior {c['constant_prior_weighted_log_loss']:.4f})")
     else:
         kind = "calibrated" if res["calibrated"] else "uncalibrated: the run has no calibration.json"

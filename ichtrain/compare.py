@@ -18,25 +18,10 @@ import numpy as np
 
 from ichprep.errors import UsageError
 from ichprep.labels import SUBTYPES
-from ichtrain.metrics import confusion_rates, roc_auc, weighted_log_loss
+from ichtrain.metrics import paired_bootstrap
 from ichtrain.run import RunDir, read_record
 
 __all__ = ["compare"]
-
-
-def _metrics(y: np.ndarray, p: np.ndarray) -> dict:
-    out = {"weighted_log_loss": weighted_log_loss(y, p)}
-    for j, name in enumerate(SUBTYPES):
-        out[f"auc_{name}"] = roc_auc(y[:, j], p[:, j])
-    r = confusion_rates(y[:, 5], p[:, 5], np.array([0.5]))
-    out["sensitivity_any"] = float(r["sensitivity"][0])
-    out["specificity_any"] = float(r["specificity"][0])
-    return out
-
-
-def _interval(values) -> list | None:
-    v = np.array([x for x in values if x is not None and np.isfinite(x)], np.float64)
-    return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v.size else None
 
 
 def compare(runs: list[str], split: str = "test", bootstrap: int = 1000, out: str | None = None,
@@ -45,36 +30,25 @@ def compare(runs: list[str], split: str = "test", bootstrap: int = 1000, out: st
     ``out``/compare-SPLIT.json and .html (default: beside the first run; SPLIT is ``oof`` for cv folders).
     Returns the comparison."""
     from ichtrain.cv import is_cv_folder
+    from ichtrain.stack import is_stack_folder
 
     if len(runs) < 2:
         raise UsageError(f"Expected at least two runs to compare. Received: {len(runs)}")
     if not 10 <= bootstrap <= 100_000:
         raise UsageError(f"Expected --bootstrap in [10, 100000] resamples. Received: {bootstrap}")
-    kinds = [is_cv_folder(r) for r in runs]
+    kinds = [is_cv_folder(r) or is_stack_folder(r) for r in runs]
     if any(kinds) and not all(kinds):
-        raise UsageError("Compare runs with runs, or cv folders with cv folders: a run's split and a cv folder's "
+        raise UsageError("Compare runs with runs, or cv and stack folders with cv and stack folders: a run's split "
+                         "and a cv folder's "
                          f"out-of-fold slices are other patients. Received: {', '.join(runs)}")
     if all(kinds):
         split, (y, preds, groups, models) = "oof", _out_of_fold(runs)
     else:
         y, preds, groups, models = _on_split(runs, split)
-    uniq, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == k) for k in range(uniq.size)]
-    rng = np.random.default_rng(seed)
-    samples = [np.concatenate([members[k] for k in rng.integers(0, uniq.size, uniq.size)]) for _ in range(bootstrap)]
-    table = []
-    boot_wll = []
-    for run, model, p in zip(runs, models, preds):
-        point = _metrics(y, p)
-        boots = [_metrics(y[idx], p[idx]) for idx in samples]
-        boot_wll.append(np.array([b["weighted_log_loss"] for b in boots]))
-        table.append(dict(run=run, model=model, **{k: dict(value=v, ci=_interval([b[k] for b in boots]))
-                                                   for k, v in point.items()}))
-    for row, wll in zip(table, boot_wll):
-        row["weighted_log_loss_minus_first"] = dict(value=row["weighted_log_loss"]["value"]
-                                                    - table[0]["weighted_log_loss"]["value"],
-                                                    ci=_interval(wll - boot_wll[0]))
-    result = dict(split=split, slices=int(len(y)), patients=int(uniq.size), bootstrap=bootstrap, runs=table)
+    table = [dict(run=run, model=model, **row)
+             for run, model, row in zip(runs, models, paired_bootstrap(y, preds, groups, bootstrap, seed))]
+    result = dict(split=split, slices=int(len(y)), patients=int(np.unique(groups).size), bootstrap=bootstrap,
+                  runs=table)
     folder = out or runs[0]
     os.makedirs(folder, exist_ok=True)
     result["json"] = os.path.join(folder, f"compare-{split}.json")
@@ -87,16 +61,18 @@ def compare(runs: list[str], split: str = "test", bootstrap: int = 1000, out: st
 def _out_of_fold(cv_dirs: list[str]):
     """(labels, calibrated out-of-fold predictions per folder, patient groups, model names), rows aligned."""
     from ichtrain.cv import fold_dirs, pooled_out_of_fold
+    from ichtrain.stack import is_stack_folder, stack_cv_dir, stacked_out_of_fold
 
-    pooled = [pooled_out_of_fold(d) for d in cv_dirs]
+    pooled = [stacked_out_of_fold(d) if is_stack_folder(d) else pooled_out_of_fold(d) for d in cv_dirs]
     orders = [np.argsort(pl["rows"], kind="stable") for pl in pooled]  # each folder's rows in store order
     first = pooled[0]["rows"][orders[0]]
     for d, pl, order in zip(cv_dirs[1:], pooled[1:], orders[1:]):
         if not np.array_equal(pl["rows"][order], first):
-            raise UsageError(f"cv folder {d!r} holds other out-of-fold slices than {cv_dirs[0]!r} (another store, "
+            raise UsageError(f"Folder {d!r} holds other out-of-fold slices than {cv_dirs[0]!r} (another store, "
                              "salt or labels): compare cv folders of one store only.")
     preds = [pl["p"][order] for pl, order in zip(pooled, orders)]
-    models = [_model_name(read_record(fold_dirs(d)[0])) + " (cv)" for d in cv_dirs]
+    models = [_model_name(read_record(fold_dirs(stack_cv_dir(d))[0])) + " (cv, stacked)" if is_stack_folder(d)
+              else _model_name(read_record(fold_dirs(d)[0])) + " (cv)" for d in cv_dirs]
     return pooled[0]["y"][orders[0]].astype(np.float32), preds, pooled[0]["groups"][orders[0]], models
 
 

@@ -28,7 +28,8 @@ from ichtrain.logits import logit, sigmoid
 from ichtrain.metrics import roc_auc, weighted_log_loss
 from ichtrain.run import RunDir, read_record
 
-__all__ = ["cross_validate", "pooled_out_of_fold", "evaluate_cv", "FoldEnsemble", "is_cv_folder", "fold_dirs"]
+__all__ = ["cross_validate", "pooled_out_of_fold", "evaluate_cv", "FoldEnsemble", "is_cv_folder", "fold_dirs",
+           "platt_per_label", "out_of_fold_report"]
 
 ENSEMBLE_FILE = "ensemble.json"
 
@@ -140,7 +141,7 @@ class FoldEnsemble:
         return sigmoid(np.asarray(self.scale) * z + np.asarray(self.shift)).astype(np.float32)
 
 
-def _platt_per_label(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def platt_per_label(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     a, b = np.ones(6), np.zeros(6)
     for j in range(6):
         a[j], b[j] = fit_platt(z[:, j], y[:, j], ridge=PLATT_RIDGE, weights=w)
@@ -150,8 +151,8 @@ def _platt_per_label(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.nd
 def pooled_out_of_fold(cv_dir: str, folds: int | None = None) -> dict:
     """Every labelled slice's out-of-fold prediction, calibrated on the *other* folds' out-of-fold predictions
     (cross-fitted, so no slice's calibration saw it), with the ensemble's map fitted on all of them; and the
-    constant-prior predictor of each fold's train split. Keys: y, p, groups, rows (the store's), constant_prior,
-    ensemble."""
+    constant-prior predictor of each fold's train split. Keys: y, p, z (the prior-shifted raw logits, before
+    the Platt maps), fold (each slice's), groups, rows (the store's), constant_prior, ensemble."""
     from ichtrain.data import run_stream
 
     dirs = fold_dirs(cv_dir, folds)
@@ -179,35 +180,42 @@ def pooled_out_of_fold(cv_dir: str, folds: int | None = None) -> dict:
     for k in range(len(dirs)):
         others = np.ones(cuts[-1], bool)
         others[cuts[k]:cuts[k + 1]] = False
-        a, b = _platt_per_label(np.concatenate(zs)[others], np.concatenate(ys)[others], w_all[others])
+        a, b = platt_per_label(np.concatenate(zs)[others], np.concatenate(ys)[others], w_all[others])
         p.append(sigmoid(a * zs[k] + b))
-    a, b = _platt_per_label(np.concatenate(zs), np.concatenate(ys), w_all)
+    a, b = platt_per_label(np.concatenate(zs), np.concatenate(ys), w_all)
     y = np.concatenate(ys)
     ensemble = FoldEnsemble(tuple(os.path.relpath(d, cv_dir) for d in dirs), tuple(a.tolist()), tuple(b.tolist()),
                             tuple(np.concatenate(ys).mean(0).tolist()))
-    return dict(y=y, p=np.concatenate(p).astype(np.float32), groups=np.concatenate(gs), rows=np.concatenate(rows),
-                ensemble=ensemble,
+    return dict(y=y, p=np.concatenate(p).astype(np.float32), z=np.concatenate(zs),
+                fold=np.repeat(np.arange(len(dirs)), np.diff(cuts)), groups=np.concatenate(gs),
+                rows=np.concatenate(rows), ensemble=ensemble,
                 constant_prior=weighted_log_loss(y, np.concatenate(priors)))
 
 
 def evaluate_cv(cv_dir: str) -> dict:
     """The pooled out-of-fold evaluation of a cv folder (as ``evaluate`` reports a run's split), written to
     CV_DIR/eval-oof.json."""
+    pooled = pooled_out_of_fold(cv_dir)
+    return out_of_fold_report(pooled["y"], pooled["p"], pooled["groups"], len(pooled["ensemble"].folds),
+                              pooled["constant_prior"], "pooled out-of-fold Platt, cross-fitted over folds",
+                              os.path.join(cv_dir, "eval-oof.json"))
+
+
+def out_of_fold_report(y: np.ndarray, p: np.ndarray, groups: np.ndarray, folds: int, constant_prior: float,
+                       method: str, path: str) -> dict:
+    """``evaluate``'s figures for pooled out-of-fold predictions ``p`` (calibrated by ``method``), written to
+    ``path``."""
     from ichtrain.calibration import expected_calibration_error
     from ichtrain.evaluate import THRESHOLDS
     from ichtrain.metrics import summarise
 
-    pooled = pooled_out_of_fold(cv_dir)
-    y, p = pooled["y"], pooled["p"]
     result = summarise(y, p, THRESHOLDS)
     labels = {name: dict(ece=expected_calibration_error(y[:, j], p[:, j]), mean_prob=float(p[:, j].mean()),
                          rate=float(y[:, j].mean())) for j, name in enumerate(SUBTYPES)}
-    result.update(split="out-of-fold", folds=len(pooled["ensemble"].folds), calibrated=True,
-                  patients=int(np.unique(pooled["groups"]).size),
+    result.update(split="out-of-fold", folds=folds, calibrated=True, patients=int(np.unique(groups).size),
                   calibration=dict(weighted_log_loss=result["weighted_log_loss"], labels=labels,
-                                   constant_prior_weighted_log_loss=pooled["constant_prior"],
-                                   method="pooled out-of-fold Platt, cross-fitted over folds"))
-    result["json"] = os.path.join(cv_dir, "eval-oof.json")
+                                   constant_prior_weighted_log_loss=constant_prior, method=method))
+    result["json"] = path
     with open(result["json"], "w") as fh:
         json.dump(result, fh, indent=2)
     return result

@@ -6,7 +6,7 @@ import numpy as np
 
 from ichprep.labels import SUBTYPES
 
-__all__ = ["confusion_rates", "roc_auc", "weighted_log_loss", "CHALLENGE_WEIGHTS"]
+__all__ = ["confusion_rates", "roc_auc", "weighted_log_loss", "CHALLENGE_WEIGHTS", "paired_bootstrap"]
 
 # RSNA 2019 challenge: weighted multi-label log loss, 'any' weighted 2, the five subtypes 1.
 CHALLENGE_WEIGHTS = np.array([1, 1, 1, 1, 1, 2], np.float64)
@@ -66,3 +66,40 @@ def summarise(y_true: np.ndarray, y_prob: np.ndarray, thresholds: np.ndarray) ->
 def _finite_or_none(x):
     x = float(x)
     return None if np.isnan(x) else x
+
+
+def _headline(y: np.ndarray, p: np.ndarray) -> dict:
+    out = {"weighted_log_loss": weighted_log_loss(y, p)}
+    for j, name in enumerate(SUBTYPES):
+        out[f"auc_{name}"] = roc_auc(y[:, j], p[:, j])
+    r = confusion_rates(y[:, 5], p[:, 5], np.array([0.5]))
+    out["sensitivity_any"] = float(r["sensitivity"][0])
+    out["specificity_any"] = float(r["specificity"][0])
+    return out
+
+
+def _interval(values) -> list | None:
+    v = np.array([x for x in values if x is not None and np.isfinite(x)], np.float64)
+    return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v.size else None
+
+
+def paired_bootstrap(y: np.ndarray, preds: list[np.ndarray], groups: np.ndarray, bootstrap: int = 1000,
+                     seed: int = 0) -> list[dict]:
+    """Per prediction array, each metric's value and 95% percentile interval over ``bootstrap`` resamples of
+    the patients ``groups`` (the same resamples for every array), and the weighted log loss minus the first
+    array's with the interval of that paired difference."""
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == k) for k in range(uniq.size)]
+    rng = np.random.default_rng(seed)
+    samples = [np.concatenate([members[k] for k in rng.integers(0, uniq.size, uniq.size)]) for _ in range(bootstrap)]
+    table, boot_wll = [], []
+    for p in preds:
+        point = _headline(y, p)
+        boots = [_headline(y[idx], p[idx]) for idx in samples]
+        boot_wll.append(np.array([b["weighted_log_loss"] for b in boots]))
+        table.append({k: dict(value=v, ci=_interval([b[k] for b in boots])) for k, v in point.items()})
+    for row, wll in zip(table, boot_wll):
+        row["weighted_log_loss_minus_first"] = dict(value=row["weighted_log_loss"]["value"]
+                                                    - table[0]["weighted_log_loss"]["value"],
+                                                    ci=_interval(wll - boot_wll[0]))
+    return table

@@ -26,7 +26,8 @@ def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_
     """Predict a submission CSV (``ID,Label`` rows ``ID_<sop>_<subtype>``) for the DICOMs in ``dicom_dir``.
 
     Args:
-        run_dir: a run folder (``ichtrain fit``) or a cv folder (its folds averaged in logit space).
+        run_dir: a run folder (``ichtrain fit``), a cv folder (its folds averaged in logit space) or a stack
+            folder (``ichtrain stack``: that average read along each series by the stacker).
         dicom_dir: the DICOM files, preprocessed by the same ``ichprep build`` as the run's store.
         out_csv: the CSV to write (its folder is made).
         workers: Dask workers of that build.
@@ -42,11 +43,14 @@ def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_
     from ichtrain.data import StoreStream
 
     from ichtrain.cv import FoldEnsemble, fold_dirs, is_cv_folder
+    from ichtrain.stack import is_stack_folder, stack_cv_dir, stack_probabilities
 
     stream_err = sys.stderr if stream_err is None else stream_err  # bound now: tests replace sys.stderr
     if os.path.isdir(out_csv):  # refused before any work, not after it
         raise UsageError(f"Expected --out a CSV file path. Received: {out_csv!r}, which is a folder")
-    ensemble = None
+    ensemble = stack_dir = None
+    if is_stack_folder(run_dir):  # a stack folder: its cv folder's fold models, then the stacker over each series
+        stack_dir, run_dir = run_dir, stack_cv_dir(run_dir)
     if is_cv_folder(run_dir):  # a cv folder: its fold models, averaged (ichtrain.cv.FoldEnsemble)
         ensemble = FoldEnsemble.load(run_dir)
         members = fold_dirs(run_dir, len(ensemble.folds))
@@ -67,7 +71,12 @@ def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_
         stream = StoreStream(store, fractions=(1.0, 0.0, 0.0))
         ok = np.flatnonzero(stream.readable)
         sops = stream.sop_uids
-        if ensemble is not None:
+        if stack_dir is not None:
+            from ichtrain.series import series_rows
+
+            z = np.mean([_fold_logits(d, stream, ok, batch_size) for d in members], axis=0)
+            probs = stack_probabilities(stack_dir, z, [np.searchsorted(ok, g) for g in series_rows(stream, ok)])
+        elif ensemble is not None:
             probs = ensemble.apply([_fold_logits(d, stream, ok, batch_size) for d in members])
         elif cfg["model"] == "series":  # DICOMs -> store -> slice model -> embeddings -> series model
             probs = _series_probs(cfg, model, stream, ok, batch_size)

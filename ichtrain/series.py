@@ -26,7 +26,7 @@ from ichtrain.run import RunDir, input_options, load_keras, load_run, save_atomi
 from ichtrain.schedule import LR_SCHEDULES, MAX_RATE, learning_rate_at
 
 __all__ = ["embed", "open_embeddings", "build_series_model", "fit_series", "SeriesFitConfig", "series_rows",
-           "predict_series"]
+           "predict_series", "series_batches", "challenge_loss", "train_series_epoch"]
 
 EMBED_BLOCK = 512  # rows per embedding chunk: the unit of resume
 CHECKPOINT_SECONDS = 10.0  # the series model checkpoints at most this often (an epoch takes a fraction of a second)
@@ -135,7 +135,7 @@ def series_rows(stream, rows: np.ndarray) -> list[np.ndarray]:
     return np.split(rows, cuts)
 
 
-def _by_length(groups: list[np.ndarray], batch_size: int) -> list[list[int]]:
+def series_batches(groups: list[np.ndarray], batch_size: int) -> list[list[int]]:
     """Indices of ``groups`` in batches of series of one length each: no padding, so no mask (Keras'
     Bidirectional GRU drops masks), and a series of any length, one slice included, is read whole."""
     by_len: dict[int, list[int]] = {}
@@ -185,7 +185,7 @@ def calibrated_head(slice_run: str) -> tuple[np.ndarray, np.ndarray]:
     return (kernel * a).astype(np.float32), (a * (bias + offset) + shift).astype(np.float32)
 
 
-def _challenge_loss():
+def challenge_loss():
     import keras
     from keras import ops
 
@@ -200,10 +200,24 @@ def _challenge_loss():
     return challenge_bce
 
 
+def train_series_epoch(model, x: np.ndarray, labels: np.ndarray, groups: list[np.ndarray], batches: list[list[int]],
+                       rng: np.random.Generator) -> list[float]:
+    """One epoch of ``model`` over whole series: ``batches`` (from :func:`series_batches`) in an order drawn
+    from ``rng`` (seeded by the epoch, so a resumed fit draws the same); each step's inputs are the rows
+    ``groups[i]`` of ``x`` and ``labels``. Returns the batches' losses."""
+    losses = []
+    for b in rng.permutation(len(batches)):
+        idx = batches[b]
+        xb = np.stack([x[groups[i]] for i in idx])
+        yb = np.stack([labels[groups[i]] for i in idx])
+        losses.append(float(np.asarray(model.train_on_batch(xb, yb)).ravel()[0]))
+    return losses
+
+
 def predict_series(model, emb: np.ndarray, groups: list[np.ndarray], batch_size: int = 16) -> np.ndarray:
     """(sum of group sizes, 6) probabilities, groups concatenated in order."""
     by_index = {}
-    for idx in _by_length(groups, batch_size):
+    for idx in series_batches(groups, batch_size):
         p = np.asarray(model(np.stack([emb[groups[i]] for i in idx]), training=False), np.float32)
         by_index.update(zip(idx, p))
     return np.concatenate([by_index[i] for i in range(len(groups))]) if groups else np.zeros((0, 6), np.float32)
@@ -274,25 +288,20 @@ def _fit_series(cfg: SeriesFitConfig, verbose: int) -> dict:
     val_groups = series_rows(stream, stream.splits["val"])
     seed = int(slice_cfg["seed"])
     keras.utils.set_random_seed(seed + first_epoch)
-    loss = _challenge_loss()  # registered before a checkpoint that names it is loaded
+    loss = challenge_loss()  # registered before a checkpoint that names it is loaded
     if first_epoch:
         model = keras.models.load_model(run.last)  # optimizer state included: training goes on where it stopped
     else:
         head = calibrated_head(slice_run) if cfg.init == "slice" else None
         model = build_series_model(emb.shape[1], cfg.units, head)
         model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss)
-    batches = _by_length(train_groups, cfg.batch_size)
+    batches = series_batches(train_groups, cfg.batch_size)
     log = _log_lines(run.log, first_epoch)
     saved = time.monotonic()
     for epoch in range(first_epoch, cfg.epochs):
         rate = learning_rate_at(cfg, epoch)
         model.optimizer.learning_rate.assign(rate)
-        losses = []
-        for b in np.random.default_rng([seed, epoch]).permutation(len(batches)):  # one order per epoch: resumable
-            idx = batches[b]
-            x = np.stack([emb[train_groups[i]] for i in idx])
-            y = np.stack([labels[train_groups[i]] for i in idx])
-            losses.append(float(np.asarray(model.train_on_batch(x, y)).ravel()[0]))
+        losses = train_series_epoch(model, emb, labels, train_groups, batches, np.random.default_rng([seed, epoch]))
         val_loss = ""
         if val_groups:
             val_loss = f"{weighted_log_loss(labels[np.concatenate(val_groups)], predict_series(model, emb, val_groups)):.6f}"

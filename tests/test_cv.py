@@ -143,10 +143,106 @@ def test_compare_of_cv_folders_uses_pooled_out_of_fold_predictions_aligned_by_ro
     assert "pooled out-of-fold" in (tmp_path / "cmp" / "compare-oof.html").read_text()
 
     assert main(["compare", str(cv_dir), str(cv_dir / "fold-0")]) == 2
-    assert "cv folders with cv folders" in capsys.readouterr().err
+    assert "cv and stack folders with cv and stack folders" in capsys.readouterr().err
     path = shuffled / "fold-1" / "predictions-test.npz"
     with np.load(path) as d:
         arrays = dict(d)
     np.savez_compressed(path, **{name: a[1:] for name, a in arrays.items()})  # one slice fewer
     assert main(["compare", str(cv_dir), str(shuffled), "--bootstrap", "50", "--out", str(tmp_path / "cmp2")]) == 2
     assert "other out-of-fold slices" in capsys.readouterr().err
+
+
+def test_stack_features_are_each_slices_logits_and_their_differences_to_its_neighbours():
+    """Reference: a plain loop over each series in z order, neighbours repeated at the ends."""
+    from ichtrain.stack import stack_features
+
+    z = np.random.default_rng(3).normal(size=(9, 6)).astype(np.float32)
+    groups = [np.array([4, 0, 7]), np.array([2]), np.array([1, 3, 5, 6, 8])]
+    got = stack_features(z, groups)
+    for g in groups:
+        for i, row in enumerate(g):
+            prev, nxt = g[max(i - 1, 0)], g[min(i + 1, len(g) - 1)]
+            np.testing.assert_allclose(got[row], np.concatenate([z[row], z[row] - z[prev], z[row] - z[nxt]]))
+
+
+def test_an_untrained_stacker_is_the_platt_calibrated_ensemble():
+    """The stacker's own-slice head is the Platt map a z + b on the first six features and its context term
+    starts at zero: before training its output is sigmoid(a z + b), whatever the neighbours."""
+    from ichtrain.calibration import sigmoid
+    from ichtrain.series import build_series_model
+    from ichtrain.stack import FEATURES, _head, stack_features
+
+    rng = np.random.default_rng(5)
+    a, b = rng.uniform(0.5, 1.5, 6), rng.normal(size=6)
+    z = rng.normal(scale=2, size=(7, 6)).astype(np.float32)
+    x = stack_features(z, [np.arange(7)])
+    model = build_series_model(FEATURES, 4, _head(a, b))
+    got = np.asarray(model(x[None], training=False))[0]
+    np.testing.assert_allclose(got, sigmoid(a * z + b), rtol=2e-5, atol=1e-6)
+
+
+def test_stack_is_cross_fitted_scored_like_the_cv_folder_and_used_by_evaluate_compare_predict(
+        cv_dir, synth_corpus, tmp_path, capsys):
+    stack_dir = tmp_path / "stack"
+    assert main(["stack", str(cv_dir), "--out", str(stack_dir), "--epochs", "2", "--units", "4",
+                 "--bootstrap", "50", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "60 out-of-fold slices" in out and "stacked - ensemble" in out
+    res = json.loads((stack_dir / "stack.json").read_text())
+    reported = json.loads((cv_dir / "cv.json").read_text())["pooled"]["weighted_log_loss"]
+    assert res["ensemble"]["weighted_log_loss"]["value"] == pytest.approx(reported, rel=1e-5)
+    with np.load(stack_dir / "oof.npz") as d:
+        y, p, rows = d["y_true"], d["y_prob"], d["rows"]
+    assert rows.tolist() == list(range(60))  # every labelled slice once, in store order
+    from ichtrain.metrics import weighted_log_loss
+
+    assert res["stacked"]["weighted_log_loss"]["value"] == pytest.approx(weighted_log_loss(y, p), rel=1e-6)
+    assert res["stacked"]["weighted_log_loss_minus_first"]["value"] == pytest.approx(
+        weighted_log_loss(y, p) - reported, rel=1e-4, abs=1e-6)
+
+    assert main(["evaluate", str(stack_dir)]) == 0
+    assert "stacked over series" in capsys.readouterr().out
+    assert json.loads((stack_dir / "eval-oof.json").read_text())["weighted_log_loss"] == pytest.approx(
+        weighted_log_loss(y, p), rel=1e-6)
+    assert main(["compare", str(cv_dir), str(stack_dir), "--bootstrap", "50", "--out", str(tmp_path / "cmp")]) == 0
+    first, second = json.loads((tmp_path / "cmp" / "compare-oof.json").read_text())["runs"]
+    assert second["model"] == "baseline (cv, stacked)"
+    assert second["weighted_log_loss"]["value"] == pytest.approx(weighted_log_loss(y, p), rel=1e-6)
+    assert first["weighted_log_loss"]["value"] == pytest.approx(reported, rel=1e-5)
+
+    csv = tmp_path / "stacked.csv"
+    assert main(["predict", str(stack_dir), synth_corpus["dicom_dir"], "--out", str(csv)]) == 0
+    got = _read(csv)
+    assert got.shape == (60, 6) and np.isfinite(got).all() and ((got > 0) & (got < 1)).all()
+
+    capsys.readouterr()
+    assert main(["stack", str(cv_dir / "fold-0"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Expected a cv folder" in err[0], err
+    assert main(["stack", str(cv_dir), "--epochs", "0", "--quiet"]) == 2
+    assert "--epochs an integer >= 1" in capsys.readouterr().err
+
+
+def test_a_folds_stacked_predictions_never_saw_its_labels(cv_dir, tmp_path, monkeypatch):
+    """Fold 0's labels turned upside down change what the stackers of folds 1 and 2 learn, and not one of fold
+    0's own stacked predictions (its stacker trained on the other folds only)."""
+    import ichtrain.cv as cv
+    from ichtrain.stack import StackConfig, stack
+
+    real = cv.pooled_out_of_fold
+    cfg = dict(epochs=3, units=4, bootstrap=10)
+    stack(StackConfig(str(cv_dir), out=str(tmp_path / "a"), **cfg))
+
+    def flipped(cv_dir, folds=None):
+        pooled = real(cv_dir, folds)
+        pooled["y"] = np.where(pooled["fold"][:, None] == 0, 1 - pooled["y"], pooled["y"])
+        return pooled
+
+    monkeypatch.setattr(cv, "pooled_out_of_fold", flipped)
+    stack(StackConfig(str(cv_dir), out=str(tmp_path / "b"), **cfg))
+    fold0 = np.flatnonzero(real(str(cv_dir))["fold"] == 0)
+    fold0_rows = np.sort(real(str(cv_dir))["rows"][fold0])
+    with np.load(tmp_path / "a" / "oof.npz") as a, np.load(tmp_path / "b" / "oof.npz") as b:
+        mine = np.isin(a["rows"], fold0_rows)
+        np.testing.assert_array_equal(a["y_prob"][mine], b["y_prob"][mine])
+        assert not np.allclose(a["y_prob"][~mine], b["y_prob"][~mine])
