@@ -12,7 +12,10 @@ contrast=0.1,brightness=0.05,noise=0.02``:
 
 Augmentations run per batch in the stream's TensorFlow map (compiled kernels on whole batches, no per-slice
 Python), after the resize, seeded by the run's seed, the epoch it starts from and the batch's index: a run
-and its resume draw the same maps. Evaluation streams are never augmented.
+and its resume draw the same maps. Evaluation streams are never augmented. Where the windows are computed in
+the model (an hu store on a GPU, :mod:`ichtrain.graphwindows`), the same maps run in the model instead, as the
+layer after the windows (:func:`augment_layer`; training calls only): batch ``j`` of a fit gets the maps the
+reader would have given it, and the host only streams the stored HU.
 
 TTA: ``none`` or ``flip``: the model also sees each slice flipped left-right and the two are averaged in
 logit space, before calibration (a run is calibrated with its own TTA).
@@ -20,12 +23,14 @@ logit space, before calibration (a run is calibrated with its own TTA).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, fields
 
 from ichprep.errors import UsageError
 
-__all__ = ["AugmentSpec", "parse_augment", "augment_batch", "augment_images", "TTA_MODES", "check_tta", "flip_width"]
+__all__ = ["AugmentSpec", "parse_augment", "augment_batch", "augment_images", "augment_layer", "TTA_MODES", "check_tta",
+           "flip_width"]
 
 TTA_MODES = ("none", "flip")
 _LIMITS = {"flip": (0.0, 1.0), "rotate": (0.0, 45.0), "scale": (0.0, 0.5), "shift": (0.0, 0.3),
@@ -152,3 +157,39 @@ def augment_images(images, spec: AugmentSpec, seed: int, index, sequence: bool):
         x = tf.transpose(tf.squeeze(images, -1), (0, 2, 3, 1))
         return tf.expand_dims(tf.transpose(augment_batch(x, spec, s), (0, 3, 1, 2)), -1)
     return augment_batch(images, spec, s)
+
+
+@functools.cache  # one class however many layers are made
+def _augment_layer_class():
+    import keras
+
+    class Augment(keras.layers.Layer):
+        """Training batches augmented as the reader augments them: the ``j``-th training call of the layer
+        gets :func:`augment_images` with index ``j`` (a step counter kept in the layer); other calls pass
+        the batch through."""
+
+        def __init__(self, spec: str, seed: int, sequence: bool, **kwargs):
+            super().__init__(dtype="float32", **kwargs)  # the reader's float32 arithmetic, never autocast
+            self.spec = parse_augment(spec)
+            self.seed = int(seed)
+            self.sequence = bool(sequence)
+            self.batches = self.add_weight(shape=(), dtype="int64", initializer="zeros", trainable=False,
+                                           name="batches", aggregation="only_first_replica")
+
+        def call(self, images, training=None):
+            if not training:
+                return images
+            out = augment_images(images, self.spec, self.seed, self.batches.value, self.sequence)
+            self.batches.assign_add(1)
+            return out
+
+        def get_config(self):
+            return dict(super().get_config(), spec=self.spec.to_string(), seed=self.seed, sequence=self.sequence)
+
+    return Augment
+
+
+def augment_layer(spec: str, seed: int, sequence: bool, **kwargs):
+    """A Keras layer that augments training batches by ``spec``, seeded as the reader's stream is (``seed``,
+    then each training call's index); Keras is imported only when one is made."""
+    return _augment_layer_class()(spec, seed, sequence, **kwargs)

@@ -103,9 +103,9 @@ class FitConfig:
             raise UsageError(f"--freeze-epochs trains in two stages on one device. Received: strategy={self.strategy!r}")
         if self.init is not None:
             object.__setattr__(self, "init", os.path.abspath(self.init))
-        if (self.augment != "none" or self.crop != "none") and self.windows_on == "model":
-            raise UsageError("--augment and --crop run in the stream's reader: use --windows-on reader (or auto) with "
-                             f"them. Received: augment={self.augment!r}, crop={self.crop!r}, windows_on='model'")
+        if self.crop != "none" and self.windows_on == "model":
+            raise UsageError("--crop runs in the stream's reader: use --windows-on reader (or auto) with it. "
+                             f"Received: crop={self.crop!r}, windows_on='model'")
         if self.tta != "none" and self.model == "series":
             raise UsageError("--tta flips slices: the series model reads embeddings. Received: tta with --model series")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -155,14 +155,21 @@ def _open_run(cfg: FitConfig, record: dict, stream, role: WorkerRole) -> int:
     return first_epoch
 
 
+def augment_seed(cfg: FitConfig, first_epoch: int) -> int:
+    """The augmentation seed of a fit that starts at ``first_epoch``: the same maps for a run and its resume;
+    other epochs draw others."""
+    return cfg.seed * 1_000_003 + first_epoch
+
+
 def _pipelines(cfg: FitConfig, stream, strategy, record: dict, epoch_size: int, first_epoch: int):
     """(train, val or None, val_steps or None): one pipeline, or one per worker under a distribution
     strategy, each batched per replica and reading its own share of every epoch."""
     val_size = int(stream.splits["val"].size)
     inputs = input_options(record, training=True)
     common = dict(inputs, drop_remainder=True)
-    # the same maps for a run and its resume; other epochs draw others
-    augment = dict(augment=cfg.augment, augment_seed=cfg.seed * 1_000_003 + first_epoch)
+    augment = dict(augment=cfg.augment, augment_seed=augment_seed(cfg, first_epoch))
+    if resolve_windows_on(inputs["windows_on"], stream) == "model":
+        augment = {}  # the training model's layer after the windows augments (graphwindows.reading_model)
     if cfg.strategy == "default":
         train = stream.dataset("train", batch_size=cfg.batch_size, alpha=cfg.alpha, epoch_size=epoch_size,
                                epochs=cfg.epochs, first_epoch=first_epoch, **common, **augment)
@@ -300,7 +307,7 @@ def _fit(cfg: FitConfig, verbose: int, role: WorkerRole) -> dict:
                          f"Received: batch_size={cfg.batch_size}")
     stream = open_stream(cfg)
     windows_in_model = resolve_windows_on(cfg.windows_on, stream) == "model"  # refused here on a windowed store
-    windows_in_model = windows_in_model and cfg.augment == "none" and cfg.crop == "none"  # both run in the reader
+    windows_in_model = windows_in_model and cfg.crop == "none"  # head boxes are found by the reader
     if not stream.usable.any():
         raise UsageError(f"The store {cfg.store!r} holds no labelled slices with usable pixels (built without "
                          "--labels?): build it with --labels CSV to train on it")
@@ -333,7 +340,8 @@ def _fit(cfg: FitConfig, verbose: int, role: WorkerRole) -> dict:
         model = _start_model(cfg, run, first_epoch, size, in_channels, stream.channels, distributed, initial)
         train_model = model  # windows in the model: trained inside a wrapper whose first layer applies them
         if windows_in_model:
-            train_model = compile_model(reading_model(model, stream, input_options(record, training=True)),
+            train_model = compile_model(reading_model(model, stream, input_options(record, training=True),
+                                                      cfg.augment, augment_seed(cfg, first_epoch)),
                                         optimizer=model.optimizer)
     if cfg.strategy == "multi-worker":
         fix_keras_multi_worker(train_model, strategy)
@@ -341,7 +349,8 @@ def _fit(cfg: FitConfig, verbose: int, role: WorkerRole) -> dict:
         print(f"fit: {cfg.model} at {size}x{size}, {epoch_size // cfg.batch_size} steps/epoch of {cfg.batch_size} "
               f"slices, strategy {cfg.strategy} ({replicas} replica{'s' * (replicas > 1)}, {role.workers} worker"
               f"{'s' * (role.workers > 1)}; this is {role.task_type} {role.task_id})"
-              + ("; windows computed in the model's first layer" if windows_in_model else ""), flush=True)
+              + ("; windows computed in the model's first layer" if windows_in_model else "")
+              + (" and augmentation in the next" if windows_in_model and cfg.augment != "none" else ""), flush=True)
     history = _train(cfg, model, train_model, _callbacks(cfg, run, model, role), stream, strategy, record,
                      epoch_size, first_epoch, verbose)
     if role.chief:

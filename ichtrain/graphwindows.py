@@ -105,10 +105,14 @@ def hu_windows_layer(image_size: int, sequence: bool, **kwargs):
     return _layer_class()(image_size, sequence, **kwargs)
 
 
-def reading_model(model, stream, inputs: dict):
+def reading_model(model, stream, inputs: dict, augment: str = "none", augment_seed: int = 0):
     """``model`` as it reads ``stream.dataset(**inputs)``: itself when the reader applies the windows, else a
-    model taking (hu, params) whose first layer windows them (the weights are ``model``'s own)."""
+    model taking (hu, params) whose first layer windows them (the weights are ``model``'s own). ``augment``
+    (windows in the model only): training batches are then augmented by the next layer, as the reader's stream
+    seeded by ``augment_seed`` would augment them (:func:`ichtrain.augment.augment_layer`)."""
     import keras
+
+    from ichtrain.augment import augment_layer, parse_augment
 
     if resolve_windows_on(inputs.get("windows_on", "reader"), stream) != "model":
         return model
@@ -119,4 +123,6 @@ def reading_model(model, stream, inputs: dict):
     hu = keras.Input((full, full, M), dtype="int16", name="hu")
     params = keras.Input((M, 3, stream.channels), dtype="float32", name="window_params")
     x = hu_windows_layer(inputs.get("image_size") or full, sequence, name="hu_windows")([hu, params])
+    if parse_augment(augment).active:
+        x = augment_layer(augment, augment_seed, sequence, name="augment")(x)
     return keras.Model([hu, params], model(x), name=f"{model.name}_windows_in_model")

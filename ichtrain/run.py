@@ -196,8 +196,8 @@ def input_options(run: dict, training: bool = False) -> dict:
     dtype = "float16" if tf.config.list_physical_devices("GPU") else "float32"
     windows_on = run["windows_on"] if training else "auto"
     crop = run["crop"]
-    if (crop != "none" or (training and run["augment"] != "none")) and windows_on == "auto":
-        windows_on = "reader"  # augmentation and crops run in the reader's stream
+    if crop != "none" and windows_on == "auto":
+        windows_on = "reader"  # head boxes are found in the reader's stream (augmentation runs in either place)
     return dict(image_size=run["image_size"], neighbours=int(run["neighbours"]),
                 sequence=run["model"] == "rnn", dtype=dtype, windows_on=windows_on, crop=crop)
 

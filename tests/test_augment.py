@@ -125,7 +125,7 @@ def test_fit_records_augment_and_tta_and_evaluates_with_the_flip(brain_store, br
 
 @pytest.mark.parametrize("flag, fragment", [(["--augment", "spin=1"], "part 'spin=1'"),
                                             (["--tta", "rotate"], "invalid choice"),
-                                            (["--augment", "light", "--windows-on", "model"], "--windows-on reader")])
+                                            (["--crop", "head", "--windows-on", "model"], "--windows-on reader")])
 def test_bad_augment_and_tta_exit_2_before_a_run_folder_is_made(brain_store, tmp_path, capsys, flag, fragment):
     out = tmp_path / "run"
     assert main(["fit", brain_store, "--out", str(out), "--epochs", "1", "--quiet", *flag]) == 2

@@ -211,6 +211,34 @@ def test_windows_in_the_model_equal_a_windowed_store(stores, windows, other, nei
     assert seen == a.splits["train"].size
 
 
+@pytest.mark.parametrize("windows, sequence", [(THREE, False), ("rnn", True)])
+def test_augmentation_in_the_model_gives_the_batches_the_reader_augments(stores, windows, sequence):
+    """Windows in the model, then the augment layer: its j-th training call gives batch j of the reader's
+    augmented stream (same seed), within a float32 rounding; calls that are not training pass the batch
+    through and do not count."""
+    from ichtrain.augment import augment_layer
+    from ichtrain.data import StoreStream
+    from ichtrain.graphwindows import hu_windows_layer
+
+    a = StoreStream(stores["hu"], windows=windows)
+    kw = dict(batch_size=8, weighted=False, image_size=32, sequence=sequence)
+    windows_layer = hu_windows_layer(32, sequence)
+    augment = augment_layer("strong", 7, sequence)
+    moved = 0
+    for ((hu, params), ya), (xb, yb), (x0, _) in zip(
+            a.dataset("train", windows_on="model", **kw),
+            a.dataset("train", windows_on="reader", dtype="float32", augment="strong", augment_seed=7, **kw),
+            a.dataset("train", windows_on="reader", dtype="float32", **kw)):
+        windowed = windows_layer([hu, params])
+        np.testing.assert_array_equal(augment(windowed, training=False).numpy(), windowed.numpy())
+        xa = augment(windowed, training=True).numpy()
+        np.testing.assert_allclose(xa, xb.numpy(), rtol=0, atol=1e-5)
+        assert np.array_equal(ya.numpy(), yb.numpy())
+        moved += int(np.abs(xa - x0.numpy()).max() > 0.05)
+    assert int(augment.batches.numpy()) == -(-a.splits["train"].size // 8)
+    assert moved >= 2  # the maps changed the batches (a pass-through would fail above)
+
+
 def test_windows_on_model_needs_an_hu_store_and_a_known_place(stores, tmp_path, capsys):
     from ichtrain.cli import main as ichtrain_main
     from ichtrain.data import StoreStream
@@ -239,11 +267,11 @@ def test_fit_with_windows_in_the_model_trains_saves_the_model_and_reads_both_way
     run = str(tmp_path / "run")
     args = ["fit", stores["hu"], "--out", run, "--model", "baseline", "--image-size", "32", "--epochs", "1",
             "--batch-size", "8", "--epoch-size", "16", "--split", "0.6,0.2,0.2", "--windows", THREE,
-            "--windows-on", "model", "--seed", str(nonempty_split_seed(stores["hu"]))]
+            "--windows-on", "model", "--augment", "light", "--seed", str(nonempty_split_seed(stores["hu"]))]
     assert ichtrain_main(args) == 0
-    assert "windows computed in the model's first layer" in capsys.readouterr().out
+    assert "windows computed in the model's first layer and augmentation in the next" in capsys.readouterr().out
     cfg, path = load_run(run)
-    assert cfg["windows_on"] == "model" and os.path.isfile(os.path.join(run, "checkpoints", "epoch-001.keras"))
+    assert cfg["windows_on"] == "model" and cfg["augment"] != "none" and os.path.isfile(os.path.join(run, "checkpoints", "epoch-001.keras"))
     model = load_keras(path)
     assert model.input_shape == (None, 32, 32, 3)  # the saved model takes windows: no windowing layer in it
     stream = run_stream(cfg)
