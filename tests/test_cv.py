@@ -184,7 +184,7 @@ def test_an_untrained_stacker_is_the_platt_calibrated_ensemble():
 def test_stack_is_cross_fitted_scored_like_the_cv_folder_and_used_by_evaluate_compare_predict(
         cv_dir, synth_corpus, tmp_path, capsys):
     stack_dir = tmp_path / "stack"
-    assert main(["stack", str(cv_dir), "--out", str(stack_dir), "--epochs", "2", "--units", "4",
+    assert main(["stack", str(cv_dir), "--out", str(stack_dir), "--epochs", "1", "--units", "4",
                  "--bootstrap", "50", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "60 out-of-fold slices" in out and "stacked - ensemble" in out
@@ -230,7 +230,7 @@ def test_a_folds_stacked_predictions_never_saw_its_labels(cv_dir, tmp_path, monk
     from ichtrain.stack import StackConfig, stack
 
     real = cv.pooled_out_of_fold
-    cfg = dict(epochs=3, units=4, bootstrap=10)
+    cfg = dict(epochs=1, units=4, bootstrap=10)
     stack(StackConfig(str(cv_dir), out=str(tmp_path / "a"), **cfg))
 
     def flipped(cv_dir, folds=None):
