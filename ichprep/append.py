@@ -19,6 +19,7 @@ from typing import TextIO
 
 import numpy as np
 
+from ichprep import lifecycle as lc
 from ichprep import store as st
 from ichprep.build import (
     BuildConfig,
@@ -110,7 +111,7 @@ def _append(cfg: BuildConfig, console, t0: float, labels, paths: list[str], salt
     result = BuildResult(out=cfg.out)
     g, info, record = _open(cfg)
     if record is not None and not record["metadata"]:
-        st.cancel_append(g)  # stopped before its rows existed: start it again from the store as it was
+        lc.cancel_append(g)  # stopped before its rows existed: start it again from the store as it was
         g, info, record = _open(cfg)
     # numpy arrays, not Python sets: a 150k-row store's keys and UIDs as Python objects grew an append's
     # peak RSS by ~0.27 KiB per stored row
@@ -153,13 +154,13 @@ def _append(cfg: BuildConfig, console, t0: float, labels, paths: list[str], salt
             rows = _order_rows(cfg, fresh, rejects, labels)  # a repeated SOP among the new files joins rejects
             start = -(-info.n // info.shard_slices) * info.shard_slices
             n = start + len(rows.headers)
-            st.begin_append(g, info.n, start, n, generation)
+            lc.begin_append(g, info.n, start, n, generation)
             h = rows.headers
             st.write_metadata(g, rows.sops, [x.study_uid for x in h], [x.series_uid for x in h],
                               [x.patient for x in h], [x.position_z for x in h], rows.labels, rows.types,
                               [x.window_center for x in h], [x.window_width for x in h],
                               file_key=[_key_of(x, cfg.source) for x in h], start=start)
-            st.append_metadata_written(g)
+            lc.append_metadata_written(g)
             new_headers = h
         header_rejects = _new_rejects(info, [(_relpath(p, cfg.source), r, m) for p, r, m in rejects])
         first = start // info.shard_slices  # the store's own shards are written (a gap row has no file)
@@ -271,7 +272,7 @@ def _finish(cfg, g, info, start: int, headers: list, header_rejects: list, rejec
     fixed = Counter(info.fixed)
     for k, v in _fixes(cfg, headers, g, slice(start, n)).items():
         fixed[k] += v
-    st.end_append(g, dict(
+    lc.end_append(g, dict(
         counts=counts,
         type_counts={str(k): v for k, v in sorted(type_counts.items())},
         rejects=list(info.rejects) + [dict(file=f, reason=r, message=m) for f, r, m in rejects],

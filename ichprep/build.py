@@ -21,6 +21,7 @@ from typing import TextIO
 import numpy as np
 
 from ichprep import __version__
+from ichprep import lifecycle as lc
 from ichprep import store as st
 from ichprep.errors import (
     REASON_NAMES,
@@ -356,7 +357,7 @@ def _finalise(cfg: BuildConfig, g, rows: _Rows, header_rejects: list, reject_mes
         timings={k: round(v, 3) for k, v in timings.items()},  # this run's (a resumed build: the last run's)
         complete=True,
     ))
-    st.forget_repair(g)  # a resumed build finished an interrupted repair's shards too
+    lc.forget_repair(g)  # a resumed build finished an interrupted repair's shards too
     return all_rejects
 
 

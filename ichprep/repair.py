@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TextIO
 
+from ichprep import lifecycle as lc
 from ichprep import store as st
 from ichprep.errors import IchprepError, RejectError, StoreError, UsageError
 from ichprep.outlock import output_lock
@@ -32,7 +33,7 @@ def pending_repair(url: str) -> list[int]:
         return []
     if info.complete:  # finished since (a rerun of the build resumes those shards too)
         return []
-    return st.repairing_shards(st.get_attrs(g))
+    return lc.repairing_shards(st.get_attrs(g))
 
 
 def repair_shards(url: str, source: str, shards, console: TextIO | None = None) -> list[int]:
@@ -45,7 +46,7 @@ def repair_shards(url: str, source: str, shards, console: TextIO | None = None) 
     if not shards:
         return []
     g, info = st.read_info(url)
-    if not (info.complete or st.repairing_shards(st.get_attrs(g))):
+    if not (info.complete or lc.repairing_shards(st.get_attrs(g))):
         raise UsageError(f"{url!r} is incomplete: its build has not finished; rerun the same 'ichprep build' "
                          "command to resume it instead of repairing it")
     S, n = st.images(g).shards[0], info.n
@@ -55,7 +56,7 @@ def repair_shards(url: str, source: str, shards, console: TextIO | None = None) 
         raise StoreError(f"{url!r}: the sop_uid column cannot be read ({exc}), so the files of the damaged "
                          "shards cannot be found: rebuild the store with --overwrite") from None
     rows = {s: range(s * S, min(n, (s + 1) * S)) for s in shards}
-    gap = st.gap_rows(info.attrs, S)  # rows an append left empty: no file to find, written empty again
+    gap = lc.gap_rows(info.attrs, S)  # rows an append left empty: no file to find, written empty again
     wanted = [sops[i] for s in shards for i in rows[s] if i not in gap]
     where = find_sources(source, wanted)
     missing = [sop for sop in wanted if sop not in where]
@@ -77,14 +78,14 @@ def repair_shards(url: str, source: str, shards, console: TextIO | None = None) 
             headers[s].append(h)
     with output_lock(url):
         g = st.open_for_write(url)
-        st.begin_repair(g, shards)
+        lc.begin_repair(g, shards)
         bar = ProgressBar(console, "repair", len(shards), unit="shards")
         for k, s in enumerate(shards):
             process_shards(url, [s], [headers[s]], windows_to_list(info.windows), info.size_policy, info.image_size)
             bar.update(k + 1)
         bar.close()
         try:
-            st.end_repair(g, int((st.column(g, "status") == 0).sum()))
+            lc.end_repair(g, int((st.column(g, "status") == 0).sum()))
         except StoreError as exc:
             raise StoreError(f"{url!r}: {exc}") from None
     return shards

@@ -37,7 +37,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-from ichprep.errors import REJECT_REASONS, IncompleteStoreError, MissingStoreError, SchemaError, StoreError, UsageError
+from ichprep.errors import IncompleteStoreError, MissingStoreError, SchemaError, StoreError, UsageError
 from ichprep.pixels import IMAGE_SIZE  # the schema's slice size, defined with the pixel code
 from ichprep.windows import Window, is_hu, windows_from_list
 
@@ -54,13 +54,12 @@ __all__ = [
     "open_for_write",
     "read_info",
     "write_metadata",
-    "done_shards",
-    "clear_shard_done",
     "hu_range",
-    "begin_repair",
-    "end_repair",
-    "forget_repair",
-    "repairing_shards",
+    "generations",
+    "appending",
+    "done_shards",
+    "ROW_ARRAYS",
+    "get_attrs",
     "is_store_folder",
     "SHARD_ARRAYS",
     "SHARD_DONE",
@@ -79,13 +78,14 @@ READABLE_VERSIONS = (1, 2, 3, 4)
 CHECKSUMMED_VERSION = 3
 APPENDABLE_VERSION = 4
 ATTRS_KEY = "ichprep"
-_REPAIRING = "repairing"  # attribute: the shards a repair has started and not finished
-_APPENDING = "appending"  # attribute: an append begun and not finished (its rows, generation, progress)
+REPAIRING = "repairing"  # attribute: the shards a repair has started and not finished (ichprep.lifecycle)
+APPENDING = "appending"  # attribute: an append begun and not finished (its rows, generation, progress)
 FILE_KEY = "file_key"
 META_ARRAYS_V1 = ("sop_uid", "study_uid", "series_uid", "patient", "position_z", "labels", "type")
 META_ARRAYS = META_ARRAYS_V1 + ("window_center", "window_width")
 HU_MIN, HU_MAX, STATUS = "hu_min", "hu_max", "status"
 SHARD_ARRAYS = (HU_MIN, HU_MAX, STATUS)  # per-slice columns written by the shard tasks, one chunk per shard
+ROW_ARRAYS = META_ARRAYS + (FILE_KEY,) + SHARD_ARRAYS  # every per-row array (an append grows them together)
 SHARD_DONE = "shard_done"  # per-shard build mark (1 when the shard's pixels are written), one chunk per shard
 CODECS = ("auto", "blosc-lz4", "blosc-lz4-bitshuffle", "blosc-zstd", "zstd", "none")
 
@@ -205,77 +205,10 @@ def generations(attrs: dict) -> list[dict]:
     return [dict(generation=1, rows=int(attrs.get("n", 0)), written=int(attrs.get("counts", {}).get("written", 0)))]
 
 
-def gap_rows(attrs: dict, shard_slices: int) -> set[int]:
-    """The rows an append left empty: after each generation but the last, up to the next shard boundary."""
-    gaps = set()
-    for gen in generations(attrs)[:-1]:
-        rows = int(gen["rows"])
-        gaps.update(range(rows, -(-rows // shard_slices) * shard_slices))
-    return gaps
-
-
 def appending(attrs: dict) -> dict | None:
     """An interrupted append's record (``rows_before``, ``start``, ``n``, ``generation``, ``metadata``), or None."""
-    record = attrs.get(_APPENDING)
+    record = attrs.get(APPENDING)
     return dict(record) if record else None
-
-
-_ROW_ARRAYS = META_ARRAYS + (FILE_KEY,) + SHARD_ARRAYS
-
-
-def begin_append(g: zarr.Group, rows_before: int, start: int, n: int, generation: int) -> None:
-    """Grow every per-row array to ``n`` rows (the new rows from ``start``, a shard boundary, so no existing
-    shard object is rewritten; rows ``rows_before..start`` are a gap with status ``gap``) and mark the store
-    incomplete with the append's record: a crash from here on leaves a store that says how to finish."""
-    attrs = get_attrs(g)
-    attrs.update({"complete": False, _APPENDING: dict(rows_before=int(rows_before), start=int(start), n=int(n),
-                                                      generation=int(generation), metadata=False)})
-    g.attrs[ATTRS_KEY] = attrs
-    _resize_rows(g, n)
-    if start > rows_before:  # labels already read as unlabelled (their fill value), type as NO_TYPE (0)
-        g[STATUS][rows_before:start] = np.full(start - rows_before, REJECT_REASONS["gap"], np.uint8)
-
-
-def _resize_rows(g: zarr.Group, n: int) -> None:
-    for name in _ROW_ARRAYS:
-        g[name].resize((n,) + g[name].shape[1:])
-    g["images"].resize((n,) + g["images"].shape[1:])
-    S = g["images"].shards[0] if g["images"].shards else g["images"].chunks[0]
-    g[SHARD_DONE].resize((-(-n // S),))
-
-
-def append_metadata_written(g: zarr.Group) -> None:
-    """The new rows' columns are written: a resumed append keeps them and finishes their shards."""
-    attrs = get_attrs(g)
-    attrs[_APPENDING] = dict(attrs[_APPENDING], metadata=True)
-    g.attrs[ATTRS_KEY] = attrs
-
-
-def cancel_append(g: zarr.Group) -> None:
-    """Undo an append interrupted before its rows' columns were written: the store as it was, complete."""
-    attrs = get_attrs(g)
-    record = attrs.pop(_APPENDING)
-    _resize_rows(g, int(record["rows_before"]))
-    attrs["complete"] = True
-    g.attrs[ATTRS_KEY] = attrs
-
-
-def end_append(g: zarr.Group, values: dict) -> None:
-    """Merge the grown store's attributes (``values``: counts, rejects, ...), record the new generation and
-    mark the store complete: the last write of an append."""
-    attrs = get_attrs(g)
-    record = attrs.pop(_APPENDING)
-    before = generations(attrs)  # from the store's rows and counts before this append
-    attrs.update(values)
-    written = int(attrs.get("counts", {}).get("written", 0))
-    attrs["generations"] = before + [dict(generation=int(record["generation"]), rows=int(record["n"]),
-                                          written=written)]
-    attrs.update(n=int(record["n"]), complete=True)
-    g.attrs[ATTRS_KEY] = attrs
-
-
-def open_for_write(url: str) -> zarr.Group:
-    return zarr.open_group(url, mode="r+", zarr_format=3)
 
 
 def done_shards(g: zarr.Group, first: int = 0) -> np.ndarray:
@@ -284,42 +217,8 @@ def done_shards(g: zarr.Group, first: int = 0) -> np.ndarray:
     return np.asarray(g[SHARD_DONE][first:], dtype=bool)
 
 
-def clear_shard_done(g: zarr.Group, shards) -> None:
-    """Mark ``shards`` as not written (a repair rewrites them; a crash mid-repair leaves them to redo)."""
-    for s in shards:
-        g[SHARD_DONE][int(s)] = 0
-
-
-def begin_repair(g: zarr.Group, shards) -> None:
-    """Record that ``shards`` are being rebuilt: the store reads as incomplete until :func:`end_repair`, and
-    an interrupted repair names them (:func:`repairing_shards`)."""
-    set_attrs(g, {"complete": False, _REPAIRING: [int(s) for s in shards]})
-    clear_shard_done(g, shards)
-
-
-def end_repair(g: zarr.Group, usable: int) -> None:
-    """Mark a repair finished and the store complete again; StoreError (the store left incomplete) where the
-    rebuilt store has another number of usable slices than its build wrote."""
-    attrs = get_attrs(g)
-    written = attrs.get("counts", {}).get("written")
-    if usable != written:
-        raise StoreError(f"after the repair {usable} slices are usable where the build wrote {written}; the "
-                         "source changed since the build: rebuild the store with --overwrite")
-    attrs.pop(_REPAIRING, None)
-    attrs["complete"] = True
-    g.attrs[ATTRS_KEY] = attrs
-
-
-def forget_repair(g: zarr.Group) -> None:
-    """Drop an interrupted repair's record (a resumed build has rebuilt its shards)."""
-    attrs = get_attrs(g)
-    if attrs.pop(_REPAIRING, None) is not None:
-        g.attrs[ATTRS_KEY] = attrs
-
-
-def repairing_shards(attrs: dict) -> list[int]:
-    """The shards an interrupted repair left to rebuild, from a store's attributes (empty when none)."""
-    return [int(s) for s in attrs.get(_REPAIRING, [])]
+def open_for_write(url: str) -> zarr.Group:
+    return zarr.open_group(url, mode="r+", zarr_format=3)
 
 
 def is_store_folder(path: str) -> bool:

@@ -14,6 +14,7 @@ from typing import TextIO
 
 import numpy as np
 
+from ichprep import lifecycle as lc
 from ichprep import store as st
 from ichprep.errors import DamagedShardError, IchprepError, MissingStoreError
 from ichprep.labels import UNLABELLED, type_codes
@@ -125,8 +126,8 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
     n = info.n
     if not info.complete:
         done = st.done_shards(g)
-        if st.repairing_shards(info.attrs):
-            rep.problems.append(f"incomplete: a repair of shards {st.repairing_shards(info.attrs)} was interrupted; rerun "
+        if lc.repairing_shards(info.attrs):
+            rep.problems.append(f"incomplete: a repair of shards {lc.repairing_shards(info.attrs)} was interrupted; rerun "
                                 "'ichprep verify STORE --repair --source DICOM_DIR' to finish it")
         else:
             rep.problems.append(f"incomplete: the build has not finished ({int(done.sum())}/{done.size} shards "
