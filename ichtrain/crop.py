@@ -8,9 +8,11 @@ does. Every reader of a run crops alike (training, calibration, evaluation, pred
 
 from __future__ import annotations
 
+import numpy as np
+
 from ichprep.errors import UsageError
 
-__all__ = ["CROPS", "check_crop", "crop_to_boxes"]
+__all__ = ["CROPS", "check_crop", "crop_to_boxes", "head_boxes"]
 
 CROPS = ("none", "head")
 
@@ -39,3 +41,19 @@ def crop_to_boxes(img, boxes, size: int, planar: bool):
     if planar:
         x = tf.reshape(x, (b, -1, size, size))
     return x
+
+
+def head_boxes(cache: dict, centre: np.ndarray, img: np.ndarray, planar: bool, channel: int) -> np.ndarray:
+    """(b, 4) normalised head boxes of a batch whose samples' centre slices are the store rows ``centre``,
+    found on channel ``channel`` of each sample in ``img`` (plane 0 when ``planar``); kept in ``cache`` per
+    row, so a stream computes each once."""
+    from ichprep.headbox import head_box, square_box
+
+    out = np.empty((len(centre), 4), np.float32)
+    for i, row in enumerate(centre):
+        box = cache.get(int(row))
+        if box is None:
+            plane = img[i, 0] if planar else img[i, :, :, channel]
+            box = cache[int(row)] = square_box(head_box(np.asarray(plane, np.float32), 0.1), plane.shape)
+        out[i] = box
+    return out

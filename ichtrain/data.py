@@ -3,11 +3,6 @@
 Reads a store only through :mod:`ichprep.store`. TensorFlow is imported lazily (inside
 :meth:`StoreStream.dataset`), so splits and sampling plans can be computed and tested without it.
 
-Sampling. Per-type weights ``w_t ∝ count_t ** -alpha`` over the split's Table 3.1 types (alpha 0:
-natural frequencies; 1: every type equally likely; default 0.5, a compromise that still shows the
-rare types often without repeating the 12 slices of type 1 thousands of times). An epoch is
-``epoch_size`` slices (default: the split's size) drawn **with replacement** with probability
-``w_t / sum`` per slice; evaluation streams (``weighted=False``) read every slice once, in order.
 
 Reading. One Python call per batch, never per slice (:mod:`ichtrain.batches`): the epoch's draws are
 put in their delivery order up front (shards in random order, pooled a few shards at a time, the draws
@@ -34,11 +29,14 @@ from ichprep.readwindows import ReadWindows
 from ichprep.shardio import shard_reader
 from ichprep.windows import Window, parse_read_windows
 from ichtrain.augment import augment_images, parse_augment
-from ichtrain.crop import check_crop, crop_to_boxes
+from ichtrain.crop import check_crop, head_boxes
 from ichtrain.batches import BatchAssembler, delivery_order, shard_groups
 from ichtrain.graphwindows import resolve_windows_on
+from ichtrain.reading import (batch_shaper as _batch_shaper, check_reading, hu_pipeline, read_ahead_hinter,
+                              window_pipeline, zarr_shard_fetcher)
 from ichtrain.sampling import sample_epoch, type_weights  # noqa: F401 (re-exported)
 from ichtrain.splits import SPLIT_BY, SPLIT_NAMES, fold_rows, split_buckets, split_record, split_rows  # noqa: F401 (re-exported)
+from ichtrain.splits import check_same_split
 
 __all__ = ["StoreStream", "split_rows", "split_buckets", "split_record", "fold_rows", "run_stream", "type_weights", "sample_epoch", "SPLIT_NAMES"]
 
@@ -159,20 +157,7 @@ class StoreStream:
         """Refuse (UsageError) when this stream's split differs from ``recorded`` (a run's), naming why."""
         if not recorded:
             return
-        now = self.split_record()
-        if now["digest"] == recorded.get("digest"):
-            return
-        theirs, ours = recorded.get("salt_fingerprint"), now["salt_fingerprint"]
-        if theirs != ours:
-            cause = (f"its patient keys were made with another salt (fingerprint {ours}; the run's store had "
-                     f"{theirs}): rebuild it with the salt of the run's store (--salt, ICHPREP_SALT or the "
-                     "same salt file)")
-        else:
-            diff = ", ".join(f"{k} {recorded['slices'].get(k)} -> {now['slices'][k]} slices" for k in SPLIT_NAMES
-                             if now["digest"][k] != recorded["digest"].get(k))
-            cause = f"its slices or labels are not those the run was trained on ({diff})"
-        raise UsageError(f"The split of {self.url} differs from the one {what} was trained with: {cause}. "
-                         "Its test patients could include training patients, so it is refused.")
+        check_same_split(self.split_record(), recorded, self.url, what)
 
     def empty_split_reason(self, split: str) -> str:
         """Why ``split`` holds no slice, naming the real cause."""
@@ -250,9 +235,9 @@ class StoreStream:
 
     def _pool_shards(self, shuffle_mb: float) -> int:
         """Shards pooled and permuted together (see :func:`ichtrain.batches.delivery_order`): as many as fit
-        twice in ``shuffle_mb`` (the shard cache's budget: a batch at a pool's edge needs two pools), at
-        least two. A shard's size is its
-        mean size on disk for a local store (compressed, as the cache holds it), else its decoded size."""
+        twice in ``shuffle_mb`` (the shard cache's budget: a batch at a pool's edge needs two pools), at least
+        two. A shard's size is its mean size on disk for a local store (compressed, as the cache holds it), else
+        its decoded size."""
         n_shards = -(-self.n // self.shard_slices)
         on_disk = st.size_on_disk(os.path.join(str(self.url), "images"))
         shard_mb = (on_disk / n_shards if on_disk else
@@ -296,22 +281,6 @@ class StoreStream:
             with self._reading_lock:
                 self._reading -= 1
 
-    def _head_boxes(self, assembler, j: int, img: np.ndarray, planar: bool, neighbours: int) -> np.ndarray:
-        """(b, 4) normalised head boxes of batch ``j``'s samples, from each centre slice's first channel; kept
-        per row, so an epoch computes each once."""
-        from ichprep.headbox import head_box, square_box
-
-        centre = assembler.sources[assembler.positions(j)][:, neighbours]
-        out = np.empty((len(centre), 4), np.float32)
-        for i, row in enumerate(centre):
-            box = self._boxes.get(int(row))
-            if box is None:
-                plane = img[i, 0] if planar else img[i, :, :, neighbours * self.channels]
-                box = square_box(head_box(np.asarray(plane, np.float32), 0.1), plane.shape)
-                self._boxes[int(row)] = box
-            out[i] = box
-        return out
-
     def _store_changed(self) -> str | None:
         """How the store differs from what this stream opened ('was rebuilt', 'was removed'), or None."""
         try:
@@ -321,45 +290,10 @@ class StoreStream:
         return None if now.attrs == self.info.attrs else "was rebuilt (its attributes changed)"
 
     def _hinter(self):
-        """``hint(shard)``: ask the kernel to start reading a shard object of a local store ahead of its use
-        (``posix_fadvise(WILLNEED)``; its pages then arrive while earlier batches decode). None where the store
-        is not a local folder or the platform has no posix_fadvise."""
-        store = self.images.store_path.store
-        root = getattr(store, "root", None)
-        if root is None or not hasattr(os, "posix_fadvise") or self._reader is None:
-            return None
-        folder = os.path.join(str(root), self.images.store_path.path)
-        key = self.images.metadata.encode_chunk_key
-        rest = (0,) * (self.images.ndim - 1)
-
-        def hint(shard: int) -> None:
-            try:
-                fd = os.open(os.path.join(folder, key((int(shard),) + rest)), os.O_RDONLY)
-            except OSError:
-                return  # a missing object is reported when it is read
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-            finally:
-                os.close(fd)
-
-        return hint
+        return read_ahead_hinter(self.images) if self._reader is not None else None
 
     def _fetcher(self):
-        """``fetch(shard)`` -> a shard object to decode slices from: ichprep's shard reader for stores of
-        ichprep's layout, else zarr's read of the shard's rows."""
-        if self._reader is not None:
-            return self._reader.fetch
-        S, images = self.shard_slices, self.images
-
-        class Decoded:
-            def __init__(self, shard):
-                self.block = np.asarray(images[shard * S:(shard + 1) * S])
-                self.nbytes = self.block.nbytes
-
-            def decode_into(self, i, out):
-                out[...] = self.block[i]
-
-        return Decoded
+        return self._reader.fetch if self._reader is not None else zarr_shard_fetcher(self.images, self.shard_slices)
 
     # -- tf.data ---------------------------------------------------------------------------------
     def dataset(self, split: str = "train", batch_size: int = 32, weighted: bool | None = None, alpha: float = 0.5,
@@ -390,15 +324,14 @@ class StoreStream:
         first layer windows them (:mod:`ichtrain.graphwindows`; ``image_size`` and ``dtype`` are then that
         layer's business); ``auto``: ``model`` where a GPU trains.
         ``augment``: an augmentation spec applied to every batch after the resize (:mod:`ichtrain.augment`;
-        training streams only), seeded by ``augment_seed`` and the batch's index; not with ``windows_on='model'``.
+        training streams only), seeded by ``augment_seed`` and the batch's index; not with ``windows_on='model'``
+        (the training model augments then: :func:`ichtrain.graphwindows.reading_model`).
         ``crop``: ``head`` crops each sample to a square around its head (:mod:`ichprep.headbox`, found on the
         centre slice and kept per row) before the resize; not with ``windows_on='model'``.
         """
-        import tensorflow as tf
-
         weighted = (split == "train") if weighted is None else weighted
         sequence = (self.channels > 1) if sequence is None else sequence
-        _check_reading(dtype, batch_size, neighbours, sequence)
+        check_reading(dtype, batch_size, neighbours, sequence, MAX_NEIGHBOURS)
         full = self.info.image_size
         size = image_size or full
         if rows is not None:
@@ -431,20 +364,13 @@ class StoreStream:
 
         def read(j):
             img, lab = self._tracked_batch(assembler, int(j))
-            boxes = self._head_boxes(assembler, int(j), img, planar, neighbours) if crop_head else np.zeros((0, 4))
+            centre = assembler.sources[assembler.positions(int(j))][:, neighbours]
+            boxes = (head_boxes(self._boxes, centre, img, planar, neighbours * self.channels) if crop_head
+                     else np.zeros((0, 4)))
             return img, lab, boxes.astype(np.float32)
 
-        def load(j):
-            img, lab, boxes = tf.numpy_function(read, [j], (tf.as_dtype(read_dtype), tf.float32, tf.float32),
-                                                stateful=False)
-            img.set_shape((b, C, full, full) if planar else (b, full, full, C))
-            lab.set_shape((b, 6))
-            return img, lab, boxes
-
-        shape = _batch_shaper(full, size, C, planar, sequence, crop_head, dtype)
-        ds = tf.data.Dataset.range(2**62 if repeat else assembler.n_batches)  # repeat: batch indices cycle the order
-        ds = ds.map(load, num_parallel_calls=max(1, parallel_reads), deterministic=True)
-        ds = ds.map(shape, num_parallel_calls=2)  # two converted batches in flight: bounded memory
+        ds = window_pipeline(read, assembler, b, read_dtype, (C, full, full) if planar else (full, full, C),
+                             _batch_shaper(full, size, C, planar, sequence, crop_head, dtype), parallel_reads)
         if spec.active:
             ds = ds.enumerate().map(lambda j, batch: (augment_images(batch[0], spec, augment_seed, j, sequence),
                                                       batch[1]), num_parallel_calls=2, deterministic=True)
@@ -461,58 +387,11 @@ class StoreStream:
 
     def _hu_dataset(self, assembler, b, parallel_reads):
         """The ``windows_on='model'`` pipeline (see :meth:`dataset`): slices as stored, each row's window params."""
-        import tensorflow as tf
-
-        full, C, M = self.info.image_size, self.channels, assembler.sources.shape[1]
+        M, C = assembler.sources.shape[1], self.channels
 
         def batch(j):
             hu, lab = self._tracked_batch(assembler, int(j))
             src = assembler.sources[assembler.positions(int(j))]
             return hu, self.read_windows.params_batch(src.reshape(-1)).reshape(len(src), M, 3, C), lab
 
-        def load(j):
-            hu, params, lab = tf.numpy_function(batch, [j], (tf.int16, tf.float32, tf.float32), stateful=False)
-            hu.set_shape((b, full, full, M))
-            params.set_shape((b, M, 3, C))
-            lab.set_shape((b, 6))
-            return (hu, params), lab
-
-        ds = tf.data.Dataset.range(2**62 if assembler.repeat else assembler.n_batches)
-        return ds.map(load, num_parallel_calls=max(1, parallel_reads), deterministic=True).prefetch(2)
-
-
-def _check_reading(dtype: str, batch_size: int, neighbours, sequence: bool) -> None:
-    if dtype not in ("float16", "float32"):
-        raise UsageError(f"Expected dtype float16 or float32. Received: dtype={dtype!r}")
-    if batch_size < 1:
-        raise UsageError(f"Expected batch_size >= 1. Received: batch_size={batch_size}")
-    if not isinstance(neighbours, int) or not 0 <= neighbours <= MAX_NEIGHBOURS:
-        raise UsageError(f"Expected neighbours an integer in [0, {MAX_NEIGHBOURS}]. Received: neighbours={neighbours!r}")
-    if neighbours and sequence:
-        raise UsageError("Neighbour slices become extra channels of a one-slice model; a window sequence (rnn) "
-                         f"cannot take them. Received: neighbours={neighbours} with a sequence stream")
-
-
-def _batch_shaper(full: int, size: int, C: int, planar: bool, sequence: bool, crop_head: bool, dtype: str):
-    """``shape(img, lab, boxes) -> (img, lab)`` on whole batches, in TensorFlow (its cast is ~4x numpy's): the
-    head crop, the resize to ``size`` and the layout the model takes, from a batch read (b, C, H, W) planar or
-    (b, H, W, C)."""
-    import tensorflow as tf
-
-    def shape(img, lab, boxes):
-        if crop_head:
-            img = crop_to_boxes(img, boxes, size, planar)
-        if planar:  # (b, C, H, W): resize each plane, then the layout the model takes
-            if size != full and not crop_head:
-                img = tf.image.resize(tf.reshape(tf.cast(img, tf.float32), (-1, full, full, 1)), (size, size),
-                                      method="area")
-            img = tf.reshape(tf.cast(img, dtype), (-1, C, size, size, 1) if sequence else (-1, size, size, 1))
-            return img, lab
-        if size != full and not crop_head:
-            img = tf.image.resize(tf.cast(img, tf.float32), (size, size), method="area")
-        img = tf.cast(img, dtype)
-        if sequence:
-            img = tf.expand_dims(tf.transpose(img, (0, 3, 1, 2)), -1)
-        return img, lab
-
-    return shape
+        return hu_pipeline(batch, assembler, b, (self.info.image_size, M, C), parallel_reads)

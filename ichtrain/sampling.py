@@ -1,4 +1,11 @@
-"""Per-type weighted sampling of a split (see :mod:`ichtrain.data`): weights ``count_t ** -alpha``."""
+"""Per-type weighted sampling of a split (see :mod:`ichtrain.data`): weights ``count_t ** -alpha``.
+
+Per-type weights ``w_t ∝ count_t ** -alpha`` over the split's Table 3.1 types (alpha 0: natural frequencies;
+1: every type equally likely; default 0.5, a compromise that still shows the rare types often without
+repeating the 12 slices of type 1 thousands of times). An epoch is ``epoch_size`` slices (default: the split's
+size) drawn **with replacement** with probability ``w_t / sum`` per slice; evaluation streams
+(``weighted=False``) read every slice once, in order.
+"""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from ichprep.errors import UsageError
 
-__all__ = ["SPLIT_NAMES", "SPLIT_BY", "split_buckets", "split_rows", "fold_rows", "split_record"]
+__all__ = ["SPLIT_NAMES", "SPLIT_BY", "split_buckets", "split_rows", "fold_rows", "split_record", "check_same_split"]
 
 SPLIT_NAMES = ("train", "val", "test")
 SPLIT_BY = ("patient", "study")  # the groups no split divides
@@ -75,3 +75,21 @@ def split_record(splits: dict[str, np.ndarray], sop_uids: np.ndarray, groups: np
         record["groups"][name] = int(np.unique(np.asarray(groups, dtype=object)[rows].astype(str)).size)
         record["digest"][name] = h.hexdigest()
     return record
+
+
+def check_same_split(now: dict, recorded: dict, url: str, what: str) -> None:
+    """Refuse (UsageError) when the split record ``now`` (of the store ``url``) differs from ``recorded`` (the
+    one ``what`` was trained with), naming why: another salt, or other slices or labels."""
+    if now["digest"] == recorded.get("digest"):
+        return
+    theirs, ours = recorded.get("salt_fingerprint"), now["salt_fingerprint"]
+    if theirs != ours:
+        cause = (f"its patient keys were made with another salt (fingerprint {ours}; the run's store had "
+                 f"{theirs}): rebuild it with the salt of the run's store (--salt, ICHPREP_SALT or the "
+                 "same salt file)")
+    else:
+        diff = ", ".join(f"{k} {recorded['slices'].get(k)} -> {now['slices'][k]} slices" for k in SPLIT_NAMES
+                         if now["digest"][k] != recorded["digest"].get(k))
+        cause = f"its slices or labels are not those the run was trained on ({diff})"
+    raise UsageError(f"The split of {url} differs from the one {what} was trained with: {cause}. "
+                     "Its test patients could include training patients, so it is refused.")
