@@ -16,8 +16,9 @@ from ichtrain.calibration import Calibration, calibrate_run
 from ichtrain.catalog import BACKBONES, MODELS
 from ichtrain.crop import check_crop
 from ichtrain.distribute import STRATEGIES, WorkerRole, fix_keras_multi_worker, make_strategy, worker_role
+from ichtrain.finetune import freeze_encoder, initial_weights
 from ichtrain.graphwindows import check_windows_on, reading_model, resolve_windows_on
-from ichtrain.run import RunDir, input_options, load_keras, load_run, read_record, same_run, save_atomic
+from ichtrain.run import RunDir, input_options, load_run, read_record, same_run, save_atomic
 from ichtrain.sampling import ALPHA_MAX
 from ichtrain.schedule import LR_SCHEDULES, MAX_RATE, learning_rate_at
 
@@ -190,49 +191,6 @@ def _pipelines(cfg: FitConfig, stream, strategy, record: dict, epoch_size: int, 
     return train, val, (val_steps or None)
 
 
-def _init_path(init: str) -> str:
-    """The model file of ``--init``: a run folder's model (or its last checkpoint), or a .keras file."""
-    if os.path.isdir(init):
-        return load_run(init)[1]
-    if os.path.isfile(init) and init.endswith(".keras"):
-        return init
-    raise UsageError(f"Expected --init a run folder or a .keras file. Received: {init!r}, which is "
-                     f"{'not a .keras file' if os.path.exists(init) else 'missing'}")
-
-
-def _initial_weights(cfg: FitConfig, size: int, in_channels: int, windows: int) -> list:
-    """The weights of ``--init``, checked against the model this run builds: the same input, the same layers
-    and weight shapes, six outputs; any difference is refused (one line naming both) before training."""
-    from ichtrain.models import build_model
-
-    source = load_keras(_init_path(cfg.init))
-    target = build_model(cfg.model, size, in_channels, cfg.l2, windows=windows, bn_momentum=cfg.bn_momentum,
-                         backbone=cfg.backbone, weights=None, neighbours=cfg.neighbours)
-    got = [tuple(w.shape) for w in source.weights]
-    want = [tuple(w.shape) for w in target.weights]
-    src_in, dst_in = tuple(source.inputs[0].shape[1:]), tuple(target.inputs[0].shape[1:])
-    if src_in != dst_in or got != want or tuple(source.outputs[0].shape[1:]) != (6,):
-        raise UsageError(f"--init {cfg.init!r} is a model of input {src_in} and {len(got)} weights "
-                         f"({source.name}); this run builds {cfg.model} of input {dst_in} and {len(want)} weights: "
-                         "fine-tune with the same --model, --image-size, windows and --neighbours")
-    return source.get_weights()
-
-
-def _leaf_layers(model) -> list:
-    out = []
-    for layer in model.layers:
-        out.extend(_leaf_layers(layer) if getattr(layer, "layers", None) else [layer])
-    return out
-
-
-def _freeze(model, frozen: bool) -> None:
-    """Every layer but the last one with weights (the head) still while ``frozen`` (a still BatchNorm also keeps
-    its statistics: Keras runs it in inference mode)."""
-    with_weights = [layer for layer in _leaf_layers(model) if layer.weights]
-    for layer in with_weights[:-1]:
-        layer.trainable = not frozen
-
-
 def open_stream(cfg: FitConfig):
     """The store's stream for ``cfg``, refusing before any training a model that cannot read its windows."""
     from ichtrain.data import StoreStream
@@ -323,7 +281,7 @@ def _fit(cfg: FitConfig, verbose: int, role: WorkerRole) -> dict:
                   replicas=replicas, workers=role.workers, split=stream.split_record(),
                   store_generation=stream.generation)
     in_channels = 1 if cfg.model == "rnn" else stream.channels * (2 * cfg.neighbours + 1)
-    initial = _initial_weights(cfg, size, in_channels, stream.channels) if cfg.init else None  # before the folder
+    initial = initial_weights(cfg, size, in_channels, stream.channels) if cfg.init else None  # before the folder
     if cfg.freeze_epochs and windows_in_model:
         raise UsageError("--freeze-epochs trains the model itself: pass --windows-on reader with it")
     first_epoch = _open_run(cfg, record, stream, role)
@@ -374,7 +332,7 @@ def _start_model(cfg: FitConfig, run: RunDir, first_epoch: int, size: int, in_ch
     if first_epoch > 0:
         model = keras.models.load_model(run.last)
         if cfg.freeze_epochs:  # the stage this epoch belongs to (a checkpoint keeps the flags it was saved with)
-            _freeze(model, first_epoch < cfg.freeze_epochs)
+            freeze_encoder(model, first_epoch < cfg.freeze_epochs)
             compile_model(model, cfg.learning_rate)
         return model
     model = build_model(cfg.model, size, in_channels, cfg.l2, windows=windows, bn_momentum=cfg.bn_momentum,
@@ -382,7 +340,7 @@ def _start_model(cfg: FitConfig, run: RunDir, first_epoch: int, size: int, in_ch
     if initial is not None:
         model.set_weights(initial)
     if cfg.freeze_epochs:
-        _freeze(model, True)
+        freeze_encoder(model, True)
     return compile_model(model, cfg.learning_rate)
 
 
@@ -424,7 +382,7 @@ def _train(cfg: FitConfig, model, train_model, callbacks: list, stream, strategy
             frozen, _, _ = _pipelines(dataclasses.replace(cfg, epochs=cfg.freeze_epochs, freeze_epochs=0), stream,
                                       strategy, record, epoch_size, first_epoch)
             history = train_model.fit(frozen, epochs=cfg.freeze_epochs, initial_epoch=first_epoch, **common).history
-            _freeze(model, False)
+            freeze_encoder(model, False)
             compile_model(model, cfg.learning_rate)  # a new optimizer for the layers that join
             first_epoch = cfg.freeze_epochs
             train, _, _ = _pipelines(cfg, stream, strategy, record, epoch_size, first_epoch)
