@@ -163,11 +163,24 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
     counts = info.counts
     if info.complete and counts.get("written") != int(ok.sum()):
         rep.problems.append(f"counts: attrs say {counts.get('written')} written, status says {int(ok.sum())}")
-    # Every slice's checksum, and every value finite and in [0, 1] (hu: in its slice's range), shard by shard.
+    _check_values(img, info, done, ok, (hu_min, hu_max), S, rep, console)
+    rep.checked["checksums"] = info.schema_version >= st.CHECKSUMMED_VERSION
+    rep.checked.update(slices=n, shards_done=int(done.sum()), shards=int(done.size))
+    if source is not None and "sop_uid" not in rep.damaged_columns:
+        _compare_with_source(img, info, source, columns["sop_uid"], ok & np.repeat(done, S)[:n], S, sample, seed, rep)
+    return rep
+
+
+def _check_values(img, info, done: np.ndarray, ok: np.ndarray, hu_bounds: tuple, S: int, rep: VerifyReport,
+                  console) -> None:
+    """Every written slice's checksum, and every value finite and in [0, 1] (hu: in its slice's recorded
+    range), shard by shard; bad rows and their shards go to ``rep``."""
+    n = info.n
+    hu_min, hu_max = hu_bounds
     bar = ProgressBar(console, "check", n)
     bad_rows: list[int] = []
     read_shard = _shard_blocks(img, S, n, rep)
-    for s in range(n_shards):
+    for s in range(done.size):
         if not done[s]:
             continue
         lo, hi = s * S, min(n, (s + 1) * S)
@@ -189,14 +202,9 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
         bad_rows.extend(wrong.tolist())
         bar.update(hi)
     bar.close()
-    rep.checked["checksums"] = info.schema_version >= st.CHECKSUMMED_VERSION
     if bad_rows:
         what = "HU outside the slice's hu_min..hu_max" if info.hu else "non-finite or out-of-[0, 1] values"
         rep.problems.append(f"images: {what} in {len(bad_rows)} slices, e.g. rows {bad_rows[:10]}")
-    rep.checked.update(slices=n, shards_done=int(done.sum()), shards=int(done.size))
-    if source is not None and "sop_uid" not in rep.damaged_columns:
-        _compare_with_source(img, info, source, columns["sop_uid"], ok & np.repeat(done, S)[:n], S, sample, seed, rep)
-    return rep
 
 
 def _column(g, name: str, rep: VerifyReport):
