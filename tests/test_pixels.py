@@ -14,7 +14,8 @@ from ichprep.pixels import hu_float
 from ichprep.decode import ReadBuffer, read_raw
 from ichprep.kernels import channel_params, window_slice
 from ichprep.errors import RejectError
-from ichprep.scan import _walk_header, hash_patient, read_header
+from ichprep.headerbytes import walk_header as _walk_header
+from ichprep.scan import hash_patient, read_header
 from ichprep.windows import WINDOW_TABLE, Window
 
 ALL = WINDOW_TABLE + (Window("full", "full"),)
