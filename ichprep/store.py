@@ -29,14 +29,14 @@ in the build's final step.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.codecs import Crc32cCodec
 
+from ichprep.chunkcodecs import CODECS, compressors, fast_codec_pipeline, meta_compressors  # noqa: F401 (re-exported)
 from ichprep.errors import IncompleteStoreError, MissingStoreError, SchemaError, StoreError, UsageError
 from ichprep.pixels import IMAGE_SIZE  # the schema's slice size, defined with the pixel code
 from ichprep.windows import Window, is_hu, windows_from_list
@@ -87,47 +87,6 @@ HU_MIN, HU_MAX, STATUS = "hu_min", "hu_max", "status"
 SHARD_ARRAYS = (HU_MIN, HU_MAX, STATUS)  # per-slice columns written by the shard tasks, one chunk per shard
 ROW_ARRAYS = META_ARRAYS + (FILE_KEY,) + SHARD_ARRAYS  # every per-row array (an append grows them together)
 SHARD_DONE = "shard_done"  # per-shard build mark (1 when the shard's pixels are written), one chunk per shard
-CODECS = ("auto", "blosc-lz4", "blosc-lz4-bitshuffle", "blosc-zstd", "zstd", "none")
-
-
-def _compressors(codec: str, channels: int, hu: bool = False) -> tuple:
-    """Image codec, followed by the chunk checksum (see :func:`_image_codec`)."""
-    return (*_image_codec(codec, channels, hu), Crc32cCodec())
-
-
-def _image_codec(codec: str, channels: int, hu: bool = False) -> tuple:
-    """Image codec. ``auto``: blosc-lz4 + byte shuffle for one float16 channel and for int16 HU (the fastest
-    to decode on real slices, at a few percent more bytes than bit shuffle), zstd level 1 for several windows
-    (clipped windows are mostly 0 or 1); measurements in docs/performance.md (benchmarks/codecs.py)."""
-    if codec == "auto":
-        codec = "blosc-lz4" if hu or channels == 1 else "zstd"
-    if codec == "blosc-lz4":
-        return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=2),)
-    if codec == "blosc-lz4-bitshuffle":
-        return (BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle", typesize=2),)
-    if codec == "blosc-zstd":
-        return (BloscCodec(cname="zstd", clevel=1, shuffle="shuffle", typesize=2),)
-    if codec == "zstd":
-        return (ZstdCodec(level=1),)
-    if codec == "none":
-        return ()
-    raise UsageError(f"Expected --codec one of {', '.join(CODECS)}. Received: codec={codec!r}")
-
-
-def fast_codec_pipeline():
-    """Context in which arrays opened use the Rust ``zarrs`` codec pipeline, when installed: faster reads
-    (and writes of layouts ``ichprep.shardio`` does not take). The config is read when an array is
-    opened, so open the array inside the context; unsupported cases fall back to zarr-python's pipeline.
-    """
-    try:
-        import zarrs  # noqa: F401
-    except ImportError:
-        return contextlib.nullcontext()
-    return zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"})
-
-
-def _meta_compressors():
-    return (ZstdCodec(level=3), Crc32cCodec())
 
 
 def create_store(url: str, n: int, channels: int, shard_slices: int, codec: str, attrs: dict,
@@ -144,21 +103,21 @@ def create_store(url: str, n: int, channels: int, shard_slices: int, codec: str,
     g = zarr.open_group(url, mode="w", zarr_format=3, attributes={ATTRS_KEY: first})
     g.create_array("images", shape=(n, image_size, image_size, channels),
                    chunks=(1, image_size, image_size, channels), shards=(S, image_size, image_size, channels),
-                   dtype="int16" if hu else "float16", compressors=_compressors(codec, channels, hu),
+                   dtype="int16" if hu else "float16", compressors=compressors(codec, channels, hu),
                    fill_value=0)
     g.create_array("labels", shape=(n, 6), chunks=(max(n, 1), 6), dtype="uint8", fill_value=255,
-                   compressors=_meta_compressors())
-    g.create_array("type", shape=(n,), chunks=(n,), dtype="uint8", fill_value=0, compressors=_meta_compressors())
+                   compressors=meta_compressors())
+    g.create_array("type", shape=(n,), chunks=(n,), dtype="uint8", fill_value=0, compressors=meta_compressors())
     for name in ("sop_uid", "study_uid", "series_uid", "patient"):
-        g.create_array(name, shape=(n,), chunks=(n,), dtype=str, compressors=_meta_compressors())
-    g.create_array(FILE_KEY, shape=(n,), chunks=(n,), dtype="uint64", fill_value=0, compressors=_meta_compressors())
+        g.create_array(name, shape=(n,), chunks=(n,), dtype=str, compressors=meta_compressors())
+    g.create_array(FILE_KEY, shape=(n,), chunks=(n,), dtype="uint64", fill_value=0, compressors=meta_compressors())
     for name in ("position_z", "window_center", "window_width"):
         g.create_array(name, shape=(n,), chunks=(n,), dtype="float32", fill_value=float("nan"),
-                       compressors=_meta_compressors())
+                       compressors=meta_compressors())
     # Written by the shard tasks: one chunk per shard, so no two tasks touch one chunk.
     for name, dtype, fill in ((HU_MIN, "float32", float("nan")), (HU_MAX, "float32", float("nan")),
                               (STATUS, "uint8", 0)):
-        g.create_array(name, shape=(n,), chunks=(S,), dtype=dtype, fill_value=fill, compressors=_meta_compressors())
+        g.create_array(name, shape=(n,), chunks=(S,), dtype=dtype, fill_value=fill, compressors=meta_compressors())
     n_shards = -(-n // S)
     g.create_array(SHARD_DONE, shape=(n_shards,), chunks=(1,), dtype="uint8", fill_value=0,
                    compressors=(Crc32cCodec(),))
