@@ -24,8 +24,9 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["N_COLUMNS", "Material", "FIELD_N", "FIELD_MM", "make_field", "render_plane", "finish_slice",
-           "noise_bank"]
+from ichprep.wavefield import FIELD_MM, FIELD_N, make_field  # noqa: F401 (re-exported)
+
+__all__ = ["N_COLUMNS", "Material", "FIELD_N", "FIELD_MM", "make_field", "render_plane"]
 
 # Columns of the primitive table (float64, one row per primitive).
 CX, CY, CZ, AX, AY, AZ, COS, SIN, ZMIN, ZMAX, MAT, VAL, VAL2, LABEL, CLIP, P1, P2, P3, P4, P5, ZEXP = range(21)
@@ -44,54 +45,7 @@ class Material:
 
 
 CSF_HU = 8.0
-FIELD_N = 48  # the random-wave field: FIELD_N^3 samples, FIELD_MM apart, periodic
-FIELD_MM = 4.0
 SEAL_MM = 55.0  # primitives this wide (mm, both axes) hide what lies below them: see _seal_kernel
-
-
-def make_field(rng: np.random.Generator, waves: int = 12, wavelength_mm: float = 22.0) -> tuple[np.ndarray, np.ndarray]:
-    """A periodic random-wave field (the sum of ``waves`` plane waves with random directions and phases at about
-    one wavelength) and its gradient magnitude, both (FIELD_N,) * 3 float32. Its zero set is a labyrinth of
-    sheets about half a wavelength apart: the sulci."""
-    n = FIELD_N
-    box = n * FIELD_MM
-    k0 = box / wavelength_mm  # integer wave-vectors of about this length keep the field periodic
-    ks = []
-    while len(ks) < waves:
-        v = rng.normal(size=3)
-        v = np.rint(v / np.linalg.norm(v) * k0 * rng.uniform(0.8, 1.2))
-        if np.linalg.norm(v) > 0:
-            ks.append(v)
-    ks = np.array(ks)
-    phases = rng.uniform(0, 2 * np.pi, waves)
-    g = np.arange(n) / n
-    # each wave is separable, exp(i (2 pi k.g + phase)) = a(x) b(y) c(z): three short complex vectors per wave
-    a = np.exp(1j * (2 * np.pi * ks[:, 0, None] * g + phases[:, None]))
-    b = np.exp(1j * (2 * np.pi * ks[:, 1, None] * g))
-    c = np.exp(1j * (2 * np.pi * ks[:, 2, None] * g))
-    field = np.empty((n, n, n), np.float32)
-    grad = np.empty((n, n, n), np.float32)
-    _field_kernel(a, b, c, ks * (2 * np.pi / box), 1.0 / np.sqrt(waves / 2), field, grad)
-    return field, grad
-
-
-@njit(cache=True, nogil=True)
-def _field_kernel(a, b, c, wavevectors, scale, field, grad_norm):
-    """field = scale x sum over waves of Re(a[w, x] b[w, y] c[w, z]); grad_norm = the norm of its gradient, each
-    wave contributing -Im(...) x wavevectors[w] (rad/mm)."""
-    n = field.shape[0]
-    for x in range(n):
-        for y in range(n):
-            for z in range(n):
-                f = gx = gy = gz = 0.0
-                for w in range(a.shape[0]):
-                    e = a[w, x] * b[w, y] * c[w, z]
-                    f += e.real
-                    gx -= e.imag * wavevectors[w, 0]
-                    gy -= e.imag * wavevectors[w, 1]
-                    gz -= e.imag * wavevectors[w, 2]
-                field[x, y, z] = f * scale
-                grad_norm[x, y, z] = math.sqrt(gx * gx + gy * gy + gz * gz) * scale
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -409,52 +363,3 @@ def render_plane(prims: np.ndarray, pose: np.ndarray, half_mm: float, px_mm: flo
     _render_kernel(np.ascontiguousarray(prims, np.float64), pose, float(half_mm), float(px_mm), field, grad, out, area,
                    seal, bool(skip_hidden))
     return out, area
-
-
-@njit(cache=True, nogil=True)
-def _finish_kernel(render, noise, oy, ox, flip, sd, out):
-    """Upsample ``render`` 2x (bilinear, pixel centres aligned) into ``out`` and add ``sd`` x a window of the
-    noise bank at (oy, ox), flipped left-right when ``flip``. Each source row is interpolated along x once."""
-    n = out.shape[0]
-    m = render.shape[0]
-    left, right = np.empty(n, np.int64), np.empty(n, np.int64)
-    t = np.empty(n, np.float64)
-    for j in range(n):
-        fx = (j + 0.5) / 2.0 - 0.5
-        ix = int(math.floor(fx))
-        t[j] = fx - ix
-        left[j], right[j] = max(ix, 0), min(ix + 1, m - 1)
-    across = np.empty((m, n), np.float64)
-    for y in range(m):
-        for j in range(n):
-            across[y, j] = render[y, left[j]] * (1 - t[j]) + render[y, right[j]] * t[j]
-    for i in range(n):
-        fy = (i + 0.5) / 2.0 - 0.5
-        iy = int(math.floor(fy))
-        ty = fy - iy
-        y0, y1 = max(iy, 0), min(iy + 1, m - 1)
-        row = noise[oy + i]
-        for j in range(n):
-            jj = (n - 1 - j) if flip else j
-            out[i, j] = across[y0, j] * (1 - ty) + across[y1, j] * ty + sd * row[ox + jj]
-
-
-def finish_slice(render: np.ndarray, noise: np.ndarray, rng: np.random.Generator, sd: float) -> np.ndarray:
-    """The 512x512 slice: ``render`` (256x256) upsampled, plus ``sd`` HU of the bank's textured noise."""
-    n = render.shape[0] * 2
-    out = np.empty((n, n), np.float32)
-    oy, ox = (int(v) for v in rng.integers(0, noise.shape[0] - n + 1, 2))
-    _finish_kernel(np.ascontiguousarray(render, np.float32), noise, oy, ox, bool(rng.random() < 0.5),
-                   np.float32(sd), out)
-    return out
-
-
-def noise_bank(rng: np.random.Generator, size: int = 768, peak: float = 0.14, width: float = 0.09) -> np.ndarray:
-    """Unit-variance CT-like noise (size x size float32): white noise shaped in frequency by a ramp times a
-    Gaussian roll-off (filtered back-projection's noise power spectrum), peaking near ``peak`` cycles/pixel."""
-    white = rng.standard_normal((size, size))
-    f = np.fft.fftfreq(size)
-    fr = np.hypot(f[:, None], f[None, :])
-    shape = fr * np.exp(-0.5 * ((fr - peak) / width) ** 2)
-    noise = np.fft.ifft2(np.fft.fft2(white) * np.sqrt(shape)).real
-    return (noise / noise.std()).astype(np.float32)

@@ -34,7 +34,8 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from ichprep.anatomy import plan_study
 from ichprep.errors import UsageError
-from ichprep.phantom import finish_slice, make_field, noise_bank, render_plane
+from ichprep.acquisition import finish_slice, noise_bank
+from ichprep.phantom import make_field, render_plane
 from ichprep.synthio import (CORPUS_MARKER, ENCODINGS, CorpusTally, SeriesWriter, encode, hex_id, patient_of,
                              series_encoding, synthetic_patients)
 

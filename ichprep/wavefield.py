@@ -1,0 +1,60 @@
+"""The random-wave field of ``ichprep synth`` version 2: a periodic sum of plane waves whose zero set folds the
+cortex into gyri and sulci (and, at other scales, the cerebellum's folia, diploe and air cells;
+:mod:`ichprep.phantom` samples it)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+__all__ = ["FIELD_N", "FIELD_MM", "make_field"]
+
+FIELD_N = 48  # the random-wave field: FIELD_N^3 samples, FIELD_MM apart, periodic
+FIELD_MM = 4.0
+
+
+def make_field(rng: np.random.Generator, waves: int = 12, wavelength_mm: float = 22.0) -> tuple[np.ndarray, np.ndarray]:
+    """A periodic random-wave field (the sum of ``waves`` plane waves with random directions and phases at about
+    one wavelength) and its gradient magnitude, both (FIELD_N,) * 3 float32. Its zero set is a labyrinth of
+    sheets about half a wavelength apart: the sulci."""
+    n = FIELD_N
+    box = n * FIELD_MM
+    k0 = box / wavelength_mm  # integer wave-vectors of about this length keep the field periodic
+    ks = []
+    while len(ks) < waves:
+        v = rng.normal(size=3)
+        v = np.rint(v / np.linalg.norm(v) * k0 * rng.uniform(0.8, 1.2))
+        if np.linalg.norm(v) > 0:
+            ks.append(v)
+    ks = np.array(ks)
+    phases = rng.uniform(0, 2 * np.pi, waves)
+    g = np.arange(n) / n
+    # each wave is separable, exp(i (2 pi k.g + phase)) = a(x) b(y) c(z): three short complex vectors per wave
+    a = np.exp(1j * (2 * np.pi * ks[:, 0, None] * g + phases[:, None]))
+    b = np.exp(1j * (2 * np.pi * ks[:, 1, None] * g))
+    c = np.exp(1j * (2 * np.pi * ks[:, 2, None] * g))
+    field = np.empty((n, n, n), np.float32)
+    grad = np.empty((n, n, n), np.float32)
+    _field_kernel(a, b, c, ks * (2 * np.pi / box), 1.0 / np.sqrt(waves / 2), field, grad)
+    return field, grad
+
+
+@njit(cache=True, nogil=True)
+def _field_kernel(a, b, c, wavevectors, scale, field, grad_norm):
+    """field = scale x sum over waves of Re(a[w, x] b[w, y] c[w, z]); grad_norm = the norm of its gradient, each
+    wave contributing -Im(...) x wavevectors[w] (rad/mm)."""
+    n = field.shape[0]
+    for x in range(n):
+        for y in range(n):
+            for z in range(n):
+                f = gx = gy = gz = 0.0
+                for w in range(a.shape[0]):
+                    e = a[w, x] * b[w, y] * c[w, z]
+                    f += e.real
+                    gx -= e.imag * wavevectors[w, 0]
+                    gy -= e.imag * wavevectors[w, 1]
+                    gz -= e.imag * wavevectors[w, 2]
+                field[x, y, z] = f * scale
+                grad_norm[x, y, z] = math.sqrt(gx * gx + gy * gy + gz * gz) * scale
