@@ -182,7 +182,7 @@ def test_an_untrained_stacker_is_the_platt_calibrated_ensemble():
 
 
 def test_stack_is_cross_fitted_scored_like_the_cv_folder_and_used_by_evaluate_compare_predict(
-        cv_dir, synth_corpus, tmp_path, capsys):
+        cv_dir, synth_corpus, tmp_path, capsys, monkeypatch):
     stack_dir = tmp_path / "stack"
     assert main(["stack", str(cv_dir), "--out", str(stack_dir), "--epochs", "1", "--units", "4",
                  "--bootstrap", "50", "--quiet"]) == 0
@@ -215,34 +215,31 @@ def test_stack_is_cross_fitted_scored_like_the_cv_folder_and_used_by_evaluate_co
     got = _read(csv)
     assert got.shape == (60, 6) and np.isfinite(got).all() and ((got > 0) & (got < 1)).all()
 
+    # cross-fitted: fold 0's labels turned upside down change what the stackers of folds 1 and 2 learn, and not
+    # one of fold 0's own stacked predictions (its stacker trained on the other folds only)
+    import ichtrain.cv as cv
+    from ichtrain.stack import StackConfig, stack
+
+    real = cv.pooled_out_of_fold
+    pooled = real(str(cv_dir))
+
+    def flipped(cv_dir, folds=None):
+        out = real(cv_dir, folds)
+        out["y"] = np.where(out["fold"][:, None] == 0, 1 - out["y"], out["y"])
+        return out
+
+    monkeypatch.setattr(cv, "pooled_out_of_fold", flipped)
+    stack(StackConfig(str(cv_dir), out=str(tmp_path / "flipped"), epochs=1, units=4, bootstrap=10))
+    monkeypatch.undo()
+    with np.load(tmp_path / "flipped" / "oof.npz") as d:
+        assert np.array_equal(d["rows"], rows)
+        fold0 = np.isin(rows, pooled["rows"][pooled["fold"] == 0])
+        np.testing.assert_array_equal(d["y_prob"][fold0], p[fold0])
+        assert not np.allclose(d["y_prob"][~fold0], p[~fold0])
+
     capsys.readouterr()
     assert main(["stack", str(cv_dir / "fold-0"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Expected a cv folder" in err[0], err
     assert main(["stack", str(cv_dir), "--epochs", "0", "--quiet"]) == 2
     assert "--epochs an integer >= 1" in capsys.readouterr().err
-
-
-def test_a_folds_stacked_predictions_never_saw_its_labels(cv_dir, tmp_path, monkeypatch):
-    """Fold 0's labels turned upside down change what the stackers of folds 1 and 2 learn, and not one of fold
-    0's own stacked predictions (its stacker trained on the other folds only)."""
-    import ichtrain.cv as cv
-    from ichtrain.stack import StackConfig, stack
-
-    real = cv.pooled_out_of_fold
-    cfg = dict(epochs=1, units=4, bootstrap=10)
-    stack(StackConfig(str(cv_dir), out=str(tmp_path / "a"), **cfg))
-
-    def flipped(cv_dir, folds=None):
-        pooled = real(cv_dir, folds)
-        pooled["y"] = np.where(pooled["fold"][:, None] == 0, 1 - pooled["y"], pooled["y"])
-        return pooled
-
-    monkeypatch.setattr(cv, "pooled_out_of_fold", flipped)
-    stack(StackConfig(str(cv_dir), out=str(tmp_path / "b"), **cfg))
-    fold0 = np.flatnonzero(real(str(cv_dir))["fold"] == 0)
-    fold0_rows = np.sort(real(str(cv_dir))["rows"][fold0])
-    with np.load(tmp_path / "a" / "oof.npz") as a, np.load(tmp_path / "b" / "oof.npz") as b:
-        mine = np.isin(a["rows"], fold0_rows)
-        np.testing.assert_array_equal(a["y_prob"][mine], b["y_prob"][mine])
-        assert not np.allclose(a["y_prob"][~mine], b["y_prob"][~mine])
