@@ -12,7 +12,6 @@ import pytest
 
 from ichprep.errors import UsageError
 from ichtrain.cli import main
-from ichtrain.metrics import confusion_rates, roc_auc, weighted_log_loss
 
 
 def test_report_parameter_counts_at_512():
@@ -77,34 +76,6 @@ def test_models_take_float16_batches_as_the_float32_values_they_hold():
     x16 = np.random.default_rng(1).random((2, 64, 64, 3)).astype(np.float16)
     np.testing.assert_allclose(np.asarray(m(x16, training=False)), np.asarray(m(x16.astype(np.float32), training=False)),
                                rtol=1e-6, atol=1e-6)
-
-
-def test_roc_auc_hand_values():
-    assert roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
-    assert roc_auc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)  # a tie counts half
-    assert roc_auc([1, 1], [0.2, 0.3]) is None
-
-
-def test_confusion_rates_and_weighted_log_loss_hand_values():
-    r = confusion_rates([1, 1, 0, 0, 0], [0.9, 0.3, 0.6, 0.2, 0.1], np.array([0.5]))
-    assert r["sensitivity"][0] == 0.5 and r["specificity"][0] == pytest.approx(2 / 3)
-    assert r["fall_out"][0] == pytest.approx(1 / 3) and r["miss_rate"][0] == 0.5
-    y = np.array([[0, 0, 0, 0, 1, 1]], float)
-    p = np.array([[0.1, 0.1, 0.1, 0.1, 0.8, 0.9]])
-    expected = (4 * -np.log(0.9) - np.log(0.8) - 2 * np.log(0.9)) / 7
-    assert weighted_log_loss(y, p) == pytest.approx(expected)
-
-
-def test_cosine_learning_rate_hand_values():
-    from ichtrain.fit import FitConfig
-    from ichtrain.schedule import learning_rate_at
-
-    cfg = FitConfig(store="s", out="o", epochs=3, learning_rate=0.01)
-    assert [learning_rate_at(cfg, e) for e in range(3)] == pytest.approx([0.01, 0.01 * (0.05 + 0.95 * 0.5), 0.0005])
-    flat = FitConfig(store="s", out="o", epochs=3, learning_rate=0.01, lr_schedule="constant")
-    assert [learning_rate_at(flat, e) for e in range(3)] == [0.01] * 3
-    with pytest.raises(UsageError, match="lr-schedule"):
-        FitConfig(store="s", out="o", lr_schedule="step")
 
 
 def test_fit_resume_evaluate_predict(brain_store, brain_seed, synth_corpus, tmp_path, capsys):
