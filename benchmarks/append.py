@@ -104,11 +104,13 @@ def main(argv=None) -> int:
         rebuild, appended, peaks, checks = [], [], [], {}
         for r in range(a.rounds):
             full = os.path.join(work, f"full{r}.zarr")
+            os.sync()  # each command starts with no other writes pending (a copied store's pages are ~5 GB)
             wall, peak, _ = _run(build + [every, "--out", full], None)
             rebuild.append(wall)
             shutil.rmtree(full)
             grown = os.path.join(work, f"grown{r}.zarr")
             shutil.copytree(base_store, grown)
+            os.sync()
             wall, peak, out = _run(build + [every, "--out", grown, "--append"], None)
             appended.append(wall)
             peaks.append(round(peak / 2**20, 1))
