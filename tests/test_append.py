@@ -267,3 +267,30 @@ def test_a_damaged_shard_holding_gap_rows_is_repaired(parts, tmp_path, capsys):
     np.testing.assert_array_equal(g["images"][:], images)
     np.testing.assert_array_equal(st.column(g, "status"), status)
     assert ichprep(["verify", out, "--source", parts["all"], "--sample", "64", "--quiet"]) == 0
+
+
+def test_a_small_append_reads_in_this_process_a_large_one_on_the_cluster(parts, tmp_path, monkeypatch):
+    """Fewer new files than INLINE_BELOW are read without starting a local cluster (its start costs what one
+    core decodes meanwhile); with the threshold lowered the same append runs on the two workers asked for, and
+    both stores are the same."""
+    import ichprep.append as ap
+
+    asked = []
+    real = ap.executor
+
+    def spy(workers, *args, **kwargs):
+        asked.append(workers)
+        return real(workers, *args, **kwargs)
+
+    monkeypatch.setattr(ap, "executor", spy)
+    stores = []
+    for threshold in (ap.INLINE_BELOW, 1):
+        monkeypatch.setattr(ap, "INLINE_BELOW", threshold)
+        out = str(tmp_path / f"s{threshold}.zarr")
+        _build_first(parts, out)
+        assert ichprep(["build", parts["all"], "--out", out, "--labels", parts["labels"], "--append", "--workers", "2",
+                        "--salt", "s", "--quiet"]) == 0
+        stores.append(zarr.open_group(out, mode="r"))
+    assert asked == [0, 2]
+    assert np.array_equal(st.column(stores[0], "sop_uid"), st.column(stores[1], "sop_uid"))
+    assert np.array_equal(stores[0]["images"][:], stores[1]["images"][:])
