@@ -265,17 +265,25 @@ def test_backbones_load_a_weights_file_and_reload(backbone, channels, tmp_path):
     assert m.output_shape == (None, 6) and m.input_shape == (None, 32, 32, channels)
 
 
-def test_backbone_fit_cli_and_its_errors(brain_store, brain_seed, tmp_path, capsys):
-    run = str(tmp_path / "run")
-    base = ["fit", brain_store, "--out", run, "--model", "backbone", "--image-size", "32", "--epochs", "1",
+def _backbone_fit(brain_store, brain_seed, run):
+    return ["fit", brain_store, "--out", run, "--model", "backbone", "--image-size", "32", "--epochs", "1",
             "--epoch-size", "16", "--batch-size", "8", "--split", "0.6,0.2,0.2", "--seed", str(brain_seed), "--quiet"]
-    assert main(base + ["--weights", "none"]) == 0
+
+
+@pytest.mark.slow  # 35-45 s (an EfficientNet's train step traced on CPU); its models load and reload below
+def test_backbone_fit_cli(brain_store, brain_seed, tmp_path):
+    run = str(tmp_path / "run")
+    assert main(_backbone_fit(brain_store, brain_seed, run) + ["--weights", "none"]) == 0
     cfg = json.load(open(os.path.join(run, "config.json")))
     assert cfg["backbone"] == "efficientnetb0" and cfg["weights"] is None
     assert os.path.isfile(os.path.join(run, "calibration.json"))
-    capsys.readouterr()
-    assert main(base[:3] + [str(tmp_path / "r2")] + base[4:] + ["--weights", str(tmp_path / "missing.h5")]) == 2
+
+
+def test_backbone_fit_refuses_a_missing_weights_file(brain_store, brain_seed, tmp_path, capsys):
+    run = str(tmp_path / "r2")
+    assert main(_backbone_fit(brain_store, brain_seed, run) + ["--weights", str(tmp_path / "missing.h5")]) == 2
     assert "is not a file" in capsys.readouterr().err
+    assert not os.path.exists(run)
 
 
 @pytest.mark.parametrize("flag, fragment", [
