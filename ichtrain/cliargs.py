@@ -55,7 +55,9 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="metrics and plots for a run", description=(
         "Per-label sensitivity, specificity, fall-out and miss rate at 0.5 and across thresholds, ROC-AUC, and "
         "the challenge's weighted log loss; writes RUN_DIR/eval-SPLIT.json and plots/SPLIT-*.png."))
-    e.add_argument("run")
+    e.add_argument("run", metavar="RUN|CV_DIR|STACK_DIR",
+                   help="a run; a cv folder (its pooled out-of-fold predictions, calibrated cross-fitted); or a stack "
+                        "folder ('ichtrain stack': its cross-fitted stacked predictions)")
     e.add_argument("--split", default="val", choices=SPLIT_NAMES + ("new",),
                    help="the run's split (read at the store generation it trained on), or new: the labelled slices "
                         "a grown store gained since (ichprep build --append), of patients outside the run's train "
@@ -114,7 +116,9 @@ def _add_use_commands(sub) -> None:
         "Preprocess DICOM_DIR with the very same ichprep build the training store used, run the model, and "
         "write ID,Label rows ID_<sop>_<subtype> for all six labels of every slice that decoded. Files that "
         "could not be read are listed on stderr and counted."))
-    r.add_argument("run")
+    r.add_argument("run", metavar="RUN|CV_DIR|STACK_DIR",
+                   help="a run; a cv folder (its fold models averaged in logit space, then its pooled calibration); "
+                        "or a stack folder (that average read along each series by the stacker)")
     r.add_argument("dicom_dir")
     r.add_argument("--out", required=True, help="submission CSV path")
     r.add_argument("--workers", type=int, default=1)
