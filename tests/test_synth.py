@@ -270,3 +270,15 @@ def test_the_sulcus_field_and_its_gradient_match_the_plain_sum_of_plane_waves():
     wavevectors = np.array(ks) * 2 * np.pi / box
     gradient = -np.sin(angle) @ wavevectors / np.sqrt(6 / 2)  # (n, n, n, 3)
     np.testing.assert_allclose(grad, np.linalg.norm(gradient, axis=-1), atol=1e-5)
+
+
+def test_slices_written_from_the_template_bytes_equal_pydicoms_writer(tmp_path, monkeypatch):
+    """A series' uncompressed slices after its first are the first one's bytes with four elements re-encoded
+    (ichprep.synthio.SeriesWriter); pydicom's own writer, every slice from the dataset, gives the same files."""
+    from ichprep import synthio
+
+    cfg = SynthConfig(studies=2, slices=6, seed=9, compressed_fraction=0.3)
+    write_corpus(tmp_path / "template", cfg)
+    monkeypatch.setattr(synthio.SeriesWriter, "_write_from_bytes", lambda self, path, ds: False)
+    write_corpus(tmp_path / "pydicom", cfg)
+    assert _digest(str(tmp_path / "template")) == _digest(str(tmp_path / "pydicom"))
