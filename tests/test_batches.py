@@ -55,3 +55,31 @@ def test_a_local_store_hints_its_shard_files_and_others_do_not(brain_store):
     assert hint is not None
     hint(0)  # the object exists: no error
     hint(10**6)  # no such object: nothing (a missing object is reported when it is read)
+
+
+def test_delivery_order_permutes_pools_of_shards_and_keeps_every_draw():
+    from ichtrain.batches import delivery_order
+
+    rng_rows = np.random.default_rng(3)
+    rows = np.sort(rng_rows.choice(400, size=600, replace=True))  # draws with replacement, sorted
+    assert np.array_equal(delivery_order(rows, 16, 3, None), rows)  # evaluation: as given
+    out = delivery_order(rows, 16, 3, np.random.default_rng(0))
+    assert np.array_equal(np.sort(out), rows)  # a permutation of the draws: none lost, none added
+    assert np.array_equal(out, delivery_order(rows, 16, 3, np.random.default_rng(0)))  # reproducible
+    # consecutive pools hold the draws of exactly 3 shards each (the last pool may hold fewer), every draw
+    # of a shard inside its pool
+    counts = {int(s): int((rows // 16 == s).sum()) for s in np.unique(rows // 16)}
+    pools, pool, left = [], set(), 0
+    for s in (out // 16).tolist():
+        if s not in pool:
+            assert len(pool) < 3 and all(s not in p for p in pools), "a shard's draws split across pools"
+            pool.add(s)
+            left += counts[s]
+        left -= 1
+        if left == 0 and len(pool) == 3:
+            pools.append(pool)
+            pool = set()
+    pools += [pool] if pool else []
+    assert set().union(*pools) == set(counts) and all(len(p) == 3 for p in pools[:-1])
+    first = out[:sum(counts[s] for s in pools[0])] // 16
+    assert len(set(first[:counts[int(first[0])]].tolist())) > 1  # a pool is mixed, not shard after shard

@@ -1,4 +1,4 @@
-"""ichtrain.data: splits, per-type weights, and the tf.data stream against the store's own values."""
+"""ichtrain.data: the store stream (its splits, weighted plans and tf.data batches) against the store's own values."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import zarr
 from ichprep.build import BuildConfig, build
 from ichprep.errors import IncompleteStoreError, UsageError
 from ichprep.windows import parse_windows
-from ichtrain.data import StoreStream, sample_epoch, split_buckets, split_rows, type_weights
+from ichtrain.data import StoreStream
 
 from conftest import SPLIT_FRACTIONS, nonempty_split_seed
 
@@ -23,69 +23,6 @@ def stores(synth_corpus, tmp_path_factory):
         out[preset] = url
     out["seed"] = nonempty_split_seed(out["cnn"])
     return out
-
-
-def test_type_weights_formula():
-    types = np.array([32] * 90 + [1] * 10)
-    w = type_weights(types, 1.0)  # balanced: each type half the mass
-    assert w[32] * 90 == pytest.approx(0.5) and w[1] * 10 == pytest.approx(0.5)
-    w0 = type_weights(types, 0.0)  # natural frequencies
-    assert w0[32] == pytest.approx(w0[1]) == pytest.approx(0.01)
-    wh = type_weights(types, 0.5)  # count ** -0.5, normalised
-    assert wh[1] / wh[32] == pytest.approx((10 / 90) ** -0.5)
-    with pytest.raises(UsageError, match="alpha"):
-        type_weights(types, 1.5)
-
-
-@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
-def test_sampled_epoch_type_frequencies_match_weights(alpha):
-    """Observed type shares of 200,000 draws are within 5 binomial standard deviations of
-    P(type) = count_t ** (1 - alpha) / sum_u count_u ** (1 - alpha)."""
-    rng = np.random.default_rng(0)
-    counts = {32: 6000, 31: 300, 20: 80, 1: 5}
-    types = np.concatenate([np.full(c, t) for t, c in counts.items()])
-    rows = np.arange(types.size)
-    n = 200_000
-    drawn = sample_epoch(rows, types, alpha, n, rng)
-    expected = {t: c ** (1 - alpha) for t, c in counts.items()}
-    z = sum(expected.values())
-    for t in counts:
-        p = expected[t] / z
-        observed = np.mean(types[drawn] == t)
-        assert abs(observed - p) <= 5 * np.sqrt(p * (1 - p) / n), (t, observed, p)
-
-
-def test_splits_disjoint_by_group_reproducible_and_exclude_unlabelled():
-    groups = np.array([f"p{i // 7}" for i in range(1400)], dtype=object)
-    usable = np.ones(1400, bool)
-    usable[::13] = False
-    a = split_rows(groups, usable, (0.6, 0.2, 0.2), seed=1)
-    b = split_rows(groups, usable, (0.6, 0.2, 0.2), seed=1)
-    c = split_rows(groups, usable, (0.6, 0.2, 0.2), seed=2)
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k])
-    assert any(not np.array_equal(a[k], c[k]) for k in a)
-    sets = [set(groups[a[k]]) for k in ("train", "val", "test")]
-    assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
-    allrows = np.concatenate(list(a.values()))
-    assert sorted(allrows) == sorted(np.flatnonzero(usable))
-    # 200 groups: each lands in train with probability 0.6, so its share is within 4 binomial sd of 0.6
-    assert abs(len(sets[0]) / 200 - 0.6) < 4 * np.sqrt(0.6 * 0.4 / 200)
-
-
-def test_a_groups_split_is_its_hash_bucket_and_does_not_move_when_groups_are_added():
-    keys = np.array([f"patient-{i}" for i in range(300)], dtype=object)
-    # the bucket is an independent blake2b of "seed\0key", read as a 64-bit fraction
-    import hashlib
-
-    ref = [int.from_bytes(hashlib.blake2b(f"7\0{k}".encode(), digest_size=8).digest(), "big") / 2**64 for k in keys]
-    np.testing.assert_array_equal(split_buckets(keys, 7), ref)
-    expected = np.where(np.array(ref) < 0.7, "train", np.where(np.array(ref) < 0.85, "val", "test"))
-    small = split_rows(keys[:100], np.ones(100, bool), (0.7, 0.15, 0.15), seed=7)
-    large = split_rows(keys, np.ones(300, bool), (0.7, 0.15, 0.15), seed=7)
-    for name in ("train", "val", "test"):
-        assert set(keys[:100][small[name]]) == set(keys[large[name]]) & set(keys[:100])
-        assert set(keys[large[name]]) == set(keys[expected == name])
 
 
 def test_stores_of_one_corpus_split_alike_without_a_salt(synth_corpus, tmp_path, private_salt_file):
@@ -231,49 +168,3 @@ def test_a_slice_model_trains_on_a_many_window_store_with_neighbours(stores, tmp
     test_rows = StoreStream(stores["rnn"], fractions=SPLIT_FRACTIONS, seed=stores["seed"]).splits["test"]
     assert json.loads(capsys.readouterr().out)["slices"] == test_rows.size
     assert main(["fit", stores["rnn"], "--out", str(tmp_path / "r2"), "--model", "rnn", "--neighbours", "1"]) == 2
-
-
-def test_k_folds_are_patient_grouped_balanced_and_cover_every_slice_once():
-    from ichtrain.data import fold_rows
-
-    groups = np.array([f"p{i // 5}" for i in range(5 * 31)], dtype=object)
-    usable = np.ones(groups.size, bool)
-    tests = []
-    for k in range(5):
-        f = fold_rows(groups, usable, 5, k, seed=2)
-        sides = [set(groups[f[n]]) for n in ("train", "val", "test")]
-        assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
-        assert len(sides[2]) in (6, 7) and len(sides[1]) in (6, 7)  # 31 patients dealt round-robin
-        tests.append(f["test"])
-    allrows = np.sort(np.concatenate(tests))
-    np.testing.assert_array_equal(allrows, np.arange(groups.size))
-    with pytest.raises(UsageError, match="at least 40 patients"):
-        fold_rows(groups, usable, 40, 0)
-
-
-def test_delivery_order_permutes_pools_of_shards_and_keeps_every_draw():
-    from ichtrain.batches import delivery_order
-
-    rng_rows = np.random.default_rng(3)
-    rows = np.sort(rng_rows.choice(400, size=600, replace=True))  # draws with replacement, sorted
-    assert np.array_equal(delivery_order(rows, 16, 3, None), rows)  # evaluation: as given
-    out = delivery_order(rows, 16, 3, np.random.default_rng(0))
-    assert np.array_equal(np.sort(out), rows)  # a permutation of the draws: none lost, none added
-    assert np.array_equal(out, delivery_order(rows, 16, 3, np.random.default_rng(0)))  # reproducible
-    # consecutive pools hold the draws of exactly 3 shards each (the last pool may hold fewer), every draw
-    # of a shard inside its pool
-    counts = {int(s): int((rows // 16 == s).sum()) for s in np.unique(rows // 16)}
-    pools, pool, left = [], set(), 0
-    for s in (out // 16).tolist():
-        if s not in pool:
-            assert len(pool) < 3 and all(s not in p for p in pools), "a shard's draws split across pools"
-            pool.add(s)
-            left += counts[s]
-        left -= 1
-        if left == 0 and len(pool) == 3:
-            pools.append(pool)
-            pool = set()
-    pools += [pool] if pool else []
-    assert set().union(*pools) == set(counts) and all(len(p) == 3 for p in pools[:-1])
-    first = out[:sum(counts[s] for s in pools[0])] // 16
-    assert len(set(first[:counts[int(first[0])]].tolist())) > 1  # a pool is mixed, not shard after shard
