@@ -89,6 +89,7 @@ def _weights(path):
     return keras.models.load_model(path).get_weights()
 
 
+@pytest.mark.slow  # 29-33 s: two TensorFlow processes; the mirrored strategy above trains distributed in-process
 def test_two_cpu_workers_train_in_sync_and_resume(brain_store, tmp_path):
     """Two `ichtrain fit --strategy multi-worker` processes on localhost (TF_CONFIG, gRPC collectives): both
     finish, the chief writes the run, and the other worker's replica -- trainable weights and synchronised
