@@ -128,8 +128,9 @@ def read_labels(path: str | os.PathLike) -> LabelTable:
 
 def _read_labels(path: str) -> LabelTable:
     sub_index = {s: i for i, s in enumerate(SUBTYPES)}
-    by_sop: dict[str, np.ndarray] = {}
-    seen: dict[str, np.ndarray] = {}  # sop -> bitmask of subtypes seen
+    # sop -> [bitmask of subtypes seen, six labels]: plain lists, made into one array at the end (a numpy
+    # vector per slice and an item set per row were half the parse)
+    entries: dict[str, list[int]] = {}
     duplicates = 0
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
@@ -148,29 +149,32 @@ def _read_labels(path: str) -> LabelTable:
                 raise LabelsError(f"Label CSV {path!r} line {lineno}: expected 2 fields. Received: {row!r}")
             ident, value = row[0].strip(), row[1].strip()
             sop, sep, subtype = ident.rpartition("_")
-            if not sep or subtype not in sub_index or not sop.startswith("ID_"):
+            j = sub_index.get(subtype)
+            if not sep or j is None or not sop.startswith("ID_"):
                 raise LabelsError(
                     f"Label CSV {path!r} line {lineno}: expected an ID like 'ID_<sop>_<subtype>' with "
                     f"subtype one of {', '.join(SUBTYPES)}. Received: {ident!r}"
                 )
-            if value not in ("0", "1"):
+            if value == "1":
+                v = 1
+            elif value == "0":
+                v = 0
+            else:
                 raise LabelsError(f"Label CSV {path!r} line {lineno}: labels must be 0 or 1. Received: {value!r} for {ident}")
-            j, v = sub_index[subtype], int(value)
-            vec = by_sop.get(sop)
-            if vec is None:
-                vec = by_sop[sop] = np.zeros(6, dtype=np.uint8)
-                seen[sop] = 0
-            if seen[sop] & (1 << j):
-                if vec[j] != v:
+            entry = entries.get(sop)
+            if entry is None:
+                entry = entries[sop] = [0, 0, 0, 0, 0, 0, 0]
+            if entry[0] & (1 << j):
+                if entry[j + 1] != v:
                     raise LabelsError(
                         f"Label CSV {path!r} line {lineno}: conflicting duplicate for {ident} "
-                        f"(earlier {vec[j]}, now {v}). Remove one of the rows."
+                        f"(earlier {entry[j + 1]}, now {v}). Remove one of the rows."
                     )
                 duplicates += 1
                 continue
-            seen[sop] |= 1 << j
-            vec[j] = v
-    incomplete = sorted(s for s, m in seen.items() if m != 0b111111)
-    for sop in incomplete:  # a slice with only some subtypes labelled is not labelled
-        del by_sop[sop]
-    return LabelTable(by_sop=by_sop, path=path, duplicate_rows=duplicates, incomplete=incomplete)
+            entry[0] |= 1 << j
+            entry[j + 1] = v
+    incomplete = sorted(s for s, e in entries.items() if e[0] != 0b111111)
+    complete = [s for s, e in entries.items() if e[0] == 0b111111]  # a slice with only some subtypes is not labelled
+    values = np.array([entries[s][1:] for s in complete], dtype=np.uint8).reshape(-1, 6)
+    return LabelTable(by_sop=dict(zip(complete, values)), path=path, duplicate_rows=duplicates, incomplete=incomplete)

@@ -45,8 +45,11 @@ def _rows(sop, flags):
 
 def test_read_labels_collapses_identical_duplicates(tmp_path):
     body = "ID,Label\n" + _rows("ID_a", [0, 1, 0, 0, 0, 1]) + _rows("ID_a", [0, 1, 0, 0, 0, 1]) + _rows("ID_b", [0] * 6)
+    body += "".join(f"ID_c_{s},1\n" for s in SUBTYPES[:3])  # three of six subtypes: not labelled
     t = read_labels(_write(tmp_path, body))
     assert t.duplicate_rows == 6
+    assert t.incomplete == ["ID_c"] and set(t.by_sop) == {"ID_a", "ID_b"}
+    assert all(v.dtype == np.uint8 and v.shape == (6,) for v in t.by_sop.values())
     np.testing.assert_array_equal(t.by_sop["ID_a"], [0, 1, 0, 0, 0, 1])
     lab, missing = t.lookup(["ID_b", "ID_zzz", "ID_a"])
     assert missing == 1 and lab[1].tolist() == [UNLABELLED] * 6 and lab[2, 1] == 1
