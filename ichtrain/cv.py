@@ -25,20 +25,13 @@ from ichprep.errors import UsageError
 from ichprep.labels import SUBTYPES
 from ichtrain.calibration import PLATT_RIDGE, Calibration, constant_prior, fit_platt, group_weights
 from ichtrain.logits import logit, sigmoid
-from ichtrain.metrics import roc_auc, weighted_log_loss
+from ichtrain.metrics import scores, weighted_log_loss
 from ichtrain.run import RunDir, read_record
 
 __all__ = ["cross_validate", "pooled_out_of_fold", "evaluate_cv", "FoldEnsemble", "is_cv_folder", "fold_dirs",
            "platt_per_label", "out_of_fold_report"]
 
 ENSEMBLE_FILE = "ensemble.json"
-
-
-def _scores(y: np.ndarray, p: np.ndarray) -> dict:
-    out = {"weighted_log_loss": weighted_log_loss(y, p)}
-    for j, name in enumerate(SUBTYPES):
-        out[f"auc_{name}"] = roc_auc(y[:, j], p[:, j])
-    return out
 
 
 def cross_validate(base, folds: int = 5, verbose: int = 0) -> dict:
@@ -60,7 +53,7 @@ def cross_validate(base, folds: int = 5, verbose: int = 0) -> dict:
         with np.load(RunDir(cfg.out).predictions("test")) as d:
             ys.append(d["y_true"])
             ps.append(d["y_prob"])
-        per_fold.append(dict(fold=k, slices=res["slices"], **_scores(ys[-1], ps[-1]),
+        per_fold.append(dict(fold=k, slices=res["slices"], **scores(ys[-1], ps[-1]),
                              constant_prior=res["calibration"]["constant_prior_weighted_log_loss"]))
     keys = [k for k in per_fold[0] if k not in ("fold", "slices")]
     summary = {}
@@ -71,8 +64,8 @@ def cross_validate(base, folds: int = 5, verbose: int = 0) -> dict:
     pooled = pooled_out_of_fold(base.out, folds)
     pooled["ensemble"].save(base.out)
     result = dict(folds=folds, model=base.model, slices=int(len(y)), per_fold=per_fold, summary=summary,
-                  pooled=dict(_scores(pooled["y"], pooled["p"]), constant_prior=pooled["constant_prior"]),
-                  pooled_fold_calibrated=_scores(y, p))
+                  pooled=dict(scores(pooled["y"], pooled["p"]), constant_prior=pooled["constant_prior"]),
+                  pooled_fold_calibrated=scores(y, p))
     result["json"] = os.path.join(base.out, "cv.json")
     with open(result["json"], "w") as fh:
         json.dump(result, fh, indent=2)
@@ -152,13 +145,14 @@ def pooled_out_of_fold(cv_dir: str, folds: int | None = None) -> dict:
     """Every labelled slice's out-of-fold prediction, calibrated on the *other* folds' out-of-fold predictions
     (cross-fitted, so no slice's calibration saw it), with the ensemble's map fitted on all of them; and the
     constant-prior predictor of each fold's train split. Keys: y, p, z (the prior-shifted raw logits, before
-    the Platt maps), fold (each slice's), groups, rows (the store's), constant_prior, ensemble."""
+    the Platt maps), fold (each slice's), groups, rows (the store's), constant_prior, ensemble, and stream (the
+    folds' store, opened once: every fold of a cv folder reads the same store and groups)."""
     from ichtrain.data import run_stream
 
     dirs = fold_dirs(cv_dir, folds)
+    stream = run_stream(read_record(dirs[0]))
     zs, ys, gs, rows, priors = [], [], [], [], []
     for d in dirs:
-        cfg = read_record(d)
         path = RunDir(d).predictions("test")
         if not os.path.isfile(path):
             raise UsageError(f"fold {d!r} has no out-of-fold predictions: rerun 'ichtrain cv' with the same arguments")
@@ -170,7 +164,7 @@ def pooled_out_of_fold(cv_dir: str, folds: int | None = None) -> dict:
             z = logit(f["y_prob_raw"][order]) + (np.asarray(cal.offset) if cal is not None else 0.0)
             zs.append(z)
             ys.append(f["y_true"][order].astype(np.float64))
-            gs.append(run_stream(cfg).groups[f["rows"][order]].astype(str))
+            gs.append(stream.groups[f["rows"][order]].astype(str))
             rows.append(np.asarray(f["rows"], np.int64)[order])
         prior = cal.natural_prior if cal is not None else ys[-1].mean(0)
         priors.append(constant_prior(prior, len(ys[-1])))
@@ -188,7 +182,7 @@ def pooled_out_of_fold(cv_dir: str, folds: int | None = None) -> dict:
                             tuple(np.concatenate(ys).mean(0).tolist()))
     return dict(y=y, p=np.concatenate(p).astype(np.float32), z=np.concatenate(zs),
                 fold=np.repeat(np.arange(len(dirs)), np.diff(cuts)), groups=np.concatenate(gs),
-                rows=np.concatenate(rows), ensemble=ensemble,
+                rows=np.concatenate(rows), ensemble=ensemble, stream=stream,
                 constant_prior=weighted_log_loss(y, np.concatenate(priors)))
 
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from ichprep.labels import SUBTYPES
 
-__all__ = ["confusion_rates", "roc_auc", "weighted_log_loss", "CHALLENGE_WEIGHTS", "paired_bootstrap"]
+__all__ = ["confusion_rates", "roc_auc", "weighted_log_loss", "CHALLENGE_WEIGHTS", "paired_bootstrap", "scores"]
 
 # RSNA 2019 challenge: weighted multi-label log loss, 'any' weighted 2, the five subtypes 1.
 CHALLENGE_WEIGHTS = np.array([1, 1, 1, 1, 1, 2], np.float64)
@@ -68,10 +68,17 @@ def _finite_or_none(x):
     return None if np.isnan(x) else x
 
 
-def _headline(y: np.ndarray, p: np.ndarray) -> dict:
+def scores(y: np.ndarray, p: np.ndarray) -> dict:
+    """The weighted log loss and each label's ROC-AUC (``auc_<label>``)."""
     out = {"weighted_log_loss": weighted_log_loss(y, p)}
     for j, name in enumerate(SUBTYPES):
         out[f"auc_{name}"] = roc_auc(y[:, j], p[:, j])
+    return out
+
+
+def _headline(y: np.ndarray, p: np.ndarray) -> dict:
+    """:func:`scores` and the sensitivity and specificity of ``any`` at 0.5 (what compare tabulates)."""
+    out = scores(y, p)
     r = confusion_rates(y[:, 5], p[:, 5], np.array([0.5]))
     out["sensitivity_any"] = float(r["sensitivity"][0])
     out["specificity_any"] = float(r["specificity"][0])

@@ -138,7 +138,6 @@ def _stack(cfg: StackConfig, progress) -> dict:
     from ichtrain.calibration import group_weights
     from ichtrain.metrics import paired_bootstrap
     from ichtrain.cv import fold_dirs, platt_per_label, pooled_out_of_fold
-    from ichtrain.data import run_stream
     from ichtrain.run import read_record, save_atomic
     from ichtrain.series import predict_series
 
@@ -147,7 +146,7 @@ def _stack(cfg: StackConfig, progress) -> dict:
     rows, y, z = pooled["rows"][order], pooled["y"][order].astype(np.float32), pooled["z"][order]
     fold, patients, base = pooled["fold"][order], pooled["groups"][order], pooled["p"][order]
     first_fold = read_record(fold_dirs(cfg.cv_dir)[0])
-    series = _series_positions(run_stream(first_fold), rows)
+    series = _series_positions(pooled["stream"], rows)
     x = stack_features(z, series)
     w = group_weights(patients)
     series_fold = np.array([fold[g[0]] for g in series])
