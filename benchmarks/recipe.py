@@ -1,4 +1,4 @@
-"""Which parts of the winners' recipe pay, on the same held-out patients: augmentation, test-time flips, head crops.
+"""Which parts of the winners' recipe pay, on the same held-out patients: augmentation, test-time views, head crops.
 
 On an hu store (so that windows are a choice too), for each split seed, ``ichtrain fit`` the baseline plain
 (brain window) and with each variant of ``--set`` (parts: ``--augment light``, ``--tta flip``, ``--crop head``,
@@ -6,7 +6,11 @@ all three; windows: tta+crop, and tta+crop on the brain, subdural and bone windo
 and its paired difference to the plain run with a 95% bootstrap interval over patients, and AUC(any). A part
 earns its place in ``--recipe`` defaults only where its difference is below zero across seeds.
 
-    python benchmarks/recipe.py [--set parts|windows] [--studies 60] [--seeds 0,1,2] [--epochs 10] [--json out.json]
+``--set tta`` fits each variant once (plain; three windows with head crops) and judges the same weights with each
+test-time view set (``ichtrain evaluate --tta none|flip|flip+crop``, each calibrated with its views): the views'
+own effect, free of the training noise between two fits.
+
+    python benchmarks/recipe.py [--set parts|windows|tta] [--studies 60] [--seeds 0,1,2] [--epochs 10] [--json out.json]
 
 About 2 minutes per fit on 2 CPU cores at the defaults (5 fits per seed with --set parts, 3 with windows).
 """
@@ -30,7 +34,9 @@ VARIANT_SETS = {
               "crop": BRAIN + ["--crop", "head"], "all": BRAIN + ["--augment", "light", "--tta", "flip", "--crop", "head"]},
     "windows": {"plain": BRAIN, "tta+crop": BRAIN + ["--tta", "flip", "--crop", "head"],
                 "tta+crop+3windows": THREE + ["--tta", "flip", "--crop", "head"]},
+    "tta": {"plain": BRAIN, "3windows+crop": THREE + ["--crop", "head"]},
 }
+TTA_JUDGED = ("none", "flip", "flip+crop")  # --set tta: each fit judged with each of these views
 
 
 def _run(main, argv: list[str]) -> None:
@@ -57,15 +63,44 @@ def measure(work: str, args) -> dict:
         runs = {name: os.path.join(work, f"seed{seed}-{name}") for name in args.variants}
         for name, extra in args.variants.items():
             _run(ichtrain, ["fit", store, "--out", runs[name], "--seed", str(seed), *common, *extra])
-        res = compare(list(runs.values()), "test")
+        judged = [(name, None) for name in runs] if args.set != "tta" else \
+            [(f"{name} tta={mode}", mode) for name in runs for mode in TTA_JUDGED]
+        if args.set == "tta":
+            res = _judge_views(runs, bootstrap=1000)
+        else:
+            res = compare(list(runs.values()), "test")
         row = dict(seed=seed, patients=res["patients"], slices=res["slices"], seconds=round(time.perf_counter() - t0),
-                   variants=list(runs))
-        for name, r in zip(runs, res["runs"]):
+                   variants=[name for name, _ in judged])
+        for (name, _), r in zip(judged, res["runs"]):
             row[name] = {k: r[k] for k in ("weighted_log_loss", "weighted_log_loss_minus_first", "auc_any")}
         rows.append(row)
-        print(_line(row), flush=True)
+        print(_line(row, "its view-less self" if args.set == "tta" else "plain"), flush=True)
     return dict(studies=args.studies, slices=args.slices, corpus_seed=args.corpus_seed, epochs=args.epochs,
                 image_size=args.image_size, split=args.split, seeds=rows)
+
+
+def _judge_views(runs: dict, bootstrap: int) -> dict:
+    """Each run on its test patients with each of :data:`TTA_JUDGED` (the first being the run's own), paired
+    against the same run without views: rows in the order of ``runs`` then the views, as ``compare`` gives them."""
+    import numpy as np
+
+    from ichtrain.data import run_stream
+    from ichtrain.evaluate import evaluate, tta_label
+    from ichtrain.metrics import paired_bootstrap
+    from ichtrain.run import RunDir, read_record
+
+    table = []
+    for run in runs.values():
+        cfg = read_record(run)
+        preds = []
+        for mode in TTA_JUDGED:
+            evaluate(run, "test", tta=mode)
+            with np.load(RunDir(run).predictions(tta_label(cfg, "test", mode, run)[1])) as d:
+                y, rows = d["y_true"], d["rows"]
+                preds.append(d["y_prob"])
+        groups = run_stream(cfg).groups[rows].astype(str)
+        table += paired_bootstrap(y, preds, groups, bootstrap)
+    return dict(patients=int(np.unique(groups).size), slices=int(len(y)), runs=table)
 
 
 def _v(m: dict, signed: bool = False) -> str:
@@ -76,11 +111,11 @@ def _v(m: dict, signed: bool = False) -> str:
     return text + (f" [{m['ci'][0]:+.3f}, {m['ci'][1]:+.3f}]" if m.get("ci") else "")
 
 
-def _line(row: dict) -> str:
+def _line(row: dict, first: str = "plain") -> str:
     parts = [f"seed {row['seed']} ({row['patients']} test patients, {row['slices']} slices, {row['seconds']} s)"]
     for name in row["variants"]:
         r = row[name]
-        parts.append(f"  {name:12s} wll {_v(r['weighted_log_loss'])}  minus plain "
+        parts.append(f"  {name:12s} wll {_v(r['weighted_log_loss'])}  minus {first} "
                      f"{_v(r['weighted_log_loss_minus_first'], signed=True)}  AUC(any) {_v(dict(r['auc_any'], ci=None))}")
     return "\n".join(parts)
 
@@ -97,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--salt", default="recipe")
     p.add_argument("--set", default="parts", choices=tuple(VARIANT_SETS),
                    help="parts: plain, --augment light, --tta flip, --crop head, all three; windows: plain, tta+crop, "
-                        "tta+crop with the brain/subdural/bone windows")
+                        "tta+crop with the brain/subdural/bone windows; tta: plain and three windows with head crops, "
+                        "each judged with --tta none, flip and flip+crop")
     p.add_argument("--work", help="keep the corpus, store and runs here (default: a temporary folder)")
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args(argv)
@@ -108,9 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         res = measure(work, a)
     import numpy as np
 
-    for name in a.variants:
+    for name in res["seeds"][0]["variants"]:
         d = [r[name]["weighted_log_loss_minus_first"]["value"] for r in res["seeds"]]
-        print(f"{name:12s} mean wll minus plain over seeds {np.mean(d):+.4f} ({', '.join(f'{x:+.3f}' for x in d)})")
+        first = "itself without views" if a.set == "tta" else "plain"
+        print(f"{name:12s} mean wll minus {first} over seeds {np.mean(d):+.4f} ({', '.join(f'{x:+.3f}' for x in d)})")
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(res, fh, indent=2)

@@ -1,4 +1,4 @@
-"""Training-time augmentation of whole batches, and test-time augmentation (TTA) of predictions.
+"""Training-time augmentation of whole batches (test-time augmentation: :mod:`ichtrain.testtime`).
 
 An augmentation is a spec: ``none``, ``light``, ``strong`` or a list ``flip=0.5,rotate=10,scale=0.1,shift=0.05,
 contrast=0.1,brightness=0.05,noise=0.02``:
@@ -16,9 +16,6 @@ and its resume draw the same maps. Evaluation streams are never augmented. Where
 the model (an hu store on a GPU, :mod:`ichtrain.graphwindows`), the same maps run in the model instead, as the
 layer after the windows (:func:`augment_layer`; training calls only): batch ``j`` of a fit gets the maps the
 reader would have given it, and the host only streams the stored HU.
-
-TTA: ``none`` or ``flip``: the model also sees each slice flipped left-right and the two are averaged in
-logit space, before calibration (a run is calibrated with its own TTA).
 """
 
 from __future__ import annotations
@@ -29,10 +26,8 @@ from dataclasses import asdict, dataclass, fields
 
 from ichprep.errors import UsageError
 
-__all__ = ["AugmentSpec", "parse_augment", "augment_batch", "augment_images", "augment_layer", "TTA_MODES", "check_tta",
-           "flip_width"]
+__all__ = ["AugmentSpec", "parse_augment", "augment_batch", "augment_images", "augment_layer"]
 
-TTA_MODES = ("none", "flip")
 _LIMITS = {"flip": (0.0, 1.0), "rotate": (0.0, 45.0), "scale": (0.0, 0.5), "shift": (0.0, 0.3),
            "contrast": (0.0, 0.5), "brightness": (0.0, 0.5), "noise": (0.0, 0.2)}
 
@@ -91,22 +86,6 @@ def parse_augment(spec: str | None) -> AugmentSpec:
         except ValueError:
             raise UsageError(f"Expected a number for --augment part {name}. Received: {name}={value!r}") from None
     return AugmentSpec(**values)
-
-
-def check_tta(mode: str) -> str:
-    if mode not in TTA_MODES:
-        raise UsageError(f"Expected --tta one of {', '.join(TTA_MODES)}. Received: tta={mode!r}")
-    return mode
-
-
-def flip_width(x):
-    """A batch flipped left-right: (b, H, W, C) images, (b, C, H, W, 1) window sequences, or the model-mode pair
-    (hu (b, H, W, M), params)."""
-    import tensorflow as tf
-
-    if isinstance(x, (tuple, list)):
-        return (flip_width(x[0]),) + tuple(x[1:])
-    return tf.reverse(x, axis=[2] if x.shape.rank == 4 else [3])
 
 
 def augment_batch(images, spec: AugmentSpec, seed):

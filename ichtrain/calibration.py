@@ -33,8 +33,9 @@ from ichtrain.logits import logit, sigmoid
 from ichtrain.run import RunDir, write_atomic
 from ichtrain.sampling import type_weights
 
-__all__ = ["Calibration", "prior_shift_offsets", "fit_platt", "fit_calibration", "group_weights", "expected_calibration_error",
-           "reliability", "constant_prior", "logit", "sigmoid", "calibrate_run"]
+__all__ = ["Calibration", "prior_shift_offsets", "fit_platt", "fit_calibration", "group_weights",
+           "expected_calibration_error", "reliability", "constant_prior", "logit", "sigmoid", "calibrate_run",
+           "fit_run_calibration"]
 
 # The ridge toward the identity map, worth one val patient: the best of 1, 3 and 10 on held-out patients
 # (docs/training.md has the runs); weighing slices instead of patients let a few val patients' prevalence win.
@@ -197,8 +198,16 @@ def expected_calibration_error(y_true: np.ndarray, y_prob: np.ndarray, bins: int
 
 def calibrate_run(run_dir: str, stream, model, inputs: dict, alpha: float, batch_size: int = 64,
                   tta: str = "none") -> Calibration:
-    """Fit and save the run's calibration (:mod:`ichtrain.calibration`): the prior shift of the train
-    split's sampling weights, then Platt scaling per label on the model's val predictions (with the run's TTA)."""
+    """Fit and save the run's calibration (:func:`fit_run_calibration`)."""
+    cal = fit_run_calibration(stream, model, inputs, alpha, batch_size, tta)
+    cal.save(run_dir)
+    return cal
+
+
+def fit_run_calibration(stream, model, inputs: dict, alpha: float, batch_size: int = 64,
+                        tta: str = "none") -> Calibration:
+    """A run's calibration (:mod:`ichtrain.calibration`): the prior shift of the train split's sampling weights,
+    then Platt scaling per label on the model's val predictions with the views of ``tta``."""
     train = stream.splits["train"]
     weight = type_weights(stream.types[train], alpha)
     sample_weights = np.array([weight[int(t)] for t in stream.types[train]])
@@ -208,7 +217,5 @@ def calibrate_run(run_dir: str, stream, model, inputs: dict, alpha: float, batch
     else:
         print("ichtrain: warning: the val split is empty, so probabilities are corrected for the sampling "
               "weights only (no Platt scaling)", file=sys.stderr)
-    cal = fit_calibration(stream.labels[train], sample_weights, val_y, val_p,
-                          val_groups=stream.groups[stream.splits["val"]])
-    cal.save(run_dir)
-    return cal
+    return fit_calibration(stream.labels[train], sample_weights, val_y, val_p,
+                           val_groups=stream.groups[stream.splits["val"]])

@@ -122,7 +122,7 @@ def _stack(args) -> int:
 def _compare(args) -> int:
     from ichtrain.compare import COLUMNS, metric_text, compare
 
-    res = compare(args.runs, args.split, args.bootstrap, args.out)
+    res = compare(args.runs, args.split, args.bootstrap, args.out, tta=args.tta)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -198,9 +198,12 @@ def _evaluate(args) -> int:
         raise UsageError("--split new evaluates one run on the slices appended since it trained; a cv folder's "
                          "folds cover every patient: evaluate one of its fold runs (CV_DIR/fold-K)")
     if stacked:
+        if args.tta is not None:
+            raise UsageError("--tta judges runs and cv folders with other test-time views; a stack folder's stacker "
+                             f"learned from its cv folder's own. Received: tta={args.tta!r} with {args.run!r}")
         res = evaluate_stack(args.run)
     else:
-        res = evaluate_cv(args.run) if cv else evaluate(args.run, args.split, args.batch_size)
+        res = evaluate_cv(args.run, args.tta) if cv else evaluate(args.run, args.split, args.batch_size, args.tta)
     if args.json:
         print(json.dumps({k: v for k, v in res.items() if k != "plots"}, indent=2))
         return 0
@@ -209,10 +212,12 @@ def _evaluate(args) -> int:
         how = ("stacked over series, cross-fitted over the folds" if stacked
                else "each calibrated on the other folds' out-of-fold predictions")
         print(f"{args.run}: pooled out-of-fold predictions of {res['folds']} folds ({res['slices']} slices, "
-              f"{res['patients']} patients), {how}: weighted "
+              f"{res['patients']} patients" + (f", test-time views {res['tta']}" if res.get("tta") else "")
+              + f"), {how}: weighted "
               f"log loss {res['weighted_log_loss']:.4f} (constant prior {c['constant_prior_weighted_log_loss']:.4f})")
     else:
         kind = "calibrated" if res["calibrated"] else "uncalibrated: the run has no calibration.json"
+        kind += f", test-time views {res['tta']}"
         print(f"{args.run} on {args.split} ({res['slices']} slices): weighted log loss {res['weighted_log_loss']:.4f} "
               f"({kind}; constant prior {c['constant_prior_weighted_log_loss']:.4f}, raw model "
               f"{c['raw_weighted_log_loss']:.4f})")

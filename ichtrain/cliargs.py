@@ -7,7 +7,7 @@ import argparse
 import os
 
 from ichprep.cliutil import UsageErrorParser
-from ichtrain.augment import TTA_MODES
+from ichtrain.testtime import TTA_MODES
 from ichtrain.catalog import BACKBONES, MODELS, SERIES_INITS, SERIES_MODEL
 from ichtrain.crop import CROPS
 from ichtrain.distribute import STRATEGIES
@@ -63,6 +63,7 @@ def parser() -> argparse.ArgumentParser:
                         "a grown store gained since (ichprep build --append), of patients outside the run's train "
                         "and val splits (default val)")
     e.add_argument("--batch-size", type=int, default=32)
+    _add_tta_override(e)
     e.add_argument("--json", action="store_true", help="print the metrics JSON")
     k = sub.add_parser("stack", help="a series model over a cv folder's out-of-fold predictions, judged on them",
                        description="Train a bidirectional GRU that reads each series' out-of-fold logits (and their "
@@ -95,9 +96,17 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--split", default="test", choices=SPLIT_NAMES)
     c.add_argument("--bootstrap", type=int, default=1000, help="patient resamples (default 1000)")
     c.add_argument("--out", help="folder for compare-SPLIT.json/.html (default: the first run)")
+    _add_tta_override(c)
     c.add_argument("--json", action="store_true", help="print the comparison JSON")
     _add_use_commands(sub)
     return p
+
+
+def _add_tta_override(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tta", default=None, choices=TTA_MODES,
+                   help="judge with these test-time views instead of the run's own (fit --tta): each run's "
+                        "calibration is refitted on its val split with them (a cv folder's on its pooled out-of-fold "
+                        "predictions); files are named SPLIT-tta-MODE. Default: the run's own")
 
 
 def _add_use_commands(sub) -> None:
@@ -226,8 +235,9 @@ def _add_input_arguments(f: argparse.ArgumentParser) -> None:
                         "square around its head (the largest tissue region, 8%% margin) before the resize, so the "
                         "pixels hold brain, not air and headrest (default none)")
     f.add_argument("--tta", default=None, choices=TTA_MODES,
-                   help="test-time augmentation: flip also predicts each slice flipped left-right and averages the "
-                        "two in logit space; the run's calibration, evaluate and predict all use it (default none)")
+                   help="test-time augmentation: flip also predicts each slice flipped left-right, flip+crop also a "
+                        "centre crop of 0.85 of each side and its mirror, resized back; the views are averaged in logit "
+                        "space, and the run's calibration, evaluate and predict all use them (default none)")
     f.add_argument("--strategy", default="default", choices=STRATEGIES,
                    help="tf.distribute strategy. default: one device. mirrored: every local GPU (synchronous). "
                         "multi-worker: one process per machine, each started with the same arguments and its own "

@@ -20,14 +20,16 @@ from ichprep.errors import UsageError
 from ichprep.labels import SUBTYPES
 from ichtrain.metrics import paired_bootstrap
 from ichtrain.run import RunDir, read_record
+from ichtrain.testtime import tta_tag
 
 __all__ = ["compare"]
 
 
 def compare(runs: list[str], split: str = "test", bootstrap: int = 1000, out: str | None = None,
-            seed: int = 0) -> dict:
+            seed: int = 0, tta: str | None = None) -> dict:
     """Evaluate ``runs`` on ``split`` (cv folders: on their pooled out-of-fold predictions) and write
     ``out``/compare-SPLIT.json and .html (default: beside the first run; SPLIT is ``oof`` for cv folders).
+    ``tta``: every run judged with these test-time views (None: each with its own), calibrated with them.
     Returns the comparison."""
     from ichtrain.cv import is_cv_folder
     from ichtrain.stack import is_stack_folder
@@ -41,29 +43,33 @@ def compare(runs: list[str], split: str = "test", bootstrap: int = 1000, out: st
         raise UsageError("Compare runs with runs, or cv and stack folders with cv and stack folders: a run's split "
                          "and a cv folder's "
                          f"out-of-fold slices are other patients. Received: {', '.join(runs)}")
+    tag = "" if tta is None else f"-tta-{tta_tag(tta)}"  # refuses an unknown mode before any work
+    if tta is not None and any(is_stack_folder(r) for r in runs):
+        raise UsageError("--tta judges runs and cv folders with other test-time views; a stack folder's stacker "
+                         f"learned from its cv folder's own. Received: tta={tta!r} with a stack folder")
     if all(kinds):
-        split, (y, preds, groups, models) = "oof", _out_of_fold(runs)
+        split, (y, preds, groups, models) = "oof", _out_of_fold(runs, tta)
     else:
-        y, preds, groups, models = _on_split(runs, split)
+        y, preds, groups, models = _on_split(runs, split, tta)
     table = [dict(run=run, model=model, **row)
              for run, model, row in zip(runs, models, paired_bootstrap(y, preds, groups, bootstrap, seed))]
     result = dict(split=split, slices=int(len(y)), patients=int(np.unique(groups).size), bootstrap=bootstrap,
-                  runs=table)
+                  runs=table, tta=tta)
     folder = out or runs[0]
     os.makedirs(folder, exist_ok=True)
-    result["json"] = os.path.join(folder, f"compare-{split}.json")
+    result["json"] = os.path.join(folder, f"compare-{split}{tag}.json")
     with open(result["json"], "w") as fh:
         json.dump(result, fh, indent=2)
-    result["html"] = _write_html(result, os.path.join(folder, f"compare-{split}.html"))
+    result["html"] = _write_html(result, os.path.join(folder, f"compare-{split}{tag}.html"))
     return result
 
 
-def _out_of_fold(cv_dirs: list[str]):
+def _out_of_fold(cv_dirs: list[str], tta: str | None = None):
     """(labels, calibrated out-of-fold predictions per folder, patient groups, model names), rows aligned."""
     from ichtrain.cv import fold_dirs, pooled_out_of_fold
     from ichtrain.stack import is_stack_folder, stack_cv_dir, stacked_out_of_fold
 
-    pooled = [stacked_out_of_fold(d) if is_stack_folder(d) else pooled_out_of_fold(d) for d in cv_dirs]
+    pooled = [stacked_out_of_fold(d) if is_stack_folder(d) else pooled_out_of_fold(d, tta=tta) for d in cv_dirs]
     orders = [np.argsort(pl["rows"], kind="stable") for pl in pooled]  # each folder's rows in store order
     first = pooled[0]["rows"][orders[0]]
     for d, pl, order in zip(cv_dirs[1:], pooled[1:], orders[1:]):
@@ -76,10 +82,10 @@ def _out_of_fold(cv_dirs: list[str]):
     return pooled[0]["y"][orders[0]].astype(np.float32), preds, pooled[0]["groups"][orders[0]], models
 
 
-def _on_split(runs: list[str], split: str):
+def _on_split(runs: list[str], split: str, tta: str | None = None):
     """(labels, calibrated predictions per run, patient groups, model names) of ``runs`` on ``split``."""
     from ichtrain.data import run_stream
-    from ichtrain.evaluate import evaluate
+    from ichtrain.evaluate import evaluate, tta_label
 
     configs, digests = [], []
     for run in runs:  # refuse before any work
@@ -89,9 +95,9 @@ def _on_split(runs: list[str], split: str):
             raise UsageError(f"Run {run!r} holds other {split} slices than {runs[0]!r} (another store, salt, "
                              "seed or fractions): compare runs of one split only.")
     preds = []
-    for run in runs:
-        evaluate(run, split)  # calibrated predictions on the split, saved beside the run
-        with np.load(RunDir(run).predictions(split)) as d:
+    for run, cfg in zip(runs, configs):
+        evaluate(run, split, tta=tta)  # calibrated predictions on the split, saved beside the run
+        with np.load(RunDir(run).predictions(tta_label(cfg, split, tta, run)[1])) as d:
             preds.append((d["y_true"], d["y_prob"], d["rows"]))
     y, _, rows = preds[0]
     groups = run_stream(configs[0]).groups[rows].astype(str)

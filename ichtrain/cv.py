@@ -141,19 +141,24 @@ def platt_per_label(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.nda
     return a, b
 
 
-def pooled_out_of_fold(cv_dir: str, folds: int | None = None) -> dict:
+def pooled_out_of_fold(cv_dir: str, folds: int | None = None, tta: str | None = None) -> dict:
     """Every labelled slice's out-of-fold prediction, calibrated on the *other* folds' out-of-fold predictions
     (cross-fitted, so no slice's calibration saw it), with the ensemble's map fitted on all of them; and the
     constant-prior predictor of each fold's train split. Keys: y, p, z (the prior-shifted raw logits, before
     the Platt maps), fold (each slice's), groups, rows (the store's), constant_prior, ensemble, and stream (the
-    folds' store, opened once: every fold of a cv folder reads the same store and groups)."""
+    folds' store, opened once: every fold of a cv folder reads the same store and groups), tta (the views) and
+    label (``oof``, or ``oof-tta-MODE`` for views other than the folds' own: each fold's test patients are then
+    predicted anew with them)."""
     from ichtrain.data import run_stream
+
+    from ichtrain.evaluate import tta_label
 
     dirs = fold_dirs(cv_dir, folds)
     stream = run_stream(read_record(dirs[0]))
+    mode, label = tta_label(read_record(dirs[0]), "oof", tta, dirs[0])
     zs, ys, gs, rows, priors = [], [], [], [], []
     for d in dirs:
-        path = RunDir(d).predictions("test")
+        path = _fold_predictions(d, tta)
         if not os.path.isfile(path):
             raise UsageError(f"fold {d!r} has no out-of-fold predictions: rerun 'ichtrain cv' with the same arguments")
         cal = Calibration.load(d)
@@ -182,21 +187,43 @@ def pooled_out_of_fold(cv_dir: str, folds: int | None = None) -> dict:
                             tuple(np.concatenate(ys).mean(0).tolist()))
     return dict(y=y, p=np.concatenate(p).astype(np.float32), z=np.concatenate(zs),
                 fold=np.repeat(np.arange(len(dirs)), np.diff(cuts)), groups=np.concatenate(gs),
-                rows=np.concatenate(rows), ensemble=ensemble, stream=stream,
+                rows=np.concatenate(rows), ensemble=ensemble, stream=stream, tta=mode, label=label,
                 constant_prior=weighted_log_loss(y, np.concatenate(priors)))
 
 
-def evaluate_cv(cv_dir: str) -> dict:
+def _fold_predictions(fold_dir: str, tta: str | None) -> str:
+    """The file of a fold's test predictions with the views ``tta`` (None: the fold's own, written by cv); other
+    views are predicted now (the fold's model on its test patients: only the raw outputs are pooled)."""
+    from ichtrain.evaluate import tta_label
+
+    cfg = read_record(fold_dir)
+    mode, label = tta_label(cfg, "test", tta, fold_dir)
+    path = RunDir(fold_dir).predictions(label)
+    if label != "test" and os.path.isfile(RunDir(fold_dir).predictions("test")):
+        from ichtrain.data import run_stream
+        from ichtrain.infer import predict_rows
+        from ichtrain.run import input_options, load_keras, load_run
+
+        stream = run_stream(cfg)
+        rows = stream.splits["test"]
+        y, p_raw = predict_rows(load_keras(load_run(fold_dir)[1]), stream, rows=rows, tta=mode, **input_options(cfg))
+        np.savez_compressed(path, y_true=y, y_prob_raw=p_raw, rows=rows)
+    return path
+
+
+def evaluate_cv(cv_dir: str, tta: str | None = None) -> dict:
     """The pooled out-of-fold evaluation of a cv folder (as ``evaluate`` reports a run's split), written to
-    CV_DIR/eval-oof.json."""
-    pooled = pooled_out_of_fold(cv_dir)
-    return out_of_fold_report(pooled["y"], pooled["p"], pooled["groups"], len(pooled["ensemble"].folds),
-                              pooled["constant_prior"], "pooled out-of-fold Platt, cross-fitted over folds",
-                              os.path.join(cv_dir, "eval-oof.json"))
+    CV_DIR/eval-oof.json (eval-oof-tta-MODE.json with test-time views other than the folds' own)."""
+    pooled = pooled_out_of_fold(cv_dir, tta=tta)
+    label = pooled["label"]
+    result = out_of_fold_report(pooled["y"], pooled["p"], pooled["groups"], len(pooled["ensemble"].folds),
+                                pooled["constant_prior"], "pooled out-of-fold Platt, cross-fitted over folds",
+                                os.path.join(cv_dir, f"eval-{label}.json"), tta=pooled["tta"])
+    return result
 
 
 def out_of_fold_report(y: np.ndarray, p: np.ndarray, groups: np.ndarray, folds: int, constant_prior: float,
-                       method: str, path: str) -> dict:
+                       method: str, path: str, tta: str | None = None) -> dict:
     """``evaluate``'s figures for pooled out-of-fold predictions ``p`` (calibrated by ``method``), written to
     ``path``."""
     from ichtrain.calibration import expected_calibration_error
@@ -206,7 +233,7 @@ def out_of_fold_report(y: np.ndarray, p: np.ndarray, groups: np.ndarray, folds: 
     result = summarise(y, p, THRESHOLDS)
     labels = {name: dict(ece=expected_calibration_error(y[:, j], p[:, j]), mean_prob=float(p[:, j].mean()),
                          rate=float(y[:, j].mean())) for j, name in enumerate(SUBTYPES)}
-    result.update(split="out-of-fold", folds=folds, calibrated=True, patients=int(np.unique(groups).size),
+    result.update(split="out-of-fold", folds=folds, calibrated=True, patients=int(np.unique(groups).size), tta=tta,
                   calibration=dict(weighted_log_loss=result["weighted_log_loss"], labels=labels,
                                    constant_prior_weighted_log_loss=constant_prior, method=method))
     result["json"] = path

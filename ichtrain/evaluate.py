@@ -11,10 +11,12 @@ from ichprep.errors import UsageError
 from ichprep.labels import SUBTYPES
 from ichtrain.infer import predict_rows
 from ichtrain.run import RunDir, input_options, load_keras, load_run, tta_of
-from ichtrain.calibration import Calibration, constant_prior, expected_calibration_error, reliability
+from ichtrain.calibration import (Calibration, constant_prior, expected_calibration_error, fit_run_calibration,
+                                  reliability)
 from ichtrain.metrics import summarise, weighted_log_loss
+from ichtrain.testtime import check_tta, tta_tag
 
-__all__ = ["evaluate", "THRESHOLDS", "NEW"]
+__all__ = ["evaluate", "tta_label", "THRESHOLDS", "NEW"]
 
 THRESHOLDS = np.round(np.linspace(0.0, 1.0, 21), 4)
 
@@ -29,8 +31,13 @@ def _load(run_dir):
 NEW = "new"
 
 
-def evaluate(run_dir: str, split: str = "val", batch_size: int = 32) -> dict:
+def evaluate(run_dir: str, split: str = "val", batch_size: int = 32, tta: str | None = None) -> dict:
+    """Evaluate a run on ``split``; writes eval-SPLIT.json, predictions-SPLIT.npz, the plots and report.html.
+
+    ``tta``: test-time views other than the run's own (:mod:`ichtrain.testtime`); the run's calibration is then
+    refitted on its val split with those views, and the files are named SPLIT-tta-MODE (report-tta-MODE.html)."""
     cfg, model = _load(run_dir)
+    mode, label = tta_label(cfg, split, tta, run_dir)
     stream, rows, train_stream = _rows_of(cfg, run_dir, split)
     if cfg["model"] == "series":
         from ichtrain.series import open_embeddings, predict_series, series_rows
@@ -39,27 +46,43 @@ def evaluate(run_dir: str, split: str = "val", batch_size: int = 32) -> dict:
         p_raw = predict_series(model, open_embeddings(cfg["embeddings"], stream)[0], groups)
         y = stream.labels[np.concatenate(groups)].astype(np.float32)
     else:
-        y, p_raw = predict_rows(model, stream, batch_size, rows=rows, tta=tta_of(cfg), **input_options(cfg))
-    cal = Calibration.load(run_dir)
+        y, p_raw = predict_rows(model, stream, batch_size, rows=rows, tta=mode, **input_options(cfg))
+    if label == split:
+        cal = Calibration.load(run_dir)
+    else:  # calibrated with the views it is judged with
+        cal = fit_run_calibration(train_stream, model, input_options(cfg), cfg["alpha"], batch_size, tta=mode)
     p = cal.apply(p_raw) if cal is not None else p_raw
     result = summarise(y, p, THRESHOLDS)
-    result.update(split=split, model=cfg["model"], store=cfg["store"], calibrated=cal is not None)
+    result.update(split=split, model=cfg["model"], store=cfg["store"], calibrated=cal is not None, tta=mode)
     result["calibration"] = calibration_summary(y, p, p_raw, cal, train_stream)
     result["store_generation"] = stream.generation
-    out_json = RunDir(run_dir).evaluation(split)
+    out_json = RunDir(run_dir).evaluation(label)
     with open(out_json, "w") as fh:
         json.dump(result, fh, indent=2)
-    result["plots"] = _plots(result, run_dir, split)
+    result["plots"] = _plots(result, run_dir, label)
     result["json"] = out_json
-    np.savez_compressed(RunDir(run_dir).predictions(split), y_true=y, y_prob=p, y_prob_raw=p_raw,
+    np.savez_compressed(RunDir(run_dir).predictions(label), y_true=y, y_prob=p, y_prob_raw=p_raw,
                         rows=rows)
     from ichtrain.report import write_report
 
     names = stream.window_names
     channel = names.index("brain") if "brain" in names else 0  # thumbnails in the most readable window
     explain = None if cfg["model"] == "series" else _explainer(model, stream, input_options(cfg))
-    result["report"] = write_report(run_dir, result, stream.images, rows, y, p, channel, explain=explain)
+    result["report"] = write_report(run_dir, result, stream.images, rows, y, p, channel, explain=explain,
+                                    file_name="report.html" if label == split else f"report-tta-{tta_tag(mode)}.html")
     return result
+
+
+def tta_label(cfg: dict, split: str, tta: str | None, run_dir: str) -> tuple[str, str]:
+    """(the TTA mode to use, the name of ``split``'s files): ``split`` itself with the run's own TTA, else
+    SPLIT-tta-MODE. Another TTA is refused for the series model (it reads embeddings, not slices)."""
+    own = tta_of(cfg)
+    mode = own if tta is None else check_tta(tta)
+    if mode == own:
+        return mode, split
+    if cfg["model"] == "series":
+        raise UsageError(f"--tta views slices; the series run {run_dir!r} reads embeddings. Received: tta={tta!r}")
+    return mode, f"{split}-tta-{tta_tag(mode)}"
 
 
 def _rows_of(cfg: dict, run_dir: str, split: str):

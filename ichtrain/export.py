@@ -29,6 +29,7 @@ from ichprep.readwindows import ReadWindows  # noqa: F401 (documents where the p
 from ichprep.windows import windows_from_list
 from ichtrain.calibration import Calibration
 from ichtrain.run import load_keras, load_run, tta_of
+from ichtrain.testtime import tta_views
 
 __all__ = ["export", "SIZE"]
 
@@ -82,7 +83,7 @@ def export(run_dir: str, out: str, overwrite: bool = False) -> dict:
     params = tf.constant(_window_params(windows))
     sequence = cfg["model"] == "rnn"
     layer = hu_windows_layer(int(cfg["image_size"]), sequence, name="hu_windows")
-    flip = tta_of(cfg) == "flip"
+    tta = tta_of(cfg)
     offset = tf.constant(np.asarray(cal.offset if cal else np.zeros(6)), tf.float32)
     scale = tf.constant(np.asarray(cal.scale if cal else np.ones(6)), tf.float32)
     shift = tf.constant(np.asarray(cal.shift if cal else np.zeros(6)), tf.float32)
@@ -97,12 +98,11 @@ def export(run_dir: str, out: str, overwrite: bool = False) -> dict:
         def serve(self, hu):
             b = tf.shape(hu)[0]
             x = self.layer([hu[..., None], tf.tile(params[:, None], (b, 1, 1, 1))])
-            p = tf.cast(self.model(x, training=False), tf.float32)
-            z = tf.math.log(tf.clip_by_value(p, eps, 1 - eps)) - tf.math.log1p(-tf.clip_by_value(p, eps, 1 - eps))
-            if flip:  # the run's test-time flip: the mirror image's logit, averaged
-                q = tf.cast(self.model(tf.reverse(x, axis=[3] if sequence else [2]), training=False), tf.float32)
-                q = tf.clip_by_value(q, eps, 1 - eps)
-                z = 0.5 * (z + tf.math.log(q) - tf.math.log1p(-q))
+            z = 0.0
+            views = tta_views(x, tta)
+            for view in views:  # the run's test-time views, averaged in logit space
+                p = tf.clip_by_value(tf.cast(self.model(view, training=False), tf.float32), eps, 1 - eps)
+                z += (tf.math.log(p) - tf.math.log1p(-p)) / len(views)
             return tf.sigmoid(scale * (z + offset) + shift)
 
     module = Exported()

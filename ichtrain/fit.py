@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass
 from ichprep.errors import UsageError
 from ichprep.outlock import output_lock
 from ichprep.windows import windows_to_list
-from ichtrain.augment import check_tta, parse_augment
+from ichtrain.augment import parse_augment
+from ichtrain.testtime import check_tta
 from ichtrain.calibration import Calibration, calibrate_run
 from ichtrain.catalog import BACKBONES, MODELS
 from ichtrain.crop import check_crop

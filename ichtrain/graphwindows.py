@@ -27,7 +27,7 @@ import functools
 
 from ichprep.errors import UsageError
 
-__all__ = ["WINDOWS_ON", "check_windows_on", "resolve_windows_on", "hu_windows_layer", "reading_model"]
+__all__ = ["WINDOWS_ON", "check_windows_on", "resolve_windows_on", "hu_windows_layer", "model_windows", "reading_model"]
 
 WINDOWS_ON = ("auto", "reader", "model")
 
@@ -105,6 +105,16 @@ def hu_windows_layer(image_size: int, sequence: bool, **kwargs):
     return _layer_class()(image_size, sequence, **kwargs)
 
 
+def model_windows(stream, inputs: dict):
+    """The layer that windows ``stream.dataset(**inputs)``'s (hu, params) batches where the model reads them, or
+    None where the reader applies the windows."""
+    if resolve_windows_on(inputs.get("windows_on", "reader"), stream) != "model":
+        return None
+    sequence = inputs.get("sequence")
+    sequence = stream.channels > 1 if sequence is None else bool(sequence)
+    return hu_windows_layer(inputs.get("image_size") or stream.info.image_size, sequence, name="hu_windows")
+
+
 def reading_model(model, stream, inputs: dict, augment: str = "none", augment_seed: int = 0):
     """``model`` as it reads ``stream.dataset(**inputs)``: itself when the reader applies the windows, else a
     model taking (hu, params) whose first layer windows them (the weights are ``model``'s own). ``augment``
@@ -114,15 +124,14 @@ def reading_model(model, stream, inputs: dict, augment: str = "none", augment_se
 
     from ichtrain.augment import augment_layer, parse_augment
 
-    if resolve_windows_on(inputs.get("windows_on", "reader"), stream) != "model":
+    windows = model_windows(stream, inputs)
+    if windows is None:
         return model
     M = 2 * int(inputs.get("neighbours") or 0) + 1
     full = stream.info.image_size
-    sequence = inputs.get("sequence")
-    sequence = stream.channels > 1 if sequence is None else bool(sequence)
     hu = keras.Input((full, full, M), dtype="int16", name="hu")
     params = keras.Input((M, 3, stream.channels), dtype="float32", name="window_params")
-    x = hu_windows_layer(inputs.get("image_size") or full, sequence, name="hu_windows")([hu, params])
+    x = windows([hu, params])
     if parse_augment(augment).active:
-        x = augment_layer(augment, augment_seed, sequence, name="augment")(x)
+        x = augment_layer(augment, augment_seed, windows.sequence, name="augment")(x)
     return keras.Model([hu, params], model(x), name=f"{model.name}_windows_in_model")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ichtrain.augment import flip_width
-from ichtrain.graphwindows import reading_model
+from ichtrain.graphwindows import model_windows
 from ichtrain.logits import mean_in_logits
+from ichtrain.testtime import tta_views
 
 __all__ = ["model_outputs", "predict_rows", "features_of", "feature_model", "mean_in_logits"]
 
@@ -20,17 +20,17 @@ def model_outputs(model, stream, batch_size: int = 32, split: str | None = None,
                   **inputs) -> tuple[np.ndarray, np.ndarray]:
     """(labels (n, 6) float32, outputs (n, D) float32) of ``model`` on a split or explicit ``rows`` of
     ``stream``, in row order. ``inputs``: how the model reads the store (:func:`ichtrain.run.input_options`);
-    ``tta``: ``flip`` also runs each slice flipped left-right and averages the two in logit space (for
-    probabilities only)."""
+    ``tta``: the views of each batch whose outputs are averaged in logit space (probabilities only;
+    :mod:`ichtrain.testtime`)."""
     ds = stream.dataset(split or "test", batch_size=batch_size, weighted=False, rows=rows, **inputs)
-    model = reading_model(model, stream, inputs)  # itself, unless the windows are applied in its graph
+    windows = model_windows(stream, inputs)  # None, unless the windows are applied where the model runs
     ys, outs = [], []
     with stream.guard():
         for x, y in ds:
-            out = np.asarray(model(x, training=False), np.float32)
-            if tta == "flip":
-                out = mean_in_logits(out, np.asarray(model(flip_width(x), training=False), np.float32))
-            outs.append(out)
+            if windows is not None:
+                x = windows(list(x))
+            views = [np.asarray(model(v, training=False), np.float32) for v in tta_views(x, tta)]
+            outs.append(views[0] if len(views) == 1 else mean_in_logits(*views))
             ys.append(y.numpy())
     if not ys:
         return np.zeros((0, 6), np.float32), np.zeros((0, int(model.output_shape[-1])), np.float32)

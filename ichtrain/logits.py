@@ -19,6 +19,6 @@ def sigmoid(z) -> np.ndarray:
     return np.exp(-np.logaddexp(0.0, -z))
 
 
-def mean_in_logits(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """The mean of two probability arrays taken in logit space (how TTA views are averaged), float32."""
-    return sigmoid(0.5 * (logit(p) + logit(q))).astype(np.float32)
+def mean_in_logits(*probs: np.ndarray) -> np.ndarray:
+    """The mean of probability arrays of one shape taken in logit space (how TTA views are averaged), float32."""
+    return sigmoid(np.mean([logit(p) for p in probs], axis=0)).astype(np.float32)

@@ -78,8 +78,8 @@ def _overlay(img2d: np.ndarray, heat: np.ndarray) -> str:
 
 
 def write_report(run_dir: str, result: dict, images, rows: np.ndarray, y_true: np.ndarray, y_prob: np.ndarray,
-                 channel: int = 0, explain=None) -> str:
-    """Write ``run_dir/report.html`` and return its path. ``images`` is the store's images array; ``explain``
+                 channel: int = 0, explain=None, file_name: str = "report.html") -> str:
+    """Write ``run_dir/file_name`` and return its path. ``images`` is the store's images array; ``explain``
     (rows, label) -> (model views, Grad-CAM maps) adds each gallery slice's heat map beside it."""
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ichtrain report: {esc(result['model'])} on "
@@ -90,7 +90,8 @@ def write_report(run_dir: str, result: dict, images, rows: np.ndarray, y_true: n
              f"<h1>{esc(result['model'])} on the {esc(result['split'])} split</h1>",
              f"<p>{result['slices']} slices from {esc(str(result['store']))}; weighted log loss "
              f"<b>{result['weighted_log_loss']:.4f}</b> (challenge metric, <i>any</i> weighted 2; "
-             f"{'calibrated' if result.get('calibrated') else 'uncalibrated'}). A constant predictor of the train "
+             f"{'calibrated' if result.get('calibrated') else 'uncalibrated'}; test-time views: "
+             f"{esc(result.get('tta', 'none'))}). A constant predictor of the train "
              f"split's label rates scores {result['calibration']['constant_prior_weighted_log_loss']:.4f}; the "
              f"model's raw outputs {result['calibration']['raw_weighted_log_loss']:.4f}.</p>",
              "<h2>Metrics at threshold 0.5</h2><table><tr><th>label</th><th>positives</th><th>ROC-AUC</th>"
@@ -134,7 +135,7 @@ def write_report(run_dir: str, result: dict, images, rows: np.ndarray, y_true: n
                              f"src='data:image/png;base64,{_overlay(views[0][n], views[1][n])}'>")
         parts.append(f"<h3>{name}</h3><div class='g'>" + ("".join(cells) or "<p>none</p>") + "</div>")
     parts.append("</body></html>")
-    out = os.path.join(run_dir, "report.html")
+    out = os.path.join(run_dir, file_name)
     with open(out, "w", encoding="utf-8") as fh:
         fh.write("\n".join(parts))
     return out

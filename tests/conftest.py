@@ -183,6 +183,17 @@ def brain_seed(brain_store) -> int:
     return nonempty_split_seed(brain_store)
 
 
+@pytest.fixture(scope="session")
+def cv_dir(brain_store, tmp_path_factory):
+    """A 3-fold cv folder of the brain store (1 epoch a fold, --tta flip); tests may add files, never change any."""
+    from ichtrain.cli import main
+
+    out = tmp_path_factory.mktemp("cv") / "cv"
+    assert main(["cv", brain_store, "--folds", "3", "--out", str(out), "--image-size", "32", "--epochs", "1",
+                 "--epoch-size", "16", "--batch-size", "8", "--tta", "flip", "--quiet"]) == 0
+    return out
+
+
 @pytest.fixture
 def moto(monkeypatch):
     """A real S3 API on localhost (moto's server) with one bucket, ``state["url"]``; credentials and endpoint

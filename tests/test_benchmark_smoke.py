@@ -137,17 +137,22 @@ def test_context_benchmark_runs_and_reports(tmp_path):
 
 
 @pytest.mark.slow
-def test_recipe_benchmark_runs_and_reports(tmp_path):
+@pytest.mark.parametrize("which, variants, first", [
+    ("windows", ["plain", "tta+crop", "tta+crop+3windows"], "plain"),
+    ("tta", ["plain tta=none", "plain tta=flip", "plain tta=flip+crop", "3windows+crop tta=none",
+             "3windows+crop tta=flip", "3windows+crop tta=flip+crop"], "itself without views"),
+])
+def test_recipe_benchmark_runs_and_reports(tmp_path, which, variants, first):
     out = tmp_path / "recipe.json"
-    res = subprocess.run([sys.executable, str(BENCH.parent / "recipe.py"), "--set", "windows", "--studies", "10",
+    res = subprocess.run([sys.executable, str(BENCH.parent / "recipe.py"), "--set", which, "--studies", "10",
                           "--slices", "6", "--seeds", "3", "--epochs", "1", "--image-size", "32",
                           "--split", "0.5,0.25,0.25", "--json", str(out)], capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(out.read_text())
     row = report["seeds"][0]
-    assert row["variants"] == ["plain", "tta+crop", "tta+crop+3windows"]
-    assert row["plain"]["weighted_log_loss_minus_first"]["value"] == 0
-    assert "mean wll minus plain" in res.stdout
+    assert row["variants"] == variants
+    assert row[variants[0]]["weighted_log_loss_minus_first"]["value"] == 0
+    assert f"mean wll minus {first}" in res.stdout
 
 
 def test_codecs_benchmark_checks_every_round_trip_and_reports(real_series, tmp_path):

@@ -9,14 +9,6 @@ import pytest
 from ichtrain.cli import main
 
 
-@pytest.fixture(scope="module")
-def cv_dir(brain_store, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cv") / "cv"
-    assert main(["cv", brain_store, "--folds", "3", "--out", str(out), "--image-size", "32", "--epochs", "1",
-                 "--epoch-size", "16", "--batch-size", "8", "--tta", "flip", "--quiet"]) == 0
-    return out
-
-
 def _platt(z, y, w):
     from ichtrain.calibration import PLATT_RIDGE, fit_platt
 

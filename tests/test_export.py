@@ -41,7 +41,7 @@ def test_an_export_matches_predict_in_a_fresh_process_without_this_package(brain
                                                                          tmp_path, capsys):
     run = str(tmp_path / "run")
     assert main(["fit", brain_store, "--out", run, "--image-size", "32", "--batch-size", "8", "--epoch-size", "16",
-                 "--epochs", "1", "--split", "0.6,0.2,0.2", "--seed", str(brain_seed), "--tta", "flip",
+                 "--epochs", "1", "--split", "0.6,0.2,0.2", "--seed", str(brain_seed), "--tta", "flip+crop",
                  "--quiet"]) == 0
     out = str(tmp_path / "export")
     assert main(["export", run, "--out", out]) == 0

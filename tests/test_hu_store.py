@@ -280,6 +280,11 @@ def test_fit_with_windows_in_the_model_trains_saves_the_model_and_reads_both_way
     _, p_model = predict_rows(model, stream, 8, split="test", **dict(inputs, windows_on="model"))
     assert p_reader.shape == (stream.splits["test"].size, 6)
     np.testing.assert_allclose(p_model, p_reader, rtol=0, atol=1e-5)
+    # test-time views are taken after the windows, wherever those are computed
+    _, q_reader = predict_rows(model, stream, 8, split="test", tta="flip+crop", **dict(inputs, windows_on="reader"))
+    _, q_model = predict_rows(model, stream, 8, split="test", tta="flip+crop", **dict(inputs, windows_on="model"))
+    np.testing.assert_allclose(q_model, q_reader, rtol=0, atol=1e-5)
+    assert np.abs(q_model - p_model).max() > 1e-4
     args[args.index("--epochs") + 1] = "2"
     assert ichtrain_main(args) == 0, capsys.readouterr().err  # resumes epoch 2 through the wrapper
     assert os.path.isfile(os.path.join(run, "checkpoints", "epoch-002.keras"))
