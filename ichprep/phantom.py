@@ -255,6 +255,35 @@ def _row_span(p, k, pose, v, c, px, j_lo, j_hi):
     return max(j_lo, int(math.floor((u_lo + c) / px - 0.5))), min(j_hi, int(math.ceil((u_hi + c) / px - 0.5)))
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _row_span_in_slab(p, k, pose, v, c, px, j_lo, j_hi, half):
+    """:func:`_row_span` narrowed to the pixels whose slab can meet primitive k. ``_coverage`` is 0 unless the
+    chord at the pixel reaches the slab, min(r2, 0.9999) < 1 - w^zexp with w the slab's nearest distance to the
+    centre in units of AZ, and the slab meets [ZMIN, ZMAX]. Along a row z is affine, so the nearest w over the
+    row bounds every pixel's: r2 below that level is a narrower ellipse on the same row. Near a primitive's top
+    or bottom most of its in-plane span lies there; none of the pixels cut away had any coverage."""
+    ja, jb = _row_span(p, k, pose, v, c, px, j_lo, j_hi)
+    if ja > jb:
+        return ja, jb
+    r00, r01, r10, r11, bx, by, z0, gx, gy = pose[0], pose[1], pose[2], pose[3], pose[4], pose[5], pose[6], pose[7], pose[8]
+    z_a = z0 + gx * (r00 * ((ja + 0.5) * px - c) + r01 * v + bx) + gy * (r10 * ((ja + 0.5) * px - c) + r11 * v + by)
+    z_b = z0 + gx * (r00 * ((jb + 0.5) * px - c) + r01 * v + bx) + gy * (r10 * ((jb + 0.5) * px - c) + r11 * v + by)
+    lo, hi = min(z_a, z_b) - half, max(z_a, z_b) + half  # every pixel's slab lies in [lo, hi]
+    if hi <= p[k, ZMIN] or lo >= p[k, ZMAX]:
+        return 0, -1
+    cz = p[k, CZ]
+    w = max(0.0, max(lo - cz, cz - hi)) / p[k, AZ]
+    if w >= 1.0:
+        return 0, -1
+    level = 1.0 - w ** p[k, ZEXP]
+    if level >= 0.9999:  # the clamp in _coverage: no narrower bound here
+        return ja, jb
+    u_lo, u_hi = _row_roots(p, k, pose, v, level * (1.0 + 1e-9) + 1e-9)  # a hair wider: rounding never cuts
+    if u_lo > u_hi:
+        return 0, -1
+    return max(ja, int(math.floor((u_lo + c) / px - 0.5))), min(jb, int(math.ceil((u_hi + c) / px - 0.5)))
+
+
 @njit(cache=True, nogil=True)
 def _seal_kernel(p, pose, half, px, zlo, zhi, seal):
     """``seal[i, j]``: the last primitive that surely covers pixel (i, j) whole with a value of its own (a wide
@@ -320,7 +349,10 @@ def _render_kernel(p, pose, half, px, field, grad, out, label_area, seal, use_se
         need_depth = mat == 1 or mat == 2 or mat == 6
         for i in range(i_lo, i_hi + 1):
             v = (i + 0.5) * px - c
-            ja, jb = _row_span(p, k, pose, v, c, px, j_lo, j_hi)
+            if use_seal:
+                ja, jb = _row_span_in_slab(p, k, pose, v, c, px, j_lo, j_hi, half)
+            else:
+                ja, jb = _row_span(p, k, pose, v, c, px, j_lo, j_hi)
             if ja > jb:
                 continue
             deep = _row_depth_bound(p, k, z0, gx, gy, r00, r01, r10, r11, bx, by, v, ja, jb, c, px, half)
