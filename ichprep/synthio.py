@@ -11,6 +11,7 @@ import os
 import warnings
 
 import numpy as np
+from numba import njit
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import correct_ambiguous_vr_element, write_data_element
@@ -48,33 +49,45 @@ def series_encoding(study: int) -> str:
     return ENCODINGS[0] if study % 2 == 0 else (ENCODINGS[2] if study % 10 == 5 else ENCODINGS[1])
 
 
+@njit(cache=True, nogil=True)
+def _encode_kernel(hu, outside, defect, add, lo, hi, pad, out):
+    """``out`` = the stored values of float32 HU: rint, then ``defect`` (the RSNA 12-bit two's complement of HU
+    clipped to [-1000, 3095]) or ``clip(h + add, lo, hi)``; ``pad`` outside the reconstruction circle. One pass
+    where numpy took six (tested equal to the numpy formulas)."""
+    n_rows, n_cols = hu.shape
+    for i in range(n_rows):
+        for j in range(n_cols):
+            h = int(np.rint(hu[i, j]))
+            if defect:
+                h = -1000 if outside[i, j] else min(max(h, -1000), 3095)
+                out[i, j] = h + 4096 if h < 0 else h
+            else:
+                out[i, j] = pad if outside[i, j] else min(max(h + add, lo), hi)
+
+
 def encode(hu: np.ndarray, encoding: str, outside: np.ndarray,
            window: tuple[str, str] = ("40", "80")) -> tuple[np.ndarray, dict]:
     """Stored values and the pixel-module tags for one slice of HU; ``outside`` marks the pixels beyond the
     scanner's reconstruction circle (padding). ``window`` is the (center, width) the file declares."""
-    h = np.rint(hu).astype(np.int32)
+    hu = np.ascontiguousarray(hu)  # float32 (version 2) or float64 (version 1): rint in its own precision
+    outside = np.ascontiguousarray(outside, np.bool_)
     c, w = window
     if encoding == "signed16":
-        raw = np.clip(h + 1024, -32768, 32767)
-        raw[outside] = -2000
-        return raw.astype(np.int16), dict(BitsStored=16, HighBit=15, PixelRepresentation=1,
-                                           RescaleIntercept="-1024", RescaleSlope="1",
-                                           WindowCenter=c, WindowWidth=w)
+        raw = np.empty(hu.shape, np.int16)
+        _encode_kernel(hu, outside, False, 1024, -32768, 32767, -2000, raw)
+        return raw, dict(BitsStored=16, HighBit=15, PixelRepresentation=1, RescaleIntercept="-1024",
+                         RescaleSlope="1", WindowCenter=c, WindowWidth=w)
+    raw = np.empty(hu.shape, np.uint16)
     if encoding == "unsigned12":
-        raw = np.clip(h + 1024, 0, 4095)
-        raw[outside] = 0
+        _encode_kernel(hu, outside, False, 1024, 0, 4095, 0, raw)
         cc, ww = f"{int(c):05d}", f"{int(w):05d}"
-        return raw.astype(np.uint16), dict(BitsStored=12, HighBit=11, PixelRepresentation=0,
-                                            RescaleIntercept="-1024", RescaleSlope="1",
-                                            WindowCenter=[cc, cc], WindowWidth=[ww, ww])
+        return raw, dict(BitsStored=12, HighBit=11, PixelRepresentation=0, RescaleIntercept="-1024",
+                         RescaleSlope="1", WindowCenter=[cc, cc], WindowWidth=[ww, ww])
     # RSNA defect: 12-bit two's complement of HU, declared unsigned, intercept > -100.
-    h = np.clip(h, -1000, 3095)
-    h[outside] = -1000
-    raw = np.where(h < 0, h + 4096, h)
+    _encode_kernel(hu, outside, True, 0, 0, 0, 0, raw)
     cc, ww = f"{int(c) - 4:05d}", f"{int(w):05d}"
-    return raw.astype(np.uint16), dict(BitsStored=12, HighBit=11, PixelRepresentation=0,
-                                        RescaleIntercept="1", RescaleSlope="1",
-                                        WindowCenter=[cc, cc], WindowWidth=[ww, ww])
+    return raw, dict(BitsStored=12, HighBit=11, PixelRepresentation=0, RescaleIntercept="1", RescaleSlope="1",
+                     WindowCenter=[cc, cc], WindowWidth=[ww, ww])
 
 
 class SeriesWriter:

@@ -282,3 +282,24 @@ def test_slices_written_from_the_template_bytes_equal_pydicoms_writer(tmp_path, 
     monkeypatch.setattr(synthio.SeriesWriter, "_write_from_bytes", lambda self, *args: False)
     write_corpus(tmp_path / "pydicom", cfg)
     assert _digest(str(tmp_path / "template")) == _digest(str(tmp_path / "pydicom"))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_encode_gives_the_plain_numpy_formulas_stored_values(dtype):
+    """The compiled encoder against the formulas written out in numpy: rint (halves to even), the intercept,
+    the clip to the stored range, the padding outside the circle, the RSNA defect's two's complement."""
+    from ichprep.synthio import encode
+
+    rng = np.random.default_rng(3)
+    hu = rng.uniform(-3500, 36000, (64, 64)).astype(dtype)
+    hu[0, :8] = np.array([-0.5, 0.5, 1.5, 2.5, -1000.5, 3095.5, -1024.5, 4071.5], dtype)
+    outside = rng.random((64, 64)) < 0.2
+    h = np.rint(hu).astype(np.int64)
+    want = {"signed16": np.where(outside, -2000, np.clip(h + 1024, -32768, 32767)).astype(np.int16),
+            "unsigned12": np.where(outside, 0, np.clip(h + 1024, 0, 4095)).astype(np.uint16)}
+    d = np.where(outside, -1000, np.clip(h, -1000, 3095))
+    want["rsna12defect"] = np.where(d < 0, d + 4096, d).astype(np.uint16)
+    for encoding, expected in want.items():
+        raw, _ = encode(hu, encoding, outside)
+        assert raw.dtype == expected.dtype
+        np.testing.assert_array_equal(raw, expected, err_msg=encoding)
