@@ -236,7 +236,7 @@ def _evaluate(args) -> int:
 def _predict(args) -> int:
     from ichtrain.predict import predict
 
-    res = predict(args.run, args.dicom_dir, args.out, workers=args.workers, batch_size=args.batch_size)
+    res = predict(args.run, args.dicom_dir, args.out, workers=args.workers, batch_size=args.batch_size, tta=args.tta)
     print(f"{res['out']}: {res['slices']} slices predicted ({res['slices'] * 6} rows), {res['rejected']} files "
           "could not be read")
     return 0

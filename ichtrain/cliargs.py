@@ -104,9 +104,10 @@ def parser() -> argparse.ArgumentParser:
 
 def _add_tta_override(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", default=None, choices=TTA_MODES,
-                   help="judge with these test-time views instead of the run's own (fit --tta): each run's "
-                        "calibration is refitted on its val split with them (a cv folder's on its pooled out-of-fold "
-                        "predictions); files are named SPLIT-tta-MODE. Default: the run's own")
+                   help="test-time views other than the run's own (fit --tta): flip, flip+crop (a centre crop of "
+                        "0.85 and its mirror too) or none. The run's calibration is refitted on its val split with "
+                        "them (a cv folder's on its folds' test patients, predicted anew); evaluate and compare name "
+                        "their files SPLIT-tta-MODE. Default: the run's own")
 
 
 def _add_use_commands(sub) -> None:
@@ -132,6 +133,7 @@ def _add_use_commands(sub) -> None:
     r.add_argument("--out", required=True, help="submission CSV path")
     r.add_argument("--workers", type=int, default=1)
     r.add_argument("--batch-size", type=int, default=32)
+    _add_tta_override(r)
     g = sub.add_parser("explain", help="Grad-CAM of one slice: where the model looks for a label (PNG)",
                        description="Draw one slice of RUN's store as the model sees it, beside the Grad-CAM heat map "
                                    "of --label (the last convolutional feature map's channels weighted by the "

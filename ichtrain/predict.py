@@ -14,6 +14,7 @@ from ichprep.errors import UsageError
 from ichprep.labels import SUBTYPES
 from ichprep.windows import windows_from_list
 from ichtrain.calibration import Calibration
+from ichtrain.evaluate import tta_label
 from ichtrain.infer import feature_model, features_of, predict_rows
 from ichtrain.logits import logit
 from ichtrain.run import input_options, load_keras, load_run, tta_of
@@ -22,7 +23,7 @@ __all__ = ["predict"]
 
 
 def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_size: int = 32,
-            stream_err=None) -> dict:
+            stream_err=None, tta: str | None = None) -> dict:
     """Predict a submission CSV (``ID,Label`` rows ``ID_<sop>_<subtype>``) for the DICOMs in ``dicom_dir``.
 
     Args:
@@ -33,6 +34,8 @@ def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_
         workers: Dask workers of that build.
         batch_size: slices per model call.
         stream_err: where the files that could not be read are listed (default stderr).
+        tta: test-time views other than the run's own (:mod:`ichtrain.testtime`): the run's calibration is then
+            refitted with them on its val split (a cv folder's on its folds' test patients), before any build.
 
     Returns:
         dict: ``slices`` predicted, ``rejected`` files, ``out`` and the build's summary.
@@ -58,7 +61,21 @@ def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_
     else:
         cfg, model_path = load_run(run_dir)
     model = load_keras(model_path)
+    mode = tta_of(cfg) if tta is None else tta
+    if stack_dir is not None and mode != tta_of(cfg):
+        raise UsageError("--tta predicts with other test-time views; a stack folder's stacker learned from its cv "
+                         f"folder's own. Received: tta={tta!r} with {stack_dir!r}")
     calibration = Calibration.load(run_dir)
+    if tta_label(cfg, "val", tta, run_dir)[1] != "val":  # other views: calibrated with them, before the build
+        if ensemble is not None:
+            from ichtrain.cv import pooled_out_of_fold
+
+            ensemble = pooled_out_of_fold(run_dir, len(ensemble.folds), tta=mode)["ensemble"]
+        else:
+            from ichtrain.calibration import fit_run_calibration
+            from ichtrain.data import run_stream
+
+            calibration = fit_run_calibration(run_stream(cfg), model, input_options(cfg), cfg["alpha"], tta=mode)
     if calibration is None and ensemble is None:
         print(f"ichtrain: warning: {run_dir} has no calibration.json; writing the model's raw probabilities "
               "(rerun 'ichtrain fit' with the same arguments to calibrate it)", file=stream_err)
@@ -74,14 +91,14 @@ def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_
         if stack_dir is not None:
             from ichtrain.series import series_rows
 
-            z = np.mean([_fold_logits(d, stream, ok, batch_size) for d in members], axis=0)
+            z = np.mean([_fold_logits(d, stream, ok, batch_size, mode) for d in members], axis=0)
             probs = stack_probabilities(stack_dir, z, [np.searchsorted(ok, g) for g in series_rows(stream, ok)])
         elif ensemble is not None:
-            probs = ensemble.apply([_fold_logits(d, stream, ok, batch_size) for d in members])
+            probs = ensemble.apply([_fold_logits(d, stream, ok, batch_size, mode) for d in members])
         elif cfg["model"] == "series":  # DICOMs -> store -> slice model -> embeddings -> series model
             probs = _series_probs(cfg, model, stream, ok, batch_size)
         else:
-            _, probs = predict_rows(model, stream, batch_size, rows=ok, tta=tta_of(cfg), **input_options(cfg))
+            _, probs = predict_rows(model, stream, batch_size, rows=ok, tta=mode, **input_options(cfg))
         if calibration is not None:
             probs = calibration.apply(probs)
         rejects = stream.info.rejects
@@ -96,10 +113,10 @@ def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_
     return dict(slices=int(ok.size), rejected=len(rejects), out=out_csv, build=result.summary())
 
 
-def _fold_logits(fold_dir: str, stream, ok: np.ndarray, batch_size: int) -> np.ndarray:
-    """One fold model's raw logits on the rows ``ok`` plus its prior-shift offset (its own TTA)."""
+def _fold_logits(fold_dir: str, stream, ok: np.ndarray, batch_size: int, tta: str) -> np.ndarray:
+    """One fold model's raw logits on the rows ``ok`` with the views ``tta``, plus its prior-shift offset."""
     cfg, path = load_run(fold_dir)
-    _, p = predict_rows(load_keras(path), stream, batch_size, rows=ok, tta=tta_of(cfg), **input_options(cfg))
+    _, p = predict_rows(load_keras(path), stream, batch_size, rows=ok, tta=tta, **input_options(cfg))
     cal = Calibration.load(fold_dir)
     return logit(p) + (np.asarray(cal.offset) if cal is not None else 0.0)
 

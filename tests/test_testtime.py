@@ -161,3 +161,56 @@ def test_a_bad_tta_exits_2_with_one_line(crop_run, capsys, argv, fragment):
     assert main([crop_run if a == "RUN" else a for a in argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert fragment in err[-1]
+
+
+def test_predict_with_other_views_writes_what_evaluate_gives_with_them(crop_run, synth_corpus, tmp_path, capsys):
+    """predict --tta none on the training DICOMs: each test slice's probabilities are those of evaluate --tta
+    none (the same views, the same refitted calibration), not the run's own flip+crop ones."""
+    import csv
+
+    from ichtrain.data import run_stream
+    from ichtrain.run import read_record
+
+    assert main(["evaluate", crop_run, "--split", "test", "--tta", "none"]) == 0
+    assert main(["predict", crop_run, synth_corpus["dicom_dir"], "--out", str(tmp_path / "sub.csv"),
+                 "--tta", "none"]) == 0
+    capsys.readouterr()
+    got = {}
+    with open(tmp_path / "sub.csv") as fh:
+        for r in csv.DictReader(fh):
+            sop, label = r["ID"].rsplit("_", 1)
+            got.setdefault(sop, {})[label] = float(r["Label"])
+    sops = run_stream(read_record(crop_run)).sop_uids
+    from ichprep.labels import SUBTYPES
+
+    for name, atol in (("predictions-test-tta-none.npz", 2e-6), ("predictions-test.npz", None)):
+        with np.load(os.path.join(crop_run, name)) as d:
+            want, rows = d["y_prob"], d["rows"]
+        mine = np.array([[got[sops[r]][s] for s in SUBTYPES] for r in rows])
+        if atol:
+            np.testing.assert_allclose(mine, want, atol=atol)
+        else:  # the run's own views give other probabilities
+            assert np.abs(mine - want).max() > 1e-4
+
+
+def test_predict_a_cv_folder_with_other_views_and_a_stack_folder_refuses_them(cv_dir, synth_corpus, tmp_path,
+                                                                             capsys):
+    """A cv folder's ensemble is refitted with the views (its folds' test patients predicted with them): the
+    submission differs from the folds' own views; a stack folder refuses other views with one line."""
+    def read(path):
+        with open(path) as fh:
+            return np.array([float(line.rsplit(",", 1)[1]) for line in fh.read().splitlines()[1:]])
+
+    own, other = tmp_path / "own.csv", tmp_path / "other.csv"
+    assert main(["predict", str(cv_dir), synth_corpus["dicom_dir"], "--out", str(own)]) == 0
+    assert main(["predict", str(cv_dir), synth_corpus["dicom_dir"], "--out", str(other), "--tta", "flip+crop"]) == 0
+    a, b = read(own), read(other)
+    assert a.shape == b.shape and np.abs(a - b).max() > 1e-4 and ((b > 0) & (b < 1)).all()
+    stack = tmp_path / "stack"
+    assert main(["stack", str(cv_dir), "--out", str(stack), "--epochs", "1", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(stack), synth_corpus["dicom_dir"], "--out", str(tmp_path / "s.csv"),
+                 "--tta", "none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "stack folder" in err[0]
+    assert main(["evaluate", str(stack), "--tta", "none"]) == 2
