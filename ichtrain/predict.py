@@ -65,17 +65,7 @@ def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_
     if stack_dir is not None and mode != tta_of(cfg):
         raise UsageError("--tta predicts with other test-time views; a stack folder's stacker learned from its cv "
                          f"folder's own. Received: tta={tta!r} with {stack_dir!r}")
-    calibration = Calibration.load(run_dir)
-    if tta_label(cfg, "val", tta, run_dir)[1] != "val":  # other views: calibrated with them, before the build
-        if ensemble is not None:
-            from ichtrain.cv import pooled_out_of_fold
-
-            ensemble = pooled_out_of_fold(run_dir, len(ensemble.folds), tta=mode)["ensemble"]
-        else:
-            from ichtrain.calibration import fit_run_calibration
-            from ichtrain.data import run_stream
-
-            calibration = fit_run_calibration(run_stream(cfg), model, input_options(cfg), cfg["alpha"], tta=mode)
+    calibration, ensemble = _calibrations(run_dir, cfg, model, ensemble, tta)
     if calibration is None and ensemble is None:
         print(f"ichtrain: warning: {run_dir} has no calibration.json; writing the model's raw probabilities "
               "(rerun 'ichtrain fit' with the same arguments to calibrate it)", file=stream_err)
@@ -111,6 +101,23 @@ def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_
     for r in rejects:
         print(f"ichtrain: could not read {r['file']}: {r['reason']} ({r['message']})", file=stream_err)
     return dict(slices=int(ok.size), rejected=len(rejects), out=out_csv, build=result.summary())
+
+
+def _calibrations(run_dir: str, cfg: dict, model, ensemble, tta: str | None):
+    """(the run's calibration, the cv folder's ensemble) for the views ``tta``: as saved for the run's own,
+    else refitted with them (before any build: a missing training store is said before the DICOMs are read)."""
+    calibration = Calibration.load(run_dir)
+    mode, label = tta_label(cfg, "val", tta, run_dir)
+    if label == "val":
+        return calibration, ensemble
+    if ensemble is not None:
+        from ichtrain.cv import pooled_out_of_fold
+
+        return calibration, pooled_out_of_fold(run_dir, len(ensemble.folds), tta=mode)["ensemble"]
+    from ichtrain.calibration import fit_run_calibration
+    from ichtrain.data import run_stream
+
+    return fit_run_calibration(run_stream(cfg), model, input_options(cfg), cfg["alpha"], tta=mode), ensemble
 
 
 def _fold_logits(fold_dir: str, stream, ok: np.ndarray, batch_size: int, tta: str) -> np.ndarray:
