@@ -172,6 +172,7 @@ def test_predict_with_other_views_writes_what_evaluate_gives_with_them(crop_run,
     from ichtrain.run import read_record
 
     assert main(["evaluate", crop_run, "--split", "test", "--tta", "none"]) == 0
+    assert main(["evaluate", crop_run, "--split", "test"]) == 0  # the run's own views
     assert main(["predict", crop_run, synth_corpus["dicom_dir"], "--out", str(tmp_path / "sub.csv"),
                  "--tta", "none"]) == 0
     capsys.readouterr()
