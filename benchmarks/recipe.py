@@ -10,7 +10,8 @@ earns its place in ``--recipe`` defaults only where its difference is below zero
 test-time view set (``ichtrain evaluate --tta none|flip|flip+crop``, each calibrated with its views): the views'
 own effect, free of the training noise between two fits.
 
-    python benchmarks/recipe.py [--set parts|windows|tta] [--studies 60] [--seeds 0,1,2] [--epochs 10] [--json out.json]
+    python benchmarks/recipe.py [--set parts|windows|tta] [--studies 60] [--seeds 0,1,2] [--epochs 10] [--cv K]
+                                [--json out.json]
 
 About 2 minutes per fit on 2 CPU cores at the defaults (5 fits per seed with --set parts, 3 with windows).
 """
@@ -56,17 +57,19 @@ def measure(work: str, args) -> dict:
                        str(args.corpus_seed), "--quiet"])
         _run(ichprep, ["build", os.path.join(src, "dicom"), "--out", store, "--labels", os.path.join(src, "labels.csv"),
                        "--preset", "hu", "--salt", args.salt, "--quiet"])
-    common = ["--epochs", str(args.epochs), "--image-size", str(args.image_size), "--split", args.split, "--quiet"]
+    common = ["--epochs", str(args.epochs), "--image-size", str(args.image_size), "--quiet"]
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         t0 = time.perf_counter()
-        runs = {name: os.path.join(work, f"seed{seed}-{name}") for name in args.variants}
+        kind = f"cv{args.cv}" if args.cv else "seed"
+        runs = {name: os.path.join(work, f"{kind}{seed}-{name}") for name in args.variants}
         for name, extra in args.variants.items():
-            _run(ichtrain, ["fit", store, "--out", runs[name], "--seed", str(seed), *common, *extra])
+            how = ["cv", store, "--folds", str(args.cv)] if args.cv else ["fit", store, "--split", args.split]
+            _run(ichtrain, [*how, "--out", runs[name], "--seed", str(seed), *common, *extra])
         judged = [(name, None) for name in runs] if args.set != "tta" else \
             [(f"{name} tta={mode}", mode) for name in runs for mode in TTA_JUDGED]
         if args.set == "tta":
-            res = _judge_views(runs, bootstrap=1000)
+            res = _judge_views(runs, bootstrap=1000, cv=bool(args.cv))
         else:
             res = compare(list(runs.values()), "test")
         row = dict(seed=seed, patients=res["patients"], slices=res["slices"], seconds=round(time.perf_counter() - t0),
@@ -79,11 +82,13 @@ def measure(work: str, args) -> dict:
                 image_size=args.image_size, split=args.split, seeds=rows)
 
 
-def _judge_views(runs: dict, bootstrap: int) -> dict:
-    """Each run on its test patients with each of :data:`TTA_JUDGED` (the first being the run's own), paired
-    against the same run without views: rows in the order of ``runs`` then the views, as ``compare`` gives them."""
+def _judge_views(runs: dict, bootstrap: int, cv: bool = False) -> dict:
+    """Each run on its test patients (a cv folder: its pooled out-of-fold predictions) with each of
+    :data:`TTA_JUDGED`, paired against the same run without views: rows in the order of ``runs`` then the
+    views, as ``compare`` gives them."""
     import numpy as np
 
+    from ichtrain.cv import pooled_out_of_fold
     from ichtrain.data import run_stream
     from ichtrain.evaluate import evaluate, tta_label
     from ichtrain.metrics import paired_bootstrap
@@ -91,14 +96,19 @@ def _judge_views(runs: dict, bootstrap: int) -> dict:
 
     table = []
     for run in runs.values():
-        cfg = read_record(run)
         preds = []
         for mode in TTA_JUDGED:
+            if cv:
+                pooled = pooled_out_of_fold(run, tta=mode)
+                y, groups = pooled["y"], pooled["groups"]
+                preds.append(pooled["p"])
+                continue
+            cfg = read_record(run)
             evaluate(run, "test", tta=mode)
             with np.load(RunDir(run).predictions(tta_label(cfg, "test", mode, run)[1])) as d:
                 y, rows = d["y_true"], d["rows"]
                 preds.append(d["y_prob"])
-        groups = run_stream(cfg).groups[rows].astype(str)
+            groups = run_stream(cfg).groups[rows].astype(str)
         table += paired_bootstrap(y, preds, groups, bootstrap)
     return dict(patients=int(np.unique(groups).size), slices=int(len(y)), runs=table)
 
@@ -134,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="parts: plain, --augment light, --tta flip, --crop head, all three; windows: plain, tta+crop, "
                         "tta+crop with the brain/subdural/bone windows; tta: plain and three windows with head crops, "
                         "each judged with --tta none, flip and flip+crop")
+    p.add_argument("--cv", type=int, default=0, metavar="K",
+                   help="run each variant as 'ichtrain cv --folds K' (one per seed) and judge the pooled out-of-fold "
+                        "predictions, every patient once, instead of one split's test patients")
     p.add_argument("--work", help="keep the corpus, store and runs here (default: a temporary folder)")
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args(argv)

@@ -64,11 +64,32 @@ def _trilinear(f, x, y, z):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _trilinear_pair(f, h, x, y, z):
+    """:func:`_trilinear` of two fields at one point, the weights and indices computed once (the same
+    arithmetic, so the same values)."""
+    n = f.shape[0]
+    fx, fy, fz = x / FIELD_MM, y / FIELD_MM, z / FIELD_MM
+    ix, iy, iz = math.floor(fx), math.floor(fy), math.floor(fz)
+    tx, ty, tz = fx - ix, fy - iy, fz - iz
+    i0, j0, k0 = int(ix) % n, int(iy) % n, int(iz) % n
+    i1, j1, k1 = (i0 + 1) % n, (j0 + 1) % n, (k0 + 1) % n
+    c00 = f[i0, j0, k0] * (1 - tx) + f[i1, j0, k0] * tx
+    c10 = f[i0, j1, k0] * (1 - tx) + f[i1, j1, k0] * tx
+    c01 = f[i0, j0, k1] * (1 - tx) + f[i1, j0, k1] * tx
+    c11 = f[i0, j1, k1] * (1 - tx) + f[i1, j1, k1] * tx
+    d00 = h[i0, j0, k0] * (1 - tx) + h[i1, j0, k0] * tx
+    d10 = h[i0, j1, k0] * (1 - tx) + h[i1, j1, k0] * tx
+    d01 = h[i0, j0, k1] * (1 - tx) + h[i1, j0, k1] * tx
+    d11 = h[i0, j1, k1] * (1 - tx) + h[i1, j1, k1] * tx
+    return ((c00 * (1 - ty) + c10 * ty) * (1 - tz) + (c01 * (1 - ty) + c11 * ty) * tz,
+            (d00 * (1 - ty) + d10 * ty) * (1 - tz) + (d01 * (1 - ty) + d11 * ty) * tz)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _sulcus_mm(field, grad, x, y, z, scale):
     """Distance (mm) to the field's zero set, the field sampled at ``scale`` x its frequency."""
-    g = _trilinear(field, x * scale, y * scale, z * scale)
-    d = _trilinear(grad, x * scale, y * scale, z * scale) * scale
-    return abs(g) / max(d, 1e-3)
+    g, d = _trilinear_pair(field, grad, x * scale, y * scale, z * scale)
+    return abs(g) / max(d * scale, 1e-3)
 
 
 @njit(cache=True, nogil=True, inline="always")
