@@ -38,6 +38,7 @@ from ichprep.executor import (
     task_size,
 )
 from ichprep.buildconfig import BuildConfig, BuildResult, file_key, same_params
+from ichprep.diskspace import disk_full_error
 from ichprep.labels import UNLABELLED, inconsistent_any, read_labels, type_codes
 from ichprep.outlock import output_lock
 from ichprep.progress import ProgressBar
@@ -289,7 +290,7 @@ def disk_full_as_store_error(out: str):
         yield
     except OSError as exc:
         if exc.errno == errno.ENOSPC and not isinstance(exc, IchprepError):
-            raise st.disk_full_error(out) from None
+            raise disk_full_error(out) from None
         raise
 
 

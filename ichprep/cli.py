@@ -100,12 +100,13 @@ def _cmd_synth(args) -> int:
 
 def info_dict(url: str) -> dict:
     from ichprep import store as st
+    from ichprep.diskspace import size_on_disk
     from ichprep.labels import TYPE_TABLE
 
     _, info = st.read_info(url)
     raw_bytes = info.n * info.image_size ** 2 * info.channels * 2
-    on_disk = st.size_on_disk(url)
-    image_disk = st.size_on_disk(os.path.join(url, "images")) if on_disk is not None else None
+    on_disk = size_on_disk(url)
+    image_disk = size_on_disk(os.path.join(url, "images")) if on_disk is not None else None
     return dict(
         store=url, complete=info.complete, slices=info.n, channels=info.channels,
         dtype="int16 Hounsfield units" if info.hu else "float16", schema_version=info.schema_version,

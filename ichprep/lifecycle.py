@@ -9,8 +9,8 @@ import numpy as np
 import zarr
 
 from ichprep.errors import REJECT_REASONS, StoreError
-from ichprep.store import (APPENDING, ATTRS_KEY, REPAIRING, ROW_ARRAYS, SHARD_DONE, STATUS, generations, get_attrs,
-                           set_attrs)
+from ichprep.store import (APPENDING, ATTRS_KEY, REPAIRING, SHARD_DONE, STATUS, generations, get_attrs,
+                           row_arrays, set_attrs)
 
 __all__ = ["gap_rows", "begin_append", "append_metadata_written", "cancel_append", "end_append", "clear_shard_done",
            "begin_repair", "end_repair", "forget_repair", "repairing_shards"]
@@ -39,7 +39,7 @@ def begin_append(g: zarr.Group, rows_before: int, start: int, n: int, generation
 
 
 def _resize_rows(g: zarr.Group, n: int) -> None:
-    for name in ROW_ARRAYS:
+    for name in row_arrays(g):
         g[name].resize((n,) + g[name].shape[1:])
     g["images"].resize((n,) + g["images"].shape[1:])
     S = g["images"].shards[0] if g["images"].shards else g["images"].chunks[0]

@@ -24,7 +24,7 @@ import math
 import numpy as np
 from numba import njit
 
-from ichprep.wavefield import FIELD_MM, FIELD_N, make_field  # noqa: F401 (re-exported)
+from ichprep.wavefield import FIELD_MM, FIELD_N, make_field, sulcus_mm, trilinear  # noqa: F401 (re-exported)
 
 __all__ = ["N_COLUMNS", "Material", "FIELD_N", "FIELD_MM", "make_field", "render_plane"]
 
@@ -46,50 +46,6 @@ class Material:
 
 CSF_HU = 8.0
 SEAL_MM = 55.0  # primitives this wide (mm, both axes) hide what lies below them: see _seal_kernel
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _trilinear(f, x, y, z):
-    n = f.shape[0]
-    fx, fy, fz = x / FIELD_MM, y / FIELD_MM, z / FIELD_MM
-    ix, iy, iz = math.floor(fx), math.floor(fy), math.floor(fz)
-    tx, ty, tz = fx - ix, fy - iy, fz - iz
-    i0, j0, k0 = int(ix) % n, int(iy) % n, int(iz) % n
-    i1, j1, k1 = (i0 + 1) % n, (j0 + 1) % n, (k0 + 1) % n
-    c00 = f[i0, j0, k0] * (1 - tx) + f[i1, j0, k0] * tx
-    c10 = f[i0, j1, k0] * (1 - tx) + f[i1, j1, k0] * tx
-    c01 = f[i0, j0, k1] * (1 - tx) + f[i1, j0, k1] * tx
-    c11 = f[i0, j1, k1] * (1 - tx) + f[i1, j1, k1] * tx
-    return (c00 * (1 - ty) + c10 * ty) * (1 - tz) + (c01 * (1 - ty) + c11 * ty) * tz
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _trilinear_pair(f, h, x, y, z):
-    """:func:`_trilinear` of two fields at one point, the weights and indices computed once (the same
-    arithmetic, so the same values)."""
-    n = f.shape[0]
-    fx, fy, fz = x / FIELD_MM, y / FIELD_MM, z / FIELD_MM
-    ix, iy, iz = math.floor(fx), math.floor(fy), math.floor(fz)
-    tx, ty, tz = fx - ix, fy - iy, fz - iz
-    i0, j0, k0 = int(ix) % n, int(iy) % n, int(iz) % n
-    i1, j1, k1 = (i0 + 1) % n, (j0 + 1) % n, (k0 + 1) % n
-    c00 = f[i0, j0, k0] * (1 - tx) + f[i1, j0, k0] * tx
-    c10 = f[i0, j1, k0] * (1 - tx) + f[i1, j1, k0] * tx
-    c01 = f[i0, j0, k1] * (1 - tx) + f[i1, j0, k1] * tx
-    c11 = f[i0, j1, k1] * (1 - tx) + f[i1, j1, k1] * tx
-    d00 = h[i0, j0, k0] * (1 - tx) + h[i1, j0, k0] * tx
-    d10 = h[i0, j1, k0] * (1 - tx) + h[i1, j1, k0] * tx
-    d01 = h[i0, j0, k1] * (1 - tx) + h[i1, j0, k1] * tx
-    d11 = h[i0, j1, k1] * (1 - tx) + h[i1, j1, k1] * tx
-    return ((c00 * (1 - ty) + c10 * ty) * (1 - tz) + (c01 * (1 - ty) + c11 * ty) * tz,
-            (d00 * (1 - ty) + d10 * ty) * (1 - tz) + (d01 * (1 - ty) + d11 * ty) * tz)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _sulcus_mm(field, grad, x, y, z, scale):
-    """Distance (mm) to the field's zero set, the field sampled at ``scale`` x its frequency."""
-    g, d = _trilinear_pair(field, grad, x * scale, y * scale, z * scale)
-    return abs(g) / max(d * scale, 1e-3)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -160,31 +116,31 @@ def _material_value(p, k, cur, x, y, z, lu, lv, depth, field, grad):
     val, val2 = p[k, VAL], p[k, VAL2]
     if m == 0:  # CONST
         if val2 != 0.0:
-            return val + val2 * _trilinear(field, x * 1.3 + 50.0, y * 1.3, z * 1.3), 1.0
+            return val + val2 * trilinear(field, x * 1.3 + 50.0, y * 1.3, z * 1.3), 1.0
         return val, 1.0
     if m == 1 or m == 2:  # BRAIN, CEREBELLUM
         csf_surface = p[k, P2]
         half_width = p[k, P3]
         if m == 1:
-            s = _sulcus_mm(field, grad, x, y, z, 1.0)
+            s = sulcus_mm(field, grad, x, y, z, 1.0)
             cortex = 2.7
         else:
-            s = _sulcus_mm(field, grad, x, y, z, 2.5)
+            s = sulcus_mm(field, grad, x, y, z, 2.5)
             cortex = 1.6
         if depth < csf_surface:
             return CSF_HU, 1.0
         d = depth - csf_surface
         # sulci open and close along their length, and reach up to P1 mm deep: a slow field modulates both
-        m = _clamp01(_trilinear(field, x * 0.31 + 23.0, y * 0.31, z * 0.31) * 0.8 + 0.5)
+        m = _clamp01(trilinear(field, x * 0.31 + 23.0, y * 0.31, z * 0.31) * 0.8 + 0.5)
         in_folds = _clamp01((p[k, P1] * (0.5 + 0.6 * m) - d) / 2.0 + 0.5)
         csf = _clamp01((half_width * (0.15 + 1.5 * m) - s) / 0.8 + 0.5) * in_folds
         grey = max(_clamp01((cortex - d) / 1.2 + 0.5), _clamp01((half_width + cortex - s) / 1.2 + 0.5) * in_folds)
         v = val2 + (val - val2) * grey
         return v + (CSF_HU - v) * csf, 1.0
     if m == 3:  # DIPLOE
-        return val + val2 * _trilinear(field, x * 1.7 + 11.0, y * 1.7, z * 1.7), 1.0
+        return val + val2 * trilinear(field, x * 1.7 + 11.0, y * 1.7, z * 1.7), 1.0
     if m == 4:  # AIR_CELLS
-        s = _sulcus_mm(field, grad, x + 7.0, y, z, 2.8)
+        s = sulcus_mm(field, grad, x + 7.0, y, z, 2.8)
         septa = _clamp01((0.45 - s) / 0.4 + 0.5)
         return val + (val2 - val) * septa, 1.0
     if m == 5:  # FILL_CSF: blood replaces what is as dark as CSF

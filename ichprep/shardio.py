@@ -13,7 +13,7 @@ import numpy as np
 import zarr
 
 from ichprep.errors import DamagedShardError, StoreError
-from ichprep.store import HU_MAX, HU_MIN, SHARD_DONE, STATUS, fast_codec_pipeline
+from ichprep.store import HEAD_BOX, HU_MAX, HU_MIN, SHARD_DONE, STATUS, fast_codec_pipeline
 
 __all__ = ["shard_encoder", "shard_reader", "ShardReader", "Shard", "chunk_encoder", "write_shard"]
 
@@ -262,8 +262,9 @@ def _write_object(array: zarr.Array, chunk_coords: tuple[int, ...], data: bytes)
     sync((array.store_path / key).set(default_buffer_prototype().buffer.from_bytes(data)))
 
 
-def write_shard(g: zarr.Group, shard: int, images: np.ndarray, hu_min, hu_max, status) -> None:
-    """Write one whole shard (images and its per-slice chunks), then mark it done.
+def write_shard(g: zarr.Group, shard: int, images: np.ndarray, hu_min, hu_max, status, head_box=None) -> None:
+    """Write one whole shard (images and its per-slice chunks; ``head_box`` (n, 4): the head box columns, where
+    the store has them), then mark it done.
 
     A misaligned write is an error: partial-shard writes from concurrent tasks lose data in Zarr v3
     (zarr-python #3514, #3682).
@@ -280,7 +281,10 @@ def write_shard(g: zarr.Group, shard: int, images: np.ndarray, hu_min, hu_max, s
     else:
         with fast_codec_pipeline():
             g["images"][start:stop] = images
-    for name, values in ((HU_MIN, hu_min), (HU_MAX, hu_max), (STATUS, status)):
+    columns = [(HU_MIN, hu_min), (HU_MAX, hu_max), (STATUS, status)]
+    if head_box is not None and HEAD_BOX[0] in g:
+        columns += [(name, head_box[:, k]) for k, name in enumerate(HEAD_BOX)]
+    for name, values in columns:
         _write_rows(g[name], shard, start, stop, values)
     _write_rows(g[SHARD_DONE], shard, shard, shard + 1, np.ones(1, np.uint8))  # last: done means all written
 

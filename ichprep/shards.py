@@ -12,6 +12,7 @@ from ichprep import store as st
 from ichprep.decode import ReadBuffer, read_raw
 from ichprep.errors import REJECT_REASONS, RejectError
 from ichprep.executor import reuse_freed_memory
+from ichprep.headbox import hu_head_box
 from ichprep.kernels import channel_params, hu_slice, window_slice
 from ichprep.pixels import fit_size, hu_float
 from ichprep.scan import SliceHeader
@@ -46,6 +47,8 @@ def process_shard(url: str, shard: int, headers: list[SliceHeader], windows_list
     hu_store = is_hu(windows)
     C = len(windows)
     n = len(headers)
+    g = st.open_for_write(url)
+    boxes = np.full((n, 4), -1, np.int16) if st.HEAD_BOX[0] in g else None  # schema 5: each slice's head box
     images = np.empty((n, size, size, C), np.int16 if hu_store else np.float16)  # every row written (a reject's: 0)
     hu_min = np.full(n, np.nan, np.float32)
     hu_max = np.full(n, np.nan, np.float32)
@@ -60,26 +63,20 @@ def process_shard(url: str, shard: int, headers: list[SliceHeader], windows_list
             continue
         try:
             raw = read_raw(h, file_buffer)
-            if hu_store:  # HU themselves, int16; a slice to resize is resampled in float32 first, then rounded
-                if raw.shape != (size, size):
-                    raw = fit_size(hu_float(raw, h.slope, h.effective_intercept, h.fix12), on_size, size)
-                    _, a, b, _ = hu_slice(raw, 1.0, 0.0, False, out=images[i, :, :, 0])
-                else:
-                    _, a, b, _ = hu_slice(raw, h.slope, h.effective_intercept, h.fix12, out=images[i, :, :, 0])
-                hu_min[i], hu_max[i] = a, b
-                continue
-            lo, scale, is_full = channel_params(windows, h.window_center, h.window_width)
-            if raw.shape == (size, size):
-                _, a, b = window_slice(raw, h.slope, h.effective_intercept, h.fix12, lo, scale, is_full,
-                                       out=images[i], row_scratch=scratch)
+            rescale = (h.slope, h.effective_intercept, h.fix12)
+            if raw.shape != (size, size):  # resampled in float32 HU first (an hu store's then rounded)
+                raw, rescale = fit_size(hu_float(raw, *rescale), on_size, size), (1.0, 0.0, False)
+            if hu_store:  # HU themselves, int16
+                _, a, b, _ = hu_slice(raw, *rescale, out=images[i, :, :, 0])
             else:
-                hu = fit_size(hu_float(raw, h.slope, h.effective_intercept, h.fix12), on_size, size)
-                _, a, b = window_slice(hu, 1.0, 0.0, False, lo, scale, is_full, out=images[i], row_scratch=scratch)
+                lo, scale, is_full = channel_params(windows, h.window_center, h.window_width)
+                _, a, b = window_slice(raw, *rescale, lo, scale, is_full, out=images[i], row_scratch=scratch)
             hu_min[i], hu_max[i] = a, b
+            if boxes is not None:
+                boxes[i] = hu_head_box(raw, *rescale)
         except RejectError as exc:
             images[i] = 0
             status[i] = REJECT_REASONS[exc.reason]
             rejects.append((h.path, exc.reason, exc.message))
-    g = st.open_for_write(url)
-    write_shard(g, shard, images, hu_min, hu_max, status)
+    write_shard(g, shard, images, hu_min, hu_max, status, boxes)
     return rejects

@@ -62,9 +62,11 @@ __all__ = [
     "get_attrs",
     "is_store_folder",
     "SHARD_ARRAYS",
+    "HEAD_BOX",
+    "head_boxes",
+    "row_arrays",
     "SHARD_DONE",
     "set_attrs",
-    "disk_full_error",
     "why_unreadable",
 ]
 
@@ -73,10 +75,13 @@ __all__ = [
 # silently wrong value. Versions 1 and 2 (without checksums) are still read.
 # 4: the file_key column (a digest of each row's file: its path under the source, size and modification
 # time) and generations, so ``ichprep build --append`` adds new files without reading the known ones.
-SCHEMA_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+# 5: each slice's head box (ichprep.headbox.hu_head_box) in four int16 columns written with its shard, so a
+# reader crops to the head without finding it. Appends to an older store keep its schema (no boxes).
+SCHEMA_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 CHECKSUMMED_VERSION = 3
 APPENDABLE_VERSION = 4
+HEAD_BOX_VERSION = 5
 ATTRS_KEY = "ichprep"
 REPAIRING = "repairing"  # attribute: the shards a repair has started and not finished (ichprep.lifecycle)
 APPENDING = "appending"  # attribute: an append begun and not finished (its rows, generation, progress)
@@ -85,7 +90,10 @@ META_ARRAYS_V1 = ("sop_uid", "study_uid", "series_uid", "patient", "position_z",
 META_ARRAYS = META_ARRAYS_V1 + ("window_center", "window_width")
 HU_MIN, HU_MAX, STATUS = "hu_min", "hu_max", "status"
 SHARD_ARRAYS = (HU_MIN, HU_MAX, STATUS)  # per-slice columns written by the shard tasks, one chunk per shard
-ROW_ARRAYS = META_ARRAYS + (FILE_KEY,) + SHARD_ARRAYS  # every per-row array (an append grows them together)
+# The head box of each slice (schema 5): top, left, bottom, right pixel bounds, end-exclusive; -1 where the
+# slice is not usable. Written by the shard tasks like SHARD_ARRAYS, absent from older stores.
+HEAD_BOX = ("head_top", "head_left", "head_bottom", "head_right")
+ROW_ARRAYS = META_ARRAYS + (FILE_KEY,) + SHARD_ARRAYS  # every per-row array of schema 4 (an append grows them)
 SHARD_DONE = "shard_done"  # per-shard build mark (1 when the shard's pixels are written), one chunk per shard
 
 
@@ -116,7 +124,7 @@ def create_store(url: str, n: int, channels: int, shard_slices: int, codec: str,
                        compressors=meta_compressors())
     # Written by the shard tasks: one chunk per shard, so no two tasks touch one chunk.
     for name, dtype, fill in ((HU_MIN, "float32", float("nan")), (HU_MAX, "float32", float("nan")),
-                              (STATUS, "uint8", 0)):
+                              (STATUS, "uint8", 0), *((b, "int16", -1) for b in HEAD_BOX)):
         g.create_array(name, shape=(n,), chunks=(S,), dtype=dtype, fill_value=fill, compressors=meta_compressors())
     n_shards = -(-n // S)
     g.create_array(SHARD_DONE, shape=(n_shards,), chunks=(1,), dtype="uint8", fill_value=0,
@@ -262,18 +270,21 @@ class StoreInfo:
 
 
 # Per-row columns (one value per slice) and how they read back.
-COLUMNS = META_ARRAYS + SHARD_ARRAYS + (FILE_KEY,)
+COLUMNS = META_ARRAYS + SHARD_ARRAYS + (FILE_KEY,) + HEAD_BOX
 _TEXT_COLUMNS = frozenset({"sop_uid", "study_uid", "series_uid", "patient"})
 
 
 def column(g: zarr.Group, name: str, rows=None) -> np.ndarray:
     """One per-row column (all rows, or ``rows``): text columns as object arrays of str. A column newer
-    than the store's schema (window_center/width of a version 1 store) reads as NaN."""
+    than the store's schema reads as NaN (window_center/width of a version 1 store) or -1 (a head box before
+    version 5)."""
     if name not in COLUMNS:
         raise SchemaError(f"Expected a store column, one of {', '.join(COLUMNS)}. Received: {name!r}")
     if name not in g and name not in META_ARRAYS_V1 + SHARD_ARRAYS:
         n = g["sop_uid"].shape[0]
         shape = n if rows is None else np.asarray(rows).shape
+        if name in HEAD_BOX:
+            return np.full(shape, -1, np.int16)
         return np.zeros(shape, np.uint64) if name == FILE_KEY else np.full(shape, np.nan, np.float32)
     try:
         values = g[name][:] if rows is None else g[name][rows]
@@ -281,6 +292,23 @@ def column(g: zarr.Group, name: str, rows=None) -> np.ndarray:
         raise StoreError(f"{g.store_path}: the {name} column {why_unreadable(exc)}: the store is damaged; run "
                          f"'ichprep verify {g.store_path}'") from None
     return np.asarray(values, dtype=object) if name in _TEXT_COLUMNS else np.asarray(values)
+
+
+def row_arrays(g: zarr.Group) -> tuple[str, ...]:
+    """Every per-row array the store has (:data:`ROW_ARRAYS`, and the head box from schema 5)."""
+    return ROW_ARRAYS + (HEAD_BOX if HEAD_BOX[0] in g else ())
+
+
+def head_boxes(g: zarr.Group) -> np.ndarray | None:
+    """(n, 4) int16 head boxes (top, left, bottom, right; -1 for unusable slices), or None for a store from
+    before they were stored (schema < 5, or appended to as one)."""
+    if HEAD_BOX[0] not in g:
+        return None
+    try:
+        return np.stack([np.asarray(g[name][:]) for name in HEAD_BOX], axis=1)
+    except Exception as exc:
+        raise StoreError(f"{g.store_path}: the head box columns {why_unreadable(exc)}: the store is damaged; run "
+                         f"'ichprep verify {g.store_path}'") from None
 
 
 def why_unreadable(exc: BaseException) -> str:
@@ -341,43 +369,3 @@ def open_store(url: str, require_complete: bool = True) -> tuple[zarr.Group, Sto
 def read_info(url: str) -> tuple[zarr.Group, StoreInfo]:
     """Open for inspection: incomplete stores are allowed (callers say so)."""
     return open_store(url, require_complete=False)
-
-
-def size_on_disk(url: str) -> int | None:
-    """Bytes under a local store directory (None for remote URLs)."""
-    if "://" in str(url) and not str(url).startswith("file://"):
-        return None
-    root = str(url).removeprefix("file://")
-    total = 0
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            try:
-                total += os.path.getsize(os.path.join(dirpath, f))
-            except OSError:
-                pass
-    return total
-
-
-def disk_full_error(url: str) -> StoreError:
-    """The one line for a full disk under the store at ``url``: the space free now and about how much more
-    the build needs (from the shards written so far; before any, the uncompressed size as an upper bound)."""
-    import shutil
-
-    root = str(url).removeprefix("file://")
-    try:
-        free = f"{shutil.disk_usage(os.path.dirname(os.path.abspath(root)) or '.').free / 2**20:,.0f} MiB free"
-    except OSError:
-        free = "free space unknown"
-    need = "more space"
-    try:
-        g, info = read_info(url)
-        done = done_shards(g)
-        written = size_on_disk(os.path.join(root, "images"))
-        if done.any() and written:
-            need = f"about {written / done.sum() * (~done).sum() / 2**20:,.0f} MiB more"
-        else:
-            need = f"at most {info.n * info.image_size ** 2 * info.channels * 2 / 2**20:,.0f} MiB"
-    except Exception:  # the store itself may not have been created yet: say what is known
-        pass
-    return StoreError(f"no space left on the device of {url!r} ({free}); the build needs {need} to finish. "
-                      "Free space (or choose another --out) and rerun the same command: finished shards are kept")

@@ -164,6 +164,7 @@ def verify(url: str, source: str | None = None, sample: int = 16, seed: int = 0,
     if info.complete and counts.get("written") != int(ok.sum()):
         rep.problems.append(f"counts: attrs say {counts.get('written')} written, status says {int(ok.sum())}")
     _check_values(img, info, done, ok, (hu_min, hu_max), S, rep, console)
+    _check_head_boxes(g, info, S, trusted, rep)
     rep.checked["checksums"] = info.schema_version >= st.CHECKSUMMED_VERSION
     rep.checked.update(slices=n, shards_done=int(done.sum()), shards=int(done.size))
     if source is not None and "sop_uid" not in rep.damaged_columns:
@@ -216,6 +217,21 @@ def _column(g, name: str, rep: VerifyReport):
         rep.problems.append(f"{name}: {st.why_unreadable(exc)}; the column is damaged and "
                             "cannot be rebuilt from the DICOMs: rebuild the store with --overwrite")
         return None
+
+
+def _check_head_boxes(g, info, S: int, trusted: np.ndarray, rep: VerifyReport) -> None:
+    """A store of schema 5 holds every usable slice's head box inside the image (top < bottom, left < right)."""
+    if info.schema_version < st.HEAD_BOX_VERSION and st.HEAD_BOX[0] not in g:
+        return  # an older store, or one appended to as one: boxes are found when read
+    if any(name not in g or g[name].shape[0] != info.n for name in st.HEAD_BOX):
+        rep.problems.append(f"head box columns: missing or not {info.n} rows long ({', '.join(st.HEAD_BOX)})")
+        return
+    top, left, bottom, right = (_shard_column(g, name, S, info.n, rep, missing=-1) for name in st.HEAD_BOX)
+    size = info.image_size
+    fine = (0 <= top) & (top < bottom) & (bottom <= size) & (0 <= left) & (left < right) & (right <= size)
+    trusted = trusted & ~np.isin(np.arange(info.n), sorted(rep.unreadable_rows))
+    if info.complete and (trusted & ~fine).any():
+        rep.problems.append(f"head boxes: {int((trusted & ~fine).sum())} usable rows without a box inside the image")
 
 
 def _shard_column(g, name: str, S: int, n: int, rep: VerifyReport, missing=np.nan) -> np.ndarray:

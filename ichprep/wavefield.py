@@ -1,6 +1,6 @@
 """The random-wave field of ``ichprep synth`` version 2: a periodic sum of plane waves whose zero set folds the
 cortex into gyri and sulci (and, at other scales, the cerebellum's folia, diploe and air cells;
-:mod:`ichprep.phantom` samples it)."""
+:mod:`ichprep.phantom` samples it with the compiled lookups below)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["FIELD_N", "FIELD_MM", "make_field"]
+__all__ = ["FIELD_N", "FIELD_MM", "make_field", "trilinear", "trilinear_pair", "sulcus_mm"]
 
 FIELD_N = 48  # the random-wave field: FIELD_N^3 samples, FIELD_MM apart, periodic
 FIELD_MM = 4.0
@@ -58,3 +58,47 @@ def _field_kernel(a, b, c, wavevectors, scale, field, grad_norm):
                     gz -= e.imag * wavevectors[w, 2]
                 field[x, y, z] = f * scale
                 grad_norm[x, y, z] = math.sqrt(gx * gx + gy * gy + gz * gz) * scale
+
+
+@njit(cache=True, nogil=True, inline="always")
+def trilinear(f, x, y, z):
+    n = f.shape[0]
+    fx, fy, fz = x / FIELD_MM, y / FIELD_MM, z / FIELD_MM
+    ix, iy, iz = math.floor(fx), math.floor(fy), math.floor(fz)
+    tx, ty, tz = fx - ix, fy - iy, fz - iz
+    i0, j0, k0 = int(ix) % n, int(iy) % n, int(iz) % n
+    i1, j1, k1 = (i0 + 1) % n, (j0 + 1) % n, (k0 + 1) % n
+    c00 = f[i0, j0, k0] * (1 - tx) + f[i1, j0, k0] * tx
+    c10 = f[i0, j1, k0] * (1 - tx) + f[i1, j1, k0] * tx
+    c01 = f[i0, j0, k1] * (1 - tx) + f[i1, j0, k1] * tx
+    c11 = f[i0, j1, k1] * (1 - tx) + f[i1, j1, k1] * tx
+    return (c00 * (1 - ty) + c10 * ty) * (1 - tz) + (c01 * (1 - ty) + c11 * ty) * tz
+
+
+@njit(cache=True, nogil=True, inline="always")
+def trilinear_pair(f, h, x, y, z):
+    """:func:`trilinear` of two fields at one point, the weights and indices computed once (the same
+    arithmetic, so the same values)."""
+    n = f.shape[0]
+    fx, fy, fz = x / FIELD_MM, y / FIELD_MM, z / FIELD_MM
+    ix, iy, iz = math.floor(fx), math.floor(fy), math.floor(fz)
+    tx, ty, tz = fx - ix, fy - iy, fz - iz
+    i0, j0, k0 = int(ix) % n, int(iy) % n, int(iz) % n
+    i1, j1, k1 = (i0 + 1) % n, (j0 + 1) % n, (k0 + 1) % n
+    c00 = f[i0, j0, k0] * (1 - tx) + f[i1, j0, k0] * tx
+    c10 = f[i0, j1, k0] * (1 - tx) + f[i1, j1, k0] * tx
+    c01 = f[i0, j0, k1] * (1 - tx) + f[i1, j0, k1] * tx
+    c11 = f[i0, j1, k1] * (1 - tx) + f[i1, j1, k1] * tx
+    d00 = h[i0, j0, k0] * (1 - tx) + h[i1, j0, k0] * tx
+    d10 = h[i0, j1, k0] * (1 - tx) + h[i1, j1, k0] * tx
+    d01 = h[i0, j0, k1] * (1 - tx) + h[i1, j0, k1] * tx
+    d11 = h[i0, j1, k1] * (1 - tx) + h[i1, j1, k1] * tx
+    return ((c00 * (1 - ty) + c10 * ty) * (1 - tz) + (c01 * (1 - ty) + c11 * ty) * tz,
+            (d00 * (1 - ty) + d10 * ty) * (1 - tz) + (d01 * (1 - ty) + d11 * ty) * tz)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def sulcus_mm(field, grad, x, y, z, scale):
+    """Distance (mm) to the field's zero set, the field sampled at ``scale`` x its frequency."""
+    g, d = trilinear_pair(field, grad, x * scale, y * scale, z * scale)
+    return abs(g) / max(d * scale, 1e-3)

@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ichprep import store as st
+from ichprep.diskspace import size_on_disk
 from ichprep.errors import DamagedShardError, StoreError, UsageError
 from ichprep.labels import UNLABELLED
 from ichprep.readwindows import ReadWindows
 from ichprep.shardio import shard_reader
 from ichprep.windows import Window, parse_read_windows
 from ichtrain.augment import augment_images, parse_augment
-from ichtrain.crop import check_crop, head_boxes
+from ichtrain.crop import check_box_source, check_crop, head_boxes, stored_head_boxes
 from ichtrain.batches import BatchAssembler, delivery_order, shard_groups
 from ichtrain.graphwindows import resolve_windows_on
 from ichtrain.reading import (batch_shaper as _batch_shaper, check_reading, hu_pipeline, read_ahead_hinter,
@@ -130,7 +131,8 @@ class StoreStream:
         self.window_names = [w.name for w in self.windows]
         self._closed = threading.Event()
         self._reading = 0  # reads in flight (tf.data reader threads)
-        self._boxes: dict[int, np.ndarray] = {}  # head boxes per row (crop="head"), kept across epochs
+        self._boxes: dict[int, np.ndarray] = {}  # head boxes found per row (crop="head"), kept across epochs
+        self.stored_boxes = st.head_boxes(g)  # (n, 4) the build's head boxes; None before schema 5
         self._reading_lock = threading.Lock()
         self.read_failure: StoreError | None = None  # the first failed read, said plainly (see guard)
 
@@ -239,7 +241,7 @@ class StoreStream:
         two. A shard's size is its mean size on disk for a local store (compressed, as the cache holds it), else
         its decoded size."""
         n_shards = -(-self.n // self.shard_slices)
-        on_disk = st.size_on_disk(os.path.join(str(self.url), "images"))
+        on_disk = size_on_disk(os.path.join(str(self.url), "images"))
         shard_mb = (on_disk / n_shards if on_disk else
                     self.shard_slices * self.info.image_size ** 2 * self.info.channels * 2) / 2**20
         return max(2, int(shuffle_mb / (2 * max(shard_mb, 1e-3))))
@@ -302,7 +304,7 @@ class StoreStream:
                 parallel_reads: int = 2, drop_remainder: bool = False, first_epoch: int = 0,
                 rows: np.ndarray | None = None, shard: tuple[int, int] = (0, 1), repeat: bool = False,
                 neighbours: int = 0, windows_on: str = "reader", augment: str | None = None, augment_seed: int = 0,
-                crop: str = "none"):
+                crop: str = "none", boxes: str = "read"):
         """A ``tf.data.Dataset`` of (images, labels float32 (6,)) batches with static shapes.
 
         images: (H, W, C) for one-channel stores; (C, H, W, 1) -- the window sequence, Table 2.1 order --
@@ -311,8 +313,7 @@ class StoreStream:
         ``rows`` streams exactly those rows, in ascending row order (prediction on unlabelled stores).
         ``first_epoch``: plans epochs ``first_epoch .. epochs - 1`` (resuming a run).
         ``shard=(i, n)``: this pipeline's part of every epoch (see :meth:`plan`); one per training worker.
-        ``repeat``: cycle forever (validation under a multi-worker strategy, where every worker must run the
-        same number of steps; the caller sets them).
+        ``repeat``: cycle forever (validation under a multi-worker strategy; the caller sets the steps).
         ``neighbours=k`` (2.5D): each sample also carries the slices z-k .. z+k of its own series as channels,
         (H, W, (2k + 1) C) with slice z-k first; at a series' ends the end slice repeats (one-slice models
         only: not with ``sequence``).
@@ -326,8 +327,8 @@ class StoreStream:
         ``augment``: an augmentation spec applied to every batch after the resize (:mod:`ichtrain.augment`;
         training streams only), seeded by ``augment_seed`` and the batch's index; not with ``windows_on='model'``
         (the training model augments then: :func:`ichtrain.graphwindows.reading_model`).
-        ``crop``: ``head`` crops each sample to a square around its head (:mod:`ichprep.headbox`, found on the
-        centre slice and kept per row) before the resize; not with ``windows_on='model'``.
+        ``crop``: ``head`` crops each sample to a square around its centre slice's head (:mod:`ichtrain.crop`,
+        ``boxes`` ``store`` or ``read``) before the resize; not with ``windows_on='model'``.
         """
         weighted = (split == "train") if weighted is None else weighted
         sequence = (self.channels > 1) if sequence is None else sequence
@@ -342,7 +343,7 @@ class StoreStream:
         whole = drop_remainder or repeat
         b = batch_size if whole else None
         spec = parse_augment(augment)
-        crop_head = check_crop(crop) == "head"
+        crop_head = check_crop(crop) == "head" and check_box_source(boxes, self.stored_boxes, self.info)
         if resolve_windows_on(windows_on, self) == "model":
             if spec.active or crop_head:
                 raise UsageError("Augmentation and head crops run in the reader; they cannot follow windows computed "
@@ -365,9 +366,10 @@ class StoreStream:
         def read(j):
             img, lab = self._tracked_batch(assembler, int(j))
             centre = assembler.sources[assembler.positions(int(j))][:, neighbours]
-            boxes = (head_boxes(self._boxes, centre, img, planar, neighbours * self.channels) if crop_head
-                     else np.zeros((0, 4)))
-            return img, lab, boxes.astype(np.float32)
+            if not crop_head:
+                return img, lab, np.zeros((0, 4), np.float32)
+            return img, lab, (stored_head_boxes(self.stored_boxes, centre, (full, full)) if boxes == "store" else
+                              head_boxes(self._boxes, centre, img, planar, neighbours * self.channels))
 
         ds = window_pipeline(read, assembler, b, read_dtype, (C, full, full) if planar else (full, full, C),
                              _batch_shaper(full, size, C, planar, sequence, crop_head, dtype), parallel_reads)

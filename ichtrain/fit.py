@@ -280,7 +280,8 @@ def _fit(cfg: FitConfig, verbose: int, role: WorkerRole) -> dict:
                   windows=windows_to_list(stream.windows), store_layout="hu" if stream.info.hu else "windows",
                   size_policy=stream.info.size_policy,
                   replicas=replicas, workers=role.workers, split=stream.split_record(),
-                  store_generation=stream.generation)
+                  store_generation=stream.generation,
+                  head_boxes="read" if stream.stored_boxes is None else "store")  # the build's, where it stored them
     in_channels = 1 if cfg.model == "rnn" else stream.channels * (2 * cfg.neighbours + 1)
     initial = initial_weights(cfg, size, in_channels, stream.channels) if cfg.init else None  # before the folder
     if cfg.freeze_epochs and windows_in_model:

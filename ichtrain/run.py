@@ -29,10 +29,10 @@ _LAST = "last.keras"
 
 # What a run record written before an option existed meant by its absence: a constant rate, no augmentation,
 # no TTA, no crop, no fine-tuning, 2-D slices, windows applied wherever the device suits, the store's first
-# generation (every store was one generation before appends).
+# generation (every store was one generation before appends), head boxes found as read (before stores held them).
 OLD_RUN_DEFAULTS = {"lr_schedule": "constant", "augment": "none", "tta": "none", "recipe": None, "crop": "none",
                     "init": None, "freeze_epochs": 0, "neighbours": 0, "windows_on": "auto",
-                    "size_policy": "resize", "fold": None, "store_generation": 1}
+                    "size_policy": "resize", "fold": None, "store_generation": 1, "head_boxes": "read"}
 # Options that change how a run is executed, not what it learns: a resume may change them.
 _FREE = ("epochs", "out", "strategy", "replicas", "workers", "windows_on")
 
@@ -199,7 +199,7 @@ def input_options(run: dict, training: bool = False) -> dict:
     if crop != "none" and windows_on == "auto":
         windows_on = "reader"  # head boxes are found in the reader's stream (augmentation runs in either place)
     return dict(image_size=run["image_size"], neighbours=int(run["neighbours"]),
-                sequence=run["model"] == "rnn", dtype=dtype, windows_on=windows_on, crop=crop)
+                sequence=run["model"] == "rnn", dtype=dtype, windows_on=windows_on, crop=crop, boxes=run["head_boxes"])
 
 
 def tta_of(run: dict) -> str:

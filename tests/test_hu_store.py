@@ -12,6 +12,7 @@ import pytest
 
 from conftest import nonempty_split_seed, reference_hu
 from ichprep import store as st
+from ichprep.diskspace import size_on_disk
 from ichprep.build import BuildConfig, build
 from ichprep.cli import main as ichprep_main
 from ichprep.errors import SchemaError, UsageError
@@ -69,7 +70,7 @@ def test_hu_store_holds_pydicoms_hu_exactly(stores, synth_corpus):
 
 
 def test_hu_store_is_smaller_than_the_cnn_store(stores):
-    assert st.size_on_disk(os.path.join(stores["hu"], "images")) < st.size_on_disk(os.path.join(stores["cnn"], "images"))
+    assert size_on_disk(os.path.join(stores["hu"], "images")) < size_on_disk(os.path.join(stores["cnn"], "images"))
 
 
 @pytest.mark.parametrize("windows, other, neighbours, sequence, dtype, size", [
