@@ -47,11 +47,12 @@ def block_means(img: np.ndarray, block: int = BLOCK) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def _raw_block_sums_kernel(raw, fix12, block, columns, out):
-    """Block sums of a raw slice's values (after the RSNA 12-bit fix when ``fix12``): each band of ``block``
-    rows summed per column into ``columns`` (contiguous adds, which LLVM vectorises), then in groups of
-    ``block`` columns. Exact for integer raw values (int64 sums), float64 sums for float ones."""
-    n_rows, n_cols = out.shape
+def _hu_tissue_kernel(raw, fix12, slope, intercept, level, block, columns, tissue):
+    """``tissue[bi, bj]`` = 1 where a block's mean HU, ``slope`` x its mean raw value (after the RSNA 12-bit
+    fix when ``fix12``) + ``intercept``, is above ``level``. Each band of ``block`` rows is summed per column
+    into ``columns`` (contiguous adds, which LLVM vectorises; int64 for integer raw values, so exact, float64
+    for float ones), then in groups of ``block`` columns."""
+    n_rows, n_cols = tissue.shape
     width = n_cols * block
     for bi in range(n_rows):
         columns[:] = 0
@@ -67,34 +68,40 @@ def _raw_block_sums_kernel(raw, fix12, block, columns, out):
             s = columns[bj * block]
             for j in range(bj * block + 1, (bj + 1) * block):
                 s += columns[j]
-            out[bi, bj] = s
+            tissue[bi, bj] = 1 if slope * (s / (block * block)) + intercept > level else 0
 
 
 @njit(cache=True, nogil=True)
-def _largest_region_kernel(tissue, opened, labels, stack, box):
-    """``box`` = (row0, col0, row1, col1), end-exclusive, of the largest 4-connected region of ``tissue``
-    (uint8) after a 3x3 binary opening (outside the grid counts as empty), the first such region in raster order
-    on a tie; (0, 0, 0, 0) when there is none. ``opened``, ``labels``, ``stack``: scratch of the grid's size."""
+def _open3(tissue):
+    """The 3x3 binary opening of a uint8 grid, outside the grid empty: erosion then dilation, each by a row
+    segment then a column segment (the square is their product, so the result is the square's)."""
     n, m = tissue.shape
-    for i in range(n):  # erosion: a cell stays where its whole 3x3 neighbourhood is tissue
+    a = np.zeros((n, m), np.uint8)
+    b = np.zeros((n, m), np.uint8)
+    for i in range(n):  # erosion along rows, then along columns (a border cell has an empty neighbour)
+        for j in range(1, m - 1):
+            a[i, j] = tissue[i, j - 1] & tissue[i, j] & tissue[i, j + 1]
+    for i in range(1, n - 1):
         for j in range(m):
-            keep = 1
-            for di in range(-1, 2):
-                for dj in range(-1, 2):
-                    a, b = i + di, j + dj
-                    if a < 0 or a >= n or b < 0 or b >= m or tissue[a, b] == 0:
-                        keep = 0
-            labels[i, j] = keep
-    for i in range(n):  # dilation of the eroded grid
+            b[i, j] = a[i - 1, j] & a[i, j] & a[i + 1, j]
+    for i in range(n):  # dilation along rows, then along columns
         for j in range(m):
-            hit = 0
-            for di in range(-1, 2):
-                for dj in range(-1, 2):
-                    a, b = i + di, j + dj
-                    if 0 <= a < n and 0 <= b < m and labels[a, b] == 1:
-                        hit = 1
-            opened[i, j] = hit
-    labels[:, :] = 0
+            a[i, j] = b[i, j] | (b[i, j - 1] if j > 0 else 0) | (b[i, j + 1] if j < m - 1 else 0)
+    for i in range(n):
+        for j in range(m):
+            b[i, j] = a[i, j] | (a[i - 1, j] if i > 0 else 0) | (a[i + 1, j] if i < n - 1 else 0)
+    return b
+
+
+@njit(cache=True, nogil=True)
+def _largest_region_kernel(tissue, box):
+    """``box`` = (row0, col0, row1, col1), end-exclusive, of the largest 4-connected region of ``tissue``
+    (uint8) after a 3x3 binary opening (:func:`_open3`), the first such region in raster order on a tie;
+    (0, 0, 0, 0) when there is none."""
+    n, m = tissue.shape
+    opened = _open3(tissue)
+    labels = np.zeros((n, m), np.int32)
+    stack = np.empty(n * m, np.int64)
     best = 0
     box[0], box[1], box[2], box[3] = 0, 0, 0, 0
     label = 0
@@ -123,13 +130,10 @@ def _largest_region_kernel(tissue, opened, labels, stack, box):
                 box[0], box[1], box[2], box[3] = top, left, bottom + 1, right + 1
 
 
-def _box_of(means: np.ndarray, level: float, shape: tuple[int, int]) -> tuple[int, int, int, int]:
-    """The pixel box of the largest tissue region of a grid of block means; the whole slice without one."""
-    tissue = (means > level).astype(np.uint8)
-    n, m = tissue.shape
+def _box_of(tissue: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The pixel box of the largest region of a uint8 block grid of ``tissue``; the whole slice without one."""
     box = np.zeros(4, np.int64)
-    _largest_region_kernel(tissue, np.empty((n, m), np.uint8), np.empty((n, m), np.int32),
-                           np.empty(n * m, np.int64), box)
+    _largest_region_kernel(tissue, box)
     h, w = shape
     if box[2] == 0:
         return 0, 0, h, w
@@ -139,7 +143,7 @@ def _box_of(means: np.ndarray, level: float, shape: tuple[int, int]) -> tuple[in
 def head_box(img: np.ndarray, level: float) -> tuple[int, int, int, int]:
     """(y0, x0, y1, x1), end-exclusive pixel bounds of the largest tissue region of a 2-D slice (block means
     above ``level``); the whole slice where it holds none."""
-    return _box_of(block_means(img), level, img.shape)
+    return _box_of((block_means(img) > level).astype(np.uint8), img.shape)
 
 
 def hu_head_box(raw: np.ndarray, slope: float, intercept: float, fix12: bool) -> tuple[int, int, int, int]:
@@ -150,11 +154,10 @@ def hu_head_box(raw: np.ndarray, slope: float, intercept: float, fix12: bool) ->
     if raw.ndim != 2 or raw.dtype.kind not in "iuf":
         raise ValueError(f"Expected a 2-D integer or float slice. Received: {raw.dtype} {raw.shape}")
     integer = raw.dtype.kind in "iu"
-    dtype = np.int64 if integer else np.float64
-    sums = np.empty((raw.shape[0] // BLOCK, raw.shape[1] // BLOCK), dtype)
-    _raw_block_sums_kernel(raw, bool(fix12) and integer, BLOCK, np.empty(sums.shape[1] * BLOCK, dtype), sums)
-    means = float(slope) * (sums / float(BLOCK * BLOCK)) + float(intercept)
-    return _box_of(means, HU_TISSUE, raw.shape)
+    tissue = np.empty((raw.shape[0] // BLOCK, raw.shape[1] // BLOCK), np.uint8)
+    columns = np.empty(tissue.shape[1] * BLOCK, np.int64 if integer else np.float64)
+    _hu_tissue_kernel(raw, bool(fix12) and integer, float(slope), float(intercept), HU_TISSUE, BLOCK, columns, tissue)
+    return _box_of(tissue, raw.shape)
 
 
 def square_box(box: tuple[int, int, int, int], shape: tuple[int, int], margin: float = 0.08) -> np.ndarray:

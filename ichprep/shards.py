@@ -48,7 +48,8 @@ def process_shard(url: str, shard: int, headers: list[SliceHeader], windows_list
     C = len(windows)
     n = len(headers)
     g = st.open_for_write(url)
-    boxes = np.full((n, 4), -1, np.int16) if st.HEAD_BOX[0] in g else None  # schema 5: each slice's head box
+    # schema 5: each slice's head box (an append to an older store keeps its schema, so the attribute says it)
+    boxes = np.full((n, 4), -1, np.int16) if st.get_attrs(g).get("schema_version", 0) >= st.HEAD_BOX_VERSION else None
     images = np.empty((n, size, size, C), np.int16 if hu_store else np.float16)  # every row written (a reject's: 0)
     hu_min = np.full(n, np.nan, np.float32)
     hu_max = np.full(n, np.nan, np.float32)

@@ -75,7 +75,7 @@ __all__ = [
 # silently wrong value. Versions 1 and 2 (without checksums) are still read.
 # 4: the file_key column (a digest of each row's file: its path under the source, size and modification
 # time) and generations, so ``ichprep build --append`` adds new files without reading the known ones.
-# 5: each slice's head box (ichprep.headbox.hu_head_box) in four int16 columns written with its shard, so a
+# 5: each slice's head box (ichprep.headbox.hu_head_box), an (n, 4) int16 column written with its shard, so a
 # reader crops to the head without finding it. Appends to an older store keep its schema (no boxes).
 SCHEMA_VERSION = 5
 READABLE_VERSIONS = (1, 2, 3, 4, 5)
@@ -90,9 +90,9 @@ META_ARRAYS_V1 = ("sop_uid", "study_uid", "series_uid", "patient", "position_z",
 META_ARRAYS = META_ARRAYS_V1 + ("window_center", "window_width")
 HU_MIN, HU_MAX, STATUS = "hu_min", "hu_max", "status"
 SHARD_ARRAYS = (HU_MIN, HU_MAX, STATUS)  # per-slice columns written by the shard tasks, one chunk per shard
-# The head box of each slice (schema 5): top, left, bottom, right pixel bounds, end-exclusive; -1 where the
-# slice is not usable. Written by the shard tasks like SHARD_ARRAYS, absent from older stores.
-HEAD_BOX = ("head_top", "head_left", "head_bottom", "head_right")
+# The head box of each slice (schema 5): (n, 4) int16 top, left, bottom, right pixel bounds, end-exclusive; -1
+# where the slice is not usable. Written by the shard tasks like SHARD_ARRAYS, absent from older stores.
+HEAD_BOX = "head_box"
 ROW_ARRAYS = META_ARRAYS + (FILE_KEY,) + SHARD_ARRAYS  # every per-row array of schema 4 (an append grows them)
 SHARD_DONE = "shard_done"  # per-shard build mark (1 when the shard's pixels are written), one chunk per shard
 
@@ -124,8 +124,9 @@ def create_store(url: str, n: int, channels: int, shard_slices: int, codec: str,
                        compressors=meta_compressors())
     # Written by the shard tasks: one chunk per shard, so no two tasks touch one chunk.
     for name, dtype, fill in ((HU_MIN, "float32", float("nan")), (HU_MAX, "float32", float("nan")),
-                              (STATUS, "uint8", 0), *((b, "int16", -1) for b in HEAD_BOX)):
+                              (STATUS, "uint8", 0)):
         g.create_array(name, shape=(n,), chunks=(S,), dtype=dtype, fill_value=fill, compressors=meta_compressors())
+    g.create_array(HEAD_BOX, shape=(n, 4), chunks=(S, 4), dtype="int16", fill_value=-1, compressors=meta_compressors())
     n_shards = -(-n // S)
     g.create_array(SHARD_DONE, shape=(n_shards,), chunks=(1,), dtype="uint8", fill_value=0,
                    compressors=(Crc32cCodec(),))
@@ -270,7 +271,7 @@ class StoreInfo:
 
 
 # Per-row columns (one value per slice) and how they read back.
-COLUMNS = META_ARRAYS + SHARD_ARRAYS + (FILE_KEY,) + HEAD_BOX
+COLUMNS = META_ARRAYS + SHARD_ARRAYS + (FILE_KEY, HEAD_BOX)
 _TEXT_COLUMNS = frozenset({"sop_uid", "study_uid", "series_uid", "patient"})
 
 
@@ -283,8 +284,8 @@ def column(g: zarr.Group, name: str, rows=None) -> np.ndarray:
     if name not in g and name not in META_ARRAYS_V1 + SHARD_ARRAYS:
         n = g["sop_uid"].shape[0]
         shape = n if rows is None else np.asarray(rows).shape
-        if name in HEAD_BOX:
-            return np.full(shape, -1, np.int16)
+        if name == HEAD_BOX:
+            return np.full(tuple(np.atleast_1d(shape)) + (4,), -1, np.int16)
         return np.zeros(shape, np.uint64) if name == FILE_KEY else np.full(shape, np.nan, np.float32)
     try:
         values = g[name][:] if rows is None else g[name][rows]
@@ -296,19 +297,13 @@ def column(g: zarr.Group, name: str, rows=None) -> np.ndarray:
 
 def row_arrays(g: zarr.Group) -> tuple[str, ...]:
     """Every per-row array the store has (:data:`ROW_ARRAYS`, and the head box from schema 5)."""
-    return ROW_ARRAYS + (HEAD_BOX if HEAD_BOX[0] in g else ())
+    return ROW_ARRAYS + ((HEAD_BOX,) if HEAD_BOX in g else ())
 
 
 def head_boxes(g: zarr.Group) -> np.ndarray | None:
     """(n, 4) int16 head boxes (top, left, bottom, right; -1 for unusable slices), or None for a store from
     before they were stored (schema < 5, or appended to as one)."""
-    if HEAD_BOX[0] not in g:
-        return None
-    try:
-        return np.stack([np.asarray(g[name][:]) for name in HEAD_BOX], axis=1)
-    except Exception as exc:
-        raise StoreError(f"{g.store_path}: the head box columns {why_unreadable(exc)}: the store is damaged; run "
-                         f"'ichprep verify {g.store_path}'") from None
+    return column(g, HEAD_BOX) if HEAD_BOX in g else None
 
 
 def why_unreadable(exc: BaseException) -> str:

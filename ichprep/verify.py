@@ -221,12 +221,20 @@ def _column(g, name: str, rep: VerifyReport):
 
 def _check_head_boxes(g, info, S: int, trusted: np.ndarray, rep: VerifyReport) -> None:
     """A store of schema 5 holds every usable slice's head box inside the image (top < bottom, left < right)."""
-    if info.schema_version < st.HEAD_BOX_VERSION and st.HEAD_BOX[0] not in g:
+    if info.schema_version < st.HEAD_BOX_VERSION and st.HEAD_BOX not in g:
         return  # an older store, or one appended to as one: boxes are found when read
-    if any(name not in g or g[name].shape[0] != info.n for name in st.HEAD_BOX):
-        rep.problems.append(f"head box columns: missing or not {info.n} rows long ({', '.join(st.HEAD_BOX)})")
+    if st.HEAD_BOX not in g or g[st.HEAD_BOX].shape != (info.n, 4):
+        rep.problems.append(f"{st.HEAD_BOX}: missing or not ({info.n}, 4)")
         return
-    top, left, bottom, right = (_shard_column(g, name, S, info.n, rep, missing=-1) for name in st.HEAD_BOX)
+    boxes = np.full((info.n, 4), -1, np.int16)
+    for s in range(-(-info.n // S)):  # chunk by chunk, so a damaged one is named and the rest still checked
+        lo, hi = s * S, min(info.n, (s + 1) * S)
+        try:
+            boxes[lo:hi] = g[st.HEAD_BOX][lo:hi]
+        except Exception as exc:
+            rep.unreadable(s, lo, hi)
+            rep.problems.append(f"{st.HEAD_BOX}: shard {s} (rows {lo}..{hi - 1}) {st.why_unreadable(exc)}")
+    top, left, bottom, right = boxes.T
     size = info.image_size
     fine = (0 <= top) & (top < bottom) & (bottom <= size) & (0 <= left) & (left < right) & (right <= size)
     trusted = trusted & ~np.isin(np.arange(info.n), sorted(rep.unreadable_rows))
