@@ -145,7 +145,7 @@ def test_the_winners_recipe_fills_what_was_not_given(brain_store, synth_corpus, 
               "0.6,0.2,0.2", "--quiet"]
     assert main(["fit", hu, "--out", str(tmp_path / "a"), "--recipe", "winners", *common]) == 0
     a = json.load(open(tmp_path / "a" / "config.json"))
-    assert (a["recipe"], a["augment"], a["tta"], a["crop"]) == ("winners", "none", "flip", "head")
+    assert (a["recipe"], a["augment"], a["tta"], a["crop"]) == ("winners", "none", "flip+crop", "head")
     assert a["head_boxes"] == "store"  # the build stored them: every reader of the run crops to those
     assert a["window_names"] == ["brain", "subdural", "bone"] and a["channels"] == 3
     assert main(["fit", brain_store, "--out", str(tmp_path / "b"), "--recipe", "winners", "--tta", "none",
