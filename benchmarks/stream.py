@@ -223,7 +223,7 @@ def export_npy(store):
 
 
 def run_ichtrain(store, dicom, preset, batch, n, neighbours=0, dtype="float32", windows=None, windows_on="reader",
-                 layer=False, channels_last=False, readahead=True):
+                 layer=False, channels_last=False, readahead=True, image_size=None, augment=None):
     from ichtrain.data import StoreStream
 
     if not readahead:  # the stream without its read-ahead hints (StoreStream._hinter), to measure what they give
@@ -232,7 +232,8 @@ def run_ichtrain(store, dicom, preset, batch, n, neighbours=0, dtype="float32", 
     s = StoreStream(store, fractions=(1.0, 0.0, 0.0), windows=windows)  # windows: an hu store's, read-time
     warmup = _warmup_slices(batch)
     ds = s.dataset("train", batch_size=batch, epoch_size=n + warmup, alpha=0.5, neighbours=neighbours, dtype=dtype,
-                   sequence=False if (neighbours or channels_last) else None, windows_on=windows_on)
+                   sequence=False if (neighbours or channels_last) else None, windows_on=windows_on,
+                   image_size=image_size, augment=augment)
     if layer:  # the windowing layer's work on this CPU, as a model's first layer would run it
         from ichtrain.graphwindows import hu_windows_layer
 
@@ -264,11 +265,16 @@ RUNNERS = {"floor": run_floor, "disk": run_disk, "npy_loop": run_npy_loop, "naiv
                                                   channels_last=True) for k in (0, 1, 2)},
            **{f"ichtrain_cnn_k{k}_f16": functools.partial(run_ichtrain, windows="cnn", neighbours=k, dtype="float16")
               for k in (1, 2)},
+           # training augmentation (--augment light) at a training size, against the same stream without it
+           **{f"ichtrain_128{aug}{suffix}": functools.partial(run_ichtrain, image_size=128, dtype=dtype,
+                                                            augment="light" if aug else None)
+              for aug in ("", "_light") for suffix, dtype in (("", "float32"), ("_f16", "float16"))},
            # windows in the model's graph: the host hands over int16 HU (and, for the cpu one, runs the layer)
            "hu_to_model": functools.partial(run_ichtrain, windows="cnn", windows_on="model"),
            "hu_model_cpu": functools.partial(run_ichtrain, windows="cnn", windows_on="model", layer=True)}
 # Which contenders run on which store: the .npy files hold the uncompressed store's slices.
-PLAN = {"cnn": ("floor", "naive_tfdata", "zarr_loop", "ichtrain", "ichtrain_f16", "ichtrain_k1", "ichtrain_k2"),
+PLAN = {"cnn": ("floor", "naive_tfdata", "zarr_loop", "ichtrain", "ichtrain_f16", "ichtrain_k1", "ichtrain_k2",
+                "ichtrain_128", "ichtrain_128_light", "ichtrain_128_f16", "ichtrain_128_light_f16"),
         "cnn-none": ("floor", "npy_loop", "ichtrain", "ichtrain_f16", "ichtrain_f16_noahead"),
         "rnn": ("floor", "naive_tfdata", "zarr_loop", "ichtrain", "ichtrain_f16", "ichtrain_last", "ichtrain_last_f16"),
         "hu": ("floor", "ichtrain_cnn", "ichtrain_cnn_f16", "ichtrain_rnn", "ichtrain_rnn_f16", "ichtrain_rnn_last",
@@ -431,6 +437,10 @@ def _ratios(results):
         "cnn-none: ichtrain_f16 / npy_loop (target >= 0.8)": r("cnn-none/ichtrain_f16", "cnn-none/npy_loop"),
         "cnn-none: ichtrain / npy_loop": r("cnn-none/ichtrain", "cnn-none/npy_loop"),
         "cnn: ichtrain_f16 / floor (target >= 0.8)": r("cnn/ichtrain_f16", "cnn/floor"),
+        # what --augment light leaves of the stream at 128 px (target: costs <= 25%, so >= 0.75)
+        "cnn: 128 px light augmentation / none (target >= 0.75)": r("cnn/ichtrain_128_light", "cnn/ichtrain_128"),
+        "cnn: 128 px light augmentation / none, f16 (target >= 0.75)": r("cnn/ichtrain_128_light_f16",
+                                                                          "cnn/ichtrain_128_f16"),
         "cnn: ichtrain / floor": r("cnn/ichtrain", "cnn/floor"),
         "rnn: ichtrain / naive_tfdata": r("rnn/ichtrain", "rnn/naive_tfdata"),
         "rnn: ichtrain_f16 / floor": r("rnn/ichtrain_f16", "rnn/floor"),

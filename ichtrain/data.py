@@ -374,7 +374,7 @@ class StoreStream:
         ds = window_pipeline(read, assembler, b, read_dtype, (C, full, full) if planar else (full, full, C),
                              _batch_shaper(full, size, C, planar, sequence, crop_head, dtype), parallel_reads)
         if spec.active:
-            ds = ds.enumerate().map(lambda j, batch: (augment_images(batch[0], spec, augment_seed, j, sequence),
+            ds = ds.enumerate().map(lambda j, batch: (augment_images(batch[0], spec, augment_seed, j, sequence, True),
                                                       batch[1]), num_parallel_calls=2, deterministic=True)
         return ds.prefetch(2)
 

@@ -63,6 +63,31 @@ def test_the_affine_map_is_the_one_its_parameters_describe():
     np.testing.assert_allclose(out, ref, atol=1e-4)
 
 
+@pytest.mark.parametrize("text", ["light", "strong", "flip=1", "rotate=45,scale=0.5,shift=0.3"])
+def test_the_compiled_affine_map_is_tensorflows_op_and_the_numpy_formula(text):
+    """The reader's compiled map (ichtrain.augment.affine_images) against TensorFlow's ImageProjectiveTransformV3,
+    which the model's layer runs, on the same draws (borders and corners out of the image included), and
+    against the plain numpy bilinear formula."""
+    import tensorflow as tf
+
+    from ichtrain.augment import affine_images, augment_batch
+
+    rng = np.random.default_rng(len(text))
+    img = rng.random((6, 37, 53, 3)).astype(np.float32)
+    for k in range(3):
+        seed = tf.constant([k, 11], tf.int64)
+        op = augment_batch(tf.constant(img), parse_augment(text), seed).numpy()
+        compiled = augment_batch(tf.constant(img), parse_augment(text), seed, compiled=True).numpy()
+        np.testing.assert_allclose(compiled, op, rtol=0, atol=1e-6)
+    maps = np.array([[0.9, -0.3, 6.0, 0.3, 0.9, -4.5], [-1.0, 0.0, 52.0, 0.0, 1.0, 0.0]], np.float32)
+    out = affine_images(img[:2], maps)
+    for i in range(2):
+        for c in range(3):
+            np.testing.assert_allclose(out[i, :, :, c], _numpy_affine(img[i, :, :, c], *maps[i].astype(np.float64)),
+                                       atol=1e-5)
+    np.testing.assert_array_equal(out[1], img[1, :, ::-1])  # the mirror map is the mirror image
+
+
 def test_intensity_and_noise_stay_in_the_window_and_the_same_seed_gives_the_same_batch():
     import tensorflow as tf
 

@@ -206,6 +206,12 @@ def test_stack_is_cross_fitted_scored_like_the_cv_folder_and_used_by_evaluate_co
     assert main(["predict", str(stack_dir), synth_corpus["dicom_dir"], "--out", str(csv)]) == 0
     got = _read(csv)
     assert got.shape == (60, 6) and np.isfinite(got).all() and ((got > 0) & (got < 1)).all()
+    capsys.readouterr()
+    for argv in (["predict", str(stack_dir), synth_corpus["dicom_dir"], "--out", str(csv), "--tta", "none"],
+                 ["evaluate", str(stack_dir), "--tta", "none"], ["compare", str(cv_dir), str(stack_dir), "--tta", "none"]):
+        assert main(argv) == 2  # the stacker learned from the folds' own views: others are refused, in one line
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "stack folder" in err[0], err
 
     # cross-fitted: fold 0's labels turned upside down change what the stackers of folds 1 and 2 learn, and not
     # one of fold 0's own stacked predictions (its stacker trained on the other folds only)
