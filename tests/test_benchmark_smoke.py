@@ -60,7 +60,9 @@ def test_stream_benchmark_runs_every_contender(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(out.read_text())
     assert set(report["results"]) == {"cnn/floor", "cnn/naive_tfdata", "cnn/zarr_loop", "cnn/ichtrain",
-                                      "cnn/ichtrain_f16", "cnn/ichtrain_k1", "cnn/ichtrain_k2", "cnn-none/floor",
+                                      "cnn/ichtrain_f16", "cnn/ichtrain_k1", "cnn/ichtrain_k2", "cnn/ichtrain_128",
+                                      "cnn/ichtrain_128_light", "cnn/ichtrain_128_f16", "cnn/ichtrain_128_light_f16",
+                                      "cnn-none/floor",
                                       "cnn-none/npy_loop", "cnn-none/ichtrain", "cnn-none/ichtrain_f16",
                                       "cnn-none/ichtrain_f16_noahead"}
     assert all(v > 0 for v in report["ratios"].values())
