@@ -61,13 +61,16 @@ def _field_kernel(a, b, c, wavevectors, scale, field, grad_norm):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def trilinear(f, x, y, z):
-    n = f.shape[0]
+def _cell(n, x, y, z):
+    """The periodic grid cell of the point (x, y, z) mm: its corner indices and the weights within it."""
     fx, fy, fz = x / FIELD_MM, y / FIELD_MM, z / FIELD_MM
     ix, iy, iz = math.floor(fx), math.floor(fy), math.floor(fz)
-    tx, ty, tz = fx - ix, fy - iy, fz - iz
     i0, j0, k0 = int(ix) % n, int(iy) % n, int(iz) % n
-    i1, j1, k1 = (i0 + 1) % n, (j0 + 1) % n, (k0 + 1) % n
+    return i0, j0, k0, (i0 + 1) % n, (j0 + 1) % n, (k0 + 1) % n, fx - ix, fy - iy, fz - iz
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _blend(f, i0, j0, k0, i1, j1, k1, tx, ty, tz):
     c00 = f[i0, j0, k0] * (1 - tx) + f[i1, j0, k0] * tx
     c10 = f[i0, j1, k0] * (1 - tx) + f[i1, j1, k0] * tx
     c01 = f[i0, j0, k1] * (1 - tx) + f[i1, j0, k1] * tx
@@ -76,25 +79,17 @@ def trilinear(f, x, y, z):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def trilinear(f, x, y, z):
+    """The periodic field ``f`` at (x, y, z) mm, trilinearly."""
+    i0, j0, k0, i1, j1, k1, tx, ty, tz = _cell(f.shape[0], x, y, z)
+    return _blend(f, i0, j0, k0, i1, j1, k1, tx, ty, tz)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def trilinear_pair(f, h, x, y, z):
-    """:func:`trilinear` of two fields at one point, the weights and indices computed once (the same
-    arithmetic, so the same values)."""
-    n = f.shape[0]
-    fx, fy, fz = x / FIELD_MM, y / FIELD_MM, z / FIELD_MM
-    ix, iy, iz = math.floor(fx), math.floor(fy), math.floor(fz)
-    tx, ty, tz = fx - ix, fy - iy, fz - iz
-    i0, j0, k0 = int(ix) % n, int(iy) % n, int(iz) % n
-    i1, j1, k1 = (i0 + 1) % n, (j0 + 1) % n, (k0 + 1) % n
-    c00 = f[i0, j0, k0] * (1 - tx) + f[i1, j0, k0] * tx
-    c10 = f[i0, j1, k0] * (1 - tx) + f[i1, j1, k0] * tx
-    c01 = f[i0, j0, k1] * (1 - tx) + f[i1, j0, k1] * tx
-    c11 = f[i0, j1, k1] * (1 - tx) + f[i1, j1, k1] * tx
-    d00 = h[i0, j0, k0] * (1 - tx) + h[i1, j0, k0] * tx
-    d10 = h[i0, j1, k0] * (1 - tx) + h[i1, j1, k0] * tx
-    d01 = h[i0, j0, k1] * (1 - tx) + h[i1, j0, k1] * tx
-    d11 = h[i0, j1, k1] * (1 - tx) + h[i1, j1, k1] * tx
-    return ((c00 * (1 - ty) + c10 * ty) * (1 - tz) + (c01 * (1 - ty) + c11 * ty) * tz,
-            (d00 * (1 - ty) + d10 * ty) * (1 - tz) + (d01 * (1 - ty) + d11 * ty) * tz)
+    """:func:`trilinear` of two fields of one grid at one point, the cell found once."""
+    i0, j0, k0, i1, j1, k1, tx, ty, tz = _cell(f.shape[0], x, y, z)
+    return _blend(f, i0, j0, k0, i1, j1, k1, tx, ty, tz), _blend(h, i0, j0, k0, i1, j1, k1, tx, ty, tz)
 
 
 @njit(cache=True, nogil=True, inline="always")
