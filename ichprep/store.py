@@ -241,6 +241,11 @@ class StoreInfo:
         return int(self.attrs.get("schema_version", SCHEMA_VERSION))
 
     @property
+    def has_head_boxes(self) -> bool:
+        """The store holds each slice's head box (schema 5; an append keeps an older store's schema)."""
+        return self.schema_version >= HEAD_BOX_VERSION
+
+    @property
     def generation(self) -> int:
         """The store's latest complete generation (1 until an append; an unfinished append's rows are not one)."""
         return len(generations(self.attrs))

@@ -226,15 +226,7 @@ def _check_head_boxes(g, info, S: int, trusted: np.ndarray, rep: VerifyReport) -
     if st.HEAD_BOX not in g or g[st.HEAD_BOX].shape != (info.n, 4):
         rep.problems.append(f"{st.HEAD_BOX}: missing or not ({info.n}, 4)")
         return
-    boxes = np.full((info.n, 4), -1, np.int16)
-    for s in range(-(-info.n // S)):  # chunk by chunk, so a damaged one is named and the rest still checked
-        lo, hi = s * S, min(info.n, (s + 1) * S)
-        try:
-            boxes[lo:hi] = g[st.HEAD_BOX][lo:hi]
-        except Exception as exc:
-            rep.unreadable(s, lo, hi)
-            rep.problems.append(f"{st.HEAD_BOX}: shard {s} (rows {lo}..{hi - 1}) {st.why_unreadable(exc)}")
-    top, left, bottom, right = boxes.T
+    top, left, bottom, right = _shard_column(g, st.HEAD_BOX, S, info.n, rep, missing=-1).T
     size = info.image_size
     fine = (0 <= top) & (top < bottom) & (bottom <= size) & (0 <= left) & (left < right) & (right <= size)
     trusted = trusted & ~np.isin(np.arange(info.n), sorted(rep.unreadable_rows))
@@ -243,14 +235,14 @@ def _check_head_boxes(g, info, S: int, trusted: np.ndarray, rep: VerifyReport) -
 
 
 def _shard_column(g, name: str, S: int, n: int, rep: VerifyReport, missing=np.nan) -> np.ndarray:
-    """A per-shard column (one chunk per shard): a chunk that cannot be read reads as ``missing`` and marks
-    its shard damaged."""
+    """A per-shard column (one chunk per shard; 1-D, or rows of a few values as the head box): a chunk that
+    cannot be read reads as ``missing`` and marks its shard damaged."""
     try:
         return st.column(g, name)
     except Exception:
         pass
     arr = g[name]
-    values = np.full(n, missing, dtype=arr.dtype)
+    values = np.full((n,) + tuple(arr.shape[1:]), missing, dtype=arr.dtype)
     for s in range(-(-n // S)):
         lo, hi = s * S, min(n, (s + 1) * S)
         try:

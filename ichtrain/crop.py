@@ -14,7 +14,8 @@ import numpy as np
 from ichprep.errors import UsageError
 from ichprep.headbox import square_box
 
-__all__ = ["CROPS", "BOX_SOURCES", "check_crop", "check_box_source", "crop_to_boxes", "head_boxes", "stored_head_boxes"]
+__all__ = ["CROPS", "BOX_SOURCES", "check_crop", "check_box_source", "crop_to_boxes", "head_boxes", "stored_head_boxes",
+           "sample_boxes"]
 
 CROPS = ("none", "head")
 BOX_SOURCES = ("read", "store")
@@ -26,11 +27,11 @@ def check_crop(crop: str) -> str:
     return crop
 
 
-def check_box_source(boxes: str, stored, info) -> bool:
-    """True, or a usage error: ``boxes`` is a source a store of ``info`` with ``stored`` boxes can give."""
+def check_box_source(boxes: str, info) -> bool:
+    """True, or a usage error: ``boxes`` is a source a store of ``info`` can give."""
     if boxes not in BOX_SOURCES:
         raise UsageError(f"Expected head boxes from one of {', '.join(BOX_SOURCES)}. Received: boxes={boxes!r}")
-    if boxes == "store" and stored is None:
+    if boxes == "store" and not info.has_head_boxes:
         raise UsageError(f"{info.url!r} (schema {info.schema_version}) stores no head boxes, and the run crops to "
                          "the boxes a build stores: rebuild the store with this ichprep, or train a run on this "
                          "store (it then finds the boxes as it reads)")
@@ -82,3 +83,11 @@ def stored_head_boxes(stored: np.ndarray, centre: np.ndarray, shape: tuple[int, 
         box = tuple(int(v) for v in stored[int(row)])
         out[i] = square_box(box if box[0] >= 0 else (0, 0, h, w), shape)
     return out
+
+
+def sample_boxes(boxes: str, stream, centre: np.ndarray, img: np.ndarray, planar: bool, channel: int) -> np.ndarray:
+    """(b, 4) normalised head boxes of a batch from ``boxes``' source: the build's (``store``) or found on the
+    batch's windowed slices and kept per row by ``stream`` (``read``)."""
+    if boxes == "store":
+        return stored_head_boxes(stream.stored_boxes, centre, img.shape[-2:] if planar else img.shape[1:3])
+    return head_boxes(stream.found_boxes, centre, img, planar, channel)

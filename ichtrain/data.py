@@ -3,7 +3,6 @@
 Reads a store only through :mod:`ichprep.store`. TensorFlow is imported lazily (inside
 :meth:`StoreStream.dataset`), so splits and sampling plans can be computed and tested without it.
 
-
 Reading. One Python call per batch, never per slice (:mod:`ichtrain.batches`): the epoch's draws are
 put in their delivery order up front (shards in random order, pooled a few shards at a time, the draws
 of each pool permuted), each shard object is fetched whole and compressed, once, and each slice is
@@ -15,6 +14,7 @@ shard objects (two pools' worth) plus ~16 batch buffers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -30,7 +30,7 @@ from ichprep.readwindows import ReadWindows
 from ichprep.shardio import shard_reader
 from ichprep.windows import Window, parse_read_windows
 from ichtrain.augment import augment_images, parse_augment
-from ichtrain.crop import check_box_source, check_crop, head_boxes, stored_head_boxes
+from ichtrain.crop import check_box_source, check_crop, sample_boxes
 from ichtrain.batches import BatchAssembler, delivery_order, shard_groups
 from ichtrain.graphwindows import resolve_windows_on
 from ichtrain.reading import (batch_shaper as _batch_shaper, check_reading, hu_pipeline, read_ahead_hinter,
@@ -131,10 +131,13 @@ class StoreStream:
         self.window_names = [w.name for w in self.windows]
         self._closed = threading.Event()
         self._reading = 0  # reads in flight (tf.data reader threads)
-        self._boxes: dict[int, np.ndarray] = {}  # head boxes found per row (crop="head"), kept across epochs
-        self.stored_boxes = st.head_boxes(g)  # (n, 4) the build's head boxes; None before schema 5
+        self.found_boxes: dict[int, np.ndarray] = {}  # head boxes found per row (crop="head"), kept across epochs
         self._reading_lock = threading.Lock()
         self.read_failure: StoreError | None = None  # the first failed read, said plainly (see guard)
+
+    @functools.cached_property
+    def stored_boxes(self) -> np.ndarray:  # (n, 4): the build's head boxes, read when a stream first crops to them
+        return st.head_boxes(self._g)
 
     def _read_windows(self, g) -> ReadWindows | None:
         """An hu store: the windows to apply as slices are read. Any other store holds its windows already, so
@@ -343,7 +346,7 @@ class StoreStream:
         whole = drop_remainder or repeat
         b = batch_size if whole else None
         spec = parse_augment(augment)
-        crop_head = check_crop(crop) == "head" and check_box_source(boxes, self.stored_boxes, self.info)
+        crop_head = check_crop(crop) == "head" and check_box_source(boxes, self.info)
         if resolve_windows_on(windows_on, self) == "model":
             if spec.active or crop_head:
                 raise UsageError("Augmentation and head crops run in the reader; they cannot follow windows computed "
@@ -366,10 +369,8 @@ class StoreStream:
         def read(j):
             img, lab = self._tracked_batch(assembler, int(j))
             centre = assembler.sources[assembler.positions(int(j))][:, neighbours]
-            if not crop_head:
-                return img, lab, np.zeros((0, 4), np.float32)
-            return img, lab, (stored_head_boxes(self.stored_boxes, centre, (full, full)) if boxes == "store" else
-                              head_boxes(self._boxes, centre, img, planar, neighbours * self.channels))
+            return img, lab, (sample_boxes(boxes, self, centre, img, planar, neighbours * self.channels) if crop_head
+                              else np.zeros((0, 4), np.float32))
 
         ds = window_pipeline(read, assembler, b, read_dtype, (C, full, full) if planar else (full, full, C),
                              _batch_shaper(full, size, C, planar, sequence, crop_head, dtype), parallel_reads)

@@ -281,7 +281,7 @@ def _fit(cfg: FitConfig, verbose: int, role: WorkerRole) -> dict:
                   size_policy=stream.info.size_policy,
                   replicas=replicas, workers=role.workers, split=stream.split_record(),
                   store_generation=stream.generation,
-                  head_boxes="read" if stream.stored_boxes is None else "store")  # the build's, where it stored them
+                  head_boxes="store" if stream.info.has_head_boxes else "read")  # the build's, where it stored them
     in_channels = 1 if cfg.model == "rnn" else stream.channels * (2 * cfg.neighbours + 1)
     initial = initial_weights(cfg, size, in_channels, stream.channels) if cfg.init else None  # before the folder
     if cfg.freeze_epochs and windows_in_model:

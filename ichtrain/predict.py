@@ -17,7 +17,7 @@ from ichtrain.calibration import Calibration
 from ichtrain.evaluate import tta_label
 from ichtrain.infer import feature_model, features_of, predict_rows
 from ichtrain.logits import logit
-from ichtrain.run import input_options, load_keras, load_run, tta_of
+from ichtrain.run import input_options, load_keras, load_run
 
 __all__ = ["predict"]
 
@@ -61,11 +61,11 @@ def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_
     else:
         cfg, model_path = load_run(run_dir)
     model = load_keras(model_path)
-    mode = tta_of(cfg) if tta is None else tta
-    if stack_dir is not None and mode != tta_of(cfg):
+    mode, label = tta_label(cfg, "val", tta, run_dir)
+    if stack_dir is not None and label != "val":
         raise UsageError("--tta predicts with other test-time views; a stack folder's stacker learned from its cv "
                          f"folder's own. Received: tta={tta!r} with {stack_dir!r}")
-    calibration, ensemble = _calibrations(run_dir, cfg, model, ensemble, tta)
+    calibration, ensemble = _calibrations(run_dir, cfg, model, ensemble, None if label == "val" else mode)
     if calibration is None and ensemble is None:
         print(f"ichtrain: warning: {run_dir} has no calibration.json; writing the model's raw probabilities "
               "(rerun 'ichtrain fit' with the same arguments to calibrate it)", file=stream_err)
@@ -103,21 +103,20 @@ def predict(run_dir: str, dicom_dir: str, out_csv: str, workers: int = 1, batch_
     return dict(slices=int(ok.size), rejected=len(rejects), out=out_csv, build=result.summary())
 
 
-def _calibrations(run_dir: str, cfg: dict, model, ensemble, tta: str | None):
-    """(the run's calibration, the cv folder's ensemble) for the views ``tta``: as saved for the run's own,
-    else refitted with them (before any build: a missing training store is said before the DICOMs are read)."""
+def _calibrations(run_dir: str, cfg: dict, model, ensemble, other: str | None):
+    """(the run's calibration, the cv folder's ensemble): as saved, or refitted with the views ``other`` than
+    the run's own (before any build: a missing training store is said before the DICOMs are read)."""
     calibration = Calibration.load(run_dir)
-    mode, label = tta_label(cfg, "val", tta, run_dir)
-    if label == "val":
+    if other is None:
         return calibration, ensemble
     if ensemble is not None:
         from ichtrain.cv import pooled_out_of_fold
 
-        return calibration, pooled_out_of_fold(run_dir, len(ensemble.folds), tta=mode)["ensemble"]
+        return calibration, pooled_out_of_fold(run_dir, len(ensemble.folds), tta=other)["ensemble"]
     from ichtrain.calibration import fit_run_calibration
     from ichtrain.data import run_stream
 
-    return fit_run_calibration(run_stream(cfg), model, input_options(cfg), cfg["alpha"], tta=mode), ensemble
+    return fit_run_calibration(run_stream(cfg), model, input_options(cfg), cfg["alpha"], tta=other), ensemble
 
 
 def _fold_logits(fold_dir: str, stream, ok: np.ndarray, batch_size: int, tta: str) -> np.ndarray:
