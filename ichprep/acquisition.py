@@ -13,10 +13,18 @@ from numba import njit
 __all__ = ["finish_slice", "noise_bank"]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _across(render, left, right, t, y, dst):
+    """Source row y interpolated along x into ``dst``."""
+    for j in range(dst.shape[0]):
+        dst[j] = render[y, left[j]] * (1 - t[j]) + render[y, right[j]] * t[j]
+
+
 @njit(cache=True, nogil=True)
 def _finish_kernel(render, noise, oy, ox, flip, sd, out):
     """Upsample ``render`` 2x (bilinear, pixel centres aligned) into ``out`` and add ``sd`` x a window of the
-    noise bank at (oy, ox), flipped left-right when ``flip``. Each source row is interpolated along x once."""
+    noise bank at (oy, ox), flipped left-right when ``flip``. Each source row is interpolated along x once, into
+    one of two rows kept (output rows use source rows in order, two at a time)."""
     n = out.shape[0]
     m = render.shape[0]
     left, right = np.empty(n, np.int64), np.empty(n, np.int64)
@@ -26,19 +34,27 @@ def _finish_kernel(render, noise, oy, ox, flip, sd, out):
         ix = int(math.floor(fx))
         t[j] = fx - ix
         left[j], right[j] = max(ix, 0), min(ix + 1, m - 1)
-    across = np.empty((m, n), np.float64)
-    for y in range(m):
-        for j in range(n):
-            across[y, j] = render[y, left[j]] * (1 - t[j]) + render[y, right[j]] * t[j]
+    kept = np.empty((2, n), np.float64)  # source rows kept_y[0] and kept_y[1], interpolated along x
+    kept_y = np.full(2, -1, np.int64)
     for i in range(n):
         fy = (i + 0.5) / 2.0 - 0.5
         iy = int(math.floor(fy))
         ty = fy - iy
         y0, y1 = max(iy, 0), min(iy + 1, m - 1)
-        row = noise[oy + i]
+        for y in (y0, y1):
+            if kept_y[0] != y and kept_y[1] != y:
+                slot = 0 if kept_y[0] != y0 and kept_y[0] != y1 else 1
+                _across(render, left, right, t, y, kept[slot])
+                kept_y[slot] = y
+        a0 = kept[0] if kept_y[0] == y0 else kept[1]
+        a1 = kept[0] if kept_y[0] == y1 else kept[1]
+        dst = out[i]
+        if flip:  # two loops, not a test per pixel: the plain one vectorises
+            row = noise[oy + i, ox:ox + n][::-1]
+        else:
+            row = noise[oy + i, ox:ox + n]
         for j in range(n):
-            jj = (n - 1 - j) if flip else j
-            out[i, j] = across[y0, j] * (1 - ty) + across[y1, j] * ty + sd * row[ox + jj]
+            dst[j] = a0[j] * (1 - ty) + a1[j] * ty + sd * row[j]
 
 
 def finish_slice(render: np.ndarray, noise: np.ndarray, rng: np.random.Generator, sd: float) -> np.ndarray:

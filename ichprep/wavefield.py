@@ -46,12 +46,15 @@ def _field_kernel(a, b, c, wavevectors, scale, field, grad_norm):
     """field = scale x sum over waves of Re(a[w, x] b[w, y] c[w, z]); grad_norm = the norm of its gradient, each
     wave contributing -Im(...) x wavevectors[w] (rad/mm)."""
     n = field.shape[0]
+    ab = np.empty(a.shape[0], np.complex128)
     for x in range(n):
         for y in range(n):
+            for w in range(a.shape[0]):  # a b c multiplies left to right: (a b) once per column, not per voxel
+                ab[w] = a[w, x] * b[w, y]
             for z in range(n):
                 f = gx = gy = gz = 0.0
                 for w in range(a.shape[0]):
-                    e = a[w, x] * b[w, y] * c[w, z]
+                    e = ab[w] * c[w, z]
                     f += e.real
                     gx -= e.imag * wavevectors[w, 0]
                     gy -= e.imag * wavevectors[w, 1]
@@ -65,8 +68,14 @@ def _cell(n, x, y, z):
     """The periodic grid cell of the point (x, y, z) mm: its corner indices and the weights within it."""
     fx, fy, fz = x / FIELD_MM, y / FIELD_MM, z / FIELD_MM
     ix, iy, iz = math.floor(fx), math.floor(fy), math.floor(fz)
-    i0, j0, k0 = int(ix) % n, int(iy) % n, int(iz) % n
-    return i0, j0, k0, (i0 + 1) % n, (j0 + 1) % n, (k0 + 1) % n, fx - ix, fy - iy, fz - iz
+    if n == FIELD_N:  # a constant divisor: the compiler multiplies instead of dividing (6 divisions were ~1/3 of a lookup)
+        i0, j0, k0 = int(ix) % FIELD_N, int(iy) % FIELD_N, int(iz) % FIELD_N
+    else:
+        i0, j0, k0 = int(ix) % n, int(iy) % n, int(iz) % n
+    i1 = i0 + 1 if i0 + 1 < n else 0
+    j1 = j0 + 1 if j0 + 1 < n else 0
+    k1 = k0 + 1 if k0 + 1 < n else 0
+    return i0, j0, k0, i1, j1, k1, fx - ix, fy - iy, fz - iz
 
 
 @njit(cache=True, nogil=True, inline="always")

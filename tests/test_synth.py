@@ -224,9 +224,12 @@ def test_a_folder_that_is_not_a_corpus_is_refused_and_an_earlier_corpus_is_repla
         write_corpus(mine / "notes.txt", SynthConfig(studies=1, slices=4))
 
 
-def test_skipping_hidden_layers_paints_the_same_image_and_areas_as_painting_every_layer():
-    """The renderer skips what a wide opaque primitive hides; painting every layer is the reference. Heads of
-    every subtype, tilted and turned, from skull base to vertex, at the synth's render pixel."""
+def test_the_painters_shortcuts_paint_the_same_image_and_areas_as_painting_every_layer_in_full():
+    """The renderer skips what a wide opaque primitive hides, pixels whose slab misses a primitive, a dome's
+    depth where a bound shows it deep enough, and the cortex's field lookups below its deepest fold; painting
+    every layer and computing every pixel in full is the reference. Heads of every subtype, tilted and turned,
+    from skull base to vertex, at the synth's render pixel, and a finer one (the cortex's shortcuts are
+    checked on that many more pixels)."""
     from ichprep.anatomy import plan_study
 
     for seed, subtypes in enumerate([[], ["subdural"], ["epidural", "intraventricular"],
@@ -236,11 +239,11 @@ def test_skipping_hidden_layers_paints_the_same_image_and_areas_as_painting_ever
         field, grad = make_field(rng)
         bg = np.full((128, 128), -1000.0, np.float32)
         yaw = rng.uniform(-0.3, 0.3)
-        for z in np.linspace(anatomy.z_bottom, anatomy.z_top, 9):
+        for z, px in zip(np.linspace(anatomy.z_bottom, anatomy.z_top, 9), (1.9, 0.9) * 5):
             pose = np.array([np.cos(yaw), np.sin(yaw), -np.sin(yaw), np.cos(yaw), rng.uniform(-10, 10),
                              rng.uniform(-10, 10), z, rng.uniform(-0.15, 0.15), rng.uniform(-0.15, 0.15)])
-            fast, fast_area = render_plane(anatomy.prims, pose, 2.5, 1.9, field, grad, bg)
-            every, every_area = render_plane(anatomy.prims, pose, 2.5, 1.9, field, grad, bg, skip_hidden=False)
+            fast, fast_area = render_plane(anatomy.prims, pose, 2.5, px, field, grad, bg)
+            every, every_area = render_plane(anatomy.prims, pose, 2.5, px, field, grad, bg, shortcuts=False)
             np.testing.assert_array_equal(fast, every)
             np.testing.assert_array_equal(fast_area, every_area)
 
@@ -303,3 +306,48 @@ def test_encode_gives_the_plain_numpy_formulas_stored_values(dtype):
         raw, _ = encode(hu, encoding, outside)
         assert raw.dtype == expected.dtype
         np.testing.assert_array_equal(raw, expected, err_msg=encoding)
+
+
+def test_the_field_lookup_is_scipys_periodic_trilinear_interpolation():
+    """wavefield.trilinear at points on both sides of the origin and beyond one period, against scipy's
+    map_coordinates (order 1, wrapped grid), for the field's own size and another."""
+    from scipy.ndimage import map_coordinates
+
+    from ichprep.wavefield import FIELD_MM, FIELD_N, trilinear
+
+    rng = np.random.default_rng(11)
+    for n in (FIELD_N, 7):
+        f = rng.normal(size=(n, n, n)).astype(np.float32)
+        pts = rng.uniform(-2.5 * n * FIELD_MM, 2.5 * n * FIELD_MM, (500, 3))
+        pts[:3] = [[0.0, 0.0, 0.0], [n * FIELD_MM, -FIELD_MM, 3 * FIELD_MM], [-1e-9, 0.5, n * FIELD_MM - 1e-9]]
+        got = np.array([trilinear(f, *p) for p in pts])
+        want = map_coordinates(f.astype(np.float64), (pts / FIELD_MM).T, order=1, mode="grid-wrap")
+        np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"n={n}")
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_finish_slice_is_a_bilinear_2x_upsampling_plus_a_window_of_the_noise_bank(flip):
+    """acquisition.finish_slice against numpy: pixel centres aligned (source position (i + 0.5) / 2 - 0.5,
+    clamped at the edges), plus sd x the bank's window at the offsets it draws, mirrored when it draws a flip."""
+    from ichprep.acquisition import finish_slice
+
+    rng = np.random.default_rng(4)
+    render = rng.normal(0, 300, (64, 64)).astype(np.float32)
+    bank = rng.normal(size=(200, 200)).astype(np.float32)
+    for seed in range(40):  # until the generator draws the flip asked for
+        draws = np.random.default_rng(seed)
+        oy, ox = draws.integers(0, 200 - 128 + 1, 2)
+        if (draws.random() < 0.5) == flip:
+            break
+    got = finish_slice(render, bank, np.random.default_rng(seed), 3.5)
+    pos = (np.arange(128) + 0.5) / 2 - 0.5
+    lo = np.floor(pos).astype(int)
+    t = pos - lo
+    a, b = np.clip(lo, 0, 63), np.clip(lo + 1, 0, 63)
+    r = render.astype(np.float64)
+    across = r[:, a] * (1 - t) + r[:, b] * t
+    up = across[a] * (1 - t)[:, None] + across[b] * t[:, None]
+    window = bank[oy:oy + 128, ox:ox + 128]
+    want = up + 3.5 * (window[:, ::-1] if flip else window)
+    assert got.shape == (128, 128) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-3)
