@@ -68,23 +68,23 @@ def _warmup_slices(batch):
 
 
 def _consume(batches, n_target, warmup=0):
-    """Touch each batch; return slices seen after the first ``warmup`` slices, the seconds they took, and
-    RSS samples at start / middle / end."""
+    """Touch each batch; return slices seen after the first ``warmup`` slices, the seconds they took, RSS
+    samples at start / middle / end, and the CPU seconds the process spent meanwhile (all its threads)."""
     batches = iter(batches)
     skipped = 0
     while skipped < warmup:
         x, _ = next(batches)
         skipped += int((x[0] if isinstance(x, tuple) else x).shape[0])
-    seen, rss, t0 = 0, [_rss_mib()], time.perf_counter()
+    seen, rss, t0, c0 = 0, [_rss_mib()], time.perf_counter(), time.process_time()
     for x, _ in batches:
         seen += int((x[0] if isinstance(x, tuple) else x).shape[0])
         if len(rss) == 1 and seen >= n_target // 2:
             rss.append(_rss_mib())
         if seen >= n_target:
             break
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     rss.append(_rss_mib())
-    return seen, dt, rss
+    return seen, dt, rss, cpu
 
 
 def run_naive_tfdata(store, dicom, preset, batch, n):
@@ -179,16 +179,16 @@ def run_disk(store, dicom, preset, batch, n):
 
     n_slices = zarr.open_group(store, mode="r")["images"].shape[0]
     files = sorted(f for f in glob.glob(os.path.join(store, "images", "**"), recursive=True) if os.path.isfile(f))
-    rss, t0 = [_rss_mib()], time.perf_counter()
+    rss, t0, c0 = [_rss_mib()], time.perf_counter(), time.process_time()
     for k, f in enumerate(files):
         with open(f, "rb", buffering=0) as fh:
             while fh.read(1 << 20):
                 pass
         if k == len(files) // 2:
             rss.append(_rss_mib())
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     rss.append(_rss_mib())
-    return n_slices, dt, rss
+    return n_slices, dt, rss, cpu
 
 
 def evict(paths) -> int:
@@ -356,8 +356,9 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.child:  # child mode: NAME STORE DICOM PRESET
         name, store, dicom, preset = a.child
-        seen, dt, rss = RUNNERS[name](store, dicom, preset, a.batch_size, a.slices)
-        print(json.dumps(dict(slices=seen, seconds=dt, rss_mib=[round(r, 1) for r in rss])))
+        seen, dt, rss, cpu = RUNNERS[name](store, dicom, preset, a.batch_size, a.slices)
+        print(json.dumps(dict(slices=seen, seconds=dt, rss_mib=[round(r, 1) for r in rss],
+                              cpu_share=round(cpu / dt, 2))))
         return 0
     work = tempfile.mkdtemp(prefix="ichprep-stream-")
     try:
@@ -397,18 +398,21 @@ def main(argv=None):
                     evict([store, store + ".npy", dicom])
                 a.n_child = a.slices if name != "naive_tfdata" or preset == "cnn" else a.slices // 2
                 r = results[f"{kind}/{name}"] = _child(name, store, dicom, preset, a)
-                print(f"  {kind}/{name:<13} {r['slices_per_s']:>8.1f} slices/s  RSS {r['rss_mib']}", file=sys.stderr)
+                print(f"  {kind}/{name:<13} {r['slices_per_s']:>8.1f} slices/s  CPU {r['cpu_share']:.2f} of the time  "
+                      f"RSS {r['rss_mib']}", file=sys.stderr)
         ratios = _ratios(results)
         n = len(glob.glob(os.path.join(dicom, "*.dcm")))
         print(f"\nStreaming benchmark: {n} slices, {a.slices} per contender, batch {a.batch_size}, "
               f"{'all cores' if a.unpinned else 'one core each'} ({os.cpu_count()} on the machine)"
               f"{', cold: every contender reads from the disk' if a.cold else ', warm page cache'}\n")
-        print("| contender | slices/s | / floor | RSS MiB start / middle / end |")
-        print("|---|---|---|---|")
+        # CPU: the process's CPU seconds (all threads) over the wall time: near 1 on one core, CPU-bound
+        print("| contender | slices/s | / floor | CPU / time | RSS MiB start / middle / end |")
+        print("|---|---|---|---|---|")
         for k, r in results.items():
             floor = results.get(k.split("/")[0] + "/floor", {}).get("slices_per_s")
             rel = f"{r['slices_per_s'] / floor:.2f}" if floor else ""
-            print(f"| {k} | {r['slices_per_s']} | {rel} | {' / '.join(str(x) for x in r['rss_mib'])} |")
+            rss = " / ".join(str(x) for x in r["rss_mib"])
+            print(f"| {k} | {r['slices_per_s']} | {rel} | {r['cpu_share']} | {rss} |")
         print()
         for k, v in ratios.items():
             print(f"  {k}: {v}")
@@ -435,6 +439,8 @@ def _ratios(results):
         "cold cnn-none: ichtrain_f16 / the disk's sequential read": r("cnn-none/ichtrain_f16", "cnn-none/disk"),
         "cold hu: ichtrain_cnn_f16 / the disk's sequential read": r("hu/ichtrain_cnn_f16", "hu/disk"),
         "cnn-none: ichtrain_f16 / npy_loop (target >= 0.8)": r("cnn-none/ichtrain_f16", "cnn-none/npy_loop"),
+        "cnn-none: ichtrain_f16 / without read-ahead hints": r("cnn-none/ichtrain_f16",
+                                                               "cnn-none/ichtrain_f16_noahead"),
         "cnn-none: ichtrain / npy_loop": r("cnn-none/ichtrain", "cnn-none/npy_loop"),
         "cnn: ichtrain_f16 / floor (target >= 0.8)": r("cnn/ichtrain_f16", "cnn/floor"),
         # what --augment light leaves of the stream at 128 px (target: costs <= 25%, so >= 0.75)

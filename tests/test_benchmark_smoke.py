@@ -45,6 +45,7 @@ def test_stream_benchmark_runs_and_reports(tmp_path):
     assert set(report["results"]) == {"cnn/ichtrain_f16", "cnn-none/npy_loop", "cnn-none/ichtrain_f16"}
     for name, r in report["results"].items():
         assert r["slices"] >= 32 and r["slices_per_s"] > 0 and len(r["rss_mib"]) == 3, name
+        assert 0 < r["cpu_share"] < 64, name  # CPU seconds over wall seconds: at most one per core
     assert set(report["ratios"]) == {"cnn-none: ichtrain_f16 / npy_loop (target >= 0.8)"}
     assert all(v > 0 for v in report["ratios"].values())
     bad = subprocess.run([sys.executable, str(BENCH.parent / "stream.py"), "--contenders", "floor,nope"],

@@ -373,6 +373,7 @@ def test_two_builds_into_one_s3_url_the_second_refuses(corpus, moto, capsys, tmp
     assert main(["verify", url, "--quiet"]) == 0
 
 
+@pytest.mark.slow  # ~30 s, most of it the client's retries giving up on the dead endpoint
 def test_a_dropped_connection_mid_upload_is_one_line_then_resumes(corpus, moto, tmp_path):
     import subprocess
     import sys

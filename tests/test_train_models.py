@@ -241,7 +241,8 @@ def test_evaluate_refuses_a_store_whose_split_changed(synth_corpus, tmp_path, ca
     assert "slices or labels are not those" in err and "slices" in err
 
 
-@pytest.mark.parametrize("backbone,channels", [("efficientnetb0", 1), ("resnet50", 3),
+@pytest.mark.parametrize("backbone,channels", [("efficientnetb0", 1),
+                                               pytest.param("resnet50", 3, marks=pytest.mark.slow),  # 9 s
                                                pytest.param("densenet121", 5, marks=pytest.mark.slow)])  # 30 s
 def test_backbones_load_a_weights_file_and_reload(backbone, channels, tmp_path):
     """A weights file the test writes (random ImageNet-shaped weights) is what the backbone starts from;
