@@ -52,8 +52,9 @@ def reuse_freed_memory() -> bool:
     """glibc only: serve blocks up to 32 MiB from the heap and keep up to 256 MiB of freed heap for reuse.
 
     By default glibc maps every block of 32 MiB or more afresh and unmaps it when freed, so each shard's
-    buffers came back as new page faults (the gain is in docs/performance.md). Applied to processes ichprep owns (an in-process build, local-cluster workers), never to the workers
-    of a cluster the user brings (``--scheduler``). Returns whether it was applied."""
+    buffers came back as new page faults (the gain is in docs/performance.md). Applied to processes ichprep owns
+    (an in-process build, local-cluster workers) and to a process that opens an ``ichtrain`` stream, never to the
+    workers of a cluster the user brings (``--scheduler``). Returns whether it was applied."""
     if not sys.platform.startswith("linux"):
         return False
     try:

@@ -120,3 +120,59 @@ def test_stores_without_chunk_checksums_still_write_and_read(tmp_path, compresso
     for i in range(3):
         shard.decode_into(i, out)
         np.testing.assert_array_equal(out.view(np.uint16), images[i].view(np.uint16))
+
+
+def _none_store(tmp_path, n=7, S=3, channels=1):
+    g = st.create_store(str(tmp_path / "none.zarr"), n, channels, S, "none", {})
+    images = _images(n, channels, seed=3)
+    for shard in range(-(-n // S)):
+        rows = slice(shard * S, min(n, (shard + 1) * S))
+        k = rows.stop - rows.start
+        shardio.write_shard(g, shard, images[rows], np.zeros(k, np.float32), np.zeros(k, np.float32),
+                            np.ones(k, np.uint8))
+    return g["images"], images
+
+
+def test_an_uncompressed_local_store_is_read_slice_by_slice_into_the_callers_buffer_as_zarr_reads_it(tmp_path):
+    images_array, images = _none_store(tmp_path)
+    reader = shardio.shard_reader(images_array)
+    back = zarr.open_group(str(tmp_path / "none.zarr"), mode="r")["images"][:]
+    for shard in range(3):
+        obj = reader.fetch(shard)
+        assert isinstance(obj, shardio.DirectShard) and obj.nbytes > 0
+        for i in range(min(3, 7 - 3 * shard)):
+            out = np.full(images.shape[1:], np.nan, np.float16)
+            obj.decode_into(i, out)
+            np.testing.assert_array_equal(out.view(np.uint16), back[3 * shard + i].view(np.uint16))
+            strided = np.full((512, 512, 2), np.nan, np.float16)[:, :, :1]  # not contiguous: still filled
+            obj.decode_into(i, strided)
+            np.testing.assert_array_equal(strided.view(np.uint16), images[3 * shard + i].view(np.uint16))
+    obj = reader.fetch(0)
+    fd = obj._fd
+    del obj  # the file it held open is closed with it
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+def test_a_damaged_or_missing_object_of_an_uncompressed_store_names_its_shard_and_row(tmp_path):
+    from ichprep.errors import DamagedShardError
+
+    images_array, _ = _none_store(tmp_path)
+    reader = shardio.shard_reader(images_array)
+    path = tmp_path / "none.zarr" / "images" / "c" / "1" / "0" / "0" / "0"
+    data = bytearray(path.read_bytes())
+    data[512 * 512 * 2 + 4 + 1000] ^= 0xFF  # a byte of slice 1 of shard 1: row 4
+    path.write_bytes(bytes(data))
+    obj = reader.fetch(1)
+    obj.decode_into(0, np.empty((512, 512, 1), np.float16))  # row 3 is intact
+    with pytest.raises(DamagedShardError, match=r"row 4 \(slice 1 of shard 1\) fails its crc32c"):
+        obj.decode_into(1, np.empty((512, 512, 1), np.float16))
+    path.write_bytes(bytes(data[:-10]))  # the index's end cut off
+    with pytest.raises(DamagedShardError, match="shard 1 .*index fails its crc32c"):
+        reader.fetch(1)
+    path.write_bytes(bytes(data[:20]))
+    with pytest.raises(DamagedShardError, match=r"shard 1 \(rows 3..5\) is truncated"):
+        reader.fetch(1)
+    path.unlink()
+    with pytest.raises(DamagedShardError, match=r"shard 1 \(rows 3..5\) is missing"):
+        reader.fetch(1)
