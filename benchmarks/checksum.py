@@ -29,10 +29,10 @@ def measure(url: str, shards: int = 8, repeat: int = 5) -> dict:
     import google_crc32c
     import zarr
 
-    from ichprep import shardio
+    from ichprep import shardio, shardread
 
     images = zarr.open_group(url, mode="r")["images"]
-    reader = shardio.shard_reader(images)
+    reader = shardread.shard_reader(images)
     if reader is None:
         raise SystemExit(f"{url}: not a store of ichprep's shard layout")
     codec, checksummed = shardio._chain(images.metadata.codecs[0].codecs)

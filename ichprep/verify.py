@@ -273,7 +273,7 @@ def _shard_blocks(img, S: int, n: int, rep: VerifyReport):
     """``read(shard) -> (block, readable rows)``: the shard's slices and which of them decoded (a slice
     failing its checksum is reported by row, the others still checked); (None, None) when the shard object
     itself is missing or damaged. Every problem found marks the shard damaged."""
-    from ichprep.shardio import shard_reader
+    from ichprep.shardread import shard_reader
 
     reader = shard_reader(img)
 

@@ -150,7 +150,7 @@ class BatchAssembler:
 
     ``sources``: (n, M) store rows per sample (M = 2k + 1 neighbour slices, channels of slice z-k first).
     ``fetch(shard)`` returns an object with ``decode_into(i, out)`` and ``nbytes`` (a
-    :class:`ichprep.shardio.Shard`). ``slice_shape``: (H, W, C) of one delivered slice. ``window``: None
+    :class:`ichprep.shardread.Shard`). ``slice_shape``: (H, W, C) of one delivered slice. ``window``: None
     (slices are delivered as stored: float16, or int16 for an hu store whose windows the model applies,
     :mod:`ichtrain.graphwindows`), or ``window(row, hu, out)`` writing the C float16 windows of a stored
     int16 HU slice (an hu store; :class:`ichprep.readwindows.ReadWindows`). ``repeat``: batch

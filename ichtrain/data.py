@@ -28,14 +28,14 @@ from ichprep.executor import reuse_freed_memory
 from ichprep.errors import DamagedShardError, StoreError, UsageError
 from ichprep.labels import UNLABELLED
 from ichprep.readwindows import ReadWindows
-from ichprep.shardio import shard_reader
+from ichprep.shardread import shard_reader
 from ichprep.windows import Window, parse_read_windows
 from ichtrain.augment import augment_images, parse_augment
 from ichtrain.crop import check_box_source, check_crop, sample_boxes
 from ichtrain.batches import BatchAssembler, delivery_order, shard_groups
 from ichtrain.graphwindows import resolve_windows_on
 from ichtrain.reading import (batch_shaper as _batch_shaper, check_reading, hu_pipeline, read_ahead_hinter,
-                              window_pipeline, zarr_shard_fetcher)
+                              series_bounds, window_pipeline, zarr_shard_fetcher)
 from ichtrain.sampling import sample_epoch, type_weights  # noqa: F401 (re-exported)
 from ichtrain.splits import SPLIT_BY, SPLIT_NAMES, fold_rows, split_buckets, split_record, split_rows  # noqa: F401 (re-exported)
 from ichtrain.splits import check_same_split
@@ -92,10 +92,7 @@ class StoreStream:
         if self.by not in SPLIT_BY:
             raise UsageError(f"Expected split by one of {', '.join(SPLIT_BY)}. Received: by={self.by!r}")
         self._g, self.info = st.open_store(self.url, require_complete=True)
-        # Every shard object fetched is a new block of up to tens of MiB: glibc mapped each afresh and the
-        # reader paid its page faults. Served from the heap, the first 1,000 slices of a stream ran 1.4x
-        # faster (docs/performance.md); the builds do the same.
-        reuse_freed_memory()
+        reuse_freed_memory()  # each fetched shard object was a fresh mapping, faulted in: docs/performance.md
         g = self._g
         self.labels = st.column(g, "labels")
         self.types = st.column(g, "type")
@@ -118,13 +115,7 @@ class StoreStream:
         else:
             self.splits = fold_rows(self.groups, self.usable, int(self.fold[1]), int(self.fold[0]), self.seed)
         self.sop_uids = st.column(g, "sop_uid")
-        # Each series is a contiguous run of rows (the store is ordered by study, series, z): its bounds
-        # per row are what neighbour reads clip to, so a sample never mixes two series.
-        series = st.column(g, "series_uid")
-        starts = np.flatnonzero(np.r_[True, (series[1:] != series[:-1]) | (study[1:] != study[:-1])])
-        run_of = np.cumsum(np.isin(np.arange(series.size), starts)) - 1
-        ends = np.r_[starts[1:], series.size]
-        self.series_lo, self.series_hi = starts[run_of].astype(np.int64), ends[run_of].astype(np.int64)
+        self.series_lo, self.series_hi = series_bounds(study, st.column(g, "series_uid"))  # neighbours clip to
         with st.fast_codec_pipeline():  # the codec pipeline is bound when the array is opened: open it once
             self.images = st.images(g)
         self._reader = shard_reader(self.images)  # None for a layout ichprep does not write: zarr reads it

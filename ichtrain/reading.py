@@ -12,8 +12,17 @@ import numpy as np
 from ichprep.errors import UsageError
 from ichtrain.crop import crop_to_boxes
 
-__all__ = ["read_ahead_hinter", "zarr_shard_fetcher", "hu_pipeline", "window_pipeline", "check_reading",
-           "batch_shaper"]
+__all__ = ["series_bounds", "read_ahead_hinter", "zarr_shard_fetcher", "hu_pipeline", "window_pipeline",
+           "check_reading", "batch_shaper"]
+
+
+def series_bounds(study: np.ndarray, series: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the first row of its series and the row after its last (int64): a store is ordered by study,
+    series and z, so each series is a contiguous run; neighbour reads clip to it and never mix two series."""
+    starts = np.flatnonzero(np.r_[True, (series[1:] != series[:-1]) | (study[1:] != study[:-1])])
+    run_of = np.cumsum(np.isin(np.arange(series.size), starts)) - 1
+    ends = np.r_[starts[1:], series.size]
+    return starts[run_of].astype(np.int64), ends[run_of].astype(np.int64)
 
 
 def read_ahead_hinter(images):

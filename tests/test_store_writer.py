@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import zarr
 
-from ichprep import shardio
+from ichprep import shardio, shardread
 from ichprep import store as st
 
 
@@ -114,7 +114,7 @@ def test_stores_without_chunk_checksums_still_write_and_read(tmp_path, compresso
     theirs[:] = images
     with open(tmp_path / "old.zarr" / "theirs" / "c" / "0" / "0" / "0" / "0", "rb") as fh:
         assert encode(images) == fh.read()
-    reader = shardio.shard_reader(theirs)
+    reader = shardread.shard_reader(theirs)
     assert reader is not None and not reader.checksummed
     shard, out = reader.fetch(0), np.empty((512, 512, 1), np.float16)
     for i in range(3):
@@ -135,11 +135,11 @@ def _none_store(tmp_path, n=7, S=3, channels=1):
 
 def test_an_uncompressed_local_store_is_read_slice_by_slice_into_the_callers_buffer_as_zarr_reads_it(tmp_path):
     images_array, images = _none_store(tmp_path)
-    reader = shardio.shard_reader(images_array)
+    reader = shardread.shard_reader(images_array)
     back = zarr.open_group(str(tmp_path / "none.zarr"), mode="r")["images"][:]
     for shard in range(3):
         obj = reader.fetch(shard)
-        assert isinstance(obj, shardio.DirectShard) and obj.nbytes > 0
+        assert isinstance(obj, shardread.DirectShard) and obj.nbytes > 0
         for i in range(min(3, 7 - 3 * shard)):
             out = np.full(images.shape[1:], np.nan, np.float16)
             obj.decode_into(i, out)
@@ -158,7 +158,7 @@ def test_a_damaged_or_missing_object_of_an_uncompressed_store_names_its_shard_an
     from ichprep.errors import DamagedShardError
 
     images_array, _ = _none_store(tmp_path)
-    reader = shardio.shard_reader(images_array)
+    reader = shardread.shard_reader(images_array)
     path = tmp_path / "none.zarr" / "images" / "c" / "1" / "0" / "0" / "0"
     data = bytearray(path.read_bytes())
     data[512 * 512 * 2 + 4 + 1000] ^= 0xFF  # a byte of slice 1 of shard 1: row 4
