@@ -83,3 +83,24 @@ def test_delivery_order_permutes_pools_of_shards_and_keeps_every_draw():
     assert set().union(*pools) == set(counts) and all(len(p) == 3 for p in pools[:-1])
     first = out[:sum(counts[s] for s in pools[0])] // 16
     assert len(set(first[:counts[int(first[0])]].tolist())) > 1  # a pool is mixed, not shard after shard
+
+
+def test_a_hint_asks_for_every_byte_of_the_shard_object_a_window_at_a_time(brain_store, monkeypatch):
+    """One WILLNEED call reads at most the device's read-ahead window from its offset: the hint covers the whole
+    object in calls of at most HINT_STEP bytes."""
+    import os
+
+    from ichtrain import reading
+    from ichtrain.data import StoreStream
+
+    monkeypatch.setattr(reading, "HINT_STEP", 4096)
+    calls = []
+    monkeypatch.setattr(reading.os, "posix_fadvise", lambda fd, off, n, advice: calls.append((off, n, advice)))
+    stream = StoreStream(brain_store, fractions=(1.0, 0.0, 0.0))
+    stream._hinter()(0)
+    path = os.path.join(brain_store, "images", "c", "0", "0", "0", "0")
+    size = os.path.getsize(path)
+    assert size > 3 * 4096 and all(a == os.POSIX_FADV_WILLNEED and 0 < n <= 4096 for _, n, a in calls)
+    covered = sorted((off, off + n) for off, n, _ in calls)
+    assert covered[0][0] == 0 and covered[-1][1] == size
+    assert all(b == c for (_, b), (c, _) in zip(covered, covered[1:]))  # no gap, no overlap
