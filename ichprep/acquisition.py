@@ -49,7 +49,7 @@ def _finish_kernel(render, noise, oy, ox, flip, sd, out):
         a0 = kept[0] if kept_y[0] == y0 else kept[1]
         a1 = kept[0] if kept_y[0] == y1 else kept[1]
         dst = out[i]
-        if flip:  # two loops, not a test per pixel: the plain one vectorises
+        if flip:  # a reversed view of the bank's row, not a test per pixel
             row = noise[oy + i, ox:ox + n][::-1]
         else:
             row = noise[oy + i, ox:ox + n]

@@ -24,8 +24,8 @@ import numpy as np
 
 from ichprep import store as st
 from ichprep.diskspace import size_on_disk
-from ichprep.executor import reuse_freed_memory
 from ichprep.errors import DamagedShardError, StoreError, UsageError
+from ichprep.executor import reuse_freed_memory
 from ichprep.labels import UNLABELLED
 from ichprep.readwindows import ReadWindows
 from ichprep.shardread import shard_reader

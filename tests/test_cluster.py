@@ -50,9 +50,10 @@ def cluster(tmp_path):
             p.send_signal(signal.SIGTERM)
     for p in workers + procs:
         try:
-            p.wait(timeout=20)
+            p.wait(timeout=5)  # a dask process that has not left by then is killed: one took 20 s to (suite run)
         except subprocess.TimeoutExpired:
             p.kill()
+            p.wait(timeout=10)
 
 
 def _same(a, b):
