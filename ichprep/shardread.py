@@ -85,13 +85,14 @@ class DirectShard:
     def nbytes(self) -> int:
         return self._size
 
-    def close(self) -> None:
+    def close(self, _close=os.close) -> None:  # bound now: at interpreter exit the os module may be gone
         fd, self._fd = self._fd, -1
         if fd >= 0:
-            os.close(fd)
+            _close(fd)
 
     def __del__(self):
-        self.close()
+        with contextlib.suppress(OSError):
+            self.close()
 
     def decode_into(self, i: int, out: np.ndarray) -> None:
         """As :meth:`Shard.decode_into`: a chunk failing its crc32c, or not the size of a slice, raises
