@@ -14,7 +14,7 @@ import zarr
 from ichprep.errors import DamagedShardError
 from ichprep.shardio import _NO_INDEX, _RAW, _chain, _crc32c_tail, _image_layout
 
-__all__ = ["shard_reader", "ShardReader", "Shard", "DirectShard"]
+__all__ = ["shard_reader", "ShardReader", "Shard", "DirectShard", "local_object_path"]
 
 
 class _ChecksumMismatch(Exception):
@@ -128,10 +128,9 @@ class ShardReader:
         self.checksummed = checksummed
         self.slice_shape = tuple(image_array.shape[1:])
         self._where = str(image_array.store_path)
-        root = getattr(image_array.store_path.store, "root", None)  # a local store's folder
+        self._tail = 16 * self.rows_per_shard + 4  # the index of (offset, length) pairs and its crc32c
         # Uncompressed slices of a local store are read from the file into their batch (DirectShard)
-        self._folder = os.path.join(str(root), image_array.store_path.path) if root is not None and \
-            codec is _RAW and hasattr(os, "preadv") else None
+        self._local_path = local_object_path(image_array) if codec is _RAW and hasattr(os, "preadv") else None
 
     def fetch(self, shard: int) -> Shard | DirectShard:
         """Shard ``shard``'s object; a missing object or an index failing its checksum raises StoreError
@@ -139,16 +138,16 @@ class ShardReader:
         from zarr.core.buffer import default_buffer_prototype
         from zarr.core.sync import sync
 
-        S = self.rows_per_shard
+        if self._local_path is not None:
+            return self._fetch_direct(shard, self._local_path(shard))
         key = self.array.metadata.encode_chunk_key((shard,) + (0,) * (self.array.ndim - 1))
-        if self._folder is not None:
-            return self._fetch_direct(shard, os.path.join(self._folder, key))
         buf = sync((self.array.store_path / key).get(prototype=default_buffer_prototype()))
         if buf is None:
             raise DamagedShardError(f"{self._where}: shard {shard} ({self._rows(shard)}) is missing", shard)
         data = buf.as_numpy_array().view(np.uint8).reshape(-1)
-        index = self._index(shard, data[-(16 * S + 4):], data.size)
-        return Shard(shard, data[:-(16 * S + 4)], index, self._codec, self._where, shard * S, self.checksummed)
+        index = self._index(shard, data[-self._tail:], data.size)
+        return Shard(shard, data[:-self._tail], index, self._codec, self._where, shard * self.rows_per_shard,
+                     self.checksummed)
 
     def _rows(self, shard: int) -> str:
         S = self.rows_per_shard
@@ -158,7 +157,7 @@ class ShardReader:
         """The shard index from the object's last 16 S + 4 bytes (``tail``), its checksum checked."""
         import google_crc32c
 
-        if size < 16 * self.rows_per_shard + 4:
+        if size < self._tail:
             raise DamagedShardError(f"{self._where}: shard {shard} ({self._rows(shard)}) is truncated ({size} bytes)",
                                     shard)
         index_bytes = tail[:-4].tobytes()
@@ -175,7 +174,7 @@ class ShardReader:
             raise DamagedShardError(f"{self._where}: shard {shard} ({self._rows(shard)}) is missing", shard) from None
         try:
             size = os.fstat(fd).st_size
-            want = min(size, 16 * self.rows_per_shard + 4)
+            want = min(size, self._tail)
             tail = np.frombuffer(os.pread(fd, want, size - want), np.uint8)
             index = self._index(shard, tail, size)
         except BaseException:
@@ -183,6 +182,17 @@ class ShardReader:
             raise
         return DirectShard(shard, fd, size - tail.size, index, self._where, shard * self.rows_per_shard,
                            self.checksummed)
+
+
+def local_object_path(image_array: zarr.Array):
+    """``path(shard)``: the file holding shard ``shard``'s object, where the array lies in a local folder; None
+    for other stores (remote ones are read through zarr)."""
+    root = getattr(image_array.store_path.store, "root", None)
+    if root is None:
+        return None
+    folder = os.path.join(str(root), image_array.store_path.path)
+    key, rest = image_array.metadata.encode_chunk_key, (0,) * (image_array.ndim - 1)
+    return lambda shard: os.path.join(folder, key((int(shard),) + rest))
 
 
 def shard_reader(image_array: zarr.Array) -> ShardReader | None:

@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from ichprep.errors import UsageError
+from ichprep.shardread import local_object_path
 from ichtrain.crop import crop_to_boxes
 
 __all__ = ["series_bounds", "read_ahead_hinter", "zarr_shard_fetcher", "hu_pipeline", "window_pipeline",
@@ -34,17 +35,13 @@ def read_ahead_hinter(images):
     """``hint(shard)``: ask the kernel to start reading a shard object of a local store ahead of its use
     (``posix_fadvise(WILLNEED)``; its pages then arrive while earlier batches decode). None where the store
     is not a local folder or the platform has no posix_fadvise."""
-    store = images.store_path.store
-    root = getattr(store, "root", None)
-    if root is None or not hasattr(os, "posix_fadvise"):
+    path = local_object_path(images)
+    if path is None or not hasattr(os, "posix_fadvise"):
         return None
-    folder = os.path.join(str(root), images.store_path.path)
-    key = images.metadata.encode_chunk_key
-    rest = (0,) * (images.ndim - 1)
 
     def hint(shard: int) -> None:
         try:
-            fd = os.open(os.path.join(folder, key((int(shard),) + rest)), os.O_RDONLY)
+            fd = os.open(path(shard), os.O_RDONLY)
         except OSError:
             return  # a missing object is reported when it is read
         try:
