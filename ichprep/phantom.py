@@ -64,7 +64,7 @@ def _depth_enough(p, k):
 
 @njit(cache=True, nogil=True, inline="always")
 def _material(p, k):
-    """Primitive k's material and its parameters as scalars, read once per primitive (see ``shape``)."""
+    """Primitive k's material and its parameters as scalars, read once per primitive (see ``primitive_shape``)."""
     return int(p[k, MAT]), p[k, VAL], p[k, VAL2], p[k, P1], p[k, P2], p[k, P3], p[k, P4], p[k, P5]
 
 
@@ -85,7 +85,8 @@ def _material_value(mt, cur, x, y, z, lu, lv, depth, field, grad, shortcuts):
             return CSF_HU, 1.0
         d = depth - csf_surface
         grey = clamp01((cortex - d) / 1.2 + 0.5)
-        if not shortcuts or d < _FOLD_FREE * p1 + 1.0 + 1e-6:  # deeper, in_folds (below) is 0 for any m: the field is not read
+        # deeper, in_folds (below) is 0 whatever the slow field's opening: the field is not read
+        if not shortcuts or d < _FOLD_FREE * p1 + 1.0 + 1e-6:
             # sulci open and close along their length, and reach up to P1 mm deep: a slow field modulates both
             opening = clamp01(trilinear(field, x * 0.31 + 23.0, y * 0.31, z * 0.31) * 0.8 + 0.5)
             in_folds = clamp01((p1 * (0.5 + 0.6 * opening) - d) / 2.0 + 0.5)  # at most _FOLD_FREE x P1 deep
