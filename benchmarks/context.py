@@ -38,7 +38,7 @@ def _run(main, argv: list[str]) -> None:
 
 def measure(work: str, studies: int, slices: int, corpus_seed: int, seeds: list[int], epochs: int,
             image_size: int, split: str, series_epochs: int, batch_size: int = 32, salt: str = "context",
-            synth_version: int = 2) -> dict:
+            synth_version: int = 3) -> dict:
     from ichprep.cli import main as ichprep
     from ichtrain.cli import main as ichtrain
     from ichtrain.compare import compare
@@ -125,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--salt", default="context", help="the store's patient-hash key: it places patients in splits, "
                                                        "so the same salt gives the same test patients anywhere")
     p.add_argument("--split", default="0.7,0.15,0.15")
-    p.add_argument("--synth-version", type=int, default=2, choices=(1, 2),
-                   help="the synthetic corpus's version (1: the ellipse phantom of the measurements before 2026-12-06)")
+    p.add_argument("--synth-version", type=int, default=3, choices=(1, 2, 3),
+                   help="the synthetic corpus's version (default 3; 2: the corpus of the measurements before "
+                        "2026-12-07; 1: the ellipse phantom of those before 2026-12-06)")
     p.add_argument("--work", help="keep the corpus, store and runs here (default: a temporary folder)")
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args(argv)

@@ -270,7 +270,7 @@ def main(argv=None) -> int:
     ap.add_argument("--real", default=os.path.join(SHARED, "rsna-unlabelled"))
     ap.add_argument("--series", default=os.path.join(SHARED, "rsna-test-series"))
     ap.add_argument("--synthetic", help="a corpus folder (else one is written for the run)")
-    ap.add_argument("--version", type=int, default=2)
+    ap.add_argument("--version", type=int, default=3)
     ap.add_argument("--studies", type=int, default=40)
     ap.add_argument("--slices", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)

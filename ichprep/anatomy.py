@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ichprep import lowerhead
 from ichprep.phantom import N_COLUMNS, Material
 
 __all__ = ["StudyAnatomy", "plan_study", "SUBTYPE_INDEX"]
@@ -91,9 +92,10 @@ class _Head:
     shift: float = 0.0  # midline shift by a large mass
 
 
-def plan_study(rng: np.random.Generator, subtypes: list[str]) -> StudyAnatomy:
+def plan_study(rng: np.random.Generator, subtypes: list[str], version: int = 2) -> StudyAnatomy:
     """The anatomy of one head (random size, age, variants) with hemorrhages of ``subtypes``. The steps paint in
-    order, each over what the earlier ones painted, and draw from ``rng`` in that order."""
+    order, each over what the earlier ones painted, and draw from ``rng`` in that order. ``version`` 3 draws the
+    lower head and neck of ``ichprep.lowerhead`` (version 2's draws and table are kept as they were)."""
     s = rng.normal(1.0, 0.05) if rng.random() > 0.04 else rng.uniform(0.78, 0.9)  # a few children
     scale = np.clip(s * rng.normal(1.0, 0.035, 3), 0.72, 1.2)
     t = _Table(scale, np.zeros(3))
@@ -107,7 +109,10 @@ def plan_study(rng: np.random.Generator, subtypes: list[str]) -> StudyAnatomy:
     h.dome = rng.uniform(2.2, 2.8)
     _scalp(t, h)
     _skull(rng, t, h)
-    _below_the_cavity(t, h)
+    if version >= 3:
+        lowerhead.below_the_cavity(rng, t, h)
+    else:
+        _below_the_cavity(t, h)
     cerebrum, fossa = _brain(rng, t, h)
     _orbits_and_air(rng, t, h)
     for side in (-1, 1):  # deep grey nuclei

@@ -82,8 +82,8 @@ def parser() -> argparse.ArgumentParser:
 def _add_synth(sub) -> None:
     s = sub.add_parser("synth", help="write a synthetic RSNA-like corpus (DICOM + labels.csv)",
                        description="Write OUT/dicom/*.dcm and OUT/labels.csv: whole series of synthetic head CT "
-                                   "with hemorrhages, in the encodings of the real data. Version 2 (the default) "
-                                   "cuts a procedural 3-D head as a scanner does: series from below the skull base "
+                                   "with hemorrhages, in the encodings of the real data. Versions 2 and 3 (the "
+                                   "default) cut a procedural 3-D head as a scanner does: series from below the skull base "
                                    "(orbits, sinuses, petrous bones, mastoid air cells, posterior fossa) to the "
                                    "vertex; cortex with gyri and sulci, grey and white matter, ventricles and "
                                    "cisterns that widen with age; skull with diploe; heads of varied size, "
@@ -94,8 +94,11 @@ def _add_synth(sub) -> None:
                                    "subdural crescents (acute, subacute, chronic), subarachnoid blood in sulci "
                                    "and cisterns, parenchymal clots with oedema and mass effect, blood in the "
                                    "ventricles, alone or together. Labels come from the blood drawn in each "
-                                   "slice. Version 1 is the earlier ellipse phantom, kept so that old corpora "
-                                   "stay reproducible. The same options give byte-identical files. OUT must be "
+                                   "slice. Version 3 draws the face and neck of the lowest cuts as they are "
+                                   "(fat under the skin and between the muscles, the jaw, the pharynx's air, the "
+                                   "occipital bone as a plate around the foramen magnum) where version 2 drew even "
+                                   "muscle; a model trained on it stops reading real skull-base cuts as bleeds. "
+                                   "Version 1 is the earlier ellipse phantom. Old versions stay reproducible. The same options give byte-identical files. OUT must be "
                                    "new, empty or an earlier corpus (which is replaced).")
     s.add_argument("out", help="output folder (new, empty, or an earlier corpus)")
     s.add_argument("--studies", type=int, default=20, help="number of studies (one series each; default 20)")
@@ -104,8 +107,9 @@ def _add_synth(sub) -> None:
     s.add_argument("--seed", type=int, default=0, help="random seed (>= 0); the same seed gives the same files")
     s.add_argument("--hemorrhage-fraction", type=float, default=0.5, help="fraction of studies with a bleed "
                                                                           "(default 0.5)")
-    s.add_argument("--version", type=int, default=2, choices=(1, 2), dest="synth_version",
-                   help="2: the anatomical phantom (default); 1: the earlier ellipse phantom")
+    s.add_argument("--version", type=int, default=3, choices=(1, 2, 3), dest="synth_version",
+                   help="3: the anatomical phantom with the face and neck of real low cuts (default); "
+                        "2: the same before them (docs/realism.md); 1: the earlier ellipse phantom")
     s.add_argument("--quiet", action="store_true")
 
 

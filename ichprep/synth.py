@@ -1,6 +1,6 @@
 """A deterministic synthetic RSNA-like head-CT corpus, written as real DICOM files with labels.
 
-Version 2 (the default) renders each study from a procedural 3-D head (``ichprep.anatomy``,
+Version 2 renders each study from a procedural 3-D head (``ichprep.anatomy``,
 ``ichprep.phantom``) and cuts it as a scanner does:
 
 * **the series**: axial slices from below the skull base to the vertex, 5 mm thick (3 mm in some series),
@@ -15,7 +15,9 @@ Version 2 (the default) renders each study from a procedural 3-D head (``ichprep
   each slice (at least a few mm^2), so a lesion's first and last slices are faint, partial-volumed, as in
   real scans.
 
-Version 1 (``--version 1``, ``ichprep.synth_v1``) is the earlier ellipse phantom, kept so that old corpora
+Version 3 (the default) is version 2 with the lower head of ``ichprep.lowerhead``: the face and neck of
+the lowest cuts drawn as they are, not as even muscle. Version 1 (``--version 1``, ``ichprep.synth_v1``) is the
+earlier ellipse phantom, kept so that old corpora
 stay reproducible. Encodings as in the real data (chosen per series): 16-bit signed with intercept -1024
 and padding outside the scan circle; 12-bit unsigned with intercept -1024 and multi-valued
 WindowCenter/Width; a few series with the RSNA 12-bit defect. A few slices are RLE Lossless or JPEG 2000
@@ -41,7 +43,7 @@ from ichprep.synthio import (CORPUS_MARKER, ENCODINGS, CorpusTally, SeriesWriter
 
 __all__ = ["SynthConfig", "write_corpus", "ENCODINGS", "VERSIONS", "SIZE"]
 
-VERSIONS = (1, 2)
+VERSIONS = (1, 2, 3)
 SIZE = 512
 _RENDER = SIZE // 2  # the phantom is drawn at half resolution (~1 mm), then upsampled: CT's own resolution
 # Smallest blood area (mm^2) for a slice to carry the subtype's label, about what a reader sees at 5 mm: thin
@@ -63,7 +65,7 @@ class SynthConfig:
     seed: int = 0
     hemorrhage_fraction: float = 0.5
     compressed_fraction: float = 0.05
-    version: int = 2
+    version: int = 3
 
     def __post_init__(self) -> None:
         for name, lo, hi in (("studies", 1, 100_000), ("slices", 4, 1000), ("seed", 0, 2**63 - 1)):
@@ -138,7 +140,7 @@ def _subtypes(rng: np.random.Generator, fraction: float) -> list[str]:
 
 
 def _write_corpus_v2(out_dir: str, dicom_dir: str, cfg: SynthConfig, progress) -> dict:
-    root = np.random.SeedSequence([cfg.seed, 2])
+    root = np.random.SeedSequence([cfg.seed, cfg.version])
     corpus_rng = np.random.default_rng(root.spawn(1)[0])
     banks = [noise_bank(corpus_rng, peak=p) for p in (0.07, 0.09, 0.12)]
     patients = synthetic_patients(corpus_rng, cfg.studies)
@@ -207,7 +209,7 @@ def _headrest(rng: np.random.Generator, scanner: _Scanner, head_half_width: floa
 def _write_series(rng: np.random.Generator, cfg: SynthConfig, dicom_dir: str, encoding: str, pid: str, pname: str,
                   banks: list[np.ndarray]):
     """Render and write one study's series; yields (sop, labels, compressed) per slice."""
-    anatomy = plan_study(rng, _subtypes(rng, cfg.hemorrhage_fraction))
+    anatomy = plan_study(rng, _subtypes(rng, cfg.hemorrhage_fraction), cfg.version)
     field, grad = make_field(rng)
     scanner = _scanner(rng)
     study_uid, series_uid = f"ID_{hex_id(rng, 10)}", f"ID_{hex_id(rng, 10)}"

@@ -1,5 +1,5 @@
-"""ichprep synth: the version-2 phantom (its kernel against plain numpy geometry), reproducibility of both
-versions, labels from the blood drawn, and what the command refuses."""
+"""ichprep synth: the anatomical phantom (its kernel against plain numpy geometry), reproducibility of every
+version, version 3's lower head, labels from the blood drawn, and what the command refuses."""
 
 import hashlib
 import os
@@ -38,12 +38,52 @@ def test_version_1_writes_the_same_bytes_as_before(tmp_path):
     assert _digest(str(tmp_path / "c")) == V1_DIGEST
 
 
-def test_version_2_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
+# Version 2 as ichprep wrote it before version 3 existed (commit 6602d65).
+V2_DIGEST = "479778138238651b4ef1adb48afe536f06670d85b13e37baff6d71eaa70c92c9"
+
+
+def test_version_2_writes_the_same_bytes_as_before(tmp_path):
+    write_corpus(tmp_path / "c", SynthConfig(studies=2, slices=6, seed=4, compressed_fraction=0.3, version=2))
+    assert _digest(str(tmp_path / "c")) == V2_DIGEST
+
+
+def test_version_3s_low_cuts_hold_fat_air_and_bone_inside_the_head_where_version_2s_were_even_muscle():
+    """The lowest cuts of a series (the atlas and the maxilla, ~1-2 cm above the series' start): version 2 drew
+    an even oval of muscle around the atlas; version 3 draws subcutaneous fat, fat planes, the pharynx's air and
+    the mandible inside it. Shares of the head's pixels by HU band, plain numpy on the rendered plane."""
+    from ichprep.anatomy import plan_study
+
+    def bands(version, seed):
+        rng = np.random.default_rng(seed)
+        anatomy = plan_study(rng, [], version)
+        field, grad = make_field(rng)
+        bg = np.full((192, 192), -1000.0, np.float32)
+        img, _ = render_plane(anatomy.prims, np.array([1.0, 0, 0, 1, 0, 0, -54.0, 0, 0]), 2.5, 1.0, field, grad, bg)
+        head = img > -300  # the head's soft tissue and bone
+        inside = head.copy()  # the head with its holes (air, deep fat) filled, row by row between its edges
+        for row in inside:
+            cols = np.flatnonzero(row)
+            if cols.size:
+                row[cols[0]:cols[-1] + 1] = True
+        n = inside.sum()
+        return ((img >= -150) & (img < -30) & inside).sum() / n, ((img < -300) & inside).sum() / n, \
+            ((img > 300) & inside).sum() / n
+
+    for seed in range(3):
+        fat2, air2, bone2 = bands(2, seed)
+        fat3, air3, bone3 = bands(3, seed)
+        assert fat3 > max(0.08, 4 * fat2), (seed, fat2, fat3)  # v2: only the partial volume at its edges
+        assert air3 > air2 and bone3 > bone2, (seed, air2, air3, bone2, bone3)
+
+
+def test_the_default_version_3_same_seed_same_bytes_other_seed_other_bytes_not_version_2s(tmp_path):
     cfg = SynthConfig(studies=2, slices=6, seed=4, compressed_fraction=0.3)
+    assert cfg.version == 3
     write_corpus(tmp_path / "a", cfg)
     write_corpus(tmp_path / "b", cfg)
     write_corpus(tmp_path / "c", SynthConfig(studies=2, slices=6, seed=5))
     assert _digest(str(tmp_path / "a")) == _digest(str(tmp_path / "b")) != _digest(str(tmp_path / "c"))
+    assert _digest(str(tmp_path / "a")) != V2_DIGEST
 
 
 def _prim(c, a, mat=Material.CONST, val=100.0, label=-1, zmin=-1e9, zmax=1e9, clip=-1, p=(0, 0, 0, 0, 0)):
@@ -133,7 +173,7 @@ def test_kernels_run_as_plain_python(tmp_path):
 
 def test_a_corpus_looks_like_a_series_from_skull_base_to_vertex(tmp_path):
     s = write_corpus(tmp_path / "c", SynthConfig(studies=3, slices=16, seed=2, hemorrhage_fraction=1.0))
-    assert s["slices"] == 48 and s["version"] == 2 and s["positive"] > 0
+    assert s["slices"] == 48 and s["version"] == 3 and s["positive"] > 0
     by_series: dict = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -197,7 +237,7 @@ def test_a_slice_is_labelled_where_its_blood_changed_the_pixels(subtype):
     (["--seed", "-1"], "seed an integer"),
     (["--hemorrhage-fraction", "nan"], "hemorrhage_fraction a number in [0, 1]"),
     (["--hemorrhage-fraction", "1.5"], "hemorrhage_fraction a number in [0, 1]"),
-    (["--version", "3"], "invalid choice"),
+    (["--version", "4"], "invalid choice"),
     (["--studies", "100000", "--slices", "1000"], "at most 10,000,000 slices"),
 ])
 def test_impossible_sizes_and_counts_exit_2_with_one_line(tmp_path, capsys, argv, fragment):
@@ -233,9 +273,9 @@ def test_the_painters_shortcuts_paint_the_same_image_and_areas_as_painting_every
     from ichprep.anatomy import plan_study
 
     for seed, subtypes in enumerate([[], ["subdural"], ["epidural", "intraventricular"],
-                                     ["intraparenchymal", "subarachnoid"]]):
+                                     ["intraparenchymal", "subarachnoid"], ["subdural", "subarachnoid"]]):
         rng = np.random.default_rng(100 + seed)
-        anatomy = plan_study(rng, subtypes)
+        anatomy = plan_study(rng, subtypes, 3 if seed >= 3 else 2)
         field, grad = make_field(rng)
         bg = np.full((128, 128), -1000.0, np.float32)
         yaw = rng.uniform(-0.3, 0.3)
