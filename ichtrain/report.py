@@ -9,6 +9,7 @@ import base64
 import csv
 import html
 import io
+import math
 import os
 
 import numpy as np
@@ -38,6 +39,15 @@ def _thumb(img2d: np.ndarray, size: int = 128) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _logged(text: str | None) -> float:
+    """A value of Keras' CSV log: NaN for NA (a metric with nothing to measure, such as an empty val split's)
+    or a blank."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _curves(run_dir: str) -> str | None:
     path = RunDir(run_dir).log
     if not os.path.isfile(path):
@@ -51,8 +61,9 @@ def _curves(run_dir: str) -> str | None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for ax, keys in zip(axes, (("loss", "val_loss"), ("auc", "val_auc"))):
         for k in keys:
-            if k in rows[0] and rows[0][k] != "":
-                ax.plot(epochs, [float(r[k]) for r in rows], marker="o", label=k)
+            values = [_logged(r.get(k)) for r in rows]
+            if not all(math.isnan(v) for v in values):  # Keras logs NA for a metric of an empty val split
+                ax.plot(epochs, values, marker="o", label=k)
         ax.set_xlabel("epoch")
         if ax.lines:  # a series run logs no AUC
             ax.legend()

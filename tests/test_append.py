@@ -27,7 +27,9 @@ def parts(tmp_path_factory):
     """A synthetic corpus split by study: ``first`` (three studies), ``all`` (the same files and three more,
     modification times kept), the labels, and a full build of ``all`` to compare with."""
     root = tmp_path_factory.mktemp("append")
-    assert ichprep(["synth", str(root / "syn"), "--studies", "6", "--slices", "10", "--seed", "5", "--quiet"]) == 0
+    # version 2, seed 5: its first three studies are three patients (a run's three splits each need one)
+    assert ichprep(["synth", str(root / "syn"), "--studies", "6", "--slices", "10", "--seed", "5", "--version", "2",
+                    "--quiet"]) == 0
     by_study = defaultdict(list)
     for name in sorted(os.listdir(root / "syn" / "dicom")):
         path = root / "syn" / "dicom" / name

@@ -1,6 +1,7 @@
 """Previews, stats plots and the HTML evaluation report."""
 
 import base64
+import io
 import os
 import re
 import shutil
@@ -84,3 +85,18 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     img = imread(shot)
     assert img.shape[0] == 1400 and img.shape[1] == 1100
     assert img[..., :3].std() > 0.05, "screenshot is blank"
+
+
+def test_training_curves_plot_a_log_whose_val_split_was_empty(tmp_path):
+    """Keras logs NA for the metrics of an empty val split: the report's curves plot what was measured (the
+    training loss and AUC) and leave the NA columns out, where the report once failed on float('NA')."""
+    from ichtrain.report import _curves
+    from ichtrain.run import RunDir
+
+    run = RunDir(str(tmp_path / "run"))
+    os.makedirs(os.path.dirname(run.log), exist_ok=True)
+    with open(run.log, "w") as fh:
+        fh.write("epoch,auc,learning_rate,loss,val_auc,val_learning_rate,val_loss\n"
+                 "0,0.55,0.001,0.79,NA,NA,NA\n1,0.61,0.001,0.70,NA,NA,NA\n")
+    png = _curves(str(tmp_path / "run"))
+    assert png is not None and imread(io.BytesIO(base64.b64decode(png)), format="png").shape[2] in (3, 4)
