@@ -26,7 +26,8 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from realism import SHARED, load_hu  # noqa: E402  (the benchmarks folder is not a package)
+from ingest import write_report  # noqa: E402  (the benchmarks folder is not a package)
+from realism import SHARED, load_hu  # noqa: E402
 
 
 def cut_levels(real: str) -> dict[str, str]:
@@ -107,9 +108,7 @@ def main(argv=None) -> int:
               f"skull base {by.get('skull_base', float('nan')):.3f}, between {by.get('between', float('nan')):.3f}, "
               f"vertex {by.get('vertex', float('nan')):.3f}; skull-base cuts in the top 25: "
               f"{r['skull_base_in_top_25']} (of {r['slices_by_level']['skull_base']}/{r['slices']} slices)")
-    if a.json:
-        with open(a.json, "w") as fh:
-            json.dump(results, fh, indent=2)
+    write_report(a.json, results)
     return 0
 
 

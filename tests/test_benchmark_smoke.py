@@ -227,3 +227,35 @@ def test_scale_benchmark_grows_a_store_by_appends_and_verifies_it(real_series, t
     assert [w["slices"] for w in report["windows"]] == [32, 32] and report["total_slices"] == 64
     assert report["windows"][1]["phases"]["pixels"] > 0 and "OK" in report["verify"]
     assert sorted(os.listdir(tmp_path)) == ["scale.json"]  # its scratch folder (sources, store) is removed
+
+
+def test_transfer_benchmark_reports_a_submission_by_cut_level(tmp_path):
+    """``benchmarks/transfer.py --predictions``: each slice's cut level as ichprep.realism measures it, and the
+    mean predicted ``any`` per level and overall, checked against numpy on the same submission."""
+    import numpy as np
+
+    from ichprep.realism import measure_slice
+    from ichprep.synth import SynthConfig, write_corpus
+
+    sys.path.insert(0, str(BENCH.parent))
+    from realism import load_hu
+
+    corpus = write_corpus(tmp_path / "c", SynthConfig(studies=1, slices=8, seed=2))
+    names = sorted(f[:-4] for f in os.listdir(corpus["dicom_dir"]))
+    p_any = np.random.default_rng(0).random(len(names)).round(4)
+    sub = tmp_path / "sub.csv"
+    sub.write_text("ID,Label\n" + "".join(f"{n}_{lab},{p if lab == 'any' else 0.0}\n" for n, p in zip(names, p_any)
+                                          for lab in ("subdural", "any")))
+    out = tmp_path / "t.json"
+    res = subprocess.run([sys.executable, str(BENCH.parent / "transfer.py"), "--real", corpus["dicom_dir"],
+                          "--predictions", str(sub), "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (r,) = json.loads(out.read_text())
+    base = np.array([measure_slice(*load_hu(os.path.join(corpus["dicom_dir"], n + ".dcm"))[:2]).skull_base
+                     for n in names])
+    assert r["slices"] == 8 and r["mean_any"] == round(float(p_any.mean()), 4)
+    assert r["slices_by_level"]["skull_base"] == int(base.sum())
+    if base.any():
+        assert r["mean_any_by_level"]["skull_base"] == round(float(p_any[base].mean()), 4)
+    assert r["skull_base_in_top_25"] == int(base.sum())  # 8 slices: all of them are in the top 25
+    assert r["above_half"] == int((p_any > 0.5).sum())
