@@ -113,7 +113,7 @@ def plan_study(rng: np.random.Generator, subtypes: list[str], version: int = 2) 
         lowerhead.below_the_cavity(rng, t, h)
     else:
         _below_the_cavity(t, h)
-    cerebrum, fossa = _brain(rng, t, h)
+    cerebrum, fossa = _brain(rng, t, h, fossa_ay=40.0 if version < 3 else 35.0)
     _orbits_and_air(rng, t, h)
     for side in (-1, 1):  # deep grey nuclei
         t.add((side * 12, -18, 38), (5, 10, 10), val=h.grey - 2.0, val2=2.0)  # caudate head
@@ -176,9 +176,10 @@ def _below_the_cavity(t: _Table, h: _Head) -> None:
     t.add((0, 19, -56), (9, 8.5, 15), val=36.0)  # the cord in its canal
 
 
-def _brain(rng, t: _Table, h: _Head) -> tuple[int, int]:
+def _brain(rng, t: _Table, h: _Head, fossa_ay: float = 40.0) -> tuple[int, int]:
     """The intracranial cavity: cerebrum above the anterior fossa floor, temporal lobes, posterior fossa with the
-    cerebellum, clivus, brainstem. Returns the rows of the cerebrum and of the posterior fossa."""
+    cerebellum, clivus, brainstem. Returns the rows of the cerebrum and of the posterior fossa. ``fossa_ay``: the
+    posterior fossa's half-length front to back (version 3: 35 mm, nearer the real slices' cerebellum)."""
     sulcal_depth = rng.uniform(12.0, 18.0)
     csf_surface = 0.8 + 2.2 * h.atrophy
     brain_p = (sulcal_depth, csf_surface, 0.35 + 1.1 * h.atrophy, 0.0, 0.0)
@@ -187,7 +188,7 @@ def _brain(rng, t: _Table, h: _Head) -> tuple[int, int]:
     for side in (-1, 1):  # temporal lobes
         t.add((side * 39, -10, -1), (27, 38, 22), zmin=-22, yaw=side * 0.12, mat=Material.BRAIN, val=h.grey,
               val2=h.white, p=brain_p)
-    fossa = t.add((0, 40, -15), (55, 40, 30), zmin=-46, zmax=h.floor + 3, mat=Material.CEREBELLUM, val=h.grey - 1,
+    fossa = t.add((0, 40, -15), (55, fossa_ay, 30), zmin=-46, zmax=h.floor + 3, mat=Material.CEREBELLUM, val=h.grey - 1,
                   val2=h.white + 3, p=(8.0, csf_surface * 0.7, 0.3 + 0.5 * h.atrophy, 0, 0))
     t.add((0, -5, -18), (11, 11, 19), val=h.bone * 0.7)  # clivus
     t.add((0, 13, -12), (13, 15, 32), zmax=14, val=h.white + 3.0, val2=2.0)  # pons and medulla

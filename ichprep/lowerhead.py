@@ -12,6 +12,8 @@ bleeds (benchmarks/realism.py's transfer check; docs/realism.md). Coordinates an
 
 from __future__ import annotations
 
+import math
+
 __all__ = ["below_the_cavity"]
 
 
@@ -24,11 +26,13 @@ def below_the_cavity(rng, t, h) -> None:
     t.add((0, 0, -62), (64, 84, 40), zmax=-22, val=46.0, val2=2.5)  # skin
     t.add((0, 0, -62), (62.5, 82.5, 39), zmax=-22, val=-95.0, val2=8.0)  # subcutaneous fat
     t.add((0, 1, -62), (62.5 - fat, 82.5 - fat, 39), zmax=-22, val=48.0, val2=3.0)  # muscle
-    t.add((0, 62, -60), (1.6, 20, 34), zmax=-22, val=-80.0, val2=8.0)  # nuchal ligament's fat
-    for side in (-1, 1):  # fat planes between the posterior neck muscles
-        for x, y, a, yaw in ((16, 52, 24, 0.35), (32, 38, 26, 0.8), (44, 14, 18, 1.25)):
-            t.add((side * x, y, -60), (rng.uniform(1.0, 2.5), a, 34), yaw=side * (yaw + rng.normal(0.0, 0.12)), zmax=-24,
-                  val=-85.0, val2=8.0)
+    t.add((0, 62, -60), (1.6, 40, 34), zmax=-22, val=-80.0, val2=8.0)  # nuchal ligament's fat
+    for side in (-1, 1):  # fat planes between the posterior neck muscles, from the spine out to the skin
+        for angle in (0.35, 0.85, 1.35):
+            a = angle + rng.normal(0.0, 0.12)
+            t.add((side * 42 * math.sin(a), 22 + 42 * math.cos(a), -60), (rng.uniform(1.2, 2.5), 42, 34),
+                  yaw=side * a, zmax=-24, val=-85.0, val2=8.0)
+        t.add((side * 42, -3, -56), (22, rng.uniform(1.5, 3.0), 24), zmax=-26, val=-85.0, val2=8.0)  # face | neck
     # The occipital bone: a plate over the neck muscles, open at the foramen magnum (the cavity fills it later)
     thick = rng.uniform(5.0, 10.0)
     t.add((0, 39, -16), (61, 46, 32), zmax=-4, val=bone * 0.8)
@@ -37,9 +41,10 @@ def below_the_cavity(rng, t, h) -> None:
     t.add((0, 20, -44), (13, 15, 7), val=10.0)  # cisterna magna: CSF around the medulla
     # Below the middle cranial fossae (version 2 left the skull's solid floor there): muscle, fat and the
     # sphenoid's plates; the fossa floor itself stays as bone above zmax
-    t.add((0, -18, -40), (58, 40, 20), zmax=-26, val=48.0, val2=3.0)
+    t.add((0, -30, -40), (58, 28, 20), zmax=-26, val=48.0, val2=3.0)
     for side in (-1, 1):
-        t.add((side * 30, -24, -34), (10, 16, 10), val=-85.0, val2=8.0)  # infratemporal fat
+        t.add((side * 30, -26, -34), (10, 14, 10), val=-85.0, val2=8.0)  # infratemporal fat
+    t.add((0, 0, -36), (52, 3.5, 12), zmax=-24, val=bone * 0.75)  # the clivus and petrous bases before the fossa
     # The face below the anterior fossa, its fat under the skin and in the cheeks
     t.add((0, -62, -14), (56, 40, 26), zmax=h.floor - 4, val=44.0, val2=2.5)
     t.add((0, -62, -16), (54.5, 38.5, 25), zmax=-6, val=-90.0, val2=8.0)

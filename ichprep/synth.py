@@ -168,14 +168,22 @@ class _Scanner:
     window: tuple[str, str]
 
 
-def _scanner(rng: np.random.Generator) -> _Scanner:
+# How heads lie and scanners add noise, by version (same draws, other spreads). Version 3's were set against
+# benchmarks/realism.py's property table (two corpus seeds): heads turned, moved off centre and tilted out of the
+# cut a little more (the real slices' tilt, centre offset and oblique vertex cuts), noise a little lower.
+_POSE_SPREAD = {2: dict(yaw=0.09, u=7.0, v=10.0, roll=0.035, pitch=0.07, noise=(2.0, 5.5)),
+                3: dict(yaw=0.11, u=9.0, v=12.0, roll=0.06, pitch=0.10, noise=(1.8, 5.0))}
+
+
+def _scanner(rng: np.random.Generator, version: int = 2) -> _Scanner:
+    spread = _POSE_SPREAD[version]
     pixel = 0.48828125 if rng.random() < 0.55 else float(rng.uniform(0.40, 0.60))
     half = 2.5 if rng.random() < 0.8 else 1.5
-    yaw = rng.normal(0, 0.09) if rng.random() < 0.8 else rng.uniform(-0.4, 0.4)
-    pose = (float(yaw), float(rng.normal(0, 7)), float(rng.normal(-4, 10)),
-            float(math.tan(rng.normal(0, 0.035))), float(math.tan(rng.normal(0.0, 0.07))))
+    yaw = rng.normal(0, spread["yaw"]) if rng.random() < 0.8 else rng.uniform(-0.4, 0.4)
+    pose = (float(yaw), float(rng.normal(0, spread["u"])), float(rng.normal(-4, spread["v"])),
+            float(math.tan(rng.normal(0, spread["roll"]))), float(math.tan(rng.normal(0.0, spread["pitch"]))))
     window = (("40", "80"), ("35", "135"), ("40", "150"), ("30", "110"))[int(rng.integers(4))]
-    return _Scanner(pixel, half, float(rng.uniform(2.0, 5.5)), int(rng.integers(3)), pose, window)
+    return _Scanner(pixel, half, float(rng.uniform(*spread["noise"])), int(rng.integers(3)), pose, window)
 
 
 def _headrest(rng: np.random.Generator, scanner: _Scanner, head_half_width: float) -> np.ndarray:
@@ -211,12 +219,12 @@ def _write_series(rng: np.random.Generator, cfg: SynthConfig, dicom_dir: str, en
     """Render and write one study's series; yields (sop, labels, compressed) per slice."""
     anatomy = plan_study(rng, _subtypes(rng, cfg.hemorrhage_fraction), cfg.version)
     field, grad = make_field(rng)
-    scanner = _scanner(rng)
+    scanner = _scanner(rng, cfg.version)
     study_uid, series_uid = f"ID_{hex_id(rng, 10)}", f"ID_{hex_id(rng, 10)}"
     background = _headrest(rng, scanner, head_half_width=float(anatomy.prims[0, 3]))
     yaw, u0, v0, gx, gy = scanner.pose
     cos, sin = math.cos(yaw), math.sin(yaw)
-    z_start = anatomy.z_bottom + rng.uniform(-12.0, 12.0)
+    z_start = anatomy.z_bottom + (rng.uniform(-12.0, 12.0) if cfg.version == 2 else rng.uniform(-18.0, 8.0))
     spacing = (anatomy.z_top + rng.uniform(-8.0, 3.0) - z_start) / cfg.slices
     z_base = float(rng.uniform(-200, 100))
     px_render = scanner.pixel_mm * 2
