@@ -19,7 +19,7 @@ import pydicom
 from ichprep.errors import RejectError
 from ichprep.scan import UNCOMPRESSED_LE, SliceHeader
 
-__all__ = ["ReadBuffer", "read_raw", "codestream_size"]
+__all__ = ["ReadBuffer", "read_raw", "codestream_size", "first_fragment"]
 
 _PIXEL_TAG = b"\xe0\x7f\x10\x00"
 
@@ -112,22 +112,41 @@ def _open_unchanged(header: SliceHeader):
 
 
 _SOF = frozenset([0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7])
-_SCAN = 1 << 16  # how far into the pixel data a frame header is looked for
+_SCAN = 1 << 16  # how much of the first fragment is read for its frame header
+
+
+_ITEM = b"\xfe\xff\x00\xe0"  # (FFFE,E000) little endian: an item of encapsulated pixel data
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"  # a JPEG 2000 codestream wrapped in the JP2 file format
+
+
+def first_fragment(pixel_data: bytes) -> bytes:
+    """The start (up to 64 KiB) of the first fragment of encapsulated pixel data, after its basic offset table
+    item (PS3.5 A.4); b"" where the items are not there."""
+    at, length = 0, 0
+    for item in range(2):  # the basic offset table, then the first fragment
+        if len(pixel_data) < at + 8 or bytes(pixel_data[at:at + 4]) != _ITEM:
+            return b""
+        (length,) = struct.unpack_from("<I", pixel_data, at + 4)
+        if item == 0:
+            at += 8 + length
+    return bytes(pixel_data[at + 8:at + 8 + min(length, _SCAN)])
 
 
 def codestream_size(pixel_data: bytes) -> tuple[int, int] | None:
     """(rows, columns) that an encapsulated first frame's own header declares: the JPEG 2000 SIZ marker (ISO
     15444-1 A.5.1: Xsiz, Ysiz less the image offsets) or a JPEG / JPEG-LS start-of-frame (ISO 10918-1 B.2.2,
-    14495-1: Y, X). None where neither is found (RLE has no such header)."""
-    head = bytes(pixel_data[:_SCAN])
-    at = head.find(b"\xff\x4f\xff\x51")
+    14495-1: Y, X). Read where the frame begins (SOC and SIZ, or SOI), never searched for in its body: the
+    bytes of an RLE frame (which has no such header) once matched SOI by chance 58 KB in, and a valid RLE slice
+    was rejected as declaring 50117 x 50887 pixels. None where the frame starts with neither."""
+    head = first_fragment(pixel_data)
+    at = 0 if head.startswith(b"\xff\x4f\xff\x51") else \
+        head.find(b"\xff\x4f\xff\x51") if head.startswith(_JP2_SIGNATURE) else -1
     if at >= 0 and at + 24 <= len(head):
         xsiz, ysiz, xo, yo = struct.unpack_from(">IIII", head, at + 8)
         return ysiz - yo, xsiz - xo
-    i = head.find(b"\xff\xd8")
-    if i < 0:
+    if not head.startswith(b"\xff\xd8"):
         return None
-    i += 2
+    i = 2
     while i + 9 <= len(head) and head[i] == 0xFF:  # marker segments, by their lengths, up to the frame header
         marker = head[i + 1]
         if marker == 0xFF:  # fill byte

@@ -234,3 +234,33 @@ def test_a_store_rebuilt_or_removed_under_a_stream_is_said_so_not_called_damaged
     assert isinstance(stream.read_failure, StoreError)
     message = str(stream.read_failure)
     assert "was removed or is being rebuilt since this stream opened it" in message and "--repair" not in message
+
+
+def _encapsulated(frame: bytes) -> bytes:
+    """Encapsulated pixel data by hand (PS3.5 A.4): an empty basic offset table item, then one fragment."""
+    import struct
+
+    frame += b"\0" * (len(frame) % 2)
+    return b"\xfe\xff\x00\xe0" + struct.pack("<I", 0) + b"\xfe\xff\x00\xe0" + struct.pack("<I", len(frame)) + frame
+
+
+@pytest.mark.parametrize("frame, declared", [
+    # JPEG 2000 codestream: SOC, SIZ (Lsiz 47, Rsiz 0, Xsiz 700, Ysiz 600, offsets 0, 0)
+    (b"\xff\x4f\xff\x51\x00\x2f\x00\x00" + bytes.fromhex("000002bc 00000258 00000000 00000000") + b"\0" * 40, (600, 700)),
+    # the same in the JP2 file format (signature box, then the codestream box's contents)
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\x00\x00\x00\x40jp2c" + b"\xff\x4f\xff\x51\x00\x2f\x00\x00"
+     + bytes.fromhex("000002bc 00000258 00000004 00000008") + b"\0" * 40, (592, 696)),
+    # JPEG: SOI, an APP0 segment of 16 bytes, SOF0 (P 8, Y 600, X 700)
+    (b"\xff\xd8\xff\xe0\x00\x10" + b"J" * 14 + b"\xff\xc0\x00\x11\x08\x02\x58\x02\xbc" + b"\0" * 20, (600, 700)),
+    # RLE: a header of segment offsets, then bytes that hold SOI + SOF and SOC + SIZ by chance, far into the
+    # frame: not a header (a real RLE slice of the synthetic corpus was once rejected that way)
+    (b"\x02\x00\x00\x00\x40\x00\x00\x00" + b"\x11" * 1000 + b"\xff\xd8\xff\xc0\x00\x11\x08\xc3\xc5\xc6\xc7"
+     + b"\x22" * 500 + b"\xff\x4f\xff\x51\x00\x2f\x00\x00" + b"\xff" * 24, None),
+], ids=["jpeg-2000", "jp2", "jpeg", "rle-holding-markers-by-chance"])
+def test_a_frame_header_is_read_where_the_frame_begins_never_found_inside_it(frame, declared):
+    """What ``decode.codestream_size`` reports (the size the build refuses when it exceeds Rows x Columns),
+    by hand-built frames."""
+    from ichprep.decode import codestream_size
+
+    assert codestream_size(_encapsulated(frame)) == declared
+    assert codestream_size(frame) is None  # not encapsulated: no items, no frame
