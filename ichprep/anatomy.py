@@ -92,7 +92,7 @@ class _Head:
     shift: float = 0.0  # midline shift by a large mass
 
 
-def plan_study(rng: np.random.Generator, subtypes: list[str], version: int = 2) -> StudyAnatomy:
+def plan_study(rng: np.random.Generator, subtypes: list[str], version: int = 3) -> StudyAnatomy:
     """The anatomy of one head (random size, age, variants) with hemorrhages of ``subtypes``. The steps paint in
     order, each over what the earlier ones painted, and draw from ``rng`` in that order. ``version`` 3 draws the
     lower head and neck of ``ichprep.lowerhead`` (version 2's draws and table are kept as they were)."""

@@ -2,11 +2,11 @@
 
 Version 2 drew the lower head as a few uniform blocks of muscle (46 HU) around the atlas, and the occipital bone
 as a solid ellipsoid, so its lowest cuts were an even grey oval with a ring, or a white disk. Real cuts at the
-foramen magnum, the atlas and the maxillary sinuses (a third of an RSNA series' slices lie at the skull base) are
+foramen magnum, the atlas and the maxillary sinuses (45% of the real sample's slices lie at the skull base) are
 the most varied of the head: fat under the skin and between the muscles (dark in a brain window), the mandible's
 rami with the masseter and pterygoid muscles, the parotid glands, the air of the pharynx, the hard palate and the
 teeth, and the occipital bone as a plate around the foramen magnum. A model that never saw them read them as
-bleeds (benchmarks/realism.py's transfer check; docs/realism.md). Coordinates and units as ``ichprep.anatomy``
+bleeds (benchmarks/transfer.py; docs/realism.md). Coordinates and units as ``ichprep.anatomy``
 (mm, x to the patient's left, y posterior, z up; HU); ``t`` is its primitive table, ``h`` its head.
 """
 

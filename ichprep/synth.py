@@ -15,10 +15,10 @@ Version 2 renders each study from a procedural 3-D head (``ichprep.anatomy``,
   each slice (at least a few mm^2), so a lesion's first and last slices are faint, partial-volumed, as in
   real scans.
 
-Version 3 (the default) is version 2 with the lower head of ``ichprep.lowerhead``: the face and neck of
-the lowest cuts drawn as they are, not as even muscle. Version 1 (``--version 1``, ``ichprep.synth_v1``) is the
-earlier ellipse phantom, kept so that old corpora
-stay reproducible. Encodings as in the real data (chosen per series): 16-bit signed with intercept -1024
+Version 3 (the default) is version 2 with the lower head of ``ichprep.lowerhead`` (the face and neck of
+the lowest cuts drawn as they are, not as even muscle) and heads and noise spread as the real slices show them.
+Version 1 (``--version 1``, ``ichprep.synth_v1``) is the earlier ellipse phantom; every version stays
+reproducible byte for byte. Encodings as in the real data (chosen per series): 16-bit signed with intercept -1024
 and padding outside the scan circle; 12-bit unsigned with intercept -1024 and multi-valued
 WindowCenter/Width; a few series with the RSNA 12-bit defect. A few slices are RLE Lossless or JPEG 2000
 Lossless compressed. The same configuration gives byte-identical files.
@@ -122,7 +122,7 @@ def write_corpus(out_dir: str | os.PathLike, cfg: SynthConfig, progress=None) ->
 
         summary = synth_v1.write_corpus(out_dir, cfg, progress)
     else:
-        summary = _write_corpus_v2(out_dir, dicom_dir, cfg, progress)
+        summary = _write_anatomical_corpus(out_dir, dicom_dir, cfg, progress)
     summary["version"] = cfg.version
     return summary
 
@@ -139,7 +139,8 @@ def _subtypes(rng: np.random.Generator, fraction: float) -> list[str]:
     return chosen
 
 
-def _write_corpus_v2(out_dir: str, dicom_dir: str, cfg: SynthConfig, progress) -> dict:
+def _write_anatomical_corpus(out_dir: str, dicom_dir: str, cfg: SynthConfig, progress) -> dict:
+    """Versions 2 and 3: the anatomical phantom (their seed sequences differ by the version)."""
     root = np.random.SeedSequence([cfg.seed, cfg.version])
     corpus_rng = np.random.default_rng(root.spawn(1)[0])
     banks = [noise_bank(corpus_rng, peak=p) for p in (0.07, 0.09, 0.12)]
