@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import glob
 import json
 import os
 import subprocess
@@ -27,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ingest import write_report  # noqa: E402  (the benchmarks folder is not a package)
-from realism import SHARED, load_hu  # noqa: E402
+from realism import SHARED, _files, load_hu  # noqa: E402
 
 
 def cut_levels(real: str) -> dict[str, str]:
@@ -35,7 +34,7 @@ def cut_levels(real: str) -> dict[str, str]:
     from ichprep.realism import measure_slice
 
     out = {}
-    for f in sorted(glob.glob(os.path.join(real, "*.dcm"))):
+    for f in _files(real):
         hu, px = load_hu(f)[:2]
         m = measure_slice(hu, px)
         out[os.path.basename(f)[:-4]] = "skull_base" if m.skull_base else "vertex" if m.vertex else "between"
@@ -43,7 +42,8 @@ def cut_levels(real: str) -> dict[str, str]:
 
 
 def report(predictions: str, levels: dict[str, str]) -> dict:
-    rows = list(csv.DictReader(open(predictions)))
+    with open(predictions) as fh:
+        rows = list(csv.DictReader(fh))
     anyp = {r["ID"][:-4]: float(r["Label"]) for r in rows if r["ID"].endswith("_any")}
     ids = [i for i in anyp if i in levels]
     p = np.array([anyp[i] for i in ids])

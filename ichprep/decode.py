@@ -15,6 +15,7 @@ import warnings
 
 import numpy as np
 import pydicom
+from pydicom.encaps import generate_fragments
 
 from ichprep.errors import RejectError
 from ichprep.scan import UNCOMPRESSED_LE, SliceHeader
@@ -115,21 +116,18 @@ _SOF = frozenset([0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0x
 _SCAN = 1 << 16  # how much of the first fragment is read for its frame header
 
 
-_ITEM = b"\xfe\xff\x00\xe0"  # (FFFE,E000) little endian: an item of encapsulated pixel data
 _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"  # a JPEG 2000 codestream wrapped in the JP2 file format
 
 
 def first_fragment(pixel_data: bytes) -> bytes:
     """The start (up to 64 KiB) of the first fragment of encapsulated pixel data, after its basic offset table
-    item (PS3.5 A.4); b"" where the items are not there."""
-    at, length = 0, 0
-    for item in range(2):  # the basic offset table, then the first fragment
-        if len(pixel_data) < at + 8 or bytes(pixel_data[at:at + 4]) != _ITEM:
-            return b""
-        (length,) = struct.unpack_from("<I", pixel_data, at + 4)
-        if item == 0:
-            at += 8 + length
-    return bytes(pixel_data[at + 8:at + 8 + min(length, _SCAN)])
+    item (PS3.5 A.4; pydicom's item reader); b"" where the items are not there."""
+    try:
+        items = generate_fragments(pixel_data)
+        next(items)  # the basic offset table
+        return next(items)[:_SCAN]
+    except (StopIteration, ValueError):
+        return b""
 
 
 def codestream_size(pixel_data: bytes) -> tuple[int, int] | None:

@@ -172,11 +172,12 @@ class _Scanner:
 # How heads lie and scanners add noise, by version (same draws, other spreads). Version 3's were set against
 # benchmarks/realism.py's property table (two corpus seeds): heads turned, moved off centre and tilted out of the
 # cut a little more (the real slices' tilt, centre offset and oblique vertex cuts), noise a little lower.
-_POSE_SPREAD = {2: dict(yaw=0.09, u=7.0, v=10.0, roll=0.035, pitch=0.07, noise=(2.0, 5.5)),
-                3: dict(yaw=0.11, u=9.0, v=12.0, roll=0.06, pitch=0.10, noise=(1.8, 5.0))}
+# ``start``: where the series begins, mm from the anatomy's lowest cut.
+_POSE_SPREAD = {2: dict(yaw=0.09, u=7.0, v=10.0, roll=0.035, pitch=0.07, noise=(2.0, 5.5), start=(-12.0, 12.0)),
+                3: dict(yaw=0.11, u=9.0, v=12.0, roll=0.06, pitch=0.10, noise=(1.8, 5.0), start=(-18.0, 8.0))}
 
 
-def _scanner(rng: np.random.Generator, version: int = 2) -> _Scanner:
+def _scanner(rng: np.random.Generator, version: int) -> _Scanner:
     spread = _POSE_SPREAD[version]
     pixel = 0.48828125 if rng.random() < 0.55 else float(rng.uniform(0.40, 0.60))
     half = 2.5 if rng.random() < 0.8 else 1.5
@@ -225,7 +226,7 @@ def _write_series(rng: np.random.Generator, cfg: SynthConfig, dicom_dir: str, en
     background = _headrest(rng, scanner, head_half_width=float(anatomy.prims[0, 3]))
     yaw, u0, v0, gx, gy = scanner.pose
     cos, sin = math.cos(yaw), math.sin(yaw)
-    z_start = anatomy.z_bottom + (rng.uniform(-12.0, 12.0) if cfg.version == 2 else rng.uniform(-18.0, 8.0))
+    z_start = anatomy.z_bottom + rng.uniform(*_POSE_SPREAD[cfg.version]["start"])
     spacing = (anatomy.z_top + rng.uniform(-8.0, 3.0) - z_start) / cfg.slices
     z_base = float(rng.uniform(-200, 100))
     px_render = scanner.pixel_mm * 2
