@@ -219,14 +219,40 @@ def test_append_benchmark_runs_and_checks_the_store(real_series, tmp_path):
 
 def test_scale_benchmark_grows_a_store_by_appends_and_verifies_it(real_series, tmp_path):
     out = tmp_path / "scale.json"
-    res = subprocess.run([sys.executable, str(BENCH.parent / "scale.py"), "--data", real_series, "--slices", "64",
-                          "--window", "32", "--workers", "1", "--work", str(tmp_path), "--json", str(out)],
+    res = subprocess.run([sys.executable, str(BENCH.parent / "scale.py"), "--data", real_series, "--slices", "128",
+                          "--window", "32", "--workers", "1", "--work", str(tmp_path), "--control", "--json", str(out)],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert [w["slices"] for w in report["windows"]] == [32, 32] and report["total_slices"] == 64
+    assert [w["slices"] for w in report["windows"]] == [32] * 4 and report["total_slices"] == 128
     assert report["windows"][1]["phases"]["pixels"] > 0 and "OK" in report["verify"]
+    for w in report["windows"]:  # each window's control builds: the same sources into a fresh store, before and after
+        assert w["relative_rate"] == pytest.approx(sum(w["control_seconds"]) / 2 / w["seconds"], rel=0.02)  # rounded
+        assert w["cpu_ms_per_slice"] > 0 and w["control_cpu_ms_per_slice"] > 0
+    assert [w["rows_before"] for w in report["windows"]] == [0, 32, 80, 128]  # each append from a shard boundary (48)
+    assert report["rate_trend"]["windows"] == 3 and report["relative_rate_trend"]["rows_to"] == 128
+    assert report["relative_rate_spread"] >= 1 and report["cpu_per_slice_spread"] >= 1
     assert sorted(os.listdir(tmp_path)) == ["scale.json"]  # its scratch folder (sources, store) is removed
+
+
+def test_scale_trend_recovers_a_known_slope_and_its_interval_covers_it():
+    """benchmarks/scale.py's trend: a relative rate falling 20% over the store's rows is found as -20% exactly
+    without noise, and inside its 95% interval with 2% noise; flat noise gives an interval around 0."""
+    import numpy as np
+
+    sys.path.insert(0, str(BENCH.parent))
+    from scale import trend
+
+    rows = np.arange(14) * 10_080 + 10_080
+    exact = np.exp(np.log(0.8) * (rows - rows[0]) / (rows[-1] - rows[0]))
+    t = trend(rows.tolist(), exact.tolist())
+    assert t["change"] == pytest.approx(-0.2, abs=1e-4) and t["ci95"] == pytest.approx([-0.2, -0.2], abs=1e-3)
+    noisy = exact * np.exp(np.random.default_rng(1).normal(0, 0.02, len(rows)))
+    t = trend(rows.tolist(), noisy.tolist())
+    assert t["ci95"][0] < -0.2 < t["ci95"][1] and t["ci95"][1] < 0
+    flat = trend(rows.tolist(), np.exp(np.random.default_rng(2).normal(0, 0.02, len(rows))).tolist())
+    assert flat["ci95"][0] < 0 < flat["ci95"][1]
+    assert trend([1, 2], [1.0, 1.0]) is None  # two windows: no interval
 
 
 def test_transfer_benchmark_reports_a_submission_by_cut_level(tmp_path):
