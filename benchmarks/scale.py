@@ -13,9 +13,9 @@ trend of the appends' slices/s with the store's rows (least squares on its log) 
 the first append to the last, with a 95% bootstrap interval over windows: flat is a change near 0 with a narrow
 interval. ``--control`` also builds each window's sources into a fresh store just before and just after the
 window's command, and reports the *relative rate* (the two controls' mean wall time over the window's) and its
-trend. On this machine the controls did not hold still (docs/performance.md): the first command after a
-window's sources are written runs 10-40% slower than the next ones, and the fresh builds sped up by half over
-an hour while the appends did not change.
+trend. On this machine the controls did not hold still (docs/performance.md): the fresh build run first after
+a window's sources were written took a median 1.32x (up to 1.81x) the time of the one after the append, and the
+fresh builds sped up by half over an hour while the appends did not change.
 
 Usage: python benchmarks/scale.py [--data ../shared/data/rsna-unlabelled] [--slices 150000] [--window 10000]
        [--workers 2] [--preset hu] [--work DIR] [--control] [--json out.json]
@@ -62,13 +62,13 @@ def _spread(values: list[float]) -> float | None:
     return round(max(values) / min(values), 3) if values else None
 
 
-def trend(rows_before: list[int], relative: list[float], draws: int = 2000, seed: int = 0) -> dict | None:
-    """The change of ``relative`` from the first window's store size to the last's, by least squares on its log
-    against the store's rows, with a 95% bootstrap interval over windows (pairs resampled): flat is a change
-    near 0 whose interval is narrow."""
+def trend(rows_before: list[int], values: list[float], draws: int = 2000, seed: int = 0) -> dict | None:
+    """The change of ``values`` (a rate per window) from the first window's store size to the last's, by least
+    squares on its log against the store's rows, with a 95% bootstrap interval over windows (pairs resampled):
+    flat is a change near 0 whose interval is narrow. None for fewer than 3 windows."""
     import numpy as np
 
-    x, y = np.asarray(rows_before, float), np.log(np.asarray(relative, float))
+    x, y = np.asarray(rows_before, float), np.log(np.asarray(values, float))
     if len(x) < 3 or np.ptp(x) == 0:
         return None
     span = x.max() - x.min()
