@@ -47,6 +47,15 @@ def _labels(files: list[str], path: str) -> str:
     return path
 
 
+def _phases(store: str, wall: float) -> dict:
+    """Where an append's wall time went: the phases the command timed itself (its ``start`` runs from the append's
+    first step to the cluster's start, ``headers``, ``pixels``; stored in the store's attributes), and ``other``:
+    the rest of the whole command (Python's start, imports, the compiled kernels' load, the finish)."""
+    with open(os.path.join(store, "zarr.json")) as fh:
+        timed = {k: round(v, 3) for k, v in json.load(fh)["attributes"]["ichprep"].get("timings", {}).items()}
+    return dict(timed, other=round(wall - sum(timed.values()), 3))
+
+
 def _shard_digests(store: str) -> dict:
     root = os.path.join(store, "images", "c")
     out = {}
@@ -101,7 +110,7 @@ def main(argv=None) -> int:
         base_wall, _, _ = _run(build + [base, "--out", base_store], None)
         print(f"base store: {n_base} slices in {base_wall:.1f} s; appending {n_new} ({n_new / n_base:.1%})", flush=True)
         before = _shard_digests(base_store)
-        rebuild, appended, peaks, checks = [], [], [], {}
+        rebuild, appended, peaks, phases, checks = [], [], [], [], {}
         for r in range(a.rounds):
             full = os.path.join(work, f"full{r}.zarr")
             os.sync()  # each command starts with no other writes pending (a copied store's pages are ~5 GB)
@@ -114,7 +123,9 @@ def main(argv=None) -> int:
             wall, peak, out = _run(build + [every, "--out", grown, "--append"], None)
             appended.append(wall)
             peaks.append(round(peak / 2**20, 1))
-            print(f"round {r + 1}: rebuild {rebuild[-1]:.1f} s, append {wall:.1f} s ({wall / rebuild[-1]:.3f}x)", flush=True)
+            phases.append(_phases(grown, wall))
+            print(f"round {r + 1}: rebuild {rebuild[-1]:.1f} s, append {wall:.1f} s ({wall / rebuild[-1]:.3f}x; "
+                  + ", ".join(f"{k} {v:.2f} s" for k, v in phases[-1].items()) + ")", flush=True)
             if r == 0:
                 after = _shard_digests(grown)
                 checks["existing_shards"] = len(before)
@@ -130,7 +141,7 @@ def main(argv=None) -> int:
                 checks["summary"] = out.strip().splitlines()[-1] if out.strip() else ""
             shutil.rmtree(grown)
         report = dict(data=a.data, base_slices=n_base, new_slices=n_new, workers=a.workers, rounds=a.rounds,
-                      rebuild_s=rebuild, append_s=appended, append_peak_rss_mib=peaks,
+                      rebuild_s=rebuild, append_s=appended, append_peak_rss_mib=peaks, append_phases_s=phases,
                       ratio_median=statistics.median(x / y for x, y in zip(appended, rebuild)),
                       append_new_slices_per_s=statistics.median(n_new / x for x in appended), checks=checks)
         print(json.dumps(report, indent=2))

@@ -215,6 +215,9 @@ def test_append_benchmark_runs_and_checks_the_store(real_series, tmp_path):
     assert c["existing_shards"] > 0 and c["existing_shards_changed"] == 0 and c["new_shards"] > 0
     assert c["verify"] == "OK" and c["base_digest_equal"] and c["old_patients_moved"] == 0 and c["new_rows"] == 32
     assert 0 < report["ratio_median"] < 5
+    (phases,) = report["append_phases_s"]  # the append's own phases and the rest add up to its wall time
+    assert {"start", "headers", "pixels", "other"} <= set(phases) and phases["pixels"] > 0 and phases["other"] > 0
+    assert sum(phases.values()) == pytest.approx(report["append_s"][0], abs=0.01)
 
 
 def test_scale_benchmark_grows_a_store_by_appends_and_verifies_it(real_series, tmp_path):
