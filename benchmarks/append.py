@@ -24,7 +24,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ingest import _files, _run, replicate, write_report  # noqa: E402  (the benchmarks folder is not a package)
+from ingest import _build_timings, _files, _run, replicate, write_report  # noqa: E402  (the benchmarks folder is not a package)
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "rsna-unlabelled")
 
@@ -51,8 +51,7 @@ def _phases(store: str, wall: float) -> dict:
     """Where an append's wall time went: the phases the command timed itself (its ``start`` runs from the append's
     first step to the cluster's start, ``headers``, ``pixels``; stored in the store's attributes), and ``other``:
     the rest of the whole command (Python's start, imports, the compiled kernels' load, the finish)."""
-    with open(os.path.join(store, "zarr.json")) as fh:
-        timed = {k: round(v, 3) for k, v in json.load(fh)["attributes"]["ichprep"].get("timings", {}).items()}
+    timed = {k: round(v, 3) for k, v in _build_timings(store).items()}
     return dict(timed, other=round(wall - sum(timed.values()), 3))
 
 
